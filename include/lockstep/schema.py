@@ -1,0 +1,144 @@
+"""The tables of the Lockstep database, all in one MetaData.
+
+One place for the whole schema so ``create_all`` sees every table and the SQLite
+default and PostgreSQL production paths create the same thing. The change log is the
+source of truth for every index version: records hold only the latest state (with
+tombstones), changes hold every write in sequence order.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+ID_LENGTH = 256
+
+# A single counter row per named sequence. Writers increment it inside their
+# transaction; the row lock serialises them, so commit order equals sequence order
+# and a reader tailing "changes after N" can never skip a sequence that commits late.
+sequences = Table(
+    "lockstep_sequences",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+records = Table(
+    "lockstep_records",
+    metadata,
+    Column("id", String(ID_LENGTH), primary_key=True),
+    Column("text", Text, nullable=True),  # None once deleted (tombstone)
+    Column("metadata", JSON, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+)
+Index("ix_lockstep_records_live", records.c.deleted, records.c.id)
+
+changes = Table(
+    "lockstep_changes",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("record_id", String(ID_LENGTH), nullable=False),
+    Column("op", String(8), nullable=False),  # "upsert" | "delete"
+    Column("text", Text, nullable=True),
+    Column("metadata", JSON, nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_lockstep_changes_record", changes.c.record_id, changes.c.seq)
+
+# --- serving: routing table -------------------------------------------------------
+
+slots = Table(
+    "lockstep_slots",
+    metadata,
+    Column("model_version", String(64), primary_key=True),
+    Column("model_uri", String(512), nullable=False),
+    Column("index_location", String(1024), nullable=False),
+    Column("fingerprint", String(128), nullable=False),
+    Column("state", String(16), nullable=False),  # loading|ready|live|draining|retired
+    Column("weight", Integer, nullable=False, default=0),
+    Column("shadow", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("note", Text, nullable=True),
+)
+
+routing_state = Table(
+    "lockstep_routing_state",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("generation", BigInteger, nullable=False),
+    Column("salt", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+routing_history = Table(
+    "lockstep_routing_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("generation", BigInteger, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("weights", JSON, nullable=False),  # {model_version: weight}
+    Column("shadow", JSON, nullable=True),  # [model_version, ...]
+    Column("reason", Text, nullable=True),
+    Column("actor", String(128), nullable=True),
+)
+
+# --- serving: request, shadow and feedback logs -------------------------------------
+
+request_log = Table(
+    "lockstep_request_log",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("user_id", String(256), nullable=True),
+    Column("query", Text, nullable=True),
+    Column("k", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("top_ids", JSON, nullable=False),
+    Column("replica", String(128), nullable=True),
+)
+Index("ix_lockstep_request_log_at", request_log.c.at, request_log.c.model_version)
+
+shadow_log = Table(
+    "lockstep_shadow_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("live_version", String(64), nullable=False),
+    Column("shadow_version", String(64), nullable=False),
+    Column("live_top_ids", JSON, nullable=False),
+    Column("shadow_top_ids", JSON, nullable=True),
+    Column("latency_ms", Float, nullable=True),
+    Column("error", Text, nullable=True),
+)
+Index("ix_lockstep_shadow_log_at", shadow_log.c.at, shadow_log.c.shadow_version)
+
+feedback_log = Table(
+    "lockstep_feedback_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False),
+    Column("record_id", String(ID_LENGTH), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_lockstep_feedback_log_request", feedback_log.c.request_id)

@@ -1,0 +1,51 @@
+"""Shared fixtures: a fresh LOCKSTEP_HOME per test, a real PostgreSQL server per session,
+and the demo corpus cached once per machine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests import postgres_harness
+
+# The demo corpus download is cached across test runs (and CI runs on the same machine).
+DEMO_CACHE = Path(os.environ.get("LOCKSTEP_TEST_CACHE", Path.home() / ".cache" / "lockstep-tests"))
+
+
+@pytest.fixture
+def lockstep_home(tmp_path, monkeypatch):
+    """Point every setting at a fresh folder, as a new user's machine would have."""
+    from lockstep.db import dispose_engines
+
+    home = tmp_path / "lockstep-home"
+    monkeypatch.setenv("LOCKSTEP_HOME", str(home))
+    for var in ("LOCKSTEP_DATABASE_URL", "MLFLOW_TRACKING_URI", "LOCKSTEP_INDEX_STORE", "LOCKSTEP_API_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LOCKSTEP_CACHE_DIR", str(DEMO_CACHE))
+    dispose_engines()
+    yield home
+    dispose_engines()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    server = postgres_harness.start()
+    yield server
+    postgres_harness.stop(server)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the session's PostgreSQL server."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path):
+    """Run a test against both back ends: the SQLite default and a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lockstep.db'}"
+    server = request.getfixturevalue("postgres_server")
+    return server.create_database()
