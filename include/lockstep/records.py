@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,8 +65,12 @@ class Snapshot:
         return [r.id for r in self.records]
 
 
-def validate_record(record_id: Any, text: Any, metadata: Any = None) -> None:
-    """Refuse a record that no index could serve, naming the field that is wrong."""
+def validate_record(record_id: Any, text: Any, metadata: Any = None) -> str | None:
+    """Refuse a record that no index could serve, naming the field that is wrong.
+
+    Returns the metadata serialised as JSON (None without metadata), so a bulk load
+    encodes it once.
+    """
     if not isinstance(record_id, str) or not record_id.strip():
         raise InvalidRecordError(f"record id must be a non-empty string, got {record_id!r}")
     if len(record_id) > ID_LENGTH:
@@ -85,11 +89,12 @@ def validate_record(record_id: Any, text: Any, metadata: Any = None) -> None:
                 f"record {record_id!r}: metadata must be a JSON object, got {type(metadata).__name__}"
             )
         try:
-            json.dumps(metadata, allow_nan=False)
+            return json.dumps(metadata, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
             raise InvalidRecordError(
                 f"record {record_id!r}: metadata is not JSON-serialisable ({exc})"
             ) from exc
+    return None
 
 
 class RecordStore:
@@ -143,57 +148,41 @@ class RecordStore:
         """
         last = self.head()
         for batch in _batched(items, batch_size):
-            rows = [_as_record(item) for item in batch]
-            for r in rows:
-                validate_record(r.id, r.text, r.metadata)
+            rows: dict[str, tuple[str, str | None]] = {}
+            for item in batch:
+                r = _as_record(item)
+                rows.pop(r.id, None)  # a repeated id moves to its last position
+                rows[r.id] = (r.text, validate_record(r.id, r.text, r.metadata))
             last = self._write_batch(rows)
             if progress is not None:
-                progress(len(rows))
+                progress(len(batch))
         return last
 
-    def _write_batch(self, rows: Sequence[Record]) -> int:
-        deduped = list({r.id: r for r in rows}.values())
+    def _write_batch(self, rows: dict[str, tuple[str, str | None]]) -> int:
+        """One transaction: reserve sequences, upsert records, append changes.
+
+        Goes straight to the DB-API ``executemany`` with prepared tuples: SQLAlchemy's
+        per-row parameter processing cost more than the writes themselves.
+        """
+        pg = is_postgres(self.engine)
+        upsert_sql, change_sql = _BULK_SQL["postgresql" if pg else "sqlite"]
         with self.engine.begin() as conn:
-            first = _next_seqs(conn, len(deduped))
+            last = _next_seqs(conn, len(rows))
             now = _now()
-            values = [
-                {
-                    "id": r.id,
-                    "text": r.text,
-                    "metadata": r.metadata,
-                    "updated_at": now,
-                    "seq": first - len(deduped) + 1 + i,
-                    "deleted": False,
-                }
-                for i, r in enumerate(deduped)
+            stamp = now if pg else now.strftime("%Y-%m-%d %H:%M:%S.%f")
+            first = last - len(rows) + 1
+            record_rows = [
+                (rid, text, meta, stamp, first + i) for i, (rid, (text, meta)) in enumerate(rows.items())
             ]
-            insert = (postgresql if is_postgres(self.engine) else sqlite).insert(records)
-            stmt = insert.on_conflict_do_update(
-                index_elements=[records.c.id],
-                set_={
-                    "text": insert.excluded.text,
-                    "metadata": insert.excluded.metadata,
-                    "updated_at": insert.excluded.updated_at,
-                    "seq": insert.excluded.seq,
-                    "deleted": insert.excluded.deleted,
-                },
-            )
-            conn.execute(stmt, values)
-            conn.execute(
-                changes.insert(),
-                [
-                    {
-                        "seq": v["seq"],
-                        "record_id": v["id"],
-                        "op": UPSERT,
-                        "text": v["text"],
-                        "metadata": v["metadata"],
-                        "at": now,
-                    }
-                    for v in values
-                ],
-            )
-        return first
+            cursor = conn.connection.driver_connection.cursor()
+            try:
+                cursor.executemany(upsert_sql, record_rows)
+                cursor.executemany(
+                    change_sql, [(seq, rid, UPSERT, text, meta, stamp) for rid, text, meta, stamp, seq in record_rows]
+                )
+            finally:
+                cursor.close()
+        return last
 
     # --- reads ---------------------------------------------------------------------
 
@@ -259,7 +248,7 @@ class RecordStore:
             rows = conn.execute(stmt).all()
         return Snapshot(
             at_seq,
-            [Record(r.record_id, r.text, r.metadata, r.seq, r.at) for r in rows],
+            [Record(r.record_id, r.text, _load_meta(r.metadata), r.seq, r.at) for r in rows],
         )
 
     def changes_since(self, seq: int, *, until: int | None = None, limit: int | None = None) -> list[Change]:
@@ -271,7 +260,7 @@ class RecordStore:
             stmt = stmt.limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
-        return [Change(r.seq, r.record_id, r.op, r.text, r.metadata, r.at) for r in rows]
+        return [Change(r.seq, r.record_id, r.op, r.text, _load_meta(r.metadata), r.at) for r in rows]
 
     def iter_changes_since(self, seq: int, *, until: int | None = None, page: int = 5000) -> Iterator[Change]:
         """Like ``changes_since`` but paged, for long catch-ups."""
@@ -307,6 +296,21 @@ class RecordStore:
 
 # --- helpers ---------------------------------------------------------------------------
 
+_UPSERT_SQL = (
+    "INSERT INTO lockstep_records (id, text, metadata, updated_at, seq, deleted) "
+    "VALUES ({p}, {p}, {p}, {p}, {p}, {false}) "
+    "ON CONFLICT (id) DO UPDATE SET text = excluded.text, metadata = excluded.metadata, "
+    "updated_at = excluded.updated_at, seq = excluded.seq, deleted = excluded.deleted"
+)
+_CHANGE_SQL = (
+    "INSERT INTO lockstep_changes (seq, record_id, op, text, metadata, at) "
+    "VALUES ({p}, {p}, {p}, {p}, {p}, {p})"
+)
+_BULK_SQL = {
+    "sqlite": (_UPSERT_SQL.format(p="?", false="0"), _CHANGE_SQL.format(p="?")),
+    "postgresql": (_UPSERT_SQL.format(p="%s", false="false"), _CHANGE_SQL.format(p="%s")),
+}
+
 
 def _next_seqs(conn: Connection, n: int) -> int:
     """Reserve ``n`` sequence numbers in this transaction; returns the last one.
@@ -339,7 +343,11 @@ def _as_record(item: Record | dict[str, Any]) -> Record:
 
 
 def _row_to_record(row: Any) -> Record:
-    return Record(row.id, row.text, row.metadata, int(row.seq), row.updated_at)
+    return Record(row.id, row.text, _load_meta(row.metadata), int(row.seq), row.updated_at)
+
+
+def _load_meta(raw: str | None) -> dict[str, Any] | None:
+    return None if raw is None else json.loads(raw)
 
 
 def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

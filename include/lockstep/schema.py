@@ -42,7 +42,9 @@ records = Table(
     metadata,
     Column("id", String(ID_LENGTH), primary_key=True),
     Column("text", Text, nullable=True),  # None once deleted (tombstone)
-    Column("metadata", JSON, nullable=True),
+    # JSON as text, serialised once per write by the store: a JSON column would encode
+    # it again per table and per row, which halves bulk-load throughput.
+    Column("metadata", Text, nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("seq", BigInteger, nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
@@ -56,7 +58,7 @@ changes = Table(
     Column("record_id", String(ID_LENGTH), nullable=False),
     Column("op", String(8), nullable=False),  # "upsert" | "delete"
     Column("text", Text, nullable=True),
-    Column("metadata", JSON, nullable=True),
+    Column("metadata", Text, nullable=True),  # JSON as text, as in records
     Column("at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_lockstep_changes_record", changes.c.record_id, changes.c.seq)
