@@ -1,0 +1,103 @@
+"""lockstep_reembed: re-embed every record with a model version into a new index.
+
+Plan of a run: resolve the version -> register its slot as a write target (loading)
+-> snapshot at sequence S -> embed shards in parallel (mapped) -> merge and catch up
+every change after S -> validate against the record store -> publish (slot ready,
+MLflow tag) -> emit the index-ready asset, which starts ``lockstep_rollout``.
+
+Live writes never stop: the slot is registered before the snapshot, and every write
+lands in the change log the merge and validation steps catch up from. A half-built or
+failed index stays in state ``loading`` and is never served.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Metadata, Param, dag, task
+from lockstep_common import (
+    CHALLENGER,
+    DEFAULT_ARGS,
+    INDEX_READY,
+    NO_RETRY,
+    latest_extra,
+    on_failure,
+)
+
+
+@dag(
+    dag_id="lockstep_reembed",
+    description="Bulk re-embed every record into a new versioned FAISS index, with dual writes and catch-up.",
+    schedule=[CHALLENGER],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    tags=["lockstep", "indexing"],
+    doc_md=__doc__,
+    params={
+        "model_version": Param(
+            None, type=["null", "string"],
+            description="Registered version to index. Empty: the version from the challenger asset, else alias 'challenger'.",
+        ),
+        "index_type": Param("flat", enum=["flat", "ivf", "hnsw"], description="flat is exact; ivf and hnsw are approximate (validated by recall@10)."),
+        "shard_size": Param(2000, type="integer", minimum=100, maximum=1_000_000, description="Records per shard (one mapped task each)."),
+        "min_recall": Param(0.9, type="number", minimum=0, maximum=1, description="Minimum recall@10 against exact search for approximate index types."),
+        "sample_size": Param(200, type="integer", minimum=1, description="Stored vectors compared with fresh embeddings during validation."),
+        "promote_if_first": Param(True, type="boolean", description="With no champion yet, make this version champion at 100 % once its index is ready."),
+    },
+)
+def lockstep_reembed():
+    @task
+    def prepare(params=None, inlet_events=None) -> dict:
+        from lockstep import reembed
+        from lockstep.registry import Registry
+
+        registry = Registry()
+        version = reembed.resolve_version(params["model_version"], latest_extra(inlet_events, CHALLENGER), registry)
+        return reembed.prepare(version, registry)
+
+    @task
+    def snapshot(plan: dict, params=None) -> dict:
+        from lockstep import reembed
+
+        return reembed.snapshot(plan, params["shard_size"])
+
+    @task
+    def shards(snap: dict) -> list[int]:
+        return snap["shards"]
+
+    @task(map_index_template="shard {{ task.op_kwargs['shard'] }}")
+    def embed(plan: dict, snap: dict, shard: int) -> dict:
+        from lockstep import reembed
+
+        return reembed.embed(plan, snap, shard)
+
+    @task
+    def merge(plan: dict, snap: dict, results: list[dict], params=None) -> dict:
+        from lockstep import reembed
+
+        return reembed.merge(plan, snap, list(results), {"kind": params["index_type"]})
+
+    @task(**NO_RETRY)
+    def validate(plan: dict, merged: dict, params=None) -> dict:
+        from lockstep import reembed
+
+        return reembed.validate(plan, sample_size=params["sample_size"], min_recall=params["min_recall"])
+
+    @task(outlets=[INDEX_READY])
+    def publish(plan: dict, checked: dict, params=None):
+        from lockstep import reembed
+
+        ready = reembed.publish(plan, params["promote_if_first"])
+        yield Metadata(INDEX_READY, ready)
+        return ready
+
+    plan = prepare()
+    snap = snapshot(plan)
+    results = embed.partial(plan=plan, snap=snap).expand(shard=shards(snap))
+    merged = merge(plan, snap, results)
+    publish(plan, validate(plan, merged))
+
+
+lockstep_reembed()

@@ -1,0 +1,106 @@
+"""lockstep_retrain: validate the data, train, evaluate against the champion, register.
+
+Plan of a run: snapshot -> validate -> train -> evaluate -> register -> (accept | reject).
+A better model gets alias ``challenger`` and emits the challenger asset, which starts
+``lockstep_reembed``; a model that is not better is registered, tagged rejected with
+the reason and figures, and the run stops there.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Metadata, Param, dag, task
+from airflow.timetables.assets import AssetOrTimeSchedule
+from airflow.timetables.trigger import CronTriggerTimetable
+from lockstep_common import CHALLENGER, DEFAULT_ARGS, DRIFT, NO_RETRY, on_failure
+
+TRAIN_KEYS = ("dim", "max_features", "min_df", "max_df", "margin", "holdout_percent", "max_eval_queries")
+
+
+@dag(
+    dag_id="lockstep_retrain",
+    description="Validate data, train, evaluate against the champion, register in MLflow.",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 1", timezone="UTC"), assets=DRIFT),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    tags=["lockstep", "training"],
+    doc_md=__doc__,
+    params={
+        "dim": Param(256, type="integer", minimum=8, maximum=2048, description="Embedding dimension (SVD components)."),
+        "max_features": Param(50000, type="integer", minimum=100, description="TF-IDF vocabulary size."),
+        "min_df": Param(2, type="integer", minimum=1, description="Minimum number of documents a term must appear in."),
+        "max_df": Param(0.5, type="number", exclusiveMinimum=0, maximum=1, description="Drop terms in more than this share of documents."),
+        "margin": Param(0.005, type="number", minimum=0, description="nDCG@10 gain the challenger must show over the champion (and its CI lower bound must be > 0)."),
+        "holdout_percent": Param(10, type="integer", minimum=1, maximum=50, description="Percent of labelled records held out as evaluation queries (stable by id)."),
+        "max_eval_queries": Param(1500, type="integer", minimum=10, description="At most this many evaluation queries."),
+        "skip_validation": Param(False, type="boolean", description="Skip the Great Expectations suite (not recommended)."),
+    },
+)
+def lockstep_retrain():
+    @task(**NO_RETRY)
+    def snapshot() -> dict:
+        from lockstep import retrain
+
+        return retrain.snapshot()
+
+    @task(**NO_RETRY)
+    def validate(snap: dict, params=None, run_id=None) -> dict:
+        from lockstep import retrain
+
+        if params["skip_validation"]:
+            return {"success": True, "skipped": True}
+        return retrain.validate(snap["seq"], str(retrain.run_folder(run_id)))
+
+    @task(**NO_RETRY)
+    def train(snap: dict, validation: dict, params=None, run_id=None) -> dict:
+        from lockstep import retrain
+
+        config = {k: params[k] for k in TRAIN_KEYS}
+        return retrain.train(snap["seq"], str(retrain.run_folder(run_id)), config)
+
+    @task
+    def evaluate(snap: dict, model: dict, params=None, run_id=None) -> dict:
+        from lockstep import retrain
+
+        config = {k: params[k] for k in TRAIN_KEYS}
+        return retrain.evaluate(snap["seq"], model["model_path"], str(retrain.run_folder(run_id)), config)
+
+    @task
+    def register(snap: dict, model: dict, evaluation: dict, params=None, run_id=None) -> dict:
+        from lockstep import retrain
+
+        config = {k: params[k] for k in TRAIN_KEYS}
+        folder = str(retrain.run_folder(run_id))
+        return retrain.register(snap["seq"], model["model_path"], evaluation, folder, run_id, config)
+
+    @task.branch
+    def decide(evaluation: dict) -> str:
+        return "accept" if evaluation["better"] else "reject"
+
+    @task(outlets=[CHALLENGER])
+    def accept(registered: dict):
+        from lockstep import retrain
+
+        challenger = retrain.accept(registered["version"])
+        yield Metadata(CHALLENGER, challenger)
+        return challenger
+
+    @task
+    def reject(registered: dict, evaluation: dict) -> dict:
+        from lockstep import retrain
+
+        return retrain.reject(registered["version"], evaluation)
+
+    snap = snapshot()
+    model = train(snap, validate(snap))
+    evaluation = evaluate(snap, model)
+    registered = register(snap, model, evaluation)
+    decision = decide(evaluation)
+    registered >> decision
+    decision >> [accept(registered), reject(registered, evaluation)]
+
+
+lockstep_retrain()

