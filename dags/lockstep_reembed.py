@@ -100,4 +100,4 @@ def lockstep_reembed():
     publish(plan, validate(plan, merged))
 
 
-lockstep_reembed()
+dag = lockstep_reembed()

@@ -103,4 +103,4 @@ def lockstep_retrain():
     decision >> [accept(registered), reject(registered, evaluation)]
 
 
-lockstep_retrain()
+dag = lockstep_retrain()

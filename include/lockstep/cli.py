@@ -215,5 +215,36 @@ def search(
     search_once(text, k, user_id)
 
 
+# --- lifecycle ---------------------------------------------------------------------------
+
+
+@app.command()
+def demo() -> None:
+    """One lifecycle headless on the demo corpus; a summary; non-zero exit if a step failed."""
+    from .lifecycle import run_first_lifecycle
+
+    report = run_first_lifecycle(lambda msg: typer.echo(msg, err=True))
+    typer.echo(report.summary())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def up() -> None:
+    """The embedded stack's main job (today: the first lifecycle, headless; see README)."""
+    from .config import settings
+    from .lifecycle import run_first_lifecycle
+
+    cfg = settings()
+    report = run_first_lifecycle(lambda msg: typer.echo(msg, err=True))
+    typer.echo(report.summary())
+    if report.ok:
+        typer.echo(
+            f"\nwhere to look:\n  data      {cfg.home}\n  MLflow    mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}\n"
+            "  serve     ./dev lockstep serve   (then POST /search on http://127.0.0.1:8000)\n"
+            "  search    ./dev lockstep search \"space shuttle\""
+        )
+    raise typer.Exit(0 if report.ok else 1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -122,6 +122,8 @@ def snapshot(plan: dict[str, Any], shard_size: int, store: RecordStore | None = 
 
 def embed(plan: dict[str, Any], snap: dict[str, Any], shard: int, embedder=None) -> dict[str, Any]:
     """Embed one shard into a partial index (reused when a matching one exists)."""
+    from .faults import maybe_fail
+
     p = SlotPlan(**plan)
     embedder = embedder or _load_embedder(p)
     records = _read_snapshot(_snapshot_file(plan, snap["seq"]))
@@ -134,6 +136,7 @@ def embed(plan: dict[str, Any], snap: dict[str, Any], shard: int, embedder=None)
         fingerprint=p.fingerprint,
         snapshot_seq=snap["seq"],
     )
+    maybe_fail("reembed.embed", shard)  # after the output exists: a retry must reuse, not duplicate
     return asdict(result)
 
 

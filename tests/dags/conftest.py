@@ -43,3 +43,11 @@ def task_states(dagrun) -> dict[str, str]:
         key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
         states[key] = str(ti.state.value if hasattr(ti.state, "value") else ti.state)
     return states
+
+
+def task_tries(dagrun) -> dict[str, int]:
+    """task_id (with map index) -> the attempt that finished it (2 means one retry)."""
+    return {
+        (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): ti.try_number
+        for ti in dagrun.get_task_instances()
+    }
