@@ -1,10 +1,11 @@
 """Deliberate, one-time failures for resilience tests and game days.
 
-``LOCKSTEP_FAULTS`` lists fault points, e.g. ``reembed.embed:1,serving.shadow``: a
-point with a qualifier fires only for that qualifier (shard 1). Each fault fires once
-per ``LOCKSTEP_HOME`` (a marker file records it), so a retried task succeeds: this is
-how the tests show that a failed shard is retried without duplicates. Unset, the
-check is a dictionary lookup and nothing more.
+``LOCKSTEP_FAULTS`` lists fault points, e.g. ``reembed.embed:1,serving.search:3*``: a
+point with a qualifier fires only for that qualifier (shard 1, model version 3). A
+plain fault fires once per ``LOCKSTEP_HOME`` (a marker file records it), so a retried
+task succeeds: this is how the tests show that a failed shard is retried without
+duplicates. A trailing ``*`` makes it fire every time (a candidate that keeps
+failing). Unset, the check is one environment lookup and nothing more.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def maybe_fail(point: str, qualifier: object = None) -> None:
     if not spec:
         return
     wanted = {item.strip() for item in spec.split(",") if item.strip()}
+    for key in (point, f"{point}:{qualifier}"):
+        if f"{key}*" in wanted:
+            raise InjectedFault(f"injected fault at {key} (LOCKSTEP_FAULTS, every time)")
     key = point if point in wanted else f"{point}:{qualifier}"
     if key not in wanted:
         return
