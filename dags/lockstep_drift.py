@@ -1,0 +1,103 @@
+"""lockstep_drift: has the recent data moved away from what the champion was trained on?
+
+Plan of a run: check -> log to MLflow -> decide -> (emit_drift | no_drift).
+
+**check** compares the window that ends at the run's time (one hour by default) with
+the champion's training snapshot: records upserted in the window (vocabulary and, under
+the champion model, a domain classifier's ROC AUC against a permutation threshold),
+search queries from the request log (words the champion never saw) and click-through
+of the champion's searches against the period before. The embedding reference is the
+part of the training snapshot the champion was *not* fitted on (its held-out records).
+With no champion yet, or too little new data, the answer is "not drifted" with a note.
+
+**log_report** writes one run to the MLflow experiment `lockstep-drift`: the figures as
+metrics, the JSON report and a plot (embeddings on two principal components, each
+figure against its threshold), tagged with the champion version. A retry reuses it.
+
+**emit_drift** sends a `drift_detected` alert and emits the drift asset, which
+schedules `lockstep_retrain`; the event's extra holds the champion version, the reasons
+and the figures. Param `force` emits it even without drift (demos).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Metadata, Param, dag, task
+from lockstep_common import DEFAULT_ARGS, DRIFT, NO_RETRY, on_failure
+
+THRESHOLD_KEYS = (
+    "embedding_auc_floor",
+    "js_distance_excess",
+    "unseen_token_share_excess",
+    "ctr_relative_drop",
+)
+
+
+@dag(
+    dag_id="lockstep_drift",
+    description="Compare recent records, queries and click-through with the champion's training data; emit the drift asset.",
+    schedule="@hourly",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    tags=["lockstep", "monitoring", "drift"],
+    doc_md=__doc__,
+    params={
+        "window_hours": Param(1.0, type="number", exclusiveMinimum=0, maximum=24 * 30, description="Length of the window that ends at the run's time; click-through compares it with the window before."),
+        "embedding_auc_floor": Param(0.70, type="number", minimum=0.5, maximum=1, description="Drift when a classifier tells window from reference embeddings with a ROC AUC above this (or above the permutation test's 95th percentile, if higher). 0.5 means indistinguishable."),
+        "js_distance_excess": Param(0.10, type="number", minimum=0, maximum=1, description="Drift when the Jensen-Shannon distance between window and reference tokens exceeds that of a same-sized reference sample by more than this."),
+        "unseen_token_share_excess": Param(0.05, type="number", minimum=0, maximum=1, description="Drift when the share of window (or query) tokens never seen in the training data exceeds that of a same-sized reference sample by more than this."),
+        "ctr_relative_drop": Param(0.20, type="number", minimum=0, maximum=1, description="Drift when the champion's click-through fell by more than this share against the previous window (and the drop is significant at p < 0.01)."),
+        "min_records": Param(50, type="integer", minimum=10, description="Fewest new records (and, separately, queries) in the window for them to be judged; fewer gives 'not drifted' with a note."),
+        "max_samples": Param(2000, type="integer", minimum=50, maximum=20000, description="Records, queries and reference texts sampled per side at most (bounds the run time)."),
+        "force": Param(False, type="boolean", description="Emit the drift asset even when no drift is found (demos: schedules a retraining)."),
+    },
+)
+def lockstep_drift():
+    @task
+    def check(params=None, run_id=None, data_interval_end=None, dag_run=None) -> dict:
+        from lockstep import drift_check
+        from lockstep.retrain import run_folder
+
+        end = data_interval_end or getattr(dag_run, "run_after", None)
+        return drift_check.run_drift_check(
+            window_hours=float(params["window_hours"]),
+            thresholds={k: params[k] for k in THRESHOLD_KEYS},
+            min_records=int(params["min_records"]),
+            max_samples=int(params["max_samples"]),
+            now=end.isoformat() if end is not None else None,
+            work_dir=str(run_folder(run_id) / "drift"),
+        )
+
+    @task
+    def log_report(report: dict, run_id=None) -> dict:
+        from lockstep import drift_check
+
+        logged = drift_check.log_drift_report(report, check_id=run_id)
+        return {**report, "mlflow_run_id": logged["run_id"]}
+
+    @task.branch(**NO_RETRY)
+    def decide(report: dict, params=None) -> str:
+        return "emit_drift" if report["drifted"] or params["force"] else "no_drift"
+
+    @task(outlets=[DRIFT])
+    def emit_drift(report: dict, params=None, run_id=None):
+        from lockstep import drift_check
+
+        drift_check.alert_drift(report, check_id=run_id)
+        extra = drift_check.asset_extra(report, forced=bool(params["force"]) and not report["drifted"])
+        yield Metadata(DRIFT, extra)
+        return extra
+
+    @task(**NO_RETRY)
+    def no_drift(report: dict) -> dict:
+        return {"status": report["status"], "notes": report["notes"]}
+
+    report = log_report(check())
+    decide(report) >> [emit_drift(report), no_drift(report)]
+
+
+# The @dag function returns the DAG object; keep it so tests can run lockstep_drift_dag.test().
+lockstep_drift_dag = lockstep_drift()
