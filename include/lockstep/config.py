@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "lockstep-embedder"
+DEFAULT_MLFLOW_UI_URL = "http://127.0.0.1:5000"
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Settings:
     index_store: str
     model_name: str
     api_token: str | None
+    mlflow_ui_url: str = DEFAULT_MLFLOW_UI_URL  # where a browser opens MLflow (links on the UI page)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -37,6 +39,7 @@ class Settings:
             index_store=env.get("LOCKSTEP_INDEX_STORE") or str(home / "indexes"),
             model_name=env.get("LOCKSTEP_MODEL_NAME") or DEFAULT_MODEL_NAME,
             api_token=env.get("LOCKSTEP_API_TOKEN") or None,
+            mlflow_ui_url=env.get("LOCKSTEP_MLFLOW_UI_URL") or DEFAULT_MLFLOW_UI_URL,
         )
 
     def ensure_home(self) -> Path:

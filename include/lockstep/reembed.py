@@ -100,10 +100,13 @@ def prepare(version: str | int, registry=None, engine=None) -> dict[str, Any]:
     from . import routing
     from .registry import Registry
 
-    plan = plan_slot(registry or Registry(), version)
+    registry = registry or Registry()
+    plan = plan_slot(registry, version)
     routing.register_slot(
         plan.model_version, plan.model_uri, plan.location, plan.fingerprint, state="loading", engine=engine
     )
+    # One download from the registry; every shard task then loads this local copy.
+    registry.load_embedder(plan.model_version).save(_model_file(plan))
     return asdict(plan)
 
 
@@ -315,9 +318,20 @@ def reembed_version(
 # --- helpers -----------------------------------------------------------------------------------
 
 
+def _model_file(plan: SlotPlan) -> Path:
+    return Path(plan.location) / "shards" / "model.joblib"
+
+
 def _load_embedder(plan: SlotPlan):
+    """The local copy made by ``prepare`` (checked against the plan's fingerprint), else the registry."""
+    from .embedding import TextEmbedder
     from .registry import Registry
 
+    path = _model_file(plan)
+    if path.exists():
+        model = TextEmbedder.load(path)
+        if model.fingerprint == plan.fingerprint:
+            return model
     return Registry().load_embedder(plan.model_version)
 
 

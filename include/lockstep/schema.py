@@ -144,3 +144,41 @@ feedback_log = Table(
     Column("at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_lockstep_feedback_log_request", feedback_log.c.request_id)
+
+# --- rollouts: one row per rollout, one per gate analysis or decision ---------------
+# (added by the rollout issue; read by the Airflow UI page of the Lockstep plugin)
+
+rollouts = Table(
+    "lockstep_rollouts",
+    metadata,
+    Column("rollout_id", String(250), primary_key=True),  # the Airflow run id, or any caller's id
+    Column("model_version", String(64), nullable=False),  # the candidate
+    Column("baseline_version", String(64), nullable=True),  # the champion it is compared with
+    Column("strategy", String(32), nullable=False),
+    Column("status", String(32), nullable=False),  # running|promoted|rolled_back|shadow_only|skipped
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("config", JSON, nullable=True),
+    Column("figures", JSON, nullable=True),
+)
+
+rollout_steps = Table(
+    "lockstep_rollout_steps",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("rollout_id", String(250), nullable=False),
+    Column("step", String(64), nullable=False),  # e.g. "shadow", "canary 5%", "finalize"
+    Column("phase", String(32), nullable=False),  # review|shadow|canary|ab|bandit|blue_green|finalize|verify|rollback|retention
+    Column("look", Integer, nullable=False, default=1),  # 2, 3, ... when an inconclusive bake was extended
+    Column("weight", Integer, nullable=True),  # candidate's traffic percent during the step
+    Column("verdict", String(16), nullable=False),  # pass|fail|inconclusive|info
+    Column("action", String(16), nullable=True),  # promote|extend|rollback
+    Column("reason", Text, nullable=True),
+    Column("gates", JSON, nullable=True),  # [GateResult.to_dict(), ...]
+    Column("figures", JSON, nullable=True),
+    Column("window_start", DateTime(timezone=True), nullable=True),
+    Column("window_end", DateTime(timezone=True), nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_lockstep_rollout_steps_rollout", rollout_steps.c.rollout_id, rollout_steps.c.id)
