@@ -129,6 +129,10 @@ def airflow_env(config: StackConfig, password: str) -> dict[str, str]:
     )
     if config.metadata_url:
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = config.metadata_url
+        if config.metadata_url.startswith("postgresql"):
+            # Airflow 3.3 also opens an async engine; without this it asks for asyncpg.
+            rest = config.metadata_url.split("://", 1)[1]
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = f"postgresql+psycopg_async://{rest}"
     if config.api_token:
         env["LOCKSTEP_API_TOKEN"] = config.api_token
     return env
