@@ -218,32 +218,86 @@ def search(
 # --- lifecycle ---------------------------------------------------------------------------
 
 
-@app.command()
-def demo() -> None:
-    """One lifecycle headless on the demo corpus; a summary; non-zero exit if a step failed."""
-    from .lifecycle import run_first_lifecycle
-
-    report = run_first_lifecycle(lambda msg: typer.echo(msg, err=True))
-    typer.echo(report.summary())
-    raise typer.Exit(0 if report.ok else 1)
-
-
-@app.command()
-def up() -> None:
-    """The embedded stack's main job (today: the first lifecycle, headless; see README)."""
+def _demo_options(per_category: int, airflow_port: int, mlflow_port: int, serving_port: int, **kw):
     from .config import settings
-    from .lifecycle import run_first_lifecycle
+    from .demo import DemoOptions
 
     cfg = settings()
-    report = run_first_lifecycle(lambda msg: typer.echo(msg, err=True))
+    cfg.ensure_home()
+    return DemoOptions(home=cfg.home, per_category=per_category, airflow_port=airflow_port,
+                       mlflow_port=mlflow_port, serving_port=serving_port, **kw)
+
+
+@app.command()
+def demo(
+    per_category: Annotated[int, typer.Option(help="Demo posts per newsgroup and phase (0: all).")] = 150,
+    airflow_db: Annotated[str | None, typer.Option(help="Airflow metadata DB URL (default: SQLite in LOCKSTEP_HOME).")] = None,
+    no_drift: Annotated[bool, typer.Option(help="Stop after the first model (skip the drift-driven retrain and rollout).")] = False,
+) -> None:
+    """One complete lifecycle headless (first model, drift, retrain, canary rollout); non-zero exit if a step failed."""
+    from .demo import DemoRun
+
+    options = _demo_options(per_category, 0, 0, 0, metadata_url=airflow_db, drift_phase=not no_drift)
+    report = DemoRun(options, lambda msg: typer.echo(msg, err=True)).run_demo()
     typer.echo(report.summary())
-    if report.ok:
-        typer.echo(
-            f"\nwhere to look:\n  data      {cfg.home}\n  MLflow    mlflow ui --backend-store-uri {cfg.mlflow_tracking_uri}\n"
-            "  serve     ./dev lockstep serve   (then POST /search on http://127.0.0.1:8000)\n"
-            "  search    ./dev lockstep search \"space shuttle\""
-        )
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def up(
+    per_category: Annotated[int, typer.Option(help="Demo posts per newsgroup (0: all).")] = 0,
+    airflow_port: Annotated[int, typer.Option(help="Airflow UI and API port.")] = 8080,
+    mlflow_port: Annotated[int, typer.Option(help="MLflow UI port.")] = 5000,
+    serving_port: Annotated[int, typer.Option(help="Serving API port.")] = 8000,
+) -> None:
+    """The embedded stack: Airflow, MLflow UI, serving app, simulator; runs the first lifecycle; Ctrl-C stops all."""
+    import threading
+
+    from .demo import DemoRun
+
+    options = _demo_options(per_category, airflow_port, mlflow_port, serving_port)
+    run = DemoRun(options, lambda msg: typer.echo(msg, err=True))
+
+    def wait() -> None:
+        c = run.stack.config
+        typer.echo(
+            "\nLockstep is up. Where to look:\n"
+            f"  Airflow UI     {c.airflow_url}   (login admin / {run.stack.password}); the Lockstep page is in the nav\n"
+            f"  MLflow UI      http://127.0.0.1:{c.mlflow_port}\n"
+            f"  serving API    {c.serving_url}/docs   (write token: {run.token})\n"
+            f"  logs           {c.home / 'logs'}\n"
+            "Trigger lockstep_drift or lockstep_retrain in the Airflow UI to start the next lifecycle.\n"
+            "Ctrl-C stops everything."
+        )
+        stop = threading.Event()
+        try:
+            while not stop.wait(5):
+                run.stack.check_alive()
+        except KeyboardInterrupt:
+            typer.echo("\nstopping ...", err=True)
+
+    report = run.run_up(wait)
+    typer.echo(report.summary())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def simulate(
+    users: Annotated[int, typer.Option(help="Simulated users (sticky user ids).")] = 100,
+    requests: Annotated[int | None, typer.Option(help="Searches to send (default 1000 unless --duration).")] = None,
+    duration: Annotated[float | None, typer.Option(help="Seconds to run instead of a request count.")] = None,
+    url: Annotated[str, typer.Option(help="Serving API base URL.")] = "http://127.0.0.1:8000",
+    click_model: Annotated[str, typer.Option(help="relevance (clicks by category match) or none.")] = "relevance",
+    concurrency: Annotated[int, typer.Option(min=1)] = 4,
+    rate: Annotated[float | None, typer.Option(help="Searches per second (default: as fast as possible).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Traffic simulator: held-out queries as many users; clicks with a probability that depends on relevance."""
+    from .simulator import simulate_command
+
+    report = simulate_command(users=users, requests=requests, duration=duration, url=url, click_model=click_model,
+                              concurrency=concurrency, rate=rate, seed=seed, echo=typer.echo)
+    raise typer.Exit(0 if report.errors == 0 and report.mixed == 0 else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,305 @@
+"""The whole lifecycle on the embedded stack, driven through Airflow's REST API.
+
+``lockstep up`` and ``lockstep demo`` start the real components (Airflow api-server,
+scheduler, dag-processor and triggerer; the MLflow UI; the serving app), then play
+the story Lockstep exists for, step by step, as a user would:
+
+1. load the corpus: 10 of the 20 newsgroups (the world as it was);
+2. ``lockstep_retrain`` trains the first model; the challenger asset starts
+   ``lockstep_reembed``; its index becomes champion at 100 %; the index-ready asset
+   starts ``lockstep_rollout`` (nothing to roll out for the first champion);
+3. traffic: the simulator sends searches and clicks as many users;
+4. the world changes: posts of the other 10 newsgroups arrive as live writes
+   through the serving API (``PUT /records``), reaching every index version;
+5. ``lockstep_drift`` flags the change and emits the drift asset, which starts
+   ``lockstep_retrain``; the new model (trained on all 20 groups) is better, so it is
+   re-embedded and rolled out by canary steps under the statistical gates, with live
+   traffic, until it serves 100 % and holds alias ``champion``.
+
+``demo`` runs all of it headless and exits non-zero if a step failed; ``up`` runs
+steps 1-3 and keeps the stack running until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class StepResult:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class LifecycleReport:
+    steps: list[StepResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.steps) and all(s.ok for s in self.steps)
+
+    def summary(self) -> str:
+        lines = ["step                          result   seconds  detail"]
+        for s in self.steps:
+            lines.append(f"{s.name:<29} {'ok' if s.ok else 'FAILED':<8} {s.seconds:7.1f}  {s.detail}")
+        lines.append("lifecycle " + ("completed" if self.ok else "FAILED"))
+        return "\n".join(lines)
+
+FIRST_HALF = 10  # newsgroups in the first corpus; the other 10 arrive later as drift
+DEMO_ROLLOUT = {  # short bakes so a rollout runs in minutes on a laptop
+    "strategy": "canary",
+    "canary_steps": [5, 25, 50, 100],
+    "bake_seconds": 15,
+    "min_samples": 20,
+    "max_extensions": 3,
+}
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    home: Path
+    per_category: int = 150  # demo posts per newsgroup and phase (None-like 0: all)
+    airflow_port: int = 0  # 0: a free port
+    mlflow_port: int = 0
+    serving_port: int = 0
+    metadata_url: str | None = None
+    rate: float = 15.0  # simulated searches per second
+    drift_phase: bool = True
+    timeout: float = 1500.0  # per DAG run
+    rollout: dict[str, Any] = field(default_factory=lambda: dict(DEMO_ROLLOUT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DemoRun:
+    """One run of the story; each step is recorded in ``report``."""
+
+    def __init__(self, options: DemoOptions, say: Callable[[str], None] = print) -> None:
+        self.options = options
+        self.say = say
+        self.report = LifecycleReport()
+        self.stack = None
+        self.client = None
+        self.simulator = None
+        self.token = os.environ.get("LOCKSTEP_API_TOKEN") or secrets.token_urlsafe(16)
+        self.facts: dict[str, Any] = {}
+
+    # --- steps ---------------------------------------------------------------------------
+
+    def step(self, name: str, fn: Callable[[], str]) -> bool:
+        self.say(f"==> {name}")
+        started = time.perf_counter()
+        try:
+            detail = fn()
+        except Exception as exc:  # a failed step ends the story with its reason
+            self.report.steps.append(StepResult(name, False, time.perf_counter() - started, f"{type(exc).__name__}: {exc}"))
+            self.say(f"    FAILED: {exc}")
+            return False
+        self.report.steps.append(StepResult(name, True, time.perf_counter() - started, detail))
+        self.say(f"    {detail}")
+        return True
+
+    def start_stack(self) -> str:
+        from .stack import StackConfig, start
+
+        o = self.options
+        config = StackConfig(
+            home=o.home,
+            airflow_port=o.airflow_port or free_port(),
+            mlflow_port=o.mlflow_port or free_port(),
+            serving_port=o.serving_port or free_port(),
+            metadata_url=o.metadata_url,
+            api_token=self.token,
+        )
+        os.environ["LOCKSTEP_ROLLOUT_DEFAULTS"] = json.dumps({**o.rollout, "serving_url": config.serving_url})
+        self.stack = start(config, self.say)
+        self.client = self.stack.client()
+        self.client.wait_for_dags(
+            ["lockstep_retrain", "lockstep_reembed", "lockstep_rollout", "lockstep_drift", "lockstep_rollback"]
+        )
+        for dag_id in ("lockstep_retrain", "lockstep_reembed", "lockstep_rollout", "lockstep_drift", "lockstep_rollback"):
+            self.client.unpause(dag_id)
+        return (
+            f"Airflow {config.airflow_url} (login admin / {self.stack.password}), "
+            f"MLflow UI http://127.0.0.1:{config.mlflow_port}, serving {config.serving_url}"
+        )
+
+    def load_first_half(self) -> str:
+        from .corpus import DEMO_CATEGORIES
+        from .records import RecordStore
+
+        store = RecordStore()
+        if store.count():
+            return f"record store already holds {store.count():,} records"
+        records = self._demo_records("train", DEMO_CATEGORIES[:FIRST_HALF])
+        seq = store.upsert_many(records)
+        return f"{len(records):,} posts of {FIRST_HALF} newsgroups loaded (sequence {seq})"
+
+    def first_model(self) -> str:
+        retrain = self._run("lockstep_retrain", {"dim": 128})
+        reembed = self._next_run("lockstep_reembed")
+        rollout = self._next_run("lockstep_rollout")
+        from .registry import Registry
+
+        champion = Registry().version_for_alias("champion")
+        if champion is None:
+            raise RuntimeError("no champion after the first re-embedding")
+        self.facts["first_champion"] = champion.version
+        return f"v{champion.version} is champion at 100 % (runs {retrain}, {reembed}, {rollout})"
+
+    def start_traffic(self) -> str:
+        from .simulator import Simulator, held_out_queries, record_categories
+
+        queries = held_out_queries(seed=1)
+        self.simulator = Simulator(
+            self.stack.config.serving_url, queries, record_categories(), users=200, concurrency=3,
+            rate=self.options.rate, seed=1,
+        ).start()
+        time.sleep(5)
+        return f"{len(queries)} held-out queries as 200 users at {self.options.rate:g} searches/s"
+
+    def stream_second_half(self) -> str:
+        import httpx
+
+        from .corpus import DEMO_CATEGORIES
+
+        records = self._demo_records("test", DEMO_CATEGORIES[FIRST_HALF:])
+        url = self.stack.config.serving_url
+        headers = {"Authorization": f"Bearer {self.token}"}
+        with httpx.Client(base_url=url, timeout=30, headers=headers) as http:
+            for r in records:
+                resp = http.put(f"/records/{r.id}", json={"text": r.text, "metadata": r.metadata})
+                resp.raise_for_status()
+        return f"{len(records):,} posts of the other {len(DEMO_CATEGORIES) - FIRST_HALF} newsgroups written through PUT /records"
+
+    def drift_and_retrain(self) -> str:
+        drift = self._run("lockstep_drift", {"window_hours": 1, "min_records": 50})
+        states = self.client.task_states("lockstep_drift", drift)
+        if states.get("emit_drift") != "success":
+            raise RuntimeError(f"drift was not flagged: {states}")
+        retrain = self._next_run("lockstep_retrain")
+        from .registry import Registry
+
+        challenger = Registry().version_for_alias("challenger")
+        if challenger is None:
+            raise RuntimeError("the drift-driven retrain did not produce a challenger (rejected?)")
+        self.facts["challenger"] = challenger.version
+        return f"drift flagged (run {drift}); retrain {retrain} registered challenger v{challenger.version}"
+
+    def reembed_and_rollout(self) -> str:
+        reembed = self._next_run("lockstep_reembed")
+        rollout = self._next_run("lockstep_rollout")
+        from .registry import Registry
+
+        champion = Registry().version_for_alias("champion")
+        if champion is None or champion.version != self.facts.get("challenger"):
+            raise RuntimeError(f"rollout {rollout} ended but the champion is {champion and champion.version}")
+        return f"v{champion.version} rolled out by canary to 100 % and is champion (runs {reembed}, {rollout})"
+
+    def traffic_summary(self) -> str:
+        report = self.simulator.stop()
+        self.simulator = None
+        self.say(report.summary())
+        if report.mixed:
+            raise RuntimeError(f"{report.mixed} responses mixed model and index versions")
+        if report.errors:
+            raise RuntimeError(f"{report.errors} of {report.requests} searches failed: {report.error_samples[:3]}")
+        return f"{report.requests} searches, no errors, no mixed versions"
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _demo_records(self, split: str, categories):
+        from .corpus import load_demo_corpus
+
+        records = load_demo_corpus(split=split, categories=list(categories))
+        n = self.options.per_category
+        if not n:
+            return records
+        kept: dict[str, int] = {}
+        out = []
+        for r in records:
+            c = r.metadata["category"]
+            if kept.get(c, 0) < n:
+                kept[c] = kept.get(c, 0) + 1
+                out.append(r)
+        return out
+
+    def _run(self, dag_id: str, conf: dict[str, Any]) -> str:
+        self._seen = getattr(self, "_seen", {})
+        run_id = self.client.trigger(dag_id, conf)
+        self._seen.setdefault(dag_id, set()).add(run_id)
+        self._finish(dag_id, run_id)
+        return run_id
+
+    def _next_run(self, dag_id: str) -> str:
+        """Wait for the asset-triggered run of ``dag_id`` we have not seen yet, then for its end."""
+        self._seen = getattr(self, "_seen", {})
+        seen = self._seen.setdefault(dag_id, set())
+        run_id = self.client.wait_for_new_run(dag_id, seen, timeout=300)
+        seen.add(run_id)
+        self._finish(dag_id, run_id)
+        return run_id
+
+    def _finish(self, dag_id: str, run_id: str) -> None:
+        self.say(f"    waiting for {dag_id} run {run_id} ...")
+        state = self.client.wait(dag_id, run_id, timeout=self.options.timeout, stack=self.stack)
+        if state != "success":
+            failed = {k: v for k, v in self.client.task_states(dag_id, run_id).items() if v not in ("success", "skipped")}
+            raise RuntimeError(f"{dag_id} run {run_id} ended {state}: {failed}")
+
+    def stop(self) -> None:
+        if self.simulator is not None:
+            self.simulator.stop()
+        if self.stack is not None:
+            self.stack.stop()
+
+    # --- the stories ---------------------------------------------------------------------------
+
+    def run_demo(self) -> LifecycleReport:
+        steps = [
+            ("start the stack", self.start_stack),
+            ("load 10 newsgroups", self.load_first_half),
+            ("first model", self.first_model),
+            ("start traffic", self.start_traffic),
+        ]
+        if self.options.drift_phase:
+            steps += [
+                ("stream 10 new newsgroups", self.stream_second_half),
+                ("drift -> retrain", self.drift_and_retrain),
+                ("re-embed + canary rollout", self.reembed_and_rollout),
+            ]
+        steps.append(("traffic summary", self.traffic_summary))
+        try:
+            for name, fn in steps:
+                if not self.step(name, fn):
+                    break
+        finally:
+            self.stop()
+        return self.report
+
+    def run_up(self, wait: Callable[[], None]) -> LifecycleReport:
+        """Start, run the first lifecycle, keep serving with traffic until ``wait`` returns."""
+        try:
+            for name, fn in (("start the stack", self.start_stack), ("load 10 newsgroups", self.load_first_half),
+                             ("first model", self.first_model), ("start traffic", self.start_traffic)):
+                if not self.step(name, fn):
+                    return self.report
+            wait()
+        finally:
+            self.stop()
+        return self.report
