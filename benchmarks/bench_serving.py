@@ -1,0 +1,387 @@
+"""Serving benchmark: the cost of version-paired routing, and how fast replicas follow.
+
+Prints two tables:
+
+1. ``POST /search`` throughput and p50/p99 latency through the Lockstep service
+   (routing snapshot, slot lease, request log, metrics) against a bare FastAPI endpoint
+   that does the same single-version search (same request model, same embedder fast
+   path, same FAISS index, same uvicorn), and the ratio between them. Servers run in
+   their own processes; one client process drives them with keep-alive connections.
+   The runs alternate (bare, service, bare, service, ...) and the median run counts,
+   so a noisy neighbour hurts both sides alike.
+2. The time from a committed weight change to every replica serving the new version
+   (two replicas on one database; each replica is polled with searches until the
+   answer comes from the new version): SQLite (polling) and PostgreSQL (LISTEN/NOTIFY,
+   when PostgreSQL binaries are present).
+
+Run: ``.venv/bin/python benchmarks/bench_serving.py [--records 20000] [--requests 3000]``
+"""
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPICS = [
+    "planet orbit rocket star galaxy comet moon telescope launch astronaut nebula gravity",
+    "bread cheese recipe oven flour butter garlic tomato pasta soup spice kitchen",
+    "football goal match team player coach league score stadium referee season tennis",
+    "guitar piano concert song melody rhythm album band drum chord singer violin",
+    "python compiler function variable loop debug server database query index thread cache",
+    "river mountain forest valley glacier desert island canyon lake meadow volcano coast",
+    "market price stock bond dividend inflation budget invoice revenue profit loss tax",
+    "doctor nurse clinic fever vaccine surgery patient therapy dose symptom virus health",
+]
+VOCAB = [w for t in TOPICS for w in t.split()]
+
+
+# --- setup ------------------------------------------------------------------------------------
+
+
+def corpus(n: int, seed: int = 0) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)].split()
+        words = [rng.choice(topic) for _ in range(12)] + [rng.choice(VOCAB) for _ in range(4)] + [f"tag{rng.randrange(500)}"]
+        out.append({"id": f"doc-{i:06d}", "text": " ".join(words)})
+    return out
+
+
+def prepare(home: Path, database_url: str, records: int, dim: int) -> dict[str, str]:
+    """Records, two model versions with built indexes, slot 1 live at 100 %."""
+    from lockstep import routing
+    from lockstep.db import get_engine
+    from lockstep.embedding import TextEmbedder
+    from lockstep.index_store import build_index, save_index
+    from lockstep.records import RecordStore
+
+    engine = get_engine(database_url)
+    store = RecordStore(engine)
+    store.upsert_many(corpus(records))
+    snap = store.snapshot()
+    texts = [r.text for r in snap.records]
+    paths = {}
+    for version, params in (("1", {"random_state": 1}), ("2", {"random_state": 2, "ngram_range": (1, 2)})):
+        model = TextEmbedder(dim=dim, min_df=2, max_df=0.5, stop_words=None, **params).fit(texts)
+        model_path = model.save(home / f"model-v{version}.joblib")
+        location = home / "indexes" / f"v{version}"
+        index = build_index(model, snap.records, location, fingerprint=model.fingerprint, snapshot_seq=snap.seq)
+        save_index(index, location, model_name="bench", model_version=version,
+                   fingerprint=model.fingerprint, applied_seq=snap.seq)
+        routing.register_slot(version, str(model_path), str(location), model.fingerprint, state="ready", engine=engine)
+        paths[version] = (str(model_path), str(location))
+    routing.set_weights({"1": 100}, engine=engine)
+    return {"model": paths["1"][0], "index": paths["1"][1]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(kind: str, env: dict[str, str], extra: list[str] | None = None) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    cmd = [sys.executable, __file__, "--serve", kind, "--port", str(port), *(extra or [])]
+    log = Path(env["LOCKSTEP_HOME"]) / f"{kind}-{port}.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{kind} server exited: {log.read_text()[-2000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{kind} server did not get ready")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+# --- the servers (run in child processes) --------------------------------------------------------
+
+
+def bare_app(model_path: str, index_location: str):
+    """One version, no routing: embed with the model, search the index, answer."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from lockstep.embedding import TextEmbedder
+    from lockstep.index_store import load_index
+    from lockstep.serving.app import SearchRequest
+
+    model = TextEmbedder.load(model_path)
+    index = load_index(index_location, expected_fingerprint=model.fingerprint).index
+    app = FastAPI()
+
+    @app.post("/search")
+    def search(body: SearchRequest) -> JSONResponse:
+        vector = model.embed_query(body.query)
+        hits = index.search(vector, body.k)[0]
+        return JSONResponse({
+            "model_version": "1",
+            "results": [{"id": i, "score": s} for i, s in zip(hits.ids, hits.scores, strict=True)],
+        })
+
+    @app.get("/readyz")
+    def readyz() -> dict[str, bool]:
+        return {"ready": True}
+
+    return app
+
+
+def serve_child(kind: str, port: int, model_path: str | None, index_location: str | None) -> None:
+    import logging
+
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if kind == "bare":
+        app = bare_app(model_path, index_location)
+    else:
+        from lockstep.serving import create_app
+
+        app = create_app()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# --- load and measurements ----------------------------------------------------------------------
+
+
+def drive(port: int, requests: int, concurrency: int, *, users: bool, seed: int = 0) -> dict[str, float]:
+    """Send ``requests`` searches over ``concurrency`` keep-alive connections."""
+    rng = random.Random(seed)
+    bodies = []
+    for i in range(requests):
+        body = {"query": " ".join(rng.sample(VOCAB, 3)), "k": 10}
+        if users:
+            body["user_id"] = f"user-{i % 1000}"
+        bodies.append(json.dumps(body).encode())
+    latencies: list[float] = []
+    failures = [0]
+    lock = threading.Lock()
+    cursor = iter(range(requests))
+
+    def worker():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine = []
+        while True:
+            with lock:
+                i = next(cursor, None)
+            if i is None:
+                break
+            started = time.perf_counter()
+            conn.request("POST", "/search", body=bodies[i], headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            mine.append(time.perf_counter() - started)
+            if response.status != 200:
+                failures[0] += 1
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    warm = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for body in bodies[:50]:
+        warm.request("POST", "/search", body=body, headers={"Content-Type": "application/json"})
+        warm.getresponse().read()
+    warm.close()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {
+        "rps": requests / elapsed,
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "failures": failures[0],
+    }
+
+
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def measure_follow(database_url: str, env: dict[str, str], changes: int) -> list[float]:
+    """Seconds from a committed weight change until both replicas answer from the new version."""
+    from lockstep import routing
+    from lockstep.db import get_engine
+
+    engine = get_engine(database_url)
+    replicas = [start_server("service", env) for _ in range(2)]
+    try:
+        body = json.dumps({"query": "planet orbit rocket", "k": 1}).encode()
+
+        def serving(port: int, version: str, since: float, out: list[float]) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            while True:
+                conn.request("POST", "/search", body=body, headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                if response.getheader("X-Lockstep-Model-Version") == version:
+                    out.append(time.perf_counter() - since)
+                    conn.close()
+                    return
+                time.sleep(0.001)
+
+        delays = []
+        for i in range(changes):
+            target = "2" if i % 2 == 0 else "1"
+            routing.set_weights({target: 100}, engine=engine, reason="bench", actor="bench")
+            committed = time.perf_counter()
+            seen: list[float] = []
+            threads = [threading.Thread(target=serving, args=(port, target, committed, seen)) for _, port in replicas]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+            delays.append(max(seen))
+            time.sleep(0.05)
+        return delays
+    finally:
+        for proc, _ in replicas:
+            stop_server(proc)
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=3000, help="searches per run")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per endpoint (median counts)")
+    parser.add_argument("--changes", type=int, default=20, help="weight changes for the follow measurement")
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--serve", choices=["bare", "service"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--index", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve_child(args.serve, args.port, args.model, args.index)
+        return
+
+    tmp = Path(tempfile.mkdtemp(prefix="lockstep-bench-serving-"))
+    home = tmp / "home"
+    home.mkdir()
+    database_url = f"sqlite:///{home / 'lockstep.db'}"
+    # One OpenMP thread per request thread in both servers (the service also does this
+    # itself, per thread; without it a bare FAISS endpoint is several times slower here).
+    env = {**os.environ, "LOCKSTEP_HOME": str(home), "LOCKSTEP_DATABASE_URL": database_url, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "include"), env.get("PYTHONPATH")) if p)
+    os.environ.update({k: env[k] for k in ("LOCKSTEP_HOME", "LOCKSTEP_DATABASE_URL")})
+
+    print(f"python {platform.python_version()}, {os.cpu_count()} cores, {args.records} records, dim {args.dim}")
+    t = time.perf_counter()
+    paths = prepare(home, database_url, args.records, args.dim)
+    print(f"setup (records, two models, two indexes): {time.perf_counter() - t:.1f} s\n")
+
+    from lockstep import routing
+
+    results: dict[str, list[dict[str, float]]] = {"bare": [], "service": [], "service_split": [], "bare_omp": []}
+    default_omp = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}
+    proc, port = start_server("bare", default_omp, ["--model", paths["model"], "--index", paths["index"]])
+    results["bare_omp"].append(drive(port, args.requests, args.concurrency, users=False))
+    stop_server(proc)
+    for _ in range(args.rounds):
+        proc, port = start_server("bare", env, ["--model", paths["model"], "--index", paths["index"]])
+        results["bare"].append(drive(port, args.requests, args.concurrency, users=False))
+        stop_server(proc)
+        routing.set_weights({"1": 100}, reason="bench")
+        proc, port = start_server("service", env)
+        results["service"].append(drive(port, args.requests, args.concurrency, users=False))
+        routing.set_weights({"1": 50, "2": 50}, reason="bench")
+        time.sleep(0.5)
+        results["service_split"].append(drive(port, args.requests, args.concurrency, users=True))
+        stop_server(proc)
+    figures = {name: median_run(runs) for name, runs in results.items()}
+    bare = figures["bare"]
+    print(f"POST /search: {args.requests} requests x {args.rounds} rounds, {args.concurrency} concurrent keep-alive clients, k=10")
+    print(f"{'endpoint':<48}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}")
+    labels = {
+        "bare_omp": "bare FastAPI, FAISS default OpenMP threads",
+        "bare": "bare FastAPI, one version",
+        "service": "lockstep, 1 live version (100 %)",
+        "service_split": "lockstep, 2 live versions 50/50, sticky users",
+    }
+    for name, label in labels.items():
+        f = figures[name]
+        print(f"{label:<48}{f['rps']:>9.0f}{f['p50']:>9.2f}{f['p99']:>9.2f}{f['failures']:>8.0f}")
+    for name in ("service", "service_split"):
+        f = figures[name]
+        print(f"ratio {labels[name]!r} / bare: throughput {f['rps'] / bare['rps']:.2f}x, "
+              f"p50 {f['p50'] / bare['p50']:.2f}x, p99 {f['p99'] / bare['p99']:.2f}x")
+
+    follow: dict[str, list[float]] = {}
+    routing.set_weights({"1": 100}, reason="bench")
+    follow["sqlite (poll every 100 ms)"] = measure_follow(database_url, env, args.changes)
+    if not args.no_postgres:
+        pg = postgres_follow(args, env)
+        if pg is not None:
+            follow["postgresql (LISTEN/NOTIFY)"] = pg
+    print(f"\nweight change -> both of 2 replicas serving the new version ({args.changes} changes)")
+    print(f"{'database':<32}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}")
+    for name, delays in follow.items():
+        ms = np.array(delays) * 1000
+        print(f"{name:<32}{np.percentile(ms, 50):>9.1f}{np.percentile(ms, 95):>9.1f}{ms.max():>9.1f}")
+
+    if args.json:
+        args.json.write_text(json.dumps({"search": figures, "follow_seconds": follow}, indent=2))
+
+
+def postgres_follow(args, env: dict[str, str]) -> list[float] | None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from tests import postgres_harness
+    except ImportError:
+        return None
+    if not postgres_harness.find_binary("initdb"):
+        print("(PostgreSQL binaries not found: skipping the LISTEN/NOTIFY measurement)")
+        return None
+    server = postgres_harness.start()
+    try:
+        url = server.create_database("bench")
+        pg_env = {**env, "LOCKSTEP_DATABASE_URL": url}
+        os.environ["LOCKSTEP_DATABASE_URL"] = url
+        prepare(Path(env["LOCKSTEP_HOME"]) / "pg", url, min(args.records, 2000), args.dim)
+        return measure_follow(url, pg_env, args.changes)
+    finally:
+        postgres_harness.stop(server)
+
+
+if __name__ == "__main__":
+    main()

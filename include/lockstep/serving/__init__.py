@@ -1,0 +1,21 @@
+"""The serving application: routing by the table, version-paired search, live writes.
+
+``create_app`` and ``run`` are the entry points; ``SlotManager`` keeps a replica's
+slots loaded and current. See ``app.py`` for the request path.
+"""
+
+from __future__ import annotations
+
+from .app import ServingConfig, ServingRuntime, create_app, run
+from .slots import LoadedSlot, ServingView, SlotManager, load_slot
+
+__all__ = [
+    "LoadedSlot",
+    "ServingConfig",
+    "ServingRuntime",
+    "ServingView",
+    "SlotManager",
+    "create_app",
+    "load_slot",
+    "run",
+]
