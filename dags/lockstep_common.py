@@ -33,10 +33,19 @@ def on_failure(context) -> None:
     alert_from_context("task_failed", context)
 
 
-def latest_extra(inlet_events, asset: Asset) -> dict:
-    """The extra of the newest event of ``asset`` that triggered this run ({} if none)."""
-    try:
-        events = inlet_events[asset]
-    except (KeyError, TypeError):
+def latest_extra(triggering_asset_events, asset: Asset) -> dict:
+    """The extra of the newest event of ``asset`` that triggered this run ({} if none).
+
+    Pass the task context's ``triggering_asset_events`` (the events behind an
+    asset-scheduled run; empty for a UI trigger).
+    """
+    if not triggering_asset_events:
         return {}
+    events = None
+    for key in (asset, asset.uri, asset.name):
+        try:
+            events = triggering_asset_events[key]
+            break
+        except (KeyError, TypeError):
+            continue
     return dict(events[-1].extra or {}) if events else {}

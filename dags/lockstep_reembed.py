@@ -49,12 +49,12 @@ from lockstep_common import (
 )
 def lockstep_reembed():
     @task
-    def prepare(params=None, inlet_events=None) -> dict:
+    def prepare(params=None, triggering_asset_events=None) -> dict:
         from lockstep import reembed
         from lockstep.registry import Registry
 
         registry = Registry()
-        version = reembed.resolve_version(params["model_version"], latest_extra(inlet_events, CHALLENGER), registry)
+        version = reembed.resolve_version(params["model_version"], latest_extra(triggering_asset_events, CHALLENGER), registry)
         return reembed.prepare(version, registry)
 
     @task

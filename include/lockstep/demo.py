@@ -57,12 +57,14 @@ class LifecycleReport:
         return "\n".join(lines)
 
 FIRST_HALF = 10  # newsgroups in the first corpus; the other 10 arrive later as drift
-DEMO_ROLLOUT = {  # short bakes so a rollout runs in minutes on a laptop
+DEMO_ROLLOUT = {  # short bakes and a coarse click test so a rollout runs in minutes on a laptop
     "strategy": "canary",
-    "canary_steps": [5, 25, 50, 100],
-    "bake_seconds": 15,
-    "min_samples": 20,
-    "max_extensions": 3,
+    "canary_steps": [25, 50, 100],
+    "bake_seconds": 20,
+    "min_samples": 30,
+    "max_extensions": 4,
+    "ctr_tau": 0.1,
+    "ctr_margin": 0.1,
 }
 
 
@@ -74,7 +76,7 @@ class DemoOptions:
     mlflow_port: int = 0
     serving_port: int = 0
     metadata_url: str | None = None
-    rate: float = 15.0  # simulated searches per second
+    rate: float = 30.0  # simulated searches per second
     drift_phase: bool = True
     timeout: float = 1500.0  # per DAG run
     rollout: dict[str, Any] = field(default_factory=lambda: dict(DEMO_ROLLOUT))

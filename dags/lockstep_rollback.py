@@ -1,0 +1,73 @@
+"""lockstep_rollback: return all traffic to the previous champion at once, and say why.
+
+Triggered by hand from the Airflow UI when a promoted version misbehaves after its
+rollout. Plan of a run: **roll_back** -> **verify**.
+
+- **roll_back** finds the previous champion in the registry's champion history (or
+  takes Param ``to_version``), checks its slot is still loaded (it is for the rollback
+  window after a rollout; afterwards its index is retired and must be rebuilt with
+  ``lockstep_reembed``), then moves 100 % of traffic to it in one routing transaction
+  and moves alias ``champion`` back. The reason goes into the routing history, the
+  champion history, a tag on the version rolled back from, the rollout record and an
+  alert.
+- **verify** reads the routing table back and probes the serving replicas until they
+  answer with the restored version.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Param, dag, task
+from lockstep_common import DEFAULT_ARGS, NO_RETRY, on_failure
+
+
+@dag(
+    dag_id="lockstep_rollback",
+    description="Return all traffic to the previous champion at once; move the aliases back; record why.",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    tags=["lockstep", "rollout"],
+    doc_md=__doc__,
+    params={
+        "reason": Param(None, type=["null", "string"], description="Why you roll back (required; recorded with the change)."),
+        "to_version": Param(
+            None, type=["null", "string"],
+            description="Version to return to. Empty: the champion before the current one (registry champion history).",
+        ),
+        "serving_url": Param(
+            "http://127.0.0.1:8000", type="string",
+            description="Serving replicas to verify, comma-separated; empty: check the routing table only.",
+        ),
+        "verify_timeout_seconds": Param(30, type="number", minimum=1, description="How long the replicas may take to follow."),
+    },
+)
+def lockstep_rollback():
+    @task
+    def roll_back(params=None, run_id=None) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from lockstep import rollout
+
+        try:
+            return rollout.rollback_to_previous(
+                params["reason"] or "", params["to_version"], actor="lockstep_rollback", rollback_id=run_id
+            )
+        except rollout.RolloutError as exc:  # no reason given, or nothing loaded to return to
+            raise AirflowFailException(str(exc)) from exc
+
+    @task(**NO_RETRY)
+    def verify(result: dict, params=None) -> dict:
+        from lockstep import rollout
+
+        return rollout.verify_serving(
+            result["to_version"], result["generation"], params["serving_url"], params["verify_timeout_seconds"]
+        )
+
+    verify(roll_back())
+
+
+dag = lockstep_rollback()

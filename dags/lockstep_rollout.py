@@ -1,0 +1,285 @@
+"""lockstep_rollout: take a model version with a built index to 100 % of traffic, or back.
+
+Plan of a run (each box is one task; the library calls are in ``lockstep.rollout``)::
+
+    start ── open_review ─┬─ review ── shadow ── choose_strategy ─┬─ canary ─────┐
+                          │     └─ close_ui_review              ├─ ab_test ────┤
+                          └─ approve_in_airflow                 ├─ bandit ─────┼─ finalize ── verify ── wait_rollback_window ── retention
+                                                                ├─ blue_green ─┘
+                                                                └─ shadow_only
+    rollback  (trigger rule ONE_FAILED on start ... verify: runs whichever failed, never after a success)
+
+- **start** resolves the candidate (Param, else the index-ready event, else alias
+  ``challenger``), checks its slot is ready and the champion live, records the rollout
+  and gives sticky users a new salt. A candidate that already is champion skips the run.
+- **review** (with ``require_approval``) waits for whichever answer comes first: the
+  Approve/Reject form of ``approve_in_airflow`` (Airflow's Required Actions page, which
+  shows the evaluation figures and the drift context) or the tag ``lockstep.review`` =
+  ``approved``/``rejected`` on the version in MLflow. Rejection or timeout fails it.
+  ``close_ui_review`` then withdraws an unanswered Airflow form.
+- **shadow** mirrors live traffic to the candidate and gates on its error rate, latency
+  against live and top-k overlap with live.
+- **canary** walks the traffic steps below 100 %; each step bakes and is judged against
+  the champion over the same window (error rate, Mann-Whitney latency with a tolerance,
+  click-through with an always-valid sequential test). Inconclusive extends the bake up
+  to ``max_extensions`` times, then fails. **ab_test**, **bandit** and **blue_green** are
+  the other strategies; **shadow_only** ends after the shadow phase with no live traffic.
+- **finalize** sets 100 % and moves alias ``champion`` (the old champion is tagged with
+  when it was replaced); **verify** reads the routing table back and probes the serving
+  API until it answers with the new version.
+- **rollback** returns all traffic to the champion in one transaction (a failing gate has
+  done so already, at once), tags the candidate rejected with reason and figures, drains
+  and retires its slot, and alerts. A rolled-back run ends as failed.
+- **retention** retires the previous champion's slot and deletes its index once the
+  rollback window is over (``lockstep_rollback`` can return to it until then).
+
+Gate results of every step are in the table ``lockstep_rollout_steps``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timedelta
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
+from airflow.sdk import Param, TriggerRule, dag, task
+from lockstep_common import DEFAULT_ARGS, INDEX_READY, NO_RETRY, latest_extra, on_failure
+
+STRATEGY_TASKS = {
+    "canary": "canary",
+    "shadow": "shadow_only",
+    "ab": "ab_test",
+    "bandit": "bandit",
+    "blue_green": "blue_green",
+}
+# An Airflow form nobody answered resolves as Reject after this long (review has ended by then).
+UI_REVIEW_EXPIRES = timedelta(hours=24)
+
+
+def _configured_defaults() -> dict:
+    """Param defaults a deployment sets for runs started by the index-ready asset (which take defaults).
+
+    ``LOCKSTEP_ROLLOUT_DEFAULTS`` is a JSON object, e.g. ``{"bake_seconds": 15}``; read when
+    the DAG file is parsed, so the UI trigger form shows the same defaults.
+    """
+    raw = os.environ.get("LOCKSTEP_ROLLOUT_DEFAULTS") or "{}"
+    try:
+        values = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"LOCKSTEP_ROLLOUT_DEFAULTS is not valid JSON ({exc}): {raw[:200]!r}") from exc
+    if not isinstance(values, dict):
+        raise ValueError(f"LOCKSTEP_ROLLOUT_DEFAULTS must be a JSON object of Param defaults, got {raw[:200]!r}")
+    return values
+
+
+DEFAULTS = _configured_defaults()
+
+
+def _param(name: str, default, description: str, **schema) -> Param:
+    return Param(DEFAULTS.get(name, default), description=description, **schema)
+
+
+def _seconds(name: str, default: float, description: str, minimum: float = 0) -> Param:
+    return _param(name, default, description, type="number", minimum=minimum)
+
+
+@dag(
+    dag_id="lockstep_rollout",
+    description="Review, shadow, staged traffic with statistical gates, final traffic update, rollback.",
+    schedule=[INDEX_READY],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    tags=["lockstep", "rollout"],
+    doc_md=__doc__,
+    params={
+        "model_version": _param("model_version",
+            None, type=["null", "string"],
+            description="Version to roll out. Empty: the version of the index-ready event, else alias 'challenger'.",
+        ),
+        "strategy": _param("strategy",
+            "canary", enum=list(STRATEGY_TASKS),
+            description="canary: traffic steps with gates; shadow: mirrored traffic only, no promotion; ab: fixed split "
+            "and fixed-sample test; bandit: Thompson sampling on click-through; blue_green: one switch after the shadow phase.",
+        ),
+        "canary_steps": _param("canary_steps",
+            [1, 5, 25, 50, 100], type="array", items={"type": "integer", "minimum": 1, "maximum": 100},
+            description="Candidate traffic percent per canary step, increasing, ending at 100.",
+        ),
+        "bake_seconds": _seconds("bake_seconds", 60, "How long each canary step (and the shadow phase) takes traffic before it is judged."),
+        "shadow_seconds": _param("shadow_seconds", None, type=["null", "number"], minimum=0, description="Bake of the shadow phase; empty: bake_seconds."),
+        "min_samples": _param("min_samples", 50, type="integer", minimum=1, description="Fewest requests per version before any gate may pass (fewer: inconclusive)."),
+        "max_extensions": _param("max_extensions", 2, type="integer", minimum=0, description="How many times an inconclusive step bakes again before it fails."),
+        "alpha": _param("alpha", 0.05, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description="False-rollback rate of each statistical test."),
+        "max_error_rate": _param("max_error_rate", 0.05, type="number", exclusiveMinimum=0, maximum=1, description="Error rate above which the candidate fails whatever the champion does."),
+        "max_error_increase": _param("max_error_increase", 0.01, type="number", minimum=0, description="Tolerated absolute error-rate increase over the champion."),
+        "latency_tolerance": _param("latency_tolerance", 0.2, type="number", minimum=0, description="Tolerated latency shift as a share of the champion's median (Kayenta-style)."),
+        "latency_confidence": _param("latency_confidence", 0.98, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description="Confidence of the Mann-Whitney latency test."),
+        "min_overlap": _param("min_overlap", 0.2, type="number", minimum=0, maximum=1, description="Least mean overlap@k of the shadow's top-k with live in the shadow phase."),
+        "ctr_tau": _param("ctr_tau", 0.02, type="number", exclusiveMinimum=0, maximum=1, description="Click-through difference the sequential test is tuned to detect (mSPRT mixture scale)."),
+        "ctr_margin": _param("ctr_margin", 0.02, type="number", minimum=0, maximum=1, description="Non-inferiority margin: the largest CTR drop that still passes."),
+        "require_approval": _param("require_approval", False, type="boolean", description="Wait for a reviewer (Airflow Required Actions or MLflow tag lockstep.review) before any traffic moves."),
+        "approval_timeout_seconds": _param("approval_timeout_seconds",
+            3600, type="number", minimum=1, maximum=UI_REVIEW_EXPIRES.total_seconds(),
+            description="How long to wait for a review decision before rolling back (at most 24 h).",
+        ),
+        "ab_split": _param("ab_split", 50, type="integer", minimum=1, maximum=99, description="A/B: the candidate's share of traffic, percent (frozen, sticky users)."),
+        "ab_samples_per_arm": _param("ab_samples_per_arm", 1000, type="integer", minimum=1, description="A/B: fixed horizon, answered requests per version."),
+        "ab_max_seconds": _seconds("ab_max_seconds", 3600, "A/B: stop at this age even if the horizon is not reached.", 1),
+        "ab_decision": _param("ab_decision", "rule", enum=["rule", "reviewer"], description="A/B: decide by the test (rule) or by the tag lockstep.ab_decision on the version (reviewer)."),
+        "bandit_interval_seconds": _seconds("bandit_interval_seconds", 30, "Bandit: seconds between reweightings.", 0.1),
+        "bandit_floor": _param("bandit_floor", 0.05, type="number", exclusiveMinimum=0, maximum=0.5, description="Bandit: least traffic share each version keeps."),
+        "bandit_threshold": _param("bandit_threshold", 0.95, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description="Bandit: P(best) that ends the rollout."),
+        "bandit_min_exposures": _param("bandit_min_exposures", 100, type="integer", minimum=1, description="Bandit: answered requests per version before reweighting."),
+        "bandit_max_seconds": _seconds("bandit_max_seconds", 3600, "Bandit: no winner by then keeps the champion.", 1),
+        "serving_url": _param("serving_url", "http://127.0.0.1:8000", type="string", description="Serving replicas to verify, comma-separated; empty: check the routing table only."),
+        "verify_timeout_seconds": _seconds("verify_timeout_seconds", 30, "How long the serving API may take to answer with the new version.", 1),
+        "rollback_window_seconds": _seconds("rollback_window_seconds", 3600, "How long the previous champion stays loaded for an instant rollback before it is retired."),
+        "poll_seconds": _seconds("poll_seconds", 1.0, "Poll interval while baking and waiting.", 0.05),
+        "log_flush_seconds": _seconds("log_flush_seconds", 1.0, "Wait after a window for the replicas' log writers before analysing it."),
+        "drain_seconds": _seconds("drain_seconds", 2.0, "How long a rejected or retired slot drains before it is retired."),
+    },
+)
+def lockstep_rollout():
+    @task
+    def start(params=None, triggering_asset_events=None, run_id=None) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        from lockstep import rollout
+
+        try:
+            plan = rollout.start(run_id, params["model_version"], latest_extra(triggering_asset_events, INDEX_READY), params)
+        except rollout.RolloutError as exc:  # a missing slot or a bad Param: retrying cannot fix it
+            raise AirflowFailException(str(exc)) from exc
+        if plan["noop"]:
+            raise AirflowSkipException(plan["reason"])
+        return plan
+
+    @task.branch
+    def open_review(params=None) -> list[str]:
+        """Open the Airflow approval form only when a reviewer must approve; review always runs."""
+        return ["approve_in_airflow", "review"] if params["require_approval"] else ["review"]
+
+    approve_in_airflow = ApprovalOperator(
+        task_id="approve_in_airflow",
+        subject="Roll out model version {{ ti.xcom_pull(task_ids='start')['model_version'] }}?",
+        body="{{ ti.xcom_pull(task_ids='start')['review_markdown'] }}",
+        defaults="Reject",
+        response_timeout=UI_REVIEW_EXPIRES,
+        retries=0,
+    )
+
+    @task(**NO_RETRY)
+    def review(plan: dict, ti=None) -> dict:
+        from lockstep import rollout
+
+        def airflow_answer() -> str | None:
+            answer = ti.xcom_pull(task_ids="approve_in_airflow") or {}
+            chosen = answer.get("chosen_options") or []
+            return {"Approve": "approved", "Reject": "rejected"}.get(chosen[0]) if chosen else None
+
+        return rollout.wait_for_review(plan, external=airflow_answer)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, **NO_RETRY)
+    def close_ui_review() -> None:
+        """Withdraw the Airflow review form once the review is decided (a no-op if answered)."""
+        from airflow.sdk.exceptions import DownstreamTasksSkipped
+
+        raise DownstreamTasksSkipped(tasks=["approve_in_airflow"])
+
+    @task(**NO_RETRY)
+    def shadow(plan: dict) -> dict:
+        from lockstep import rollout
+
+        return rollout.run_shadow(plan)
+
+    @task.branch
+    def choose_strategy(plan: dict) -> str:
+        return STRATEGY_TASKS[plan["strategy"]]
+
+    @task(**NO_RETRY)
+    def canary(plan: dict) -> dict:
+        from lockstep import rollout
+
+        return rollout.run_canary(plan)
+
+    @task(**NO_RETRY)
+    def ab_test(plan: dict) -> dict:
+        from lockstep import rollout
+
+        return rollout.run_ab(plan)
+
+    @task(**NO_RETRY)
+    def bandit(plan: dict) -> dict:
+        from lockstep import rollout
+
+        return rollout.run_bandit(plan)
+
+    @task(**NO_RETRY)
+    def blue_green(plan: dict) -> dict:
+        from lockstep import rollout
+
+        return rollout.run_blue_green(plan)
+
+    @task
+    def shadow_only(plan: dict) -> dict:
+        from lockstep import rollout
+
+        return rollout.shadow_only(plan)
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    def finalize(plan: dict) -> dict:
+        from lockstep import rollout
+
+        return rollout.finalize(plan)
+
+    @task(**NO_RETRY)
+    def verify(plan: dict, final: dict) -> dict:
+        from lockstep import rollout
+
+        return rollout.verify(plan, final)
+
+    wait_rollback_window = DateTimeSensorAsync(
+        task_id="wait_rollback_window",
+        target_time="{{ ti.xcom_pull(task_ids='finalize')['retire_after'] }}",
+    )
+
+    @task
+    def retention(plan: dict, final: dict) -> dict:
+        from lockstep import rollout
+
+        return rollout.retire_previous(plan, final)
+
+    @task(trigger_rule=TriggerRule.ONE_FAILED)
+    def rollback(ti=None) -> dict:
+        """Runs when any task from start to verify failed; reads the plan itself (start may have failed)."""
+        from lockstep import rollout
+
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+        failed = sorted(task_id for task_id, state in states.items() if str(state) == "failed")
+        return rollout.rollback(ti.xcom_pull(task_ids="start"), failed_tasks=failed)
+
+    plan = start()
+    reviewed = review(plan)
+    # The form opens in the same scheduling round as review starts, so it is waiting (and
+    # can be withdrawn) by the time close_ui_review runs.
+    plan >> open_review() >> [approve_in_airflow, reviewed]
+    reviewed >> close_ui_review()
+    shadowed = shadow(plan)
+    reviewed >> shadowed
+    branch = choose_strategy(plan)
+    shadowed >> branch
+    strategies = [canary(plan), ab_test(plan), bandit(plan), blue_green(plan)]
+    only_shadow = shadow_only(plan)
+    branch >> [*strategies, only_shadow]
+    final = finalize(plan)
+    strategies >> final
+    verified = verify(plan, final)
+    verified >> wait_rollback_window >> retention(plan, final)
+    rollback() << [plan, reviewed, shadowed, branch, *strategies, only_shadow, final, verified]
+
+
+dag = lockstep_rollout()
