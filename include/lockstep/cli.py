@@ -236,7 +236,9 @@ def demo(
 ) -> None:
     """One complete lifecycle headless (first model, drift, retrain, canary rollout); non-zero exit if a step failed."""
     from .demo import DemoRun
+    from .stack import stop_on_sigterm
 
+    stop_on_sigterm()
     options = _demo_options(per_category, 0, 0, 0, metadata_url=airflow_db, drift_phase=not no_drift)
     report = DemoRun(options, lambda msg: typer.echo(msg, err=True)).run_demo()
     typer.echo(report.summary())
@@ -254,7 +256,9 @@ def up(
     import threading
 
     from .demo import DemoRun
+    from .stack import stop_on_sigterm
 
+    stop_on_sigterm()
     options = _demo_options(per_category, airflow_port, mlflow_port, serving_port)
     run = DemoRun(options, lambda msg: typer.echo(msg, err=True))
 

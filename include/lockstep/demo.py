@@ -65,6 +65,7 @@ DEMO_ROLLOUT = {  # short bakes and a coarse click test so a rollout runs in min
     "max_extensions": 4,
     "ctr_tau": 0.1,
     "ctr_margin": 0.1,
+    "rollback_window_seconds": 20,  # the old champion is retired within the demo
 }
 
 

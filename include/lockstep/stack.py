@@ -287,6 +287,15 @@ def _wait_http(stack: Stack, url: str, what: str, timeout: float) -> None:
         time.sleep(1)
 
 
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so the supervisor's cleanup runs (``kill``, CI timeouts)."""
+
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _signal_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
