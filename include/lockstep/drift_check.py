@@ -789,9 +789,9 @@ def _json_safe(value: Any) -> Any:
 
 
 def _atomic_write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    from .atomic import atomic_write
+
+    atomic_write(path, json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 def _existing(path: str | None) -> Path | None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import ConfigurationError, FingerprintMismatchError, IndexIntegrityError
 from .records import DELETE, Change, Record, RecordStore
 from .vector_index import IndexSpec, VectorIndex
@@ -131,8 +130,8 @@ def save_index(
     ids_blob = json.dumps(mapping, separators=(",", ":")).encode()
     index_sha, ids_sha = _sha256(blob), _sha256(ids_blob)
     index_file, ids_file = f"index-{index_sha[:12]}.faiss", f"ids-{ids_sha[:12]}.json"
-    _atomic_write(location / index_file, blob)
-    _atomic_write(location / ids_file, ids_blob)
+    atomic_write(location / index_file, blob)
+    atomic_write(location / ids_file, ids_blob)
     now = _now()
     previous = read_manifest(location) if (location / MANIFEST).exists() else None
     manifest = Manifest(
@@ -152,7 +151,7 @@ def save_index(
         updated_at=now,
         extra=dict(extra or (previous.extra if previous else {})),
     )
-    _atomic_write(location / MANIFEST, manifest.to_json().encode())
+    atomic_write(location / MANIFEST, manifest.to_json().encode())
     _remove_stale_files(location, keep={index_file, ids_file, *_files_of(previous)})
     return manifest
 
@@ -250,9 +249,9 @@ def build_shard(
             return ShardResult(shard, str(vec_path), len(records), skipped=True)
     vectors = embedder.transform([r.text for r in records]) if records else np.zeros((0, 1), np.float32)
     buf = _npy_bytes(np.ascontiguousarray(vectors, dtype=np.float32))
-    _atomic_write(vec_path, buf)
+    atomic_write(vec_path, buf)
     meta = {"key": key, "sha256": _sha256(buf), "ids": [r.id for r in records], "count": len(records)}
-    _atomic_write(meta_path, json.dumps(meta).encode())
+    atomic_write(meta_path, json.dumps(meta).encode())
     return ShardResult(shard, str(vec_path), len(records), skipped=False)
 
 
@@ -381,20 +380,6 @@ def _npy_load(data: bytes) -> np.ndarray:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename over the target."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _files_of(manifest: Manifest | None) -> set[str]:

@@ -341,22 +341,14 @@ def _snapshot_file(plan: dict[str, Any] | SlotPlan, seq: int) -> Path:
 
 
 def _write_snapshot(path: Path, snap: Snapshot) -> None:
-    import os
-    import tempfile
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from .atomic import atomic_path
+
     table = pa.table({"id": [r.id for r in snap.records], "text": [r.text for r in snap.records]})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_snapshot(path: Path) -> list[Record]:

@@ -159,13 +159,13 @@ def judge(challenger_eval, champion_eval, config: TrainConfig, champion_version:
 
 def write_eval_artifacts(report: EvalReport, challenger_eval, champion_eval, folder: str | Path) -> dict[str, Path]:
     """The evaluation report (JSON) and its plot (PNG) for the MLflow run."""
+    from .atomic import atomic_write
     from .evaluation import plot_evaluation
-    from .index_store import _atomic_write
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     report_path = folder / "evaluation.json"
-    _atomic_write(report_path, report.to_json().encode())
+    atomic_write(report_path, report.to_json())
     plot_path = plot_evaluation(challenger_eval, champion_eval, folder / "evaluation.png")
     return {"reports/evaluation.json": report_path, "plots/evaluation.png": Path(plot_path)}
 

@@ -39,7 +39,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,6 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .atomic import atomic_write
 from .errors import ConfigurationError, LockstepError
 
 if TYPE_CHECKING:
@@ -337,8 +337,8 @@ def write_report(report: ValidationReport, folder: str | Path) -> dict[str, Path
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / REPORT_JSON, "markdown": folder / REPORT_MARKDOWN}
-    _write_atomic(paths["json"], report.to_json() + "\n")
-    _write_atomic(paths["markdown"], report.to_markdown())
+    atomic_write(paths["json"], report.to_json() + "\n")
+    atomic_write(paths["markdown"], report.to_markdown())
     return paths
 
 
@@ -727,14 +727,3 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _write_atomic(path: Path, content: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(content)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
