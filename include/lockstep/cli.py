@@ -108,25 +108,21 @@ def train(
 ) -> None:
     """Train, evaluate against the champion and register a model version."""
     from .config import settings
-    from .records import RecordStore
-    from .registry import Registry
-    from .training import TrainConfig, train_and_register
+    from .retrain import run_all
+    from .training import TrainConfig
 
     cfg = settings()
-    config = TrainConfig(dim=dim, max_features=max_features, min_df=min_df, margin=margin)
-    work = cfg.home / "runs" / time.strftime("train-%Y%m%d-%H%M%S")
-    outcome = train_and_register(
-        RecordStore(),
-        Registry(),
+    config = TrainConfig(dim=dim, max_features=max_features, min_df=min_df, margin=margin).to_dict()
+    outcome = run_all(
         config,
-        work_dir=work,
-        validate=not skip_validation,
+        time.strftime("train-%Y%m%d-%H%M%S"),
+        validate_data=not skip_validation,
         step=lambda msg: typer.echo(f"  - {msg}", err=True),
     )
-    status = "challenger" if outcome.alias else "rejected"
-    typer.echo(f"registered {cfg.model_name} v{outcome.version} ({status})")
-    typer.echo(f"  {outcome.report.reason}")
-    typer.echo(f"  fingerprint {outcome.fingerprint}")
+    status = "challenger" if outcome["accepted"] else "rejected"
+    typer.echo(f"registered {cfg.model_name} v{outcome['version']} ({status})")
+    typer.echo(f"  {outcome['reason']}")
+    typer.echo(f"  fingerprint {outcome['fingerprint']}")
 
 
 # --- index ---------------------------------------------------------------------------------
@@ -206,7 +202,7 @@ def serve(
 @app.command()
 def search(
     text: Annotated[str, typer.Argument(help="The query text.")],
-    k: Annotated[int, typer.Option(min=1, max=100)] = 10,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, max=100, help="How many results.")] = 10,
     user_id: Annotated[str | None, typer.Option(help="Route as this user (sticky).")] = None,
 ) -> None:
     """One search through the current routing, printed."""

@@ -101,6 +101,7 @@ class DemoRun:
         self.simulator = None
         self.token = os.environ.get("LOCKSTEP_API_TOKEN") or secrets.token_urlsafe(16)
         self.facts: dict[str, Any] = {}
+        self._seen: dict[str, set[str]] = {}  # DAG runs already followed, per DAG
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -243,7 +244,6 @@ class DemoRun:
         return out
 
     def _run(self, dag_id: str, conf: dict[str, Any]) -> str:
-        self._seen = getattr(self, "_seen", {})
         run_id = self.client.trigger(dag_id, conf)
         self._seen.setdefault(dag_id, set()).add(run_id)
         self._finish(dag_id, run_id)
@@ -251,7 +251,6 @@ class DemoRun:
 
     def _next_run(self, dag_id: str) -> str:
         """Wait for the asset-triggered run of ``dag_id`` we have not seen yet, then for its end."""
-        self._seen = getattr(self, "_seen", {})
         seen = self._seen.setdefault(dag_id, set())
         run_id = self.client.wait_for_new_run(dag_id, seen, timeout=300)
         seen.add(run_id)

@@ -10,6 +10,7 @@ retried on another worker and gives the same answer; a rerun never registers twi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,31 @@ def reject(version: str, evaluation: dict[str, Any], registry=None) -> dict[str,
     registry = registry or Registry()
     registry.reject(version, evaluation["reason"], evaluation["figures"])
     return {"model_version": version, "status": "rejected", "reason": evaluation["reason"]}
+
+
+def run_all(
+    config: dict[str, Any] | None,
+    run_id: str,
+    *,
+    validate_data: bool = True,
+    step: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Every step of ``lockstep_retrain`` in one process (what ``lockstep train`` runs)."""
+    say = step or (lambda _msg: None)
+    folder = str(run_folder(run_id))
+    say("snapshot")
+    snap = snapshot()
+    if validate_data:
+        say("validate")
+        validate(snap["seq"], folder)
+    say(f"fit on {snap['records']} records")
+    model = train(snap["seq"], folder, config)
+    say("evaluate")
+    evaluation = evaluate(snap["seq"], model["model_path"], folder, config)
+    say("register")
+    registered = register(snap["seq"], model["model_path"], evaluation, folder, run_id, config)
+    outcome = accept(registered["version"]) if evaluation["better"] else reject(registered["version"], evaluation)
+    return {**registered, "accepted": evaluation["better"], "reason": evaluation["reason"], **outcome}
 
 
 def dumps(value: Any) -> str:

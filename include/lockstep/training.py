@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,74 +168,6 @@ def write_eval_artifacts(report: EvalReport, challenger_eval, champion_eval, fol
     atomic_write(report_path, report.to_json())
     plot_path = plot_evaluation(challenger_eval, champion_eval, folder / "evaluation.png")
     return {"reports/evaluation.json": report_path, "plots/evaluation.png": Path(plot_path)}
-
-
-@dataclass(frozen=True)
-class TrainOutcome:
-    version: str
-    fingerprint: str
-    report: EvalReport
-    snapshot_seq: int
-    alias: str | None  # "challenger", or None when rejected
-
-
-def train_and_register(
-    store,
-    registry,
-    config: TrainConfig | None = None,
-    *,
-    work_dir: str | Path,
-    validate: bool = True,
-    step: Callable[[str], None] | None = None,
-) -> TrainOutcome:
-    """The whole training path in one process (what ``lockstep train`` runs).
-
-    Snapshot, validate, fit, evaluate against the champion, register; a better model
-    gets alias ``challenger``, a worse one is registered and tagged rejected (so the
-    attempt and its figures stay visible in the registry).
-    """
-    config = config or TrainConfig()
-    say = step or (lambda _msg: None)
-    work_dir = Path(work_dir)
-    say("snapshot")
-    snapshot = store.snapshot()
-    artifacts: dict[str, Path] = {}
-    if validate:
-        say("validate")
-        from .validation import raise_for_failures, validate_snapshot, write_report
-
-        validation = validate_snapshot(snapshot.records, snapshot.seq)
-        written = write_report(validation, work_dir / "validation")
-        artifacts.update({f"validation/{p.name}": p for p in written.values()})
-        raise_for_failures(validation)
-    holdout = split_holdout(snapshot.records, config)
-    say(f"fit on {len(holdout.train)} records")
-    embedder = fit_embedder([r.text for r in holdout.train], config)
-    say("evaluate")
-    challenger_eval = evaluate_embedder(embedder, holdout, config)
-    champion = registry.version_for_alias("champion")
-    champion_eval = None
-    if champion is not None:
-        champion_eval = evaluate_embedder(registry.load_embedder(champion.version), holdout, config)
-    report = judge(challenger_eval, champion_eval, config, champion.version if champion else None, holdout)
-    artifacts.update(write_eval_artifacts(report, challenger_eval, champion_eval, work_dir / "evaluation"))
-    say("register")
-    info = registry.log_and_register(
-        embedder,
-        params={**config.to_dict(), **holdout.summary()},
-        metrics={k: v for k, v in report.figures.items() if np.isfinite(v)},
-        artifacts=artifacts,
-        tags={"lockstep.champion_at_training": champion.version if champion else "none"},
-        snapshot_seq=snapshot.seq,
-        example_texts=[r.text[:500] for r in holdout.queries[:3]] or None,
-    )
-    if report.better:
-        registry.set_alias("challenger", info.version)
-        alias = "challenger"
-    else:
-        registry.reject(info.version, report.reason, report.figures)
-        alias = None
-    return TrainOutcome(info.version, info.fingerprint, report, snapshot.seq, alias)
 
 
 def _label(record: Record, key: str) -> Any:
