@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.airflow]
+pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.timeout(2700)]
 
 
 def test_demo_lifecycle_under_the_real_scheduler_on_postgres(tmp_path, postgres_server, monkeypatch):
