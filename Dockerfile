@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every Lockstep process of docker-compose.yaml: the Airflow components, the
 # MLflow server and the serving replicas. It holds exactly the tested set of requirements.txt
-# plus the compose-only extras of deploy/requirements-docker.txt (the Celery provider).
+# plus the compose-only extras of deploy/requirements-docker.txt (Flower, Celery's UI).
 #
 #   docker build -t lockstep:0.1.0 .
 FROM python:3.11-slim-bookworm

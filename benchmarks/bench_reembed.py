@@ -7,7 +7,9 @@ On the demo corpus (~18.8k posts) it measures, in one run:
   (embed shards, merge, validate, publish) and Airflow's overhead (wall time not
   spent inside any task).
 
-Run: .venv/bin/python benchmarks/bench_reembed.py [--shard-size 2000] [--dim 128]
+Run: .venv/bin/python benchmarks/bench_reembed.py [--shard-size N] [--dim 128]
+(no --shard-size: chosen from the record count, as ``lockstep index build`` and the DAG do;
+at 1M records see benchmarks/bench_scale.py)
 Needs nothing running; uses temporary LOCKSTEP_HOME and AIRFLOW_HOME folders.
 """
 
@@ -27,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shard-size", type=int, default=2000)
+    parser.add_argument("--shard-size", type=int, default=None, help="records per shard (default: from the record count)")
     parser.add_argument("--dim", type=int, default=128)
     args = parser.parse_args()
 
@@ -70,15 +72,16 @@ def main() -> None:
     raw_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    reembed_version(store, registry, v1, shard_size=args.shard_size, promote_if_first=False)
+    outcome = reembed_version(store, registry, v1, shard_size=args.shard_size, promote_if_first=False)
     lib_s = time.perf_counter() - started
 
     import lockstep_reembed
 
     started = time.perf_counter()
-    run = lockstep_reembed.dag.test(
-        run_conf={"model_version": v2, "shard_size": args.shard_size, "promote_if_first": False}
-    )
+    conf = {"model_version": v2, "promote_if_first": False}
+    if args.shard_size:
+        conf["shard_size"] = args.shard_size
+    run = lockstep_reembed.dag.test(run_conf=conf)
     dag_s = time.perf_counter() - started
     if str(run.state) != "success" and getattr(run.state, "value", "") != "success":
         raise SystemExit(f"DAG run ended {run.state}")
@@ -90,7 +93,8 @@ def main() -> None:
             count[ti.task_id] += 1
     in_tasks = sum(per_task.values())
 
-    print(f"machine: {os.cpu_count()} cores; corpus {n:,} docs; dim {model.dim_}; shard size {args.shard_size}\n")
+    print(f"machine: {os.cpu_count()} cores; corpus {n:,} docs; dim {model.dim_}; "
+          f"shard size {outcome['shard_size']} ({outcome['shards']} shards, {outcome['workers']} embedding processes)\n")
     print(f"{'path':<34} {'seconds':>8} {'docs/s':>9} {'vs raw':>7}")
     for name, secs in (("raw (transform + faiss add)", raw_s), ("library (reembed_version)", lib_s),
                        ("DAG (dag.test, whole run)", dag_s)):

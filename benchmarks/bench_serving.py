@@ -15,6 +15,13 @@ Prints two tables:
    when PostgreSQL binaries are present).
 
 Run: ``.venv/bin/python benchmarks/bench_serving.py [--records 20000] [--requests 3000]``
+
+``--scale N`` (issue 10, "serving at 1M records") instead measures with ``wrk`` (Debian
+package) against an HNSW index of N generated records: a bare endpoint and the service,
+one process and ``--workers`` processes, 1 and 16 connections, in the same run. The
+index is built once and cached under ``--cache`` (the record store stays empty: the
+slot is current at sequence 0, which is all serving needs). Run it under
+``flock /tmp/lockstep-heavy.lock``.
 """
 
 import argparse
@@ -100,7 +107,7 @@ def start_server(kind: str, env: dict[str, str], extra: list[str] | None = None)
     log = Path(env["LOCKSTEP_HOME"]) / f"{kind}-{port}.log"
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600  # a million-record index takes a while to load and verify
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{kind} server exited: {log.read_text()[-2000:]}")
@@ -156,12 +163,24 @@ def bare_app(model_path: str, index_location: str):
     return app
 
 
-def serve_child(kind: str, port: int, model_path: str | None, index_location: str | None) -> None:
+def bare_factory():
+    """The bare app for uvicorn worker processes (paths from the environment)."""
+    return bare_app(os.environ["BENCH_MODEL"], os.environ["BENCH_INDEX"])
+
+
+def serve_child(kind: str, port: int, model_path: str | None, index_location: str | None, workers: int = 1) -> None:
     import logging
 
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if workers > 1:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        if kind == "bare":
+            os.environ.update(BENCH_MODEL=model_path, BENCH_INDEX=index_location)
+        target = "bench_serving:bare_factory" if kind == "bare" else "lockstep.serving.app:create_app"
+        uvicorn.run(target, factory=True, workers=workers, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        return
     if kind == "bare":
         app = bare_app(model_path, index_location)
     else:
@@ -286,13 +305,23 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=20, help="weight changes for the follow measurement")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--scale", type=int, help="wrk at this many records with an HNSW index (issue 10)")
+    parser.add_argument("--workers", type=int, default=2, help="--scale: worker processes of the multi-process runs")
+    parser.add_argument("--duration", type=int, default=15, help="--scale: seconds per wrk run")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "lockstep-bench-scale")
+    parser.add_argument("--compare-code", type=Path,
+                        help="--scale: also run the service from this older include/ folder (e.g. a git archive of HEAD)")
     parser.add_argument("--serve", choices=["bare", "service"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-workers", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve_child(args.serve, args.port, args.model, args.index)
+        serve_child(args.serve, args.port, args.model, args.index, args.serve_workers)
+        return
+    if args.scale:
+        scale_main(args)
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="lockstep-bench-serving-"))
@@ -381,6 +410,136 @@ def postgres_follow(args, env: dict[str, str]) -> list[float] | None:
         return measure_follow(url, pg_env, args.changes)
     finally:
         postgres_harness.stop(server)
+
+
+# --- serving at scale (wrk) -----------------------------------------------------------------------
+
+
+def scale_index(cache: Path, n: int, dim: int) -> dict[str, str]:
+    """A model and an HNSW index over ``n`` generated records, built once per (n, dim)."""
+    from lockstep.embedding import TextEmbedder
+    from lockstep.index_store import save_index
+    from lockstep.vector_index import IndexSpec, VectorIndex, all_cores
+
+    folder = cache / f"n{n}-d{dim}"
+    model_path, location = folder / "model.joblib", folder / "index"
+    if (location / "manifest.json").exists():
+        return {"model": str(model_path), "index": str(location)}
+    folder.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    docs = corpus(n)
+    ids, texts = [d["id"] for d in docs], [d["text"] for d in docs]
+    del docs
+    sample = random.Random(1).sample(texts, min(n, 50_000))
+    model = TextEmbedder(dim=dim, min_df=2, max_df=0.5, stop_words=None, random_state=1).fit(sample)
+    model.save(model_path)
+    vectors = np.vstack([model.transform(texts[i : i + 50_000]) for i in range(0, n, 50_000)]).astype(np.float32)
+    del texts
+    print(f"  embedded {n} records in {time.perf_counter() - t:.0f} s", flush=True)
+    t = time.perf_counter()
+    with all_cores():
+        index = VectorIndex.build(ids, vectors, IndexSpec(kind="hnsw"))
+    print(f"  HNSW built in {time.perf_counter() - t:.0f} s", flush=True)
+    save_index(index, location, model_name="bench", model_version="1", fingerprint=model.fingerprint, applied_seq=0)
+    return {"model": str(model_path), "index": str(location)}
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+bodies = {%s}
+i = 0
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format(nil, "/search", nil, bodies[i])
+end
+"""
+
+
+def wrk(port: int, connections: int, duration: int, script: Path) -> dict[str, float]:
+    threads = min(connections, 2)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    figures = {"rps": float(_after(out, "Requests/sec:").split()[0])}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("50%", "99%"):
+            figures["p" + parts[0].rstrip("%")] = _ms(parts[1])
+    figures["non2xx"] = float(_after(out, "Non-2xx or 3xx responses:").split()[0]) if "Non-2xx" in out else 0.0
+    return figures
+
+
+def _after(text: str, marker: str) -> str:
+    return text.split(marker, 1)[1].strip()
+
+
+def _ms(value: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if value.endswith(unit):
+            return float(value[: -len(unit)]) * factor
+    return float(value)
+
+
+def scale_main(args) -> None:
+    import shutil
+
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install -y wrk")
+    home = Path(tempfile.mkdtemp(prefix="lockstep-bench-scale-"))
+    database_url = f"sqlite:///{home / 'lockstep.db'}"
+    env = {**os.environ, "LOCKSTEP_HOME": str(home), "LOCKSTEP_DATABASE_URL": database_url, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "include"), env.get("PYTHONPATH")) if p)
+    os.environ.update({k: env[k] for k in ("LOCKSTEP_HOME", "LOCKSTEP_DATABASE_URL")})
+    print(f"python {platform.python_version()}, {os.cpu_count()} cores, {args.scale} records, dim {args.dim}, HNSW")
+    paths = scale_index(args.cache, args.scale, args.dim)
+
+    from lockstep import routing
+    from lockstep.embedding import TextEmbedder
+
+    fingerprint = TextEmbedder.load(paths["model"]).fingerprint
+    routing.register_slot("1", paths["model"], paths["index"], fingerprint, state="ready")
+    routing.set_weights({"1": 100}, reason="bench")
+    rng = random.Random(0)
+    bodies = [json.dumps({"query": " ".join(rng.sample(VOCAB, 3)), "k": 10}) for _ in range(200)]
+    script = home / "search.lua"
+    script.write_text(WRK_SCRIPT % ", ".join(json.dumps(b) for b in bodies))
+
+    runs = [("bare", 1, env), ("service", 1, env)]
+    if args.compare_code:
+        old = {**env, "PYTHONPATH": os.pathsep.join([str(args.compare_code), env["PYTHONPATH"]])}
+        runs.append(("before", 1, old))
+    runs += [("bare", args.workers, env), ("service", args.workers, env)]
+    rows = []
+    for kind, workers, run_env in runs:
+        extra = ["--model", paths["model"], "--index", paths["index"], "--serve-workers", str(workers)]
+        try:
+            proc, port = start_server("service" if kind == "before" else kind, run_env, extra)
+        except RuntimeError as exc:
+            print(f"{kind} ({workers} proc) did not start: {str(exc)[-500:]}")
+            continue
+        try:
+            wrk(port, 4, 3, script)  # warm-up
+            for connections in (1, 16):
+                rows.append((kind, workers, connections, wrk(port, connections, args.duration, script)))
+        finally:
+            stop_server(proc)
+    print(f"\nPOST /search, k=10, wrk {args.duration} s per row")
+    print("(before: the service from --compare-code)" if args.compare_code else "")
+    print(f"{'endpoint':<10}{'procs':>6}{'conns':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    for kind, workers, connections, f in rows:
+        print(f"{kind:<10}{workers:>6}{connections:>6}{f['rps']:>9.0f}{f['p50']:>9.2f}{f['p99']:>9.2f}{f['non2xx']:>9.0f}")
+    by = {(k, w, c): f for k, w, c, f in rows}
+    for kind, workers, _ in runs:
+        if kind == "bare" or (kind, workers, 1) not in by or ("bare", workers, 1) not in by:
+            continue
+        for connections in (1, 16):
+            b, sv = by[("bare", workers, connections)], by[(kind, workers, connections)]
+            print(f"{kind}/bare, {workers} proc, {connections} conn: throughput {sv['rps'] / b['rps']:.2f}x, "
+                  f"p50 {sv['p50'] / b['p50']:.2f}x, p99 {sv['p99'] / b['p99']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps([{"kind": k, "workers": w, "connections": c, **f} for k, w, c, f in rows], indent=2))
 
 
 if __name__ == "__main__":

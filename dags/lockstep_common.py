@@ -49,3 +49,26 @@ def latest_extra(triggering_asset_events, asset: Asset) -> dict:
         except (KeyError, TypeError):
             continue
     return dict(events[-1].extra or {}) if events else {}
+
+
+def time_schedules_on() -> bool:
+    """False when ``LOCKSTEP_SCHEDULES=off``: the weekly retrain and hourly drift check are left
+    out (asset triggers stay), as ``lockstep demo`` does so that no clock-driven run interferes."""
+    import os
+
+    setting = os.environ.get("LOCKSTEP_SCHEDULES", "on").strip().lower()
+    if setting not in ("on", "off"):
+        raise ValueError(f"LOCKSTEP_SCHEDULES must be 'on' or 'off', got {setting!r}")
+    return setting == "on"
+
+
+def serving_url_default() -> str:
+    """Default of the rollout and rollback DAGs' Param ``serving_url``: the replicas to verify.
+
+    ``LOCKSTEP_SERVING_URLS`` lists every serving replica directly, comma-separated
+    (docker-compose.yaml sets it in every Airflow container: the default is read where the
+    DAG is parsed); without it, the embedded stack's one replica.
+    """
+    import os
+
+    return os.environ.get("LOCKSTEP_SERVING_URLS", "").strip() or "http://127.0.0.1:8000"

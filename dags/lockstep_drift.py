@@ -17,18 +17,23 @@ figure against its threshold), tagged with the champion version. A retry reuses 
 **emit_drift** sends a `drift_detected` alert and emits the drift asset, which
 schedules `lockstep_retrain`; the event's extra holds the champion version, the reasons
 and the figures. Param `force` emits it even without drift (demos).
+
+Runs at the top of every hour. A new install does not catch up the last hour (no start
+date, and the timetable does not run immediately); ``LOCKSTEP_SCHEDULES=off`` leaves the
+hourly run out (trigger it yourself).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import timedelta
 
 from airflow.sdk import Metadata, Param, dag, task
-from lockstep_common import DEFAULT_ARGS, DRIFT, NO_RETRY, on_failure
+from airflow.timetables.trigger import CronTriggerTimetable
+from lockstep_common import DEFAULT_ARGS, DRIFT, NO_RETRY, on_failure, time_schedules_on
 
 THRESHOLD_KEYS = (
-    "embedding_auc_floor",
-    "js_distance_excess",
+    "false_alarm_rate",
+    "checks_per_day",
     "unseen_token_share_excess",
     "ctr_relative_drop",
 )
@@ -37,8 +42,8 @@ THRESHOLD_KEYS = (
 @dag(
     dag_id="lockstep_drift",
     description="Compare recent records, queries and click-through with the champion's training data; emit the drift asset.",
-    schedule="@hourly",
-    start_date=datetime(2026, 1, 1),
+    # run_immediately=timedelta(0): the first run is at the next full hour, never the last one.
+    schedule=CronTriggerTimetable("0 * * * *", timezone="UTC", run_immediately=timedelta(0)) if time_schedules_on() else None,
     catchup=False,
     max_active_runs=1,
     default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
@@ -46,10 +51,11 @@ THRESHOLD_KEYS = (
     doc_md=__doc__,
     params={
         "window_hours": Param(1.0, type="number", exclusiveMinimum=0, maximum=24 * 30, description="Length of the window that ends at the run's time; click-through compares it with the window before."),
-        "embedding_auc_floor": Param(0.70, type="number", minimum=0.5, maximum=1, description="Drift when a classifier tells window from reference embeddings with a ROC AUC above this (or above the permutation test's 95th percentile, if higher). 0.5 means indistinguishable."),
-        "js_distance_excess": Param(0.10, type="number", minimum=0, maximum=1, description="Drift when the Jensen-Shannon distance between window and reference tokens exceeds that of a same-sized reference sample by more than this."),
-        "unseen_token_share_excess": Param(0.05, type="number", minimum=0, maximum=1, description="Drift when the share of window (or query) tokens never seen in the training data exceeds that of a same-sized reference sample by more than this."),
-        "ctr_relative_drop": Param(0.20, type="number", minimum=0, maximum=1, description="Drift when the champion's click-through fell by more than this share against the previous window (and the drop is significant at p < 0.01)."),
+        "false_alarm_rate": Param(0.01, type="number", exclusiveMinimum=0, maximum=0.5, description="Chance of a false drift alarm per day when nothing moved. Spent evenly over the day's checks (Bonferroni) and shared by the tests of a check (Holm): vocabulary and domain-classifier permutation tests, the segment (cluster) test, click-through."),
+        "checks_per_day": Param(24, type="integer", minimum=1, maximum=1440, description="Checks that share the daily false-alarm rate: 24 for the hourly schedule, so each check tests at false_alarm_rate / 24."),
+        "accumulate_hours": Param(24.0, type="number", minimum=0, maximum=24 * 30, description="Also test the records of this longer span (the union of the last windows), so a slow drift adds up instead of starting over every hour. 0 or at most window_hours: off."),
+        "unseen_token_share_excess": Param(0.05, type="number", minimum=0, maximum=1, description="Search queries only: drift when the share of query words never seen in the training data exceeds that of a same-sized reference sample by more than this."),
+        "ctr_relative_drop": Param(0.20, type="number", minimum=0, maximum=1, description="Drift when the champion's click-through fell by more than this share against the previous window and the drop is significant (one-sided z-test, within the false-alarm level)."),
         "min_records": Param(50, type="integer", minimum=10, description="Fewest new records (and, separately, queries) in the window for them to be judged; fewer gives 'not drifted' with a note."),
         "max_samples": Param(2000, type="integer", minimum=50, maximum=20000, description="Records, queries and reference texts sampled per side at most (bounds the run time)."),
         "force": Param(False, type="boolean", description="Emit the drift asset even when no drift is found (demos: schedules a retraining)."),
@@ -67,6 +73,7 @@ def lockstep_drift():
             thresholds={k: params[k] for k in THRESHOLD_KEYS},
             min_records=int(params["min_records"]),
             max_samples=int(params["max_samples"]),
+            accumulate_hours=float(params["accumulate_hours"]),
             now=end.isoformat() if end is not None else None,
             work_dir=str(run_folder(run_id) / "drift"),
         )

@@ -1,7 +1,8 @@
 """lockstep_reembed: re-embed every record with a model version into a new index.
 
 Plan of a run: resolve the version -> register its slot as a write target (loading)
--> snapshot at sequence S -> embed shards in parallel (mapped) -> merge and catch up
+-> snapshot at sequence S (one parquet row group per shard) -> embed shards in parallel
+(mapped; each reads only its row group) -> merge shard by shard and catch up
 every change after S -> validate against the record store -> publish (slot ready,
 MLflow tag) -> emit the index-ready asset, which starts ``lockstep_rollout``.
 
@@ -40,9 +41,19 @@ from lockstep_common import (
             None, type=["null", "string"],
             description="Registered version to index. Empty: the version from the challenger asset, else alias 'challenger'.",
         ),
-        "index_type": Param("flat", enum=["flat", "ivf", "hnsw"], description="flat is exact; ivf and hnsw are approximate (validated by recall@10)."),
-        "shard_size": Param(2000, type="integer", minimum=100, maximum=1_000_000, description="Records per shard (one mapped task each)."),
-        "min_recall": Param(0.9, type="number", minimum=0, maximum=1, description="Minimum recall@10 against exact search for approximate index types."),
+        "index_type": Param(
+            "auto", enum=["auto", "flat", "ivf", "hnsw"],
+            description="auto: exact flat below LOCKSTEP_ANN_THRESHOLD records, HNSW above. flat is exact; ivf and hnsw are approximate (validated by recall@10).",
+        ),
+        "shard_size": Param(
+            None, type=["null", "integer"], minimum=100, maximum=1_000_000,
+            description="Records per shard (one mapped task each). Empty: chosen from the record count to give about target_shards shards.",
+        ),
+        "target_shards": Param(
+            16, type="integer", minimum=1, maximum=1000,
+            description="Shards to aim for when shard_size is empty (each costs Airflow ~3 s; tens at 1M records, not hundreds).",
+        ),
+        "min_recall": Param(0.95, type="number", minimum=0, maximum=1, description="Minimum recall@10 against exact search for approximate index types."),
         "sample_size": Param(200, type="integer", minimum=1, description="Stored vectors compared with fresh embeddings during validation."),
         "promote_if_first": Param(True, type="boolean", description="With no champion yet, make this version champion at 100 % once its index is ready."),
     },
@@ -61,7 +72,7 @@ def lockstep_reembed():
     def snapshot(plan: dict, params=None) -> dict:
         from lockstep import reembed
 
-        return reembed.snapshot(plan, params["shard_size"])
+        return reembed.snapshot(plan, params["shard_size"], target_shards=params["target_shards"])
 
     @task
     def shards(snap: dict) -> list[int]:

@@ -3,26 +3,41 @@
 Plan of a run: snapshot -> validate -> train -> evaluate -> register -> (accept | reject).
 A better model gets alias ``challenger`` and emits the challenger asset, which starts
 ``lockstep_reembed``; a model that is not better is registered, tagged rejected with
-the reason and figures, and the run stops there.
+the reason and figures, and the run stops there. With an empty record store there is
+nothing to train: the run skips with that reason (no failure, no alert).
+
+Runs weekly (Monday 03:00 UTC) and whenever ``lockstep_drift`` emits the drift asset.
+A new install does not catch up the last Monday (the DAG has no start date and its
+timetable does not run immediately), so nothing runs before a corpus is loaded.
+``LOCKSTEP_SCHEDULES=off`` leaves out the weekly run (the drift trigger stays).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import timedelta
 
 from airflow.sdk import Metadata, Param, dag, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
-from lockstep_common import CHALLENGER, DEFAULT_ARGS, DRIFT, NO_RETRY, on_failure
+from lockstep_common import CHALLENGER, DEFAULT_ARGS, DRIFT, NO_RETRY, on_failure, time_schedules_on
 
 TRAIN_KEYS = ("dim", "max_features", "min_df", "max_df", "margin", "holdout_percent", "max_eval_queries")
+
+
+def weekly_or_on_drift():
+    """Monday 03:00 UTC or the drift asset; the drift asset alone when LOCKSTEP_SCHEDULES=off."""
+    if not time_schedules_on():
+        return DRIFT
+    # run_immediately=timedelta(0): a new install waits for the next Monday. (False would still
+    # run the last Monday when less than a tenth of a week has passed since it.)
+    weekly = CronTriggerTimetable("0 3 * * 1", timezone="UTC", run_immediately=timedelta(0))
+    return AssetOrTimeSchedule(timetable=weekly, assets=DRIFT)
 
 
 @dag(
     dag_id="lockstep_retrain",
     description="Validate data, train, evaluate against the champion, register in MLflow.",
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 1", timezone="UTC"), assets=DRIFT),
-    start_date=datetime(2026, 1, 1),
+    schedule=weekly_or_on_drift(),
     catchup=False,
     max_active_runs=1,
     default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
@@ -42,8 +57,12 @@ TRAIN_KEYS = ("dim", "max_features", "min_df", "max_df", "margin", "holdout_perc
 def lockstep_retrain():
     @task(**NO_RETRY)
     def snapshot() -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from lockstep import retrain
 
+        if reason := retrain.nothing_to_train():
+            raise AirflowSkipException(reason)
         return retrain.snapshot()
 
     @task(**NO_RETRY)

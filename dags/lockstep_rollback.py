@@ -12,14 +12,17 @@ rollout. Plan of a run: **roll_back** -> **verify**.
   alert.
 - **verify** reads the routing table back and probes the serving replicas until they
   answer with the restored version.
+
+A rollout running at the time notices the change at its next look and stops as
+"overridden", leaving this traffic alone.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
-from lockstep_common import DEFAULT_ARGS, NO_RETRY, on_failure
+from lockstep_common import DEFAULT_ARGS, NO_RETRY, on_failure, serving_url_default
 
 
 @dag(
@@ -29,7 +32,9 @@ from lockstep_common import DEFAULT_ARGS, NO_RETRY, on_failure
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    dagrun_timeout=timedelta(hours=1),
+    # Not in the lockstep_rollout pool: a rollback must never queue behind the rollout it undoes.
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure, "execution_timeout": timedelta(minutes=15)},
     tags=["lockstep", "rollout"],
     doc_md=__doc__,
     params={
@@ -39,8 +44,8 @@ from lockstep_common import DEFAULT_ARGS, NO_RETRY, on_failure
             description="Version to return to. Empty: the champion before the current one (registry champion history).",
         ),
         "serving_url": Param(
-            "http://127.0.0.1:8000", type="string",
-            description="Serving replicas to verify, comma-separated; empty: check the routing table only.",
+            serving_url_default(), type="string",
+            description="Serving replicas to verify, each directly, comma-separated (default: LOCKSTEP_SERVING_URLS); empty: check the routing table only.",
         ),
         "verify_timeout_seconds": Param(30, type="number", minimum=1, description="How long the replicas may take to follow."),
     },

@@ -6,8 +6,18 @@ Plan of a run (each box is one task; the library calls are in ``lockstep.rollout
                           │     └─ close_ui_review              ├─ ab_test ────┤
                           └─ approve_in_airflow                 ├─ bandit ─────┼─ finalize ── verify ── wait_rollback_window ── retention
                                                                 ├─ blue_green ─┘
-                                                                └─ shadow_only
+                                                                └─ shadow_only   (the end: shadow never promotes)
     rollback  (trigger rule ONE_FAILED on start ... verify: runs whichever failed, never after a success)
+
+finalize's only upstream tasks are the four promoting strategies: a run whose branch
+took shadow_only skips it (and everything after it).
+
+review, shadow, canary, ab_test and bandit wait for people or traffic. Each is a
+deferrable task (``lockstep.rollout_executor``): it makes one look, then hands a timer
+to the triggerer and frees its worker slot until the next look (every
+``poll_seconds``); its place is kept in the rollout record. Every task has an
+``execution_timeout``, the run a ``dagrun_timeout``, and all run in the Airflow pool
+``lockstep_rollout``.
 
 - **start** resolves the candidate (Param, else the index-ready event, else alias
   ``challenger``), checks its slot is ready and the champion live, records the rollout
@@ -19,14 +29,22 @@ Plan of a run (each box is one task; the library calls are in ``lockstep.rollout
   ``close_ui_review`` then withdraws an unanswered Airflow form.
 - **shadow** mirrors live traffic to the candidate and gates on its error rate, latency
   against live and top-k overlap with live.
-- **canary** walks the traffic steps below 100 %; each step bakes and is judged against
-  the champion over the same window (error rate, Mann-Whitney latency with a tolerance,
-  click-through with an always-valid sequential test). Inconclusive extends the bake up
-  to ``max_extensions`` times, then fails. **ab_test**, **bandit** and **blue_green** are
+- **canary** walks the traffic steps below 100 %; each step bakes until both versions
+  have ``min_samples`` answered requests (and at least ``bake_seconds`` have passed),
+  then is judged against the champion over the same window (error rate, Mann-Whitney
+  latency with a tolerance, click-through with an always-valid sequential test).
+  Inconclusive extends the bake (another ``min_samples`` each) up to ``max_extensions``
+  times, then fails; a look without its counts by ``max_bake_seconds`` counts as
+  inconclusive, never as a pass. **ab_test**, **bandit** and **blue_green** are
   the other strategies; **shadow_only** ends after the shadow phase with no live traffic.
 - **finalize** sets 100 % and moves alias ``champion`` (the old champion is tagged with
   when it was replaced); **verify** reads the routing table back and probes the serving
   API until it answers with the new version.
+- Before each traffic change (and at each look) a rollout checks that nobody else
+  changed the routing since its own last change (compare-and-set on the generation).
+  If an operator did (``lockstep routing set``, ``lockstep_rollback``), the rollout
+  stops as **overridden**: it records and alerts it, and leaves the traffic alone.
+  ``start`` refuses to begin while alias ``champion`` and the routing table disagree.
 - **rollback** returns all traffic to the champion in one transaction (a failing gate has
   done so already, at once), tags the candidate rejected with reason and figures, drains
   and retires its slot, and alerts. A rolled-back run ends as failed.
@@ -45,7 +63,16 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
 from airflow.sdk import Param, TriggerRule, dag, task
-from lockstep_common import DEFAULT_ARGS, INDEX_READY, NO_RETRY, latest_extra, on_failure
+from lockstep_common import (
+    DEFAULT_ARGS,
+    INDEX_READY,
+    NO_RETRY,
+    latest_extra,
+    on_failure,
+    serving_url_default,
+)
+
+from lockstep.rollout_executor import ROLLOUT_POOL, RolloutPhaseOperator
 
 STRATEGY_TASKS = {
     "canary": "canary",
@@ -56,6 +83,10 @@ STRATEGY_TASKS = {
 }
 # An Airflow form nobody answered resolves as Reject after this long (review has ended by then).
 UI_REVIEW_EXPIRES = timedelta(hours=24)
+# The longest a task may compute at once (a look, the final update, a rollback with its drain).
+TASK_TIMEOUT = timedelta(minutes=30)
+# The whole run: review (<= 24 h) + strategy (each has its own time limit) + rollback window.
+RUN_TIMEOUT = timedelta(days=7)
 
 
 def _configured_defaults() -> dict:
@@ -92,7 +123,8 @@ def _seconds(name: str, default: float, description: str, minimum: float = 0) ->
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    dagrun_timeout=RUN_TIMEOUT,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure, "pool": ROLLOUT_POOL, "execution_timeout": TASK_TIMEOUT},
     tags=["lockstep", "rollout"],
     doc_md=__doc__,
     params={
@@ -109,7 +141,10 @@ def _seconds(name: str, default: float, description: str, minimum: float = 0) ->
             [1, 5, 25, 50, 100], type="array", items={"type": "integer", "minimum": 1, "maximum": 100},
             description="Candidate traffic percent per canary step, increasing, ending at 100.",
         ),
-        "bake_seconds": _seconds("bake_seconds", 60, "How long each canary step (and the shadow phase) takes traffic before it is judged."),
+        "bake_seconds": _seconds("bake_seconds", 60, "The least time each canary step (and the shadow phase) takes traffic; "
+                                 "it is judged once both versions also have min_samples answered requests."),
+        "max_bake_seconds": _seconds("max_bake_seconds", 1800, "Safety net of a bake: a look without its min_samples by then "
+                                     "counts as too little traffic (extends, or fails after max_extensions; never passes).", 1),
         "shadow_seconds": _param("shadow_seconds", None, type=["null", "number"], minimum=0, description="Bake of the shadow phase; empty: bake_seconds."),
         "min_samples": _param("min_samples", 50, type="integer", minimum=1, description="Fewest requests per version before any gate may pass (fewer: inconclusive)."),
         "max_extensions": _param("max_extensions", 2, type="integer", minimum=0, description="How many times an inconclusive step bakes again before it fails."),
@@ -135,11 +170,11 @@ def _seconds(name: str, default: float, description: str, minimum: float = 0) ->
         "bandit_threshold": _param("bandit_threshold", 0.95, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description="Bandit: P(best) that ends the rollout."),
         "bandit_min_exposures": _param("bandit_min_exposures", 100, type="integer", minimum=1, description="Bandit: answered requests per version before reweighting."),
         "bandit_max_seconds": _seconds("bandit_max_seconds", 3600, "Bandit: no winner by then keeps the champion.", 1),
-        "serving_url": _param("serving_url", "http://127.0.0.1:8000", type="string", description="Serving replicas to verify, comma-separated; empty: check the routing table only."),
+        "serving_url": _param("serving_url", serving_url_default(), type="string", description="Serving replicas to verify, each directly, comma-separated (default: LOCKSTEP_SERVING_URLS); empty: check the routing table only."),
         "verify_timeout_seconds": _seconds("verify_timeout_seconds", 30, "How long the serving API may take to answer with the new version.", 1),
         "rollback_window_seconds": _seconds("rollback_window_seconds", 3600, "How long the previous champion stays loaded for an instant rollback before it is retired."),
-        "poll_seconds": _seconds("poll_seconds", 1.0, "Poll interval while baking and waiting.", 0.05),
-        "log_flush_seconds": _seconds("log_flush_seconds", 1.0, "Wait after a window for the replicas' log writers before analysing it."),
+        "poll_seconds": _seconds("poll_seconds", 1.0, "Time between two looks while baking and waiting (no worker is held in between).", 0.05),
+        "log_flush_seconds": _seconds("log_flush_seconds", 1.0, "How far behind now an analysed window ends, so the replicas' log writers have flushed it."),
         "drain_seconds": _seconds("drain_seconds", 2.0, "How long a rejected or retired slot drains before it is retired."),
     },
 )
@@ -172,17 +207,6 @@ def lockstep_rollout():
         retries=0,
     )
 
-    @task(**NO_RETRY)
-    def review(plan: dict, ti=None) -> dict:
-        from lockstep import rollout
-
-        def airflow_answer() -> str | None:
-            answer = ti.xcom_pull(task_ids="approve_in_airflow") or {}
-            chosen = answer.get("chosen_options") or []
-            return {"Approve": "approved", "Reject": "rejected"}.get(chosen[0]) if chosen else None
-
-        return rollout.wait_for_review(plan, external=airflow_answer)
-
     @task(trigger_rule=TriggerRule.ALL_DONE, **NO_RETRY)
     def close_ui_review() -> None:
         """Withdraw the Airflow review form once the review is decided (a no-op if answered)."""
@@ -190,33 +214,9 @@ def lockstep_rollout():
 
         raise DownstreamTasksSkipped(tasks=["approve_in_airflow"])
 
-    @task(**NO_RETRY)
-    def shadow(plan: dict) -> dict:
-        from lockstep import rollout
-
-        return rollout.run_shadow(plan)
-
     @task.branch
     def choose_strategy(plan: dict) -> str:
         return STRATEGY_TASKS[plan["strategy"]]
-
-    @task(**NO_RETRY)
-    def canary(plan: dict) -> dict:
-        from lockstep import rollout
-
-        return rollout.run_canary(plan)
-
-    @task(**NO_RETRY)
-    def ab_test(plan: dict) -> dict:
-        from lockstep import rollout
-
-        return rollout.run_ab(plan)
-
-    @task(**NO_RETRY)
-    def bandit(plan: dict) -> dict:
-        from lockstep import rollout
-
-        return rollout.run_bandit(plan)
 
     @task(**NO_RETRY)
     def blue_green(plan: dict) -> dict:
@@ -231,10 +231,11 @@ def lockstep_rollout():
         return rollout.shadow_only(plan)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-    def finalize(plan: dict) -> dict:
+    def finalize(ti=None) -> dict:
+        """Upstream: the promoting strategies only (never start or shadow_only), so shadow never promotes."""
         from lockstep import rollout
 
-        return rollout.finalize(plan)
+        return rollout.finalize(ti.xcom_pull(task_ids="start"))
 
     @task(**NO_RETRY)
     def verify(plan: dict, final: dict) -> dict:
@@ -263,19 +264,24 @@ def lockstep_rollout():
         return rollout.rollback(ti.xcom_pull(task_ids="start"), failed_tasks=failed)
 
     plan = start()
-    reviewed = review(plan)
+    reviewed = RolloutPhaseOperator(task_id="review", phase="review", plan=plan)
     # The form opens in the same scheduling round as review starts, so it is waiting (and
     # can be withdrawn) by the time close_ui_review runs.
     plan >> open_review() >> [approve_in_airflow, reviewed]
     reviewed >> close_ui_review()
-    shadowed = shadow(plan)
+    shadowed = RolloutPhaseOperator(task_id="shadow", phase="shadow", plan=plan)
     reviewed >> shadowed
     branch = choose_strategy(plan)
     shadowed >> branch
-    strategies = [canary(plan), ab_test(plan), bandit(plan), blue_green(plan)]
+    strategies = [
+        RolloutPhaseOperator(task_id="canary", phase="canary", plan=plan),
+        RolloutPhaseOperator(task_id="ab_test", phase="ab", plan=plan),
+        RolloutPhaseOperator(task_id="bandit", phase="bandit", plan=plan),
+        blue_green(plan),
+    ]
     only_shadow = shadow_only(plan)
     branch >> [*strategies, only_shadow]
-    final = finalize(plan)
+    final = finalize()
     strategies >> final
     verified = verify(plan, final)
     verified >> wait_rollback_window >> retention(plan, final)

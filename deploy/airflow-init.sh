@@ -28,6 +28,11 @@ fi
 say "migrating the metadata database"
 airflow db migrate
 
+# Rollout tasks run in this pool (lockstep.rollout.ROLLOUT_POOL); without it the scheduler never
+# queues them. Slots bound how many rollout looks run at once across the workers.
+say "creating the pool lockstep_rollout"
+airflow pools set lockstep_rollout "${LOCKSTEP_ROLLOUT_POOL_SLOTS:-8}" "Lockstep rollouts (review, shadow, canary, A/B, bandit looks)"
+
 say "writing the password of admin user '$admin_user'"
 mkdir -p "$(dirname "$passwords_file")"
 # The simple auth manager reads {"user": "password"} from this file and only generates a

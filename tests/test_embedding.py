@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.base import clone
 
-from lockstep.embedding import TextEmbedder
+from lockstep.embedding import (
+    ModelIntegrityError,
+    TextEmbedder,
+    checksum_path,
+    file_sha256,
+    verify_model_file,
+)
 from lockstep.errors import NotFittedError
 
 TOPICS = {
@@ -67,15 +75,74 @@ def test_fingerprint_is_stable_for_an_artifact_and_differs_between_fits(fitted, 
     assert len({fitted.fingerprint, other_params.fingerprint, other_data.fingerprint}) == 3
 
 
-def test_a_tampered_artifact_is_refused(fitted, tmp_path):
+def test_weights_changed_under_a_valid_checksum_are_refused_by_the_fingerprint(fitted, tmp_path):
     import joblib
 
     path = fitted.save(tmp_path / "m.joblib")
     model = joblib.load(path)
     model.svd_.components_[0, 0] += 0.5
     joblib.dump(model, path)
+    checksum_path(path).write_text(file_sha256(path).removeprefix("sha256:") + "  m.joblib\n")
     with pytest.raises(NotFittedError, match="does not match the model's weights"):
         TextEmbedder.load(path)
+
+
+class _Payload:
+    """A pickle that writes a marker file when it is unpickled (what an attacker would run)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "code ran"))
+
+
+def test_a_tampered_model_file_is_refused_before_anything_is_unpickled(fitted, tmp_path):
+    import joblib
+
+    path = fitted.save(tmp_path / "m.joblib")
+    trusted = file_sha256(path)
+    assert checksum_path(path).read_text().split() == [trusted.removeprefix("sha256:"), "m.joblib"]
+    marker = tmp_path / "pwned"
+    joblib.dump(_Payload(marker), path)  # the file is replaced; its sidecar still vouches for the old one
+
+    with pytest.raises(ModelIntegrityError, match=r"model file .*m\.joblib fails its checksum") as err:
+        TextEmbedder.load(path)
+    assert trusted in str(err.value) and "sidecar m.joblib.sha256" in str(err.value)
+    with pytest.raises(ModelIntegrityError, match="expected sha256 says " + trusted):
+        TextEmbedder.load(path, expected_sha256=trusted)
+    assert not marker.exists()  # nothing was deserialised
+
+    path.write_bytes(path.read_bytes()[:-3])  # a truncated copy is refused the same way
+    with pytest.raises(ModelIntegrityError, match="fails its checksum"):
+        TextEmbedder.load(path)
+    assert not marker.exists()
+
+
+def test_a_model_file_without_any_checksum_is_refused(fitted, tmp_path):
+    path = fitted.save(tmp_path / "m.joblib")
+    digest = file_sha256(path)
+    checksum_path(path).unlink()
+    with pytest.raises(ModelIntegrityError, match=r"m\.joblib has no checksum to verify.*m\.joblib\.sha256 is missing"):
+        TextEmbedder.load(path)
+    assert TextEmbedder.load(path, expected_sha256=digest).fingerprint == fitted.fingerprint
+    assert verify_model_file(path, digest) == digest
+    assert TextEmbedder.load(path, expected_sha256=digest.removeprefix("sha256:").upper()).dim_ == fitted.dim_
+    with pytest.raises(ModelIntegrityError, match="is not a sha256"):
+        TextEmbedder.load(path, expected_sha256="sha256:abc")
+    with pytest.raises(ModelIntegrityError, match=r"model file .*nope\.joblib does not exist"):
+        TextEmbedder.load(tmp_path / "nope.joblib")
+
+
+def test_bulk_transform_in_batches_equals_one_batch(fitted, monkeypatch):
+    import lockstep.embedding as embedding
+
+    texts, _ = corpus(7, seed=3)
+    whole = fitted.transform(texts)
+    monkeypatch.setattr(embedding, "TRANSFORM_BATCH", 4)
+    batched = fitted.transform(texts)
+    np.testing.assert_array_equal(batched, whole)
+    assert fitted.transform([]).shape == (0, fitted.dim_)
 
 
 def test_unfitted_and_bad_input_errors():

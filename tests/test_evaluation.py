@@ -327,3 +327,77 @@ def test_plot_evaluation_writes_a_png(tmp_path):
     alone = plot_evaluation(challenger, None, tmp_path / "alone.png")
     assert alone.read_bytes().startswith(b"\x89PNG")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["alone.png", "eval.png", "plots"]
+
+
+# --- bounded memory at scale ----------------------------------------------------------------
+
+
+def test_score_budget_batches_give_the_same_ranking(monkeypatch):
+    """At a million documents the query batch shrinks to keep the score block bounded."""
+    import lockstep.evaluation as evaluation
+
+    rng = np.random.default_rng(4)
+    docs = rng.normal(size=(400, 8)).astype(np.float32)
+    queries = rng.normal(size=(50, 8)).astype(np.float32)
+    doc_labels, query_labels = rng.integers(0, 4, 400), rng.integers(0, 4, 50)
+    whole = evaluate_retrieval(queries, query_labels, docs, doc_labels, k=5)
+    monkeypatch.setattr(evaluation, "SCORE_BUDGET_ELEMENTS", 1000)  # 2 queries per block
+    small = evaluate_retrieval(queries, query_labels, docs, doc_labels, k=5)
+    np.testing.assert_array_equal(small.precision, whole.precision)
+    np.testing.assert_array_equal(small.ndcg, whole.ndcg)
+
+
+def test_fit_sample_is_seeded_and_bounds_what_the_model_is_fitted_on():
+    from lockstep.records import Record
+    from lockstep.training import TrainConfig, TrainingError, fit_texts
+
+    records = [Record(f"r{i:04d}", f"text number {i}") for i in range(1000)]
+    assert fit_texts(records, TrainConfig()) == [r.text for r in records]  # under the sample size: all
+    picked = fit_texts(records, TrainConfig(fit_sample=100))
+    assert len(picked) == len(set(picked)) == 100
+    assert picked == fit_texts(records, TrainConfig(fit_sample=100))  # same seed, same sample
+    assert picked != fit_texts(records, TrainConfig(fit_sample=100, seed=1))
+    assert picked == sorted(picked, key=lambda t: int(t.split()[-1]))  # corpus order kept
+    assert len(fit_texts(records, TrainConfig(fit_sample=None))) == 1000
+    with pytest.raises(TrainingError, match="fit_sample must be at least 2"):
+        TrainConfig(fit_sample=1)
+    with pytest.raises(TrainingError, match="fit_sample"):
+        TrainConfig.from_dict({"fit_sample": 0})
+
+
+def test_an_eval_set_without_records_evaluates_like_the_holdout():
+    from lockstep.training import (
+        EvalSet,
+        TrainConfig,
+        evaluate_embedder,
+        fit_embedder,
+        fit_texts,
+        split_holdout,
+    )
+
+    config = TrainConfig(dim=16, min_df=1, holdout_percent=20, fit_sample=300)
+    holdout = split_holdout(_labelled_records(), config)
+    model = fit_embedder(fit_texts(holdout.train, config), config)
+    via_records = evaluate_embedder(model, holdout, config)
+    data = EvalSet.from_holdout(holdout, config.label_key)
+    assert data.summary == holdout.summary() and len(data.doc_texts) == len(holdout.docs)
+    via_columns = evaluate_embedder(model, data, config)
+    np.testing.assert_array_equal(via_columns.ndcg, via_records.ndcg)
+    assert via_columns.n_queries == len(holdout.queries) > 0
+
+
+def _labelled_records():
+    from lockstep.records import Record
+
+    topics = {
+        "space": "orbit rocket launch nasa shuttle moon satellite mission",
+        "hockey": "puck goal ice team season playoff goalie score",
+        "crypto": "key encryption cipher clipper privacy algorithm secure chip",
+    }
+    rng = np.random.default_rng(5)
+    out = []
+    for i in range(600):
+        label = list(topics)[i % 3]
+        words = rng.choice(topics[label].split(), size=10)
+        out.append(Record(f"d{i:04d}", " ".join(words), {"category": label}))
+    return out

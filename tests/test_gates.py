@@ -447,3 +447,20 @@ def test_canary_policy_rejects_bad_configuration():
             CanaryPolicy(steps=steps)
     with pytest.raises(GateError):
         CanaryPolicy().next_action(5, [], 0)
+
+
+def test_sequential_test_resumes_from_its_saved_state_with_the_same_answers():
+    """A rollout saves the test between looks (another process resumes it): nothing may change."""
+    rng = np.random.default_rng(5)
+    live = SequentialCTRTest(tau2=0.01, burn_in=50)
+    for _ in range(4):
+        live.update(int(rng.binomial(100, 0.3)), 100, int(rng.binomial(300, 0.32)), 300)
+    saved = json.loads(json.dumps(live.to_state()))  # what the rollout record stores
+    resumed = SequentialCTRTest.from_state(saved)
+    assert resumed.looks == live.looks and resumed.p_value == live.p_value
+    assert resumed.analyse().to_dict() == live.analyse().to_dict()
+    live.update(40, 100, 90, 300)
+    resumed.update(40, 100, 90, 300)
+    assert resumed.analyse().to_dict() == live.analyse().to_dict()
+    with pytest.raises(GateError, match="not a saved sequential CTR test"):
+        SequentialCTRTest.from_state({"tau2": 0.01})

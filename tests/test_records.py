@@ -125,3 +125,36 @@ def test_default_store_lives_under_lockstep_home(lockstep_home):
     store = RecordStore()
     store.upsert("a", "text")
     assert (lockstep_home / "lockstep.db").exists()
+
+
+def test_stream_snapshot_reads_one_consistent_state_in_chunks(store):
+    store.upsert_many([{"id": f"r{i:03d}", "text": f"text {i}", "metadata": {"n": i}} for i in range(25)])
+    store.delete("r003")
+    head = store.head()
+    with store.stream_snapshot(chunk_size=7) as stream:
+        assert stream.seq == head
+        first = next(stream.chunks)
+        # writes from another connection while the stream is open are not part of it
+        store.delete("r020")
+        store.upsert("r021", "changed meanwhile")
+        store.upsert("r999", "added meanwhile")
+        chunks = [first, *stream.chunks]
+    assert [len(c) for c in chunks] == [7, 7, 7, 3]
+    ids = [i for c in chunks for i in c.ids]
+    texts = dict(zip(ids, [t for c in chunks for t in c.texts], strict=True))
+    assert ids == sorted(f"r{i:03d}" for i in range(25) if i != 3)
+    assert texts["r021"] == "text 21" and "r020" in texts and "r999" not in texts
+    assert store.head() == head + 3
+    with store.stream_snapshot(5, texts=False) as ids_only:
+        assert next(ids_only.chunks).ids == ["r000", "r001", "r002", "r004", "r005"]
+        store.upsert("r000", "changed after the stream began")
+        # texts read later in the same stream are those of its state, deleted records have none
+        assert ids_only.texts_of(["r000", "r003", "r020", "nope"]) == {"r000": "text 0"}
+        assert [c.texts for c in ids_only.chunks] == [[], [], [], []]  # 24 live records, 5 a chunk
+    with pytest.raises(ValueError, match="chunk size must be at least 1"), store.stream_snapshot(0):
+        pass
+
+
+def test_stream_snapshot_of_an_empty_store_has_no_chunks(store):
+    with store.stream_snapshot() as stream:
+        assert stream.seq == 0 and list(stream.chunks) == []

@@ -184,6 +184,45 @@ def test_tampered_fingerprint_tag_is_detected(registry, embedder):
     assert forged in message and embedder.fingerprint in message
 
 
+class _Payload:
+    """A pickle that writes a marker file when it is unpickled (what an attacker would plant)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "code ran"))
+
+
+def test_a_swapped_model_artifact_is_refused_before_it_is_unpickled(registry, embedder, lockstep_home, tmp_path, monkeypatch):
+    """The version tag lockstep.model_sha256 is checked before joblib opens the downloaded file."""
+    import joblib
+    import mlflow
+
+    from lockstep.embedding import ModelIntegrityError, file_sha256
+
+    info = register(registry, embedder)
+    [stored] = list((lockstep_home / "mlartifacts").rglob("embedder.joblib"))
+    assert info.tags["lockstep.model_sha256"] == file_sha256(stored)
+    marker = tmp_path / "pwned"
+    joblib.dump(_Payload(marker), stored)  # someone with write access to the artifact store
+
+    with pytest.raises(ModelIntegrityError, match=r"model file .*embedder\.joblib fails its checksum") as caught:
+        registry.load_embedder(info.version)
+    assert info.tags["lockstep.model_sha256"] in str(caught.value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)
+    with pytest.raises(ModelIntegrityError, match="fails its checksum"):
+        mlflow.pyfunc.load_model(f"models:/{registry.model_name}/{info.version}")
+    assert not marker.exists()  # neither path deserialised the planted file
+
+
+def test_a_version_without_the_model_checksum_tag_is_not_loaded(registry, embedder):
+    info = register(registry, embedder)
+    registry._client().delete_model_version_tag(registry.model_name, info.version, "lockstep.model_sha256")
+    with pytest.raises(RegistryError, match="no 'lockstep.model_sha256' tag"):
+        registry.load_embedder(info.version)
+
+
 # --- aliases and lifecycle -------------------------------------------------------------
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import random
 import shutil
-import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,8 +25,9 @@ from lockstep.rollout_analysis import GateSettings, Window, arm_stats, shadow_ga
 from lockstep.schema import feedback_log, request_log, shadow_log
 
 FAST = {
-    "bake_seconds": 0.4, "shadow_seconds": 0.4, "min_samples": 30, "max_extensions": 1, "poll_seconds": 0.1,
-    "log_flush_seconds": 0.05, "drain_seconds": 0.0, "ctr_tau": 0.1, "ctr_margin": 0.1, "canary_steps": [20, 50, 100],
+    "bake_seconds": 0, "shadow_seconds": 0, "min_samples": 30, "max_extensions": 1, "poll_seconds": 0.05, "max_bake_seconds": 60,
+    "log_flush_seconds": 0, "drain_seconds": 0.0, "ctr_tau": 0.1, "ctr_margin": 0.1, "canary_steps": [20, 50, 100],
+    "bandit_interval_seconds": 0,
 }
 
 
@@ -36,7 +35,9 @@ FAST = {
 
 
 def _slot(version: str, root: Path, state: str = "ready") -> None:
-    location = root / "indexes" / f"v{version}"
+    from lockstep.index_store import index_location
+
+    location = index_location("m", version)  # inside LOCKSTEP_INDEX_STORE, where retention may delete
     location.mkdir(parents=True, exist_ok=True)
     routing.register_slot(version, f"models:/m/{version}", str(location), f"sha256:{version * 8}", state=state)
 
@@ -58,44 +59,43 @@ def slots(lockstep_home, tmp_path):
 
 
 class Traffic:
-    """Writes request rows (split by the routing table) and clicks, like serving replicas."""
+    """Writes request rows (split by the routing table) and clicks, like serving replicas, one batch at a time.
+
+    Seeded, and driven by the rollout itself: ``run_phase(..., sleep=traffic.batch)`` writes
+    one batch where the executor would wait, so every look sees the same rows in every run.
+    """
 
     def __init__(self, ctr: dict[str, float], errors: dict[str, float] | None = None, latency: dict[str, float] | None = None,
-                 per_tick: int = 40, tick: float = 0.02, seed: int = 0) -> None:
+                 per_batch: int = 100, seed: int = 0) -> None:
         self.ctr, self.errors, self.latency = ctr, errors or {}, latency or {}
-        self.per_tick, self.tick = per_tick, tick
+        self.per_batch = per_batch
         self.rng = random.Random(seed)
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.batches = 0
 
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop_event.set()
-        self.thread.join()
-
-    def _run(self) -> None:
+    def batch(self, _wait: float = 0.0) -> None:
         engine = get_engine()
-        while not self.stop_event.is_set():
-            weights = routing.read_table(engine).weights
-            requests, clicks = [], []
-            now = datetime.now(UTC)
-            for _ in range(self.per_tick):
-                version = self.rng.choices(list(weights), weights=list(weights.values()))[0]
-                rid = uuid.uuid4().hex
-                failed = self.rng.random() < self.errors.get(version, 0.0)
-                requests.append({"request_id": rid, "at": now, "model_version": version, "user_id": None, "query": "q", "k": 10,
-                                 "latency_ms": max(0.1, self.rng.gauss(self.latency.get(version, 10.0), 1.0)),
-                                 "status": 500 if failed else 200, "top_ids": [], "replica": "synthetic"})
-                if not failed and self.rng.random() < self.ctr.get(version, 0.0):
-                    clicks.append({"request_id": rid, "record_id": "r", "event": "click", "at": now})
-            with engine.begin() as conn:
-                conn.execute(insert(request_log), requests)
-                if clicks:
-                    conn.execute(insert(feedback_log), clicks)
-            time.sleep(self.tick)
+        weights = routing.read_table(engine).weights
+        requests, clicks = [], []
+        at = datetime.now(UTC) - timedelta(milliseconds=1)
+        for i in range(self.per_batch):
+            version = self.rng.choices(list(weights), weights=list(weights.values()))[0]
+            rid = f"b{self.batches}-{i}-{self.rng.getrandbits(32):08x}"
+            failed = self.rng.random() < self.errors.get(version, 0.0)
+            requests.append({"request_id": rid, "at": at, "model_version": version, "user_id": None, "query": "q", "k": 10,
+                             "latency_ms": max(0.1, self.rng.gauss(self.latency.get(version, 10.0), 1.0)),
+                             "status": 500 if failed else 200, "top_ids": [], "replica": "synthetic"})
+            if not failed and self.rng.random() < self.ctr.get(version, 0.0):
+                clicks.append({"request_id": rid, "record_id": "r", "event": "click", "at": at})
+        with engine.begin() as conn:
+            conn.execute(insert(request_log), requests)
+            if clicks:
+                conn.execute(insert(feedback_log), clicks)
+        self.batches += 1
+
+
+def _run(phase: str, plan: dict, traffic: Traffic | None = None, **kwargs) -> dict:
+    """The phase look by look, one traffic batch between two looks (no traffic: a real short sleep)."""
+    return rollout.run_phase(phase, plan, sleep=traffic.batch if traffic else time.sleep, **kwargs)
 
 
 # --- reading the logs ----------------------------------------------------------------------------------
@@ -158,24 +158,21 @@ def test_shadow_gates_fail_errors_pass_agreement_and_wait_for_data(lockstep_home
 # --- strategies on synthetic traffic ------------------------------------------------------------------
 
 
-def test_shadow_phase_stops_a_failing_candidate_before_the_bake_ends(slots):
+def test_shadow_phase_stops_a_failing_candidate_at_the_first_look_with_failed_copies(slots):
     engine = get_engine()
-    plan = _plan(shadow_seconds=30)
+    plan = _plan(shadow_seconds=3600)  # the least bake time is no obstacle: failing copies stop it at once
     before = routing.read_generation()
 
-    def failing_copies() -> None:  # what replicas log for a candidate whose every search fails
-        time.sleep(0.2)
+    def failing_copies(_wait: float) -> None:  # what replicas log for a candidate whose every search fails
         with engine.begin() as conn:
             conn.execute(insert(shadow_log), [
-                {"request_id": f"s{i}", "at": datetime.now(UTC), "live_version": "1", "shadow_version": "2",
-                 "live_top_ids": ["a"], "shadow_top_ids": None, "latency_ms": None, "error": "boom"} for i in range(40)
+                {"request_id": f"s{i}", "at": datetime.now(UTC) - timedelta(milliseconds=1), "live_version": "1",
+                 "shadow_version": "2", "live_top_ids": ["a"], "shadow_top_ids": None, "latency_ms": None, "error": "boom"}
+                for i in range(40)
             ])
 
-    threading.Thread(target=failing_copies, daemon=True).start()
-    started = time.monotonic()
     with pytest.raises(rollout.GateFailed, match="shadow phase"):
-        rollout.run_shadow(plan)
-    assert time.monotonic() - started < 5  # the 30 s bake was cut short by the error watch
+        rollout.run_phase("shadow", plan, sleep=failing_copies)
     table = routing.read_table()
     assert table.weights == {"1": 100} and not table.shadows
     assert record.last_failure("r1")["phase"] == "shadow"
@@ -183,70 +180,172 @@ def test_shadow_phase_stops_a_failing_candidate_before_the_bake_ends(slots):
 
 
 def test_canary_promotes_an_equal_candidate_through_every_step(slots):
-    plan = _plan()
-    with Traffic({"1": 0.3, "2": 0.32}):
-        out = rollout.run_canary(plan)
-    assert out["steps"] == ["canary 20%", "canary 50%"]
+    plan = _plan(min_samples=300)
+    traffic = Traffic({"1": 0.3, "2": 0.32}, per_batch=200)
+    out = _run("canary", plan, traffic)
+    assert out["verdict"] == "pass" and out["step"] == "canary 50%"
     assert routing.read_table().weights == {"1": 50, "2": 50}  # the last step below 100 %; finalize does the rest
     steps = [s for s in record.steps("r1") if s["phase"] == "canary"]
+    assert [s["step"] for s in steps if s["action"] == "promote"] == ["canary 20%", "canary 50%"]
     assert all(s["gates"] and s["window_start"] for s in steps)
     assert {g["name"] for g in steps[0]["gates"]} == {"error_rate", "latency", "ctr_sequential"}
+    for step in steps:  # judged on counts: each arm had its min_samples per look
+        assert min(step["figures"]["v1.requests"], step["figures"]["v2.requests"]) >= 300 * step["look"]
+
+
+def test_a_look_is_judged_on_counts_not_on_the_clock(slots):
+    """No traffic, however long it waits: inconclusive; with the counts, at once."""
+    plan = _plan(min_samples=100, max_bake_seconds=3600)
+    routing.set_weights({"1": 80, "2": 20})
+    record.save_state("r1", {"generation": routing.read_generation()})
+    first = rollout.tick("canary", plan)  # sets 20 %, nothing logged yet
+    assert not first.done and first.wait_seconds == FAST["poll_seconds"]
+    again = rollout.tick("canary", plan)
+    assert not again.done and not [s for s in record.steps("r1") if s["phase"] == "canary"]  # still baking
+    traffic = Traffic({"1": 0.3, "2": 0.3}, per_batch=100)
+    looks = 0
+    while not [s for s in record.steps("r1") if s["phase"] == "canary"]:
+        traffic.batch()
+        rollout.tick("canary", plan)
+        looks += 1
+    judged = [s for s in record.steps("r1") if s["phase"] == "canary"][0]
+    assert judged["figures"]["v2.requests"] >= 100 and looks == traffic.batches
+    assert judged["figures"]["v2.requests"] < 100 + 40  # judged at the first look that had the counts
 
 
 def test_canary_rolls_back_a_worse_candidate_at_the_first_step_in_one_transaction(slots):
-    plan = _plan(max_extensions=6)
+    plan = _plan(max_extensions=6, min_samples=100)
     before = routing.read_generation()
-    with Traffic({"1": 0.4, "2": 0.05}, per_tick=60), pytest.raises(rollout.GateFailed, match="canary 20%") as failed:
-        rollout.run_canary(plan)
+    with pytest.raises(rollout.GateFailed, match="canary 20%") as failed:
+        _run("canary", plan, Traffic({"1": 0.4, "2": 0.05}, per_batch=200))
     assert "ctr_sequential" in str(failed.value) and "significantly worse" in str(failed.value)
     changes = [e for e in reversed(routing.history()) if e.generation > before]
     assert [e.weights for e in changes] == [{"1": 80, "2": 20}, {"1": 100}]  # straight back: no stop in between
     assert not any(s["step"] == "canary 50%" for s in record.steps("r1"))
 
 
-def test_canary_with_too_little_traffic_extends_then_fails(slots):
-    plan = _plan(max_extensions=2)
-    with pytest.raises(rollout.GateFailed, match="too little data"):
-        rollout.run_canary(plan)  # nobody searches
+def test_canary_with_too_little_traffic_extends_then_fails_never_passes(slots):
+    plan = _plan(max_extensions=2, max_bake_seconds=0.2)
+    with pytest.raises(rollout.GateFailed, match="too little traffic"):
+        _run("canary", plan)  # nobody searches
     looks = [(s["look"], s["action"]) for s in record.steps("r1")]
     assert looks == [(1, "extend"), (2, "extend"), (3, "rollback")]
     assert routing.read_table().weights == {"1": 100}
 
 
 def test_canary_catches_a_candidate_that_errors_during_the_bake(slots):
-    plan = _plan(bake_seconds=30)
-    started = time.monotonic()
-    with Traffic({"1": 0.3, "2": 0.3}, errors={"2": 0.5}), pytest.raises(rollout.GateFailed, match="error rate"):
-        rollout.run_canary(plan)
-    assert time.monotonic() - started < 10
+    plan = _plan(bake_seconds=3600, min_samples=50)
+    with pytest.raises(rollout.GateFailed, match="error rate"):
+        _run("canary", plan, Traffic({"1": 0.3, "2": 0.3}, errors={"2": 0.5}, per_batch=200))
     assert routing.read_table().weights == {"1": 100}
 
 
 def test_ab_test_promotes_a_better_candidate_at_its_horizon(slots):
-    plan = _plan(strategy="ab", ab_split=50, ab_samples_per_arm=300, ab_max_seconds=20)
-    with Traffic({"1": 0.2, "2": 0.35}, per_tick=80):
-        step = rollout.run_ab(plan)
+    plan = _plan(strategy="ab", ab_split=50, ab_samples_per_arm=300, ab_max_seconds=600)
+    step = _run("ab", plan, Traffic({"1": 0.2, "2": 0.35}, per_batch=160))
     assert step["verdict"] == "pass" and step["action"] == "promote"
     assert step["figures"]["ctr_fixed.cand_n"] >= 300 and step["figures"]["ctr_fixed.diff"] > 0.05
 
 
+def test_ab_test_that_misses_its_horizon_fails_instead_of_deciding_on_too_little(slots):
+    plan = _plan(strategy="ab", ab_samples_per_arm=10_000, ab_max_seconds=0.3)
+    with pytest.raises(rollout.GateFailed, match="horizon was not reached"):
+        _run("ab", plan)
+    assert routing.read_table().weights == {"1": 100}
+
+
 def test_bandit_moves_traffic_to_the_better_version_and_stops_on_a_winner(slots):
-    plan = _plan(strategy="bandit", bandit_interval_seconds=0.3, bandit_min_exposures=50, bandit_floor=0.1, bandit_max_seconds=20)
-    with Traffic({"1": 0.1, "2": 0.5}, per_tick=60):
-        step = rollout.run_bandit(plan)
+    plan = _plan(strategy="bandit", bandit_min_exposures=50, bandit_floor=0.1, bandit_max_seconds=600)
+    step = _run("bandit", plan, Traffic({"1": 0.1, "2": 0.5}, per_batch=120))
     assert step["verdict"] == "pass"
     assert step["figures"]["bandit.prob_best.2"] >= 0.95
+    assert {g["name"] for g in step["gates"]} == {"bandit", "error_rate", "latency"}
 
 
 def test_bandit_keeps_the_champion_when_the_candidate_is_worse(slots):
-    plan = _plan(strategy="bandit", bandit_interval_seconds=0.3, bandit_min_exposures=30, bandit_floor=0.1,
-                 bandit_threshold=0.999, bandit_max_seconds=20)
-    with Traffic({"1": 0.3, "2": 0.15}, per_tick=5), pytest.raises(rollout.GateFailed, match="lost the bandit"):
-        rollout.run_bandit(plan)
+    plan = _plan(strategy="bandit", bandit_min_exposures=30, bandit_floor=0.1, bandit_threshold=0.999, bandit_max_seconds=600)
+    with pytest.raises(rollout.GateFailed, match="failed the bandit phase"):
+        _run("bandit", plan, Traffic({"1": 0.3, "2": 0.15}, per_batch=20))
     weights = [e.weights for e in routing.history() if e.reason and "bandit look" in e.reason]
     assert weights and weights[0]["1"] > 50  # traffic moved to the better version before the end
     assert all(w["2"] >= 10 for w in weights)  # floor 10 %: the loser kept learning
     assert routing.read_table().weights == {"1": 100}
+
+
+def test_bandit_obeys_its_guard_gates_whatever_the_clicks_say(slots):
+    """A candidate that wins every click but answers three times slower fails on latency, like a canary."""
+    plan = _plan(strategy="bandit", bandit_min_exposures=50, bandit_max_seconds=600)
+    with pytest.raises(rollout.GateFailed, match="guard gate failed: .*latency"):
+        _run("bandit", plan, Traffic({"1": 0.1, "2": 0.6}, latency={"1": 10.0, "2": 30.0}, per_batch=120))
+    assert routing.read_table().weights == {"1": 100}
+    failure = record.last_failure("r1")
+    assert failure["figures"]["bandit.prob_best.2"] > 0.5  # the clicks favoured it
+
+
+def test_pure_strategies_replay_the_same_decision_from_the_same_inputs():
+    from lockstep import rollout_strategies as strategies
+    from lockstep.rollout_analysis import ArmStats
+
+    config = rollout.RolloutConfig.from_params({**FAST, "min_samples": 50})
+    cand = ArmStats("2", requests=200, errors=0, clicked=60, latencies_ms=tuple(10.0 + i % 5 for i in range(200)))
+    champ = ArmStats("1", requests=800, errors=0, clicked=240, latencies_ms=tuple(10.0 + i % 5 for i in range(800)))
+    first = strategies.canary({"index": 0, "look": 1}, (cand, champ), (cand, champ), 1.0, config)
+    again = strategies.canary({"index": 0, "look": 1}, (cand, champ), (cand, champ), 1.0, config)
+    assert first == again and first.judged
+    few = ArmStats("2", requests=10, clicked=3, latencies_ms=(10.0,) * 10)
+    assert strategies.canary({"index": 0, "look": 1}, (few, champ), (few, champ), 5.0, config).move is strategies.Move.WAIT
+    late = strategies.canary({"index": 0, "look": 2}, (few, champ), (few, champ), 61.0, config)
+    assert late.move is strategies.Move.FAIL and "too little traffic" in late.reason  # the safety net never passes
+    bandit = strategies.bandit({"look": 3}, (cand, champ), 10.0, config)
+    assert bandit == strategies.bandit({"look": 3}, (cand, champ), 10.0, config)  # seeded by the look
+
+
+# --- operator authority ------------------------------------------------------------------------------------
+
+
+def test_a_manual_routing_change_during_a_canary_stops_it_as_overridden(slots):
+    """Reproduction: a manual `lockstep routing set` during a canary was undone at the next step."""
+    from lockstep.alerts import recent_alerts
+
+    plan = _plan(min_samples=100)
+    record.save_state("r1", {"generation": routing.read_generation()})
+    traffic = Traffic({"1": 0.3, "2": 0.3}, per_batch=100)
+    assert not rollout.tick("canary", plan).done  # canary 20 %
+    routing.set_weights({"1": 90, "2": 10}, reason="hold at 10 % while we look at the logs", actor="alice")
+    for _ in range(5):
+        traffic.batch()
+    with pytest.raises(rollout.RolloutOverridden, match="alice"):
+        rollout.tick("canary", plan)
+    assert routing.read_table().weights == {"1": 90, "2": 10}  # left as the operator set it
+    assert routing.history(limit=1)[0].actor == "alice"
+    assert record.get("r1")["status"] == "overridden"
+    assert recent_alerts()[-1]["event"] == "overridden"
+    out = rollout.rollback(plan)  # the rollback task that follows the failed canary task
+    assert out["rolled_back"] is False and out["overridden"]
+    assert routing.read_table().weights == {"1": 90, "2": 10}
+    assert routing.read_table().slot("2").state == "live"  # not drained either
+
+
+def test_an_index_build_during_a_canary_is_not_an_override(slots, tmp_path):
+    plan = _plan(min_samples=300)
+    record.save_state("r1", {"generation": routing.read_generation()})
+    traffic = Traffic({"1": 0.3, "2": 0.3}, per_batch=200)
+    assert not rollout.tick("canary", plan).done
+    _slot("3", tmp_path)  # another version's slot registered: generation moves, traffic does not
+    out = _run("canary", plan, traffic)
+    assert out["verdict"] == "pass" and record.get("r1")["status"] == "running"
+
+
+def test_routing_compare_and_set_refuses_a_stale_writer(slots):
+    generation = routing.set_weights({"1": 80, "2": 20}, actor="lockstep_rollout")
+    routing.set_weights({"1": 100}, actor="bob", reason="stop it")
+    with pytest.raises(routing.RoutingConflict, match="by bob") as conflict:
+        routing.set_weights({"1": 50, "2": 50}, actor="lockstep_rollout", expect_generation=generation)
+    assert conflict.value.expected == generation and [c.actor for c in conflict.value.changes] == ["bob"]
+    assert routing.read_table().weights == {"1": 100}  # nothing written
+    assert routing.foreign_changes(generation, "lockstep_rollout")[0].reason == "stop it"
+    mine = routing.set_weights({"1": 70, "2": 30}, actor="lockstep_rollout", expect_generation=routing.read_generation())
+    assert routing.set_weights({"1": 60, "2": 40}, actor="lockstep_rollout", expect_generation=mine) == mine + 1
 
 
 def test_bad_parameters_are_refused_with_the_reason(lockstep_home):
@@ -372,9 +471,54 @@ def test_rollback_returns_traffic_in_one_transaction_and_rejects_the_candidate(w
     assert rollout.rollback(None)["rolled_back"] is False
 
 
+def _passed(plan: dict) -> dict:
+    """Record the strategy's pass, as the canary task would have at its last step."""
+    record.record_step(plan["rollout_id"], "canary 50%", "canary", "pass", action="promote", weight=50, reason="all gates passed")
+    return plan
+
+
+@pytest.mark.slow
+def test_finalize_promotes_only_after_a_promoting_strategy_passed(world):
+    """Reproduction: a strategy=shadow run reached finalize and moved alias champion."""
+    shadow = _plan("s1", strategy="shadow")
+    record.record_step("s1", "shadow", "shadow", "pass", action="promote", reason="shadow gates passed")
+    with pytest.raises(rollout.RolloutError, match="'shadow' never promotes"):
+        rollout.finalize(shadow, registry=world)
+    canary = _plan("c1")
+    record.record_step("c1", "canary 20%", "canary", "inconclusive", action="extend", reason="too little data")
+    with pytest.raises(rollout.RolloutError, match="canary phase has not passed"):
+        rollout.finalize(canary, registry=world)
+    assert world.version_for_alias("champion").version == "1" and routing.read_table().weights == {"1": 100}
+
+
+@pytest.mark.slow
+def test_start_refuses_when_the_champion_alias_and_the_routing_table_disagree(world):
+    """Reproduction: start forced the alias's version to 100 % after a failed rollback left them apart."""
+    routing.set_weights({"2": 100}, actor="alice", reason="manual switch")
+    with pytest.raises(rollout.RolloutError, match=r"alias champion is v1 but the routing table sends \{'2': 100\}.*alice"):
+        rollout.start("r9", "2", None, FAST)
+    assert routing.read_table().weights == {"2": 100} and record.get("r9") is None
+
+
+@pytest.mark.slow
+def test_lockstep_rollback_during_a_canary_wins(world):
+    """Reproduction: lockstep_rollback during a canary was undone at the next step."""
+    plan = rollout.start("r1", "2", None, {**FAST, "min_samples": 100})
+    assert not rollout.tick("canary", plan).done and routing.read_table().weights == {"1": 80, "2": 20}
+    back = rollout.rollback_to_previous("customers complain", to_version="1", registry=world)
+    assert back["to_version"] == "1"
+    with pytest.raises(rollout.RolloutOverridden, match="lockstep_rollback"):
+        rollout.tick("canary", plan)
+    assert routing.read_table().weights == {"1": 100}
+    assert record.get("r1")["status"] == "overridden"
+    with pytest.raises(rollout.RolloutOverridden):
+        rollout.finalize(_passed(plan), registry=world)  # nor can a later task promote it
+    assert world.version_for_alias("champion").version == "1"
+
+
 @pytest.mark.slow
 def test_failed_verification_after_finalize_rolls_the_champion_alias_back(world):
-    plan = _plan(verify_timeout_seconds=1)
+    plan = _passed(_plan(verify_timeout_seconds=1))
     final = rollout.finalize(plan, registry=world)
     assert world.version_for_alias("champion").version == "2" and final["previous_champion"] == "1"
     assert "lockstep.replaced_at" in world.get_version("1").tags
@@ -388,7 +532,7 @@ def test_failed_verification_after_finalize_rolls_the_champion_alias_back(world)
 
 @pytest.mark.slow
 def test_retention_retires_the_previous_champion_unless_it_serves_again(world, slots):
-    plan = _plan()
+    plan = _passed(_plan())
     final = rollout.finalize(plan, registry=world)
     index = Path(routing.read_table().slot("1").index_location)
     # a manual rollback during the window keeps v1
@@ -396,7 +540,8 @@ def test_retention_retires_the_previous_champion_unless_it_serves_again(world, s
     assert back["to_version"] == "1" and routing.read_table().weights == {"1": 100}
     assert world.get_version("2").tags["lockstep.rolled_back_reason"] == "bad results"
     assert rollout.retire_previous(plan, final, registry=world)["retired"] is None and index.is_dir()
-    # promoted again, the window passes: v1 is retired and its index deleted
+    # promoted again by a new rollout, the window passes: v1 is retired and its index deleted
+    plan = _passed(_plan("r2"))
     final = rollout.finalize(plan, registry=world)
     out = rollout.retire_previous(plan, final, registry=world)
     assert out == {"retired": "1", "index_deleted": True, "reason": out["reason"]} and not index.exists()

@@ -198,3 +198,49 @@ def test_postgres_notifies_listeners_on_commit(postgres_url):
         gen = routing.set_weights({"1": 100}, engine=engine)
         payloads = [n.payload for n in conn.notifies(timeout=5, stop_after=1)]
     assert payloads == [str(gen)]
+
+
+def test_compare_and_set_refuses_a_writer_whose_generation_is_stale(engine):
+    """A rollout writes with expect_generation; an operator's change in between makes it write nothing."""
+    mine = routing.set_weights({"1": 75, "2": 25}, actor="lockstep_rollout", engine=engine)
+    routing.set_weights({"1": 100}, reason="manual: hold", actor="alice", engine=engine)
+    with pytest.raises(routing.RoutingConflict, match="by alice .manual: hold.") as conflict:
+        routing.set_weights({"1": 50, "2": 50}, actor="lockstep_rollout", expect_generation=mine, engine=engine)
+    assert (conflict.value.expected, conflict.value.current) == (mine, mine + 1)
+    assert routing.read_table(engine).weights == {"1": 100}
+    assert routing.history(limit=1, engine=engine)[0].actor == "alice"  # the refused write left no history row
+
+
+def test_compare_and_set_ignores_slot_bookkeeping_but_not_a_change_put_back(engine):
+    mine = routing.set_weights({"1": 75, "2": 25}, actor="lockstep_rollout", engine=engine)
+    routing.set_state("3", "retired", note="old index", engine=engine)  # generation moves, traffic does not
+    assert routing.foreign_changes(mine, "lockstep_rollout", engine=engine) == []
+    assert routing.set_weights({"1": 50, "2": 50}, actor="lockstep_rollout", expect_generation=mine, engine=engine) == mine + 2
+    mine += 2
+    routing.set_weights({"1": 100}, engine=engine)  # an unnamed writer moves traffic...
+    routing.set_weights({"1": 50, "2": 50}, engine=engine)  # ...and puts it back: still someone else's change
+    changes = routing.foreign_changes(mine, "lockstep_rollout", engine=engine)
+    assert [c.weights for c in changes] == [{"1": 100}]
+    with pytest.raises(routing.RoutingConflict):
+        routing.set_weights({"1": 25, "2": 75}, actor="lockstep_rollout", expect_generation=mine, engine=engine)
+
+
+def test_compare_and_set_serialises_two_writers_racing_from_the_same_generation(engine):
+    """Both read generation g and write with expect_generation=g: exactly one wins."""
+    start = routing.set_weights({"1": 100}, actor="a", engine=engine)
+    barrier, outcomes = threading.Barrier(2), []
+
+    def writer(actor: str, weights: dict) -> None:
+        barrier.wait()
+        try:
+            routing.set_weights(weights, actor=actor, expect_generation=start, engine=engine)
+            outcomes.append((actor, "written"))
+        except routing.RoutingConflict:
+            outcomes.append((actor, "refused"))
+
+    threads = [threading.Thread(target=writer, args=("a", {"1": 80, "2": 20})), threading.Thread(target=writer, args=("b", {"2": 100}))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(o for _, o in outcomes) == ["refused", "written"], outcomes  # whoever came second saw the other's change

@@ -84,3 +84,26 @@ def test_a_dead_server_counts_as_failed_searches():
 def _clicks(engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(feedback_log)).scalar())
+
+
+@pytest.mark.slow
+def test_the_simulator_can_be_driven_step_by_step_and_replays_with_the_same_seed(deployment):
+    from lockstep.config import Settings
+    from lockstep.serving import ServingConfig, create_app
+    from tests.serving.harness import serve
+
+    engine, store = deployment
+    routing.set_weights({"1": 100}, engine=engine)  # one version: answers do not depend on routing timing
+    categories = record_categories(store)
+    queries = held_out_queries(limit=100)
+    app = create_app(Settings.from_env(), engine=engine, config=ServingConfig(poll_interval=0.05, log_flush_interval=0.1, replica="sim"))
+    with serve(app) as server:
+        reports = []
+        for _ in range(2):
+            sim = Simulator(server.url, queries, categories, users=20, click_model=ClickModel(p_relevant=0.5), seed=7)
+            first = sim.step(30)
+            assert first.requests == 30  # exactly as many as asked, synchronously
+            reports.append(sim.step(20))
+            sim.close()
+    assert reports[0].requests == reports[1].requests == 50
+    assert reports[0].by_version == reports[1].by_version  # same seed, same searches and clicks

@@ -108,10 +108,13 @@ def train(
 ) -> None:
     """Train, evaluate against the champion and register a model version."""
     from .config import settings
-    from .retrain import run_all
+    from .retrain import nothing_to_train, run_all
     from .training import TrainConfig
 
     cfg = settings()
+    if reason := nothing_to_train():
+        typer.echo(f"skipped: {reason}")
+        raise typer.Exit(1)
     config = TrainConfig(dim=dim, max_features=max_features, min_df=min_df, margin=margin).to_dict()
     outcome = run_all(
         config,
@@ -132,7 +135,7 @@ def train(
 def index_build(
     model_version: Annotated[str, typer.Option("--model-version", help="Registered model version to index.")],
     index_type: Annotated[str, typer.Option("--index-type", help="flat (exact), ivf or hnsw.")] = "flat",
-    shard_size: Annotated[int, typer.Option(min=1, help="Records per shard.")] = 2000,
+    shard_size: Annotated[int | None, typer.Option(min=1, help="Records per shard (default: from the record count).")] = None,
     no_promote: Annotated[bool, typer.Option(help="Do not make this the champion even if there is none.")] = False,
 ) -> None:
     """Build and validate the index of a model version (with catch-up of live writes)."""
@@ -164,6 +167,51 @@ def index_show(model_version: Annotated[str, typer.Option("--model-version")]) -
 
     manifest = verify_index_files(index_location(settings().model_name, model_version))
     typer.echo(manifest.to_json())
+
+
+# --- drift ---------------------------------------------------------------------------------
+
+drift_app = typer.Typer(help="Check recent data against the champion's training data.", no_args_is_help=True)
+app.add_typer(drift_app, name="drift")
+
+
+@drift_app.command("check")
+def drift_check(
+    window_hours: Annotated[float, typer.Option(min=0.001, help="Length of the window that ends now (or at --at).")] = 1.0,
+    accumulate_hours: Annotated[float, typer.Option(min=0, help="Also test the records of this longer span (0: off), so slow drift adds up.")] = 0.0,
+    false_alarm_rate: Annotated[float, typer.Option(min=1e-9, max=0.5, help="Chance of a false alarm per day of checks.")] = 0.01,
+    checks_per_day: Annotated[int, typer.Option(min=1, help="Checks sharing that rate (1: the rate is per check).")] = 1,
+    min_records: Annotated[int, typer.Option(min=1, help="Fewest new records (and queries) to judge them.")] = 50,
+    max_samples: Annotated[int, typer.Option(min=1, help="Records per side sampled at most.")] = 2000,
+    at: Annotated[str | None, typer.Option(help="End of the window, ISO time (default: now).")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Write drift.json and drift.png here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full JSON report.")] = False,
+) -> None:
+    """Compare the recent window with the champion's training data and print the report
+    (what the lockstep_drift DAG runs, without logging to MLflow or emitting the asset)."""
+    from .drift_check import STATUS_NO_CHAMPION, describe, run_drift_check
+
+    report = run_drift_check(
+        window_hours=window_hours,
+        thresholds={"false_alarm_rate": false_alarm_rate, "checks_per_day": checks_per_day},
+        min_records=min_records,
+        max_samples=max_samples,
+        now=at,
+        work_dir=work_dir,
+        accumulate_hours=accumulate_hours,
+    )
+    if report["status"] == STATUS_NO_CHAMPION:
+        raise LockstepError(
+            "no champion model yet, so there is nothing to compare the recent data with: "
+            "train one (lockstep train), build its index (lockstep index build --model-version N) "
+            "and run the drift check again"
+        )
+    if as_json:
+        _echo_json(report)
+    else:
+        typer.echo(describe(report))
+        if report.get("files"):
+            typer.echo(f"report {report['files']['report']}, plot {report['files']['plot']}")
 
 
 # --- routing, serving, search ----------------------------------------------------------------
@@ -255,7 +303,7 @@ def up(
     from .stack import stop_on_sigterm
 
     stop_on_sigterm()
-    options = _demo_options(per_category, airflow_port, mlflow_port, serving_port)
+    options = _demo_options(per_category, airflow_port, mlflow_port, serving_port, time_schedules=True)
     run = DemoRun(options, lambda msg: typer.echo(msg, err=True))
 
     def wait() -> None:

@@ -7,14 +7,17 @@ write the same file without "database is locked" errors.
 
 from __future__ import annotations
 
+import math
 import threading
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from .errors import ConfigurationError
-from .schema import metadata
+from .schema import ensure_added_columns, metadata
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -63,7 +66,12 @@ def _create(url: str) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
             event.listen(engine, "begin", _sqlite_begin)
         else:
-            engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            connect_args, statement_limit = _postgres_timeouts(url)
+            engine = create_engine(
+                url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args
+            )
+            if statement_limit:
+                event.listen(engine, "handle_error", partial(_name_statement_timeout, statement_limit))
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise ConfigurationError(
             f"LOCKSTEP_DATABASE_URL {_redact(url)!r} is not a usable SQLAlchemy URL ({exc}). "
@@ -73,6 +81,7 @@ def _create(url: str) -> Engine:
         with engine.begin() as conn:
             conn.execute(text("SELECT 1"))
         metadata.create_all(engine)
+        ensure_added_columns(engine)  # columns newer than an existing database
     except OperationalError as exc:
         engine.dispose()
         raise ConfigurationError(
@@ -80,6 +89,57 @@ def _create(url: str) -> Engine:
             "Check LOCKSTEP_DATABASE_URL and that the server is running."
         ) from exc
     return engine
+
+
+class StatementTimeoutError(OperationalError):
+    """PostgreSQL cancelled a statement that ran past ``LOCKSTEP_DB_STATEMENT_TIMEOUT``.
+
+    An ``OperationalError`` still, so code that retries database trouble keeps working;
+    the message names the setting, so the person reading it knows what to change.
+    """
+
+    limit_seconds: float = 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"the database cancelled a statement that ran longer than LOCKSTEP_DB_STATEMENT_TIMEOUT="
+            f"{self.limit_seconds:g} s (raise it, or 0 for no limit, if the statement is expected "
+            f"to take that long): {super().__str__()}"
+        )
+
+
+def _postgres_timeouts(url: str) -> tuple[dict[str, Any], float]:
+    """psycopg connect arguments for the configured connect and statement timeouts.
+
+    Without them a dead server hangs a task or a follower at connect, and a runaway query
+    holds its locks for ever. Both are per connection: ``connect_timeout`` for libpq (whole
+    seconds), ``statement_timeout`` in the session's startup options. A value the URL
+    already sets wins (its ``options`` come after ours). Returns (connect_args, limit).
+    """
+    from .config import settings
+
+    cfg = settings()
+    if make_url(url).get_backend_name() != "postgresql":
+        return {}, 0.0
+    query = make_url(url).query
+    args: dict[str, Any] = {}
+    if cfg.db_connect_timeout > 0 and "connect_timeout" not in query:
+        args["connect_timeout"] = max(2, math.ceil(cfg.db_connect_timeout))  # libpq's least is 2
+    if cfg.db_statement_timeout <= 0:
+        return args, 0.0
+    ours = f"-c statement_timeout={max(1, round(cfg.db_statement_timeout * 1000))}"
+    theirs = query.get("options")
+    args["options"] = f"{ours} {theirs}" if isinstance(theirs, str) and theirs else ours
+    return args, cfg.db_statement_timeout
+
+
+def _name_statement_timeout(limit: float, context) -> None:
+    """handle_error hook: a statement-timeout cancel becomes a StatementTimeoutError."""
+    orig = context.original_exception
+    if getattr(orig, "sqlstate", None) == "57014" and "statement timeout" in str(orig):
+        error = StatementTimeoutError(context.statement, context.parameters, orig)
+        error.limit_seconds = limit
+        raise error from orig
 
 
 def _normalise(url: str) -> str:

@@ -56,15 +56,29 @@ class LifecycleReport:
         lines.append("lifecycle " + ("completed" if self.ok else "FAILED"))
         return "\n".join(lines)
 
+
+DAG_IDS = ("lockstep_retrain", "lockstep_reembed", "lockstep_rollout", "lockstep_drift", "lockstep_rollback")
+# Alerts a clean demo may raise: it makes the data drift on purpose. Any other alert
+# (a failed task, a rollback, an overridden rollout) means the run was not clean.
+EXPECTED_ALERTS = frozenset({"drift_detected"})
 FIRST_HALF = 10  # newsgroups in the first corpus; the other 10 arrive later as drift
-DEMO_ROLLOUT = {  # short bakes and a coarse click test so a rollout runs in minutes on a laptop
+DEMO_TRAFFIC_RATE = 30.0  # simulated searches per second
+# The demo's rollout: canary steps judged by counts, sized so that a candidate no worse than
+# the champion is promoted with at least 99 % probability (benchmarks/demo_power.py computes
+# it with these very settings; docs/benchmarks.md has the figures).
+DEMO_ROLLOUT = {
     "strategy": "canary",
     "canary_steps": [25, 50, 100],
-    "bake_seconds": 20,
-    "min_samples": 30,
-    "max_extensions": 4,
-    "ctr_tau": 0.1,
-    "ctr_margin": 0.1,
+    "min_samples": 600,  # answered requests per arm and look
+    "bake_seconds": 0,  # no minimum time: a step is judged once both arms have their counts
+    "max_bake_seconds": 900,  # the safety net for a stalled simulator (a look needs ~80 s at 30 searches/s)
+    "max_extensions": 3,
+    "ctr_tau": 0.5,  # the mixture scale of the mSPRT: wide, so an equal candidate is almost never called worse
+    "ctr_margin": 0.1,  # click-through may not drop by more than 0.1 (absolute)
+    # Between looks the rollout task defers (no worker held). Under LocalExecutor a resume
+    # sooner than the scheduler processes the deferring process's exit is taken for an
+    # external kill (the task fails), so the demo looks every 15 s, not every second.
+    "poll_seconds": 15,
     "rollback_window_seconds": 20,  # the old champion is retired within the demo
 }
 
@@ -77,8 +91,11 @@ class DemoOptions:
     mlflow_port: int = 0
     serving_port: int = 0
     metadata_url: str | None = None
-    rate: float = 30.0  # simulated searches per second
+    rate: float = DEMO_TRAFFIC_RATE  # simulated searches per second
     drift_phase: bool = True
+    # The demo triggers drift itself; a clock-driven drift check or retrain in the middle
+    # would start a second lifecycle. ``lockstep up`` keeps them (weekly / hourly).
+    time_schedules: bool = False
     timeout: float = 1500.0  # per DAG run
     rollout: dict[str, Any] = field(default_factory=lambda: dict(DEMO_ROLLOUT))
 
@@ -119,6 +136,7 @@ class DemoRun:
         return True
 
     def start_stack(self) -> str:
+        """Start the stack (after the corpus is loaded); its DAGs are created paused and unpaused here."""
         from .stack import StackConfig, start
 
         o = self.options
@@ -129,14 +147,13 @@ class DemoRun:
             serving_port=o.serving_port or free_port(),
             metadata_url=o.metadata_url,
             api_token=self.token,
+            time_schedules=o.time_schedules,
         )
         os.environ["LOCKSTEP_ROLLOUT_DEFAULTS"] = json.dumps({**o.rollout, "serving_url": config.serving_url})
         self.stack = start(config, self.say)
         self.client = self.stack.client()
-        self.client.wait_for_dags(
-            ["lockstep_retrain", "lockstep_reembed", "lockstep_rollout", "lockstep_drift", "lockstep_rollback"]
-        )
-        for dag_id in ("lockstep_retrain", "lockstep_reembed", "lockstep_rollout", "lockstep_drift", "lockstep_rollback"):
+        self.client.wait_for_dags(list(DAG_IDS))
+        for dag_id in self.client.dag_ids():
             self.client.unpause(dag_id)
         return (
             f"Airflow {config.airflow_url} (login admin / {self.stack.password}), "
@@ -155,7 +172,9 @@ class DemoRun:
         return f"{len(records):,} posts of {FIRST_HALF} newsgroups loaded (sequence {seq})"
 
     def first_model(self) -> str:
-        retrain = self._run("lockstep_retrain", {"dim": 128})
+        # The DAG's default dimension, the same as the drift-driven retrain will use: the two
+        # versions then differ in what they learnt, not in how long a search takes.
+        retrain = self._run("lockstep_retrain", {})
         reembed = self._next_run("lockstep_reembed")
         rollout = self._next_run("lockstep_rollout")
         from .registry import Registry
@@ -189,6 +208,10 @@ class DemoRun:
             for r in records:
                 resp = http.put(f"/records/{r.id}", json={"text": r.text, "metadata": r.metadata})
                 resp.raise_for_status()
+        # Simulated users judge a result by its record's newsgroup: tell them about the new
+        # records too, or every click on one would count as irrelevant and the model that
+        # finds them would earn no more clicks than the one that does not.
+        self.simulator.categories = {**self.simulator.categories, **{r.id: r.metadata["category"] for r in records}}
         return f"{len(records):,} posts of the other {len(DEMO_CATEGORIES) - FIRST_HALF} newsgroups written through PUT /records"
 
     def drift_and_retrain(self) -> str:
@@ -206,14 +229,22 @@ class DemoRun:
         return f"drift flagged (run {drift}); retrain {retrain} registered challenger v{challenger.version}"
 
     def reembed_and_rollout(self) -> str:
-        reembed = self._next_run("lockstep_reembed")
-        rollout = self._next_run("lockstep_rollout")
         from .registry import Registry
 
+        candidate = self.facts.get("challenger")
+        reembed = self._next_run("lockstep_reembed")
+        try:
+            rollout = self._next_run("lockstep_rollout")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{explain_rollout(candidate)}") from exc
         champion = Registry().version_for_alias("champion")
-        if champion is None or champion.version != self.facts.get("challenger"):
-            raise RuntimeError(f"rollout {rollout} ended but the champion is {champion and champion.version}")
-        return f"v{champion.version} rolled out by canary to 100 % and is champion (runs {reembed}, {rollout})"
+        if champion is None or champion.version != candidate:
+            raise RuntimeError(
+                f"rollout {rollout} ended but the champion is {champion and champion.version}\n{explain_rollout(candidate)}"
+            )
+        steps = [s for s in rollout_steps_of(candidate) if s["phase"] == "canary"]
+        return (f"v{champion.version} rolled out by canary to 100 % and is champion after {len(steps)} judged looks "
+                f"(runs {reembed}, {rollout})")
 
     def traffic_summary(self) -> str:
         report = self.simulator.stop()
@@ -224,6 +255,14 @@ class DemoRun:
         if report.errors:
             raise RuntimeError(f"{report.errors} of {report.requests} searches failed: {report.error_samples[:3]}")
         return f"{report.requests} searches, no errors, no mixed versions"
+
+    def clean_run(self) -> str:
+        """Nothing went red: no failed DAG run in Airflow, no alert but the drift the demo causes."""
+        failed = [f"{r['dag_id']} {r['dag_run_id']}" for r in self.client.failed_runs()]
+        alerts = unexpected_alerts(self.options.home / "alerts.jsonl")
+        if failed or alerts:
+            raise RuntimeError(f"failed DAG runs: {failed or 'none'}; unexpected alerts: {alerts or 'none'}")
+        return "no failed DAG run, no alert other than the drift the demo causes"
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -274,8 +313,8 @@ class DemoRun:
 
     def run_demo(self) -> LifecycleReport:
         steps = [
+            ("load 10 newsgroups", self.load_first_half),  # before the scheduler starts
             ("start the stack", self.start_stack),
-            ("load 10 newsgroups", self.load_first_half),
             ("first model", self.first_model),
             ("start traffic", self.start_traffic),
         ]
@@ -285,7 +324,7 @@ class DemoRun:
                 ("drift -> retrain", self.drift_and_retrain),
                 ("re-embed + canary rollout", self.reembed_and_rollout),
             ]
-        steps.append(("traffic summary", self.traffic_summary))
+        steps += [("traffic summary", self.traffic_summary), ("clean run", self.clean_run)]
         try:
             for name, fn in steps:
                 if not self.step(name, fn):
@@ -297,7 +336,7 @@ class DemoRun:
     def run_up(self, wait: Callable[[], None]) -> LifecycleReport:
         """Start, run the first lifecycle, keep serving with traffic until ``wait`` returns."""
         try:
-            for name, fn in (("start the stack", self.start_stack), ("load 10 newsgroups", self.load_first_half),
+            for name, fn in (("load 10 newsgroups", self.load_first_half), ("start the stack", self.start_stack),
                              ("first model", self.first_model), ("start traffic", self.start_traffic)):
                 if not self.step(name, fn):
                     return self.report
@@ -305,3 +344,82 @@ class DemoRun:
         finally:
             self.stop()
         return self.report
+
+
+# --- reading what a rollout left behind ----------------------------------------------------------
+
+
+def newest_rollout(model_version: str | None) -> dict[str, Any] | None:
+    """The newest recorded rollout of ``model_version`` (None if there is none)."""
+    from . import rollout_record as record
+
+    return next((r for r in record.recent(50) if r["model_version"] == str(model_version)), None)
+
+
+def rollout_steps_of(model_version: str | None) -> list[dict[str, Any]]:
+    """The recorded steps of the newest rollout of ``model_version`` ([] if there is none)."""
+    from . import rollout_record as record
+
+    rollout = newest_rollout(model_version)
+    return record.steps(rollout["rollout_id"]) if rollout else []
+
+
+def explain_rollout(model_version: str | None) -> str:
+    """Why the rollout of ``model_version`` did not promote it: the deciding step, its gates and figures.
+
+    Read from the rollout record (tables lockstep_rollouts / lockstep_rollout_steps), so a
+    failed demo says which step, which gate and which numbers, not just "failed".
+    """
+    from . import rollout_record as record
+
+    rollout = newest_rollout(model_version)
+    if rollout is None:
+        return f"no rollout of v{model_version} was recorded"
+    lines = [f"rollout {rollout['rollout_id']} of v{model_version}: {rollout['status']}"
+             + (f" ({rollout['reason']})" if rollout.get("reason") else "")]
+    steps = record.steps(rollout["rollout_id"])
+    deciding = record.last_failure(rollout["rollout_id"]) or (steps[-1] if steps else None)
+    if deciding is None:
+        return "\n".join([*lines, "no step was recorded"])
+    judged = [s for s in steps if s.get("gates")]
+    if not deciding.get("gates") and judged:  # e.g. a task died: show the last look that was judged too
+        lines.extend(_step_lines(judged[-1], "last judged look: "))
+    lines.extend(_step_lines(deciding, ""))
+    return "\n".join(lines)
+
+
+def _step_lines(deciding: dict[str, Any], prefix: str) -> list[str]:
+    """A recorded step: where, what verdict, and each gate that did not pass with its figures."""
+    lines = []
+    weight = "" if deciding.get("weight") is None else f", {deciding['weight']} % of traffic"
+    lines.append(f"{prefix}step {deciding['step']!r} look {deciding.get('look')}{weight}: verdict {deciding['verdict']}, "
+                 f"action {deciding.get('action')}")
+    gates = [g for g in deciding.get("gates") or [] if g.get("verdict") != "pass"] or list(deciding.get("gates") or [])
+    for gate in gates:
+        lines.append(f"  gate {gate['name']}: {gate['verdict']}: {gate.get('reason', '')}")
+        figures = gate.get("figures") or {}
+        if figures:
+            lines.append("    " + ", ".join(f"{k}={_number(v)}" for k, v in figures.items()))
+    if not gates and deciding.get("reason"):
+        lines.append(f"  {deciding['reason']}")
+    return lines
+
+
+def unexpected_alerts(path: Path) -> list[str]:
+    """Alerts in ``alerts.jsonl`` other than EXPECTED_ALERTS, as 'event: message' lines."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        entry = json.loads(line)
+        if entry.get("event") not in EXPECTED_ALERTS:
+            out.append(f"{entry.get('event')}: {entry.get('message', '')}"[:500])
+    return out
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

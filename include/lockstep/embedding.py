@@ -9,6 +9,15 @@ and gives the same vector to float32 precision.
 The fingerprint hashes everything that defines the vector space, so an index built by
 one space can never be paired with a query embedded by another, even when the model
 name and version look the same (a library upgrade or a changed parameter changes it).
+
+Model files are pickles, and unpickling runs code, so a model file is never
+deserialised before its sha256 is checked: ``save`` writes a ``<file>.sha256`` sidecar
+(``sha256sum -c`` reads it), and ``load`` compares the file with the hash the caller
+trusts (``expected_sha256``, e.g. the registry's ``lockstep.model_sha256`` tag) or, when
+none is given, with the sidecar. A file with neither is refused.
+
+Bulk ``transform`` works in batches of ``TRANSFORM_BATCH`` texts, so embedding a million
+records holds one batch's TF-IDF matrix at a time, never the whole corpus's.
 """
 
 from __future__ import annotations
@@ -22,9 +31,15 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .errors import NotFittedError
+from .errors import LockstepError, NotFittedError
 
 FORMAT_VERSION = 1
+TRANSFORM_BATCH = 50_000  # texts per TF-IDF matrix in transform (50k x ~30 terms: ~20 MB)
+CHECKSUM_SUFFIX = ".sha256"
+
+
+class ModelIntegrityError(LockstepError):
+    """A model file does not match the sha256 it must have, or has no checksum to check."""
 
 
 class TextEmbedder(TransformerMixin, BaseEstimator):
@@ -90,11 +105,20 @@ class TextEmbedder(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, texts: list[str] | Any) -> np.ndarray:
-        """Embed many texts: a (n, dim) float32 array, each row of unit length (or zero)."""
+        """Embed many texts: a (n, dim) float32 array, each row of unit length (or zero).
+
+        Batches of ``TRANSFORM_BATCH`` texts go through TF-IDF one at a time into one
+        preallocated output, so memory is the output plus one batch.
+        """
         self._check_fitted()
         texts = _as_text_list(texts)
-        if not texts:
-            return np.zeros((0, self.dim_), dtype=np.float32)
+        out = np.empty((len(texts), self.dim_), dtype=np.float32)
+        for start in range(0, len(texts), TRANSFORM_BATCH):
+            stop = min(start + TRANSFORM_BATCH, len(texts))
+            out[start:stop] = self._transform_batch(texts[start:stop])
+        return out
+
+    def _transform_batch(self, texts: list[str]) -> np.ndarray:
         tfidf = self.vectorizer_.transform(texts)
         dense = np.asarray(tfidf @ self.components_t_, dtype=np.float32)
         return _l2_normalise(dense)
@@ -157,22 +181,38 @@ class TextEmbedder(TransformerMixin, BaseEstimator):
     # --- persistence -------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write the fitted model atomically (temporary name, then rename)."""
+        """Write the fitted model atomically, then its ``.sha256`` sidecar.
+
+        The sidecar is written second: a crash in between leaves a model without a
+        checksum (refused by ``load``), never a checksum that vouches for a torn file.
+        """
         import joblib
 
         self._check_fitted()
-        from .atomic import atomic_path
+        from .atomic import atomic_path, atomic_write
 
         path = Path(path)
         with atomic_path(path) as tmp:
             joblib.dump(self, tmp)
+        digest = file_sha256(path)
+        atomic_write(checksum_path(path), f"{digest.removeprefix('sha256:')}  {path.name}\n")
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> TextEmbedder:
+    def load(cls, path: str | Path, expected_sha256: str | None = None) -> TextEmbedder:
+        """Load a model file after checking its sha256; nothing is unpickled before that.
+
+        ``expected_sha256`` ('sha256:<hex>' or bare hex) is the hash the caller trusts,
+        e.g. the registry tag; without it the ``.sha256`` sidecar ``save`` wrote is used.
+        """
         import joblib
 
-        model = joblib.load(path)
+        path = Path(path)
+        # Read once, check, then unpickle those same bytes: the file cannot be swapped
+        # between the check and the load.
+        data = read_verified_model(path, expected_sha256)
+        model = joblib.load(io.BytesIO(data))
+        del data
         if not isinstance(model, cls):
             raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
         model._prepare_fast_path()
@@ -214,6 +254,74 @@ class TextEmbedder(TransformerMixin, BaseEstimator):
         buf = io.BytesIO()
         joblib.dump(self, buf)
         return buf.getvalue()
+
+
+def file_sha256(path: str | Path) -> str:
+    """'sha256:<hex>' of a file's bytes, read in 1 MB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def checksum_path(path: str | Path) -> Path:
+    """The sidecar beside a model file: ``model.joblib`` -> ``model.joblib.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def verify_model_file(path: str | Path, expected_sha256: str | None = None) -> str:
+    """Check a model file against the trusted sha256 (or its sidecar); return the digest.
+
+    Raises ``ModelIntegrityError`` naming the file when it is missing, has no checksum
+    to compare with, or hashes differently. Reads bytes only; unpickles nothing.
+    """
+    return _verified(path, expected_sha256)[1]
+
+
+def read_verified_model(path: str | Path, expected_sha256: str | None = None) -> bytes:
+    """The model file's bytes, once they hash to the trusted sha256 (or its sidecar's)."""
+    return _verified(path, expected_sha256)[0]
+
+
+def _verified(path: str | Path, expected_sha256: str | None) -> tuple[bytes, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelIntegrityError(f"model file {path} does not exist")
+    expected, source = _expected_digest(path, expected_sha256)
+    data = path.read_bytes()
+    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise ModelIntegrityError(
+            f"model file {path} fails its checksum: its sha256 is {actual}, {source} says {expected}; "
+            "the file was changed or corrupted after it was saved, so it was not loaded "
+            "(register or save the model again)"
+        )
+    return data, actual
+
+
+def _expected_digest(path: Path, expected_sha256: str | None) -> tuple[str, str]:
+    if expected_sha256 is not None:
+        source = "the expected sha256"
+        return _normal_digest(expected_sha256, source), source
+    sidecar = checksum_path(path)
+    source = f"its sidecar {sidecar.name}"
+    if not sidecar.is_file():
+        raise ModelIntegrityError(
+            f"model file {path} has no checksum to verify: no expected sha256 was given and "
+            f"its sidecar {sidecar.name} is missing, so it was not loaded; save it with "
+            "TextEmbedder.save (which writes the sidecar) or register it again"
+        )
+    words = sidecar.read_text(encoding="utf-8", errors="replace").split()
+    return _normal_digest(words[0] if words else "", source), source
+
+
+def _normal_digest(value: str, source: str) -> str:
+    hexdigest = value.strip().lower().removeprefix("sha256:")
+    if len(hexdigest) != 64 or any(c not in "0123456789abcdef" for c in hexdigest):
+        raise ModelIntegrityError(f"{source} {value!r} is not a sha256 (64 hex digits, optionally 'sha256:' first)")
+    return "sha256:" + hexdigest
 
 
 def _l2_normalise(x: np.ndarray) -> np.ndarray:

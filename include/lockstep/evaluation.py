@@ -31,7 +31,10 @@ import numpy as np
 from .errors import LockstepError
 
 DEFAULT_K = 10
-SEARCH_BATCH = 256  # queries per matrix product: 256 x 100k float32 scores = 100 MB
+SEARCH_BATCH = 256  # queries per matrix product at most
+# Scores held at once: the batch shrinks as the collection grows (at 900k documents, 17
+# queries a batch), so the scores and argpartition's int64 positions stay near 200 MB.
+SCORE_BUDGET_ELEMENTS = 16_000_000
 BOOTSTRAP_CHUNK_ELEMENTS = 4_000_000  # resampled values held in memory at once
 
 METRICS = ("precision", "ndcg")
@@ -219,7 +222,8 @@ def _exact_top_k(
     """Row positions of the k best documents per query, best first."""
     n = queries.shape[0]
     top = np.empty((n, k), dtype=np.int64)
-    docs_t = np.ascontiguousarray(docs.T)
+    batch_size = max(1, min(batch_size, SCORE_BUDGET_ELEMENTS // max(docs.shape[0], 1)))
+    docs_t = docs.T  # a view: BLAS reads the transpose in place, no second copy of the docs
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         scores = queries[start:stop] @ docs_t
@@ -283,8 +287,9 @@ def _as_matrix(values: Any, name: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise EvaluationError(f"{name} must be a non-empty 2-D array, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise EvaluationError(f"{name} holds NaN or infinite values; re-embed those rows")
+    for start in range(0, arr.shape[0], 65_536):  # a bool mask per block, not per matrix
+        if not np.isfinite(arr[start : start + 65_536]).all():
+            raise EvaluationError(f"{name} holds NaN or infinite values; re-embed those rows")
     return arr
 
 

@@ -546,6 +546,26 @@ class SequentialCTRTest:
             )
         return GateResult(self.name, Verdict.INCONCLUSIVE, f"not enough evidence either way: {summary}", figures)
 
+    def to_state(self) -> dict[str, Any]:
+        """Plain JSON of everything the test has seen, so a rollout can resume it in another process."""
+        return {
+            "tau2": self.tau2, "burn_in": self.burn_in, "name": self.name, "problem": self._problem,
+            "counts": [self.cand_clicks, self.cand_n, self.base_clicks, self.base_n],
+            "looks": [[k.cand_clicks, k.cand_n, k.base_clicks, k.base_n] for k in self._looks],
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> SequentialCTRTest:
+        """The test ``to_state`` saved, with the same looks (so the same always-valid p-value)."""
+        try:
+            test = cls(tau2=float(state["tau2"]), burn_in=int(state["burn_in"]), name=str(state["name"]))
+            test.cand_clicks, test.cand_n, test.base_clicks, test.base_n = (int(v) for v in state["counts"])
+            test._looks = [SequentialLook(*(int(v) for v in look)) for look in state["looks"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GateError(f"not a saved sequential CTR test ({type(exc).__name__}: {exc}): {dict(state)!r}"[:500]) from exc
+        test._problem = state.get("problem")
+        return test
+
     def _columns(self) -> tuple[np.ndarray, ...]:
         data = np.array([(k.cand_clicks, k.cand_n, k.base_clicks, k.base_n) for k in self._looks], dtype=float)
         return data[:, 0], data[:, 1], data[:, 2], data[:, 3]

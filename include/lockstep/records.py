@@ -65,6 +65,34 @@ class Snapshot:
         return [r.id for r in self.records]
 
 
+@dataclass(frozen=True)
+class SnapshotChunk:
+    """A run of consecutive live records (ordered by id) as two parallel columns.
+
+    Columns rather than ``Record`` objects: a bulk re-embed hands texts to the model
+    and ids to the index, and a million small objects would cost more than the work.
+    """
+
+    ids: list[str]
+    texts: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class SnapshotStream:
+    """Live records as of sequence ``seq``, read in chunks (``RecordStore.stream_snapshot``).
+
+    ``texts_of(ids)`` reads the texts of a few records at the same state (e.g. a sample
+    picked while streaming ids only).
+    """
+
+    seq: int
+    chunks: Iterator[SnapshotChunk]
+    texts_of: Callable[[Iterable[str]], dict[str, str]]
+
+
 def validate_record(record_id: Any, text: Any, metadata: Any = None) -> str | None:
     """Refuse a record that no index could serve, naming the field that is wrong.
 
@@ -251,6 +279,31 @@ class RecordStore:
             [Record(r.record_id, r.text, _load_meta(r.metadata), r.seq, r.at) for r in rows],
         )
 
+    @contextmanager
+    def stream_snapshot(self, chunk_size: int = 10_000, *, texts: bool = True) -> Iterator[SnapshotStream]:
+        """Every live record as of now, ordered by id, in chunks of ``chunk_size``.
+
+        The bounded-memory form of ``snapshot()`` (ids and texts only; ``texts=False``:
+        ids only, read from the covering index): one read transaction (repeatable read on
+        PostgreSQL, a WAL read transaction on SQLite, so writers are never blocked) and a
+        server-side cursor, so at most one chunk is in memory however many records there
+        are. The stream is valid inside the ``with``.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk size must be at least 1, got {chunk_size}")
+        with self._read_transaction() as conn:
+            seq = int(
+                conn.execute(select(sequences.c.value).where(sequences.c.name == CHANGE_SEQUENCE)).scalar() or 0
+            )
+            columns = [records.c.id, records.c.text] if texts else [records.c.id]
+            result = conn.execution_options(yield_per=chunk_size).execute(
+                select(*columns).where(~records.c.deleted).order_by(records.c.id)
+            )
+            try:
+                yield SnapshotStream(seq, _chunks(result, chunk_size, texts), lambda ids: _texts_of(conn, ids))
+            finally:
+                result.close()
+
     def changes_since(self, seq: int, *, until: int | None = None, limit: int | None = None) -> list[Change]:
         """Changes with a sequence greater than ``seq`` (and at most ``until``), in order."""
         stmt = select(changes).where(changes.c.seq > seq).order_by(changes.c.seq)
@@ -348,6 +401,25 @@ def _row_to_record(row: Any) -> Record:
 
 def _load_meta(raw: str | None) -> dict[str, Any] | None:
     return None if raw is None else json.loads(raw)
+
+
+def _chunks(result: Any, size: int, texts: bool) -> Iterator[SnapshotChunk]:
+    for rows in result.partitions(size):
+        yield SnapshotChunk([r[0] for r in rows], [r[1] for r in rows] if texts else [])
+
+
+def _texts_of(conn: Connection, ids: Iterable[str]) -> dict[str, str]:
+    """Texts of live records by id, read on ``conn`` (so at the state of its transaction)."""
+    wanted = list(dict.fromkeys(ids))
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        rows = conn.execute(
+            select(records.c.id, records.c.text).where(
+                and_(records.c.id.in_(wanted[start : start + 500]), ~records.c.deleted)
+            )
+        ).all()
+        found.update({r.id: r.text for r in rows})
+    return found
 
 
 def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -14,6 +14,7 @@ Tags this module reads and writes (on model versions unless stated):
 =============================  =================================================
 ``fingerprint``                the vector space's ``sha256:...`` (set at registration)
 ``snapshot_seq``               change-log sequence number of the training snapshot
+``lockstep.model_sha256``      sha256 of the model file, checked before it is unpickled
 ``dim``                        embedding dimension
 ``eval.<figure>``              evaluation figures, e.g. ``eval.ndcg_at_10``
 ``lockstep.status``            ``champion``, ``replaced`` or ``rejected``
@@ -55,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from .config import settings
-from .embedding import TextEmbedder
+from .embedding import TextEmbedder, file_sha256
 from .errors import FingerprintMismatchError, RegistryError
 
 CHAMPION = "champion"
@@ -64,6 +65,7 @@ CHALLENGER = "challenger"
 TAG_FINGERPRINT = "fingerprint"
 TAG_SNAPSHOT_SEQ = "snapshot_seq"
 TAG_DIM = "dim"
+TAG_MODEL_SHA256 = "lockstep.model_sha256"
 EVAL_TAG_PREFIX = "eval."
 TAG_STATUS = "lockstep.status"
 TAG_CHAMPION_SINCE = "lockstep.champion_since"
@@ -146,10 +148,17 @@ class EmbedderPyfunc(mlflow.pyfunc.PythonModel):
     A scikit-learn flavour with ``pyfunc_predict_fn="transform"`` does not load as pyfunc
     in MLflow 3.17, so the contract ``load_model("models:/name/N").predict(["a", "b"])``
     is met by this wrapper. ``lockstep`` must be importable where the model is loaded.
+
+    The model file's sha256 travels inside this object (MLflow has already unpickled it
+    by the time ``load_context`` runs), so the file is checked before joblib opens it.
     """
 
+    def __init__(self, model_sha256: str | None = None) -> None:
+        self.model_sha256 = model_sha256
+
     def load_context(self, context: Any) -> None:
-        self.embedder = TextEmbedder.load(context.artifacts[ARTIFACT_KEY])
+        path = context.artifacts[ARTIFACT_KEY]
+        self.embedder = TextEmbedder.load(path, expected_sha256=getattr(self, "model_sha256", None))
 
     # Through pyfunc the input always arrives as a DataFrame (MLflow applies the logged
     # signature first), hence the hint; MLflow adds no validation of its own for it and
@@ -224,6 +233,8 @@ class Registry:
 
         with self._scoped(), tempfile.TemporaryDirectory(prefix="lockstep-register-") as tmp:
             model_file = embedder.save(Path(tmp) / "embedder.joblib")
+            model_sha256 = file_sha256(model_file)
+            version_tags[TAG_MODEL_SHA256] = model_sha256
             with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
                 mlflow.set_tags({**version_tags, "lockstep.model_name": self.model_name})
                 if run_params:
@@ -237,7 +248,7 @@ class Registry:
                 with _quiet_log("mlflow.pyfunc", "serialized using CloudPickle"):
                     info = mlflow.pyfunc.log_model(
                         name=MODEL_NAME_IN_RUN,
-                        python_model=EmbedderPyfunc(),
+                        python_model=EmbedderPyfunc(model_sha256),
                         artifacts={ARTIFACT_KEY: str(model_file)},
                         signature=signature,
                         input_example=examples,
@@ -350,14 +361,23 @@ class Registry:
     def load_embedder(self, version: str | int) -> TextEmbedder:
         """Download the version's ``TextEmbedder`` and check it is the registered space.
 
-        The ``fingerprint`` tag was written from the weights at registration; a model
-        file whose weights hash differently is refused (FingerprintMismatchError).
+        The downloaded file must hash to the ``lockstep.model_sha256`` tag before joblib
+        opens it (ModelIntegrityError otherwise: nothing is unpickled). The
+        ``fingerprint`` tag was written from the weights at registration; a model whose
+        weights hash differently is refused (FingerprintMismatchError).
         """
         info = self.get_version(version)
         if not info.fingerprint:
             raise RegistryError(
                 f"version {info.version} of {self.model_name!r} has no {TAG_FINGERPRINT!r} tag; "
                 "it was not registered by Lockstep and cannot be paired with an index"
+            )
+        expected_sha256 = info.tags.get(TAG_MODEL_SHA256)
+        if not expected_sha256:
+            raise RegistryError(
+                f"version {info.version} of {self.model_name!r} has no {TAG_MODEL_SHA256!r} tag "
+                "(it was registered before model files were checksummed), so its model file "
+                "cannot be verified before loading; register the model again (lockstep train)"
             )
         client = self._client()
         with tempfile.TemporaryDirectory(prefix="lockstep-model-") as tmp:
@@ -371,7 +391,7 @@ class Registry:
                     )
             except mlflow.MlflowException as exc:
                 raise self._failed(f"download version {info.version}", exc) from exc
-            embedder = TextEmbedder.load(local / _embedder_path_in(local))
+            embedder = TextEmbedder.load(local / _embedder_path_in(local), expected_sha256=expected_sha256)
         if embedder.fingerprint != info.fingerprint:
             raise FingerprintMismatchError(
                 f"version {info.version} of {self.model_name!r} is tagged {TAG_FINGERPRINT}="

@@ -16,9 +16,11 @@ from typing import Any
 
 from .records import RecordStore
 from .training import (
+    EvalSet,
     TrainConfig,
     evaluate_embedder,
     fit_embedder,
+    fit_texts,
     judge,
     split_holdout,
     write_eval_artifacts,
@@ -38,13 +40,20 @@ def run_folder(run_id: str) -> Path:
 
 
 def snapshot(store: RecordStore | None = None) -> dict[str, Any]:
+    """Fix the training snapshot at the change log's head; later steps rebuild it from there.
+
+    Only the sequence and a count are read here (at a million records, reading the
+    records themselves cost 1.3 GB and 20 s for a number). Every later step reads the
+    snapshot at this sequence, so writes after it do not change what is trained on;
+    the count, read just after, may include them and is for display.
+    """
     store = store or RecordStore()
-    snap = store.snapshot()
-    if not snap.records:
+    seq, count = store.head(), store.count()
+    if not count:
         from .training import TrainingError
 
         raise TrainingError("the record store is empty: load a corpus first (lockstep corpus load --demo)")
-    return {"seq": snap.seq, "records": len(snap)}
+    return {"seq": seq, "records": count}
 
 
 def validate(seq: int, run_dir: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -63,26 +72,37 @@ def validate(seq: int, run_dir: str, config: dict[str, Any] | None = None) -> di
 
 
 def train(seq: int, run_dir: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit on the snapshot's training records (a seeded sample of ``fit_sample`` at scale).
+
+    Only the sampled texts outlive the split: the snapshot's records are freed before
+    the fit, so the fit's memory adds to a sample, not to the whole corpus.
+    """
     cfg = TrainConfig.from_dict(config)
-    records = RecordStore().snapshot(at_seq=seq).records
-    holdout = split_holdout(records, cfg)
-    embedder = fit_embedder([r.text for r in holdout.train], cfg)
+    holdout = split_holdout(RecordStore().snapshot(at_seq=seq).records, cfg)
+    summary = holdout.summary()
+    texts = fit_texts(holdout.train, cfg)
+    del holdout
+    embedder = fit_embedder(texts, cfg)
     path = embedder.save(Path(run_dir) / MODEL_FILE)
-    return {"model_path": str(path), "fingerprint": embedder.fingerprint, **holdout.summary()}
+    return {"model_path": str(path), "fingerprint": embedder.fingerprint, **summary, "fit_texts": len(texts)}
 
 
 def evaluate(seq: int, model_path: str, run_dir: str, config: dict[str, Any] | None = None, registry=None) -> dict[str, Any]:
-    """Challenger and champion on the same held-out queries; writes report and plot."""
+    """Challenger and champion on the same held-out queries; writes report and plot.
+
+    The snapshot is reduced to the texts and labels evaluation reads before either
+    model embeds anything, and the two models are evaluated one after the other.
+    """
     from .embedding import TextEmbedder
     from .registry import Registry
 
     cfg = TrainConfig.from_dict(config)
     registry = registry or Registry()
-    holdout = split_holdout(RecordStore().snapshot(at_seq=seq).records, cfg)
-    challenger = evaluate_embedder(TextEmbedder.load(model_path), holdout, cfg)
+    data = EvalSet.from_holdout(split_holdout(RecordStore().snapshot(at_seq=seq).records, cfg), cfg.label_key)
+    challenger = evaluate_embedder(TextEmbedder.load(model_path), data, cfg)
     champion = registry.version_for_alias("champion")
-    champion_eval = evaluate_embedder(registry.load_embedder(champion.version), holdout, cfg) if champion else None
-    report = judge(challenger, champion_eval, cfg, champion.version if champion else None, holdout)
+    champion_eval = evaluate_embedder(registry.load_embedder(champion.version), data, cfg) if champion else None
+    report = judge(challenger, champion_eval, cfg, champion.version if champion else None, data)
     files = write_eval_artifacts(report, challenger, champion_eval, Path(run_dir) / "evaluation")
     return {
         "better": report.better,
@@ -179,3 +199,14 @@ def run_all(
 
 def dumps(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+def nothing_to_train(store: RecordStore | None = None) -> str | None:
+    """Why a retraining has nothing to do (an empty record store), or None when it has.
+
+    A scheduled run on a fresh install, before any corpus is loaded, is not a failure:
+    ``lockstep_retrain`` skips with this reason and ``lockstep train`` prints it.
+    """
+    if (store or RecordStore()).count():
+        return None
+    return "nothing to train: the record store is empty; load records first (lockstep corpus load --demo or --path FILE)"

@@ -1,75 +1,72 @@
 """Progressive delivery of a model version: the steps of ``lockstep_rollout`` as library calls.
 
 A rollout takes a candidate whose index is built (slot ``ready``) from 0 to 100 % of
-traffic, or back. Each function below is one Airflow task: it takes and returns plain
-JSON (the ``plan`` made by ``start`` travels between them), changes traffic only
-through the routing table (one transaction per change), and writes every analysis to
-``lockstep_rollout_steps`` so the figures and verdicts outlive the serving logs.
+traffic, or back. Each function below is one Airflow task, or (``tick``) one look of a
+task that waits: it takes and returns plain JSON (the ``plan`` made by ``start`` travels
+between them), changes traffic only through the routing table (one transaction per
+change), and writes every analysis to ``lockstep_rollout_steps`` so the figures and
+verdicts outlive the serving logs.
 
-The order is: ``start`` -> ``wait_for_review`` -> ``run_shadow`` -> one strategy
-(``run_canary``, ``run_ab``, ``run_bandit``, ``run_blue_green`` or ``shadow_only``) ->
-``finalize`` -> ``verify`` -> ``retire_previous`` after the rollback window. Any
-failure goes to ``rollback``.
+The order is: ``start`` -> review -> shadow -> one strategy (canary, ab, bandit — each
+run look by look with ``tick`` —, ``run_blue_green`` or ``shadow_only``) -> ``finalize``
+-> ``verify`` -> ``retire_previous`` after the rollback window. Any failure goes to
+``rollback``. Only canary, ab, bandit and blue_green lead to ``finalize``; ``shadow``
+never promotes.
 
-Two habits make a bad candidate cheap:
+The waiting phases decide with the pure functions of ``lockstep.rollout_strategies``
+(state and counts in, decision out); ``tick`` reads the logs, applies the decision and
+keeps the phase's state in the rollout record between looks, so the DAG's deferrable
+tasks hold no worker while they wait.
+
+Three habits make a bad candidate cheap and keep operators in charge:
 
 - A step that sees a gate fail returns all traffic to the champion itself, in one
   transaction, *before* it raises: the time from a failed gate to 100 % on the champion
   does not include the scheduler's reaction time. The rollback task then does the
   bookkeeping (reject tag with reason and figures, drain and retire the slot, alert).
-- While a step bakes, its error rate is checked at every poll, so a candidate that
-  starts failing is stopped at once rather than at the end of the bake.
+- At every look the error rate is checked, so a candidate that starts failing is stopped
+  at once rather than at the end of the bake.
+- Every traffic change is a compare-and-set against the routing generation the rollout
+  wrote last. If someone else changed the traffic (``lockstep routing set``,
+  ``lockstep_rollback``), the rollout stops as overridden and leaves the traffic alone.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
 from . import rollout_record as record
+from . import rollout_strategies as strategies
 from . import routing
 from .errors import LockstepError
-from .gates import (
-    Action,
-    CanaryPolicy,
-    GateError,
-    GateResult,
-    GateThresholds,
-    Verdict,
-    bandit_decision,
-    combine,
-    error_rate_gate,
-    thompson_weights,
-    to_percent_weights,
-)
+from .gates import Action, CanaryPolicy, GateError, GateThresholds, Verdict
 from .rollout_analysis import (
-    ArmStats,
     GateSettings,
     Window,
-    ab_gate,
     arm_stats,
-    ctr_look,
-    guard_gates,
     now,
-    sequential_ctr,
-    shadow_gates,
     shadow_stats,
     summary_figures,
     utc,
 )
+from .rollout_strategies import Decision, Move
 
 log = logging.getLogger("lockstep.rollout")
 
 STRATEGIES = ("canary", "shadow", "ab", "bandit", "blue_green")
+# The strategies that end in finalize (100 % and alias champion); "shadow" never promotes.
+PROMOTING_STRATEGIES = ("canary", "ab", "bandit", "blue_green")
 ACTOR = "lockstep_rollout"
+# The Airflow pool every lockstep_rollout task runs in (``lockstep up`` creates it): rollouts
+# never take more worker slots than the pool has, whatever else is running.
+ROLLOUT_POOL = "lockstep_rollout"
 TAG_AB_DECISION = "lockstep.ab_decision"
 TAG_RETIRED_AT = "lockstep.retired_at"
 TAG_ROLLED_BACK = "lockstep.rolled_back_reason"
@@ -103,6 +100,10 @@ class VerificationFailed(GateFailed):
     """After the final traffic update the serving API did not answer with the candidate."""
 
 
+class RolloutOverridden(RolloutError):
+    """Someone else changed the traffic during the rollout; it stopped and left the traffic as they set it."""
+
+
 # --- configuration -------------------------------------------------------------------------
 
 
@@ -116,8 +117,9 @@ class RolloutConfig:
 
     strategy: str = "canary"
     canary_steps: tuple[int, ...] = (1, 5, 25, 50, 100)
-    bake_seconds: float = 60.0
+    bake_seconds: float = 60.0  # the least time a step bakes; it is judged once both arms have their counts
     shadow_seconds: float | None = None  # None: the same as bake_seconds
+    max_bake_seconds: float = 1800.0  # a look without its counts by then is "too little traffic" (extend or fail)
     min_samples: int = 50
     max_extensions: int = 2
     alpha: float = 0.05
@@ -160,6 +162,8 @@ class RolloutConfig:
             raise RolloutError(f"ctr_tau must be positive (the CTR difference to detect), got {self.ctr_tau!r}")
         if not self.poll_seconds > 0:
             raise RolloutError(f"poll_seconds must be positive, got {self.poll_seconds!r}")
+        if not self.max_bake_seconds > 0:
+            raise RolloutError(f"max_bake_seconds must be positive (the safety net of a bake), got {self.max_bake_seconds!r}")
         try:
             self.policy()
             self.gate_settings()
@@ -200,6 +204,10 @@ class RolloutConfig:
             steps=self.canary_steps, bake_seconds=self.bake_seconds, min_samples=self.min_samples,
             max_extensions=self.max_extensions, alpha=self.alpha, thresholds=self.thresholds,
         )
+
+    @property
+    def shadow_bake_seconds(self) -> float:
+        return self.bake_seconds if self.shadow_seconds is None else self.shadow_seconds
 
     @property
     def serving_urls(self) -> list[str]:
@@ -266,12 +274,11 @@ def start(
         return {**base, "noop": True, "reason": reason}
     _require_slot(table, candidate, "candidate", ("ready", "live"), "build its index first (lockstep_reembed)")
     _require_slot(table, champion, "champion", ("ready", "live"), "return traffic to a loaded version first")
+    _require_alias_and_routing_agree(champion, table, engine)
 
-    generation = routing.set_weights(
-        {champion: 100}, shadow=[], reason=f"rollout {rollout_id} of v{candidate}: start (new sticky salt)",
-        actor=ACTOR, new_salt=True, engine=engine,
-    )
     record.begin(rollout_id, candidate, champion, config.strategy, config.to_dict(), engine=engine)
+    generation = _route(base, {champion: 100}, [], f"rollout {rollout_id} of v{candidate}: start (new sticky salt)",
+                        engine, new_salt=True, check=False)
     cand_info = registry.get_version(candidate)
     drift = drift_context(registry)
     review = review_markdown(cand_info, champion_info, drift)
@@ -283,6 +290,24 @@ def start(
         engine=engine,
     )
     return {**base, "noop": False, "generation": generation, "review_markdown": review, "drift": drift}
+
+
+def _require_alias_and_routing_agree(champion: str, table: routing.RoutingTable, engine: Engine) -> None:
+    """Refuse to start when alias champion and the routing table tell different stories.
+
+    That happens after a failed rollback or a manual change; a rollout would otherwise
+    force the alias's version to 100 % and undo whatever the operator did.
+    """
+    if table.weights == {champion: 100}:
+        return
+    last = next(iter(routing.history(limit=1, engine=engine)), None)
+    changed = f"; last change: generation {last.generation} by {last.actor or 'an unnamed writer'} ({last.reason})" if last else ""
+    raise RolloutError(
+        f"alias champion is v{champion} but the routing table sends {table.weights or 'no traffic'} "
+        f"(generation {table.generation}{changed}). Settle which version serves before a rollout: "
+        f"`lockstep routing set {champion}=100` to follow the alias, or lockstep_rollback / "
+        "Registry.promote_champion to make the alias follow the traffic"
+    )
 
 
 def review_markdown(candidate: Any, champion: Any, drift: Mapping[str, Any]) -> str:
@@ -343,80 +368,140 @@ def check_review(plan: Mapping[str, Any], *, registry: Any = None, external: Cal
     return "approved" if "approved" in answers else None
 
 
-def wait_for_review(
+# --- the executor: one look at a time ------------------------------------------------------------
+#
+# The phases that wait for traffic or for a person (review, shadow, canary, A/B, bandit) are
+# run one look at a time: ``tick`` reads the phase's saved state, looks at the logs, applies
+# the strategy's decision (``lockstep.rollout_strategies``) and saves the state again. The
+# DAG calls it from a deferrable task, so between two looks no worker slot is held; the
+# blocking ``run_phase`` loop is for library use and tests.
+
+WAITING_PHASES = ("review", "shadow", "canary", "ab", "bandit")
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One look's outcome: the phase is done (with its result), or look again after ``wait_seconds``."""
+
+    done: bool
+    result: dict[str, Any] | None = None
+    wait_seconds: float = 0.0
+
+
+def tick(
+    phase: str,
     plan: Mapping[str, Any],
     *,
+    engine: Engine | None = None,
     registry: Any = None,
     external: Callable[[], str | None] | None = None,
-    engine: Engine | None = None,
-) -> dict[str, Any]:
-    """Wait for a reviewer; raise ReviewRejected or ReviewTimeout (both lead to rollback)."""
-    config = config_of(plan)
-    rid = plan["rollout_id"]
+) -> Tick:
+    """One look of a waiting phase; never sleeps.
+
+    First checks that nobody else changed the traffic since the rollout's last change
+    (else RolloutOverridden: recorded, alerted, traffic left alone). A failed gate
+    returns all traffic to the champion in one transaction before GateFailed is raised.
+    """
+    if phase not in WAITING_PHASES:
+        raise RolloutError(f"phase {phase!r} is not one of {', '.join(WAITING_PHASES)}")
     engine = engine or _engine()
-    if not config.require_approval:
-        return record.record_step(rid, "review", "review", "info", reason="no approval required (require_approval is false)", engine=engine)
-    registry = registry or _registry()
-    record.record_step(rid, "review", "review", "info", engine=engine, reason=(
-        f"waiting up to {config.approval_timeout_seconds:.0f} s for a reviewer: Airflow Required Actions, "
-        f"or tag lockstep.review on v{plan['model_version']} in MLflow"))
-    started = time.monotonic()
+    rid = plan["rollout_id"]
+    state = record.load_state(rid, engine=engine)
+    _stop_if_overridden(plan, state, engine)
+    handler = _LOOKS[phase]
+    outcome, phase_state = handler(plan, config_of(plan), state.get(phase), engine=engine, registry=registry, external=external)
+    state = record.load_state(rid, engine=engine)  # a traffic change in the look saved its generation
+    state[phase] = phase_state
+    record.save_state(rid, state, engine=engine)
+    return outcome
+
+
+def run_phase(
+    phase: str,
+    plan: Mapping[str, Any],
+    *,
+    engine: Engine | None = None,
+    registry: Any = None,
+    external: Callable[[], str | None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Look after look until the phase is done (blocking: for library use and tests, not for a DAG task)."""
     while True:
-        decision = check_review(plan, registry=registry, external=external)
-        waited = time.monotonic() - started
-        if decision == "approved":
-            return record.record_step(rid, "review", "review", "pass", reason=f"approved after {waited:.0f} s", figures={"waited_seconds": waited}, engine=engine)
-        if decision == "rejected":
-            reason = f"v{plan['model_version']} was rejected in review"
-            record.record_step(rid, "review", "review", "fail", reason=reason, figures={"waited_seconds": waited}, action="rollback", engine=engine)
-            raise ReviewRejected(reason, phase="review", figures={"waited_seconds": waited})
-        if waited >= config.approval_timeout_seconds:
-            reason = f"no review decision within {config.approval_timeout_seconds:.0f} s"
-            record.record_step(rid, "review", "review", "fail", reason=reason, figures={"waited_seconds": waited}, action="rollback", engine=engine)
-            raise ReviewTimeout(reason, phase="review", figures={"waited_seconds": waited})
-        time.sleep(config.poll_seconds)
+        outcome = tick(phase, plan, engine=engine, registry=registry, external=external)
+        if outcome.done:
+            return outcome.result or {}
+        sleep(outcome.wait_seconds)
 
 
-# --- shadow -----------------------------------------------------------------------------------
+def wait_for_review(plan: Mapping[str, Any], *, registry: Any = None, external: Callable[[], str | None] | None = None,
+                    engine: Engine | None = None) -> dict[str, Any]:
+    """Wait for a reviewer; raise ReviewRejected or ReviewTimeout (both lead to rollback)."""
+    return run_phase("review", plan, engine=engine, registry=registry, external=external)
 
 
 def run_shadow(plan: Mapping[str, Any], *, engine: Engine | None = None) -> dict[str, Any]:
-    """Mirror live traffic to the candidate and gate on its errors, latency and top-k overlap.
+    return run_phase("shadow", plan, engine=engine)
 
-    Users never see the candidate's answers. Inconclusive (too few copies) extends the
-    bake up to ``max_extensions`` times, then fails.
-    """
-    config, engine = config_of(plan), engine or _engine()
+
+def run_canary(plan: Mapping[str, Any], *, engine: Engine | None = None) -> dict[str, Any]:
+    return run_phase("canary", plan, engine=engine)
+
+
+def run_ab(plan: Mapping[str, Any], *, engine: Engine | None = None, registry: Any = None) -> dict[str, Any]:
+    return run_phase("ab", plan, engine=engine, registry=registry)
+
+
+def run_bandit(plan: Mapping[str, Any], *, engine: Engine | None = None) -> dict[str, Any]:
+    return run_phase("bandit", plan, engine=engine)
+
+
+# --- review --------------------------------------------------------------------------------------
+
+
+def _review_look(plan, config: RolloutConfig, ps, *, engine: Engine, registry: Any, external, **_) -> tuple[Tick, dict]:
+    """Whichever answer comes first: the Airflow form (``external``) or the MLflow tag; or the timeout."""
+    rid = plan["rollout_id"]
+    if not config.require_approval:
+        step = record.record_step(rid, "review", "review", "info", reason="no approval required (require_approval is false)", engine=engine)
+        return Tick(True, step), {}
+    registry = registry or _registry()
+    if ps is None:
+        record.record_step(rid, "review", "review", "info", engine=engine, reason=(
+            f"waiting up to {config.approval_timeout_seconds:.0f} s for a reviewer: Airflow Required Actions, "
+            f"or tag lockstep.review on v{plan['model_version']} in MLflow"))
+        ps = {"started": _clock()}
+    decision = check_review(plan, registry=registry, external=external)
+    waited = _clock() - ps["started"]
+    figures = {"waited_seconds": waited}
+    if decision == "approved":
+        return Tick(True, record.record_step(rid, "review", "review", "pass", reason=f"approved after {waited:.0f} s",
+                                             figures=figures, engine=engine)), ps
+    if decision == "rejected" or waited >= config.approval_timeout_seconds:
+        error = ReviewRejected if decision == "rejected" else ReviewTimeout
+        reason = (f"v{plan['model_version']} was rejected in review" if decision == "rejected"
+                  else f"no review decision within {config.approval_timeout_seconds:.0f} s")
+        record.record_step(rid, "review", "review", "fail", reason=reason, figures=figures, action=Action.ROLLBACK, engine=engine)
+        raise error(reason, phase="review", figures=figures)
+    return Tick(False, wait_seconds=config.poll_seconds), ps
+
+
+# --- shadow --------------------------------------------------------------------------------------
+
+
+def _shadow_look(plan, config: RolloutConfig, ps, *, engine: Engine, **_) -> tuple[Tick, dict]:
+    """Mirror live traffic to the candidate; users never see its answers."""
     rid, cand, champ = plan["rollout_id"], plan["model_version"], plan["baseline_version"]
-    settings = config.gate_settings()
-    bake = config.bake_seconds if config.shadow_seconds is None else config.shadow_seconds
-    routing.set_weights({champ: 100}, shadow=[cand], reason=f"rollout {rid}: shadow v{cand}", actor=ACTOR, engine=engine)
-    started = now()
-
-    def watch() -> list[GateResult]:
-        stats = shadow_stats(engine, Window(started, now()), cand)
-        return [shadow_gates(stats, settings)[0]]
-
-    for look in range(1, config.max_extensions + 2):
-        early = _bake(bake, config, watch)
-        end = _settle(config)
-        stats = shadow_stats(engine, Window(started, end), cand)
-        results = early or shadow_gates(stats, settings)
-        verdict = combine(results, "shadow").verdict
-        figures = {**summary_figures(results), "copies": stats.copies, "shadow_errors": stats.errors}
-        last = look == config.max_extensions + 1
-        action = _action(verdict, last)
-        step = record.record_step(
-            rid, "shadow", "shadow", verdict, look=look, weight=0, action=action, reason=combine(results).reason,
-            gates=results, figures=figures, window=(started, end), engine=engine,
-        )
-        if action == Action.PROMOTE:
-            routing.set_weights({champ: 100}, shadow=[], reason=f"rollout {rid}: shadow passed", actor=ACTOR, engine=engine)
-            return step
-        if action == Action.ROLLBACK:
-            _abort_traffic(plan, f"shadow phase: {step['reason']}", engine)
-            raise GateFailed(f"v{cand} failed the shadow phase: {step['reason']}", phase="shadow", figures=figures)
-    raise AssertionError("unreachable")  # pragma: no cover
+    if ps is None:
+        _route(plan, {champ: 100}, [cand], f"rollout {rid}: shadow v{cand}", engine)
+        ps = _fresh({"look": 1})
+    window = Window(_at(ps["started"]), _window_end(config))
+    stats = shadow_stats(engine, window, cand)
+    decision = strategies.shadow(ps, stats, _clock() - ps["look_started"], config)
+    figures = {**summary_figures(decision.results), "copies": stats.copies, "shadow_errors": stats.errors}
+    outcome, ps = _apply(plan, "shadow", "shadow", decision, ps, figures, 0, window, engine)
+    if decision.move is Move.PASS:
+        _route(plan, {champ: 100}, [], f"rollout {rid}: shadow passed", engine)
+    return outcome, ps
 
 
 def shadow_only(plan: Mapping[str, Any], *, engine: Engine | None = None) -> dict[str, Any]:
@@ -427,168 +512,212 @@ def shadow_only(plan: Mapping[str, Any], *, engine: Engine | None = None) -> dic
     return record.record_step(plan["rollout_id"], "shadow only", "shadow", "info", reason=reason, engine=engine)
 
 
-# --- canary -----------------------------------------------------------------------------------
+# --- canary --------------------------------------------------------------------------------------
 
 
-def run_canary(plan: Mapping[str, Any], *, engine: Engine | None = None) -> dict[str, Any]:
-    """Walk the traffic steps below 100 %: set the weight, bake, compare with the champion.
+def _canary_look(plan, config: RolloutConfig, ps, *, engine: Engine, **_) -> tuple[Tick, dict]:
+    """The traffic steps below 100 %: each bakes until both arms have their counts, then is judged.
 
-    Every step is judged on its own window for errors and latency, and on all canary
-    traffic so far for click-through, with a sequential test that stays valid however
-    many looks it gets. The final 100 % is ``finalize``'s (there is no baseline left to
-    compare with at 100 %).
+    Errors and latency are judged on the step's own window, click-through on all canary
+    traffic so far with a sequential test valid however many looks it gets. The final
+    100 % is ``finalize``'s (no baseline is left to compare with at 100 %).
     """
-    config, engine = config_of(plan), engine or _engine()
     rid, cand, champ = plan["rollout_id"], plan["model_version"], plan["baseline_version"]
-    policy, settings = config.policy(), config.gate_settings()
-    ctr = sequential_ctr(settings)
-    seen: dict[str, int] = {}
-    canary_started = now()
-    steps: list[dict[str, Any]] = []
-    for index, weight in enumerate(policy.steps):
-        if weight >= 100:
-            break
-        routing.set_weights({champ: 100 - weight, cand: weight}, shadow=[], reason=f"rollout {rid}: canary {weight}%", actor=ACTOR, engine=engine)
-        step_started = now()
-
-        def watch(started=step_started) -> list[GateResult]:
-            arms = arm_stats(engine, Window(started, now()), [cand, champ])
-            return _early_errors(arms[cand], arms[champ], settings)
-
-        for extensions in range(config.max_extensions + 1):
-            early = _bake(config.bake_seconds, config, watch)
-            end = _settle(config)
-            arms = arm_stats(engine, Window(step_started, end), [cand, champ])
-            total = arm_stats(engine, Window(canary_started, end), [cand, champ], clicks_until=now())
-            results = early or [*guard_gates(arms[cand], arms[champ], settings), ctr_look(ctr, total[cand], total[champ], seen, settings)]
-            action = policy.next_action(index, results, extensions)
-            step = record.record_step(
-                rid, f"canary {weight}%", "canary", combine(results).verdict, look=extensions + 1, weight=weight,
-                action=action, reason=combine(results).reason, gates=results,
-                figures=summary_figures(results, arms[cand], arms[champ]), window=(step_started, end), engine=engine,
-            )
-            if action == Action.PROMOTE:
-                steps.append(step)
-                break
-            if action == Action.ROLLBACK:
-                _abort_traffic(plan, f"canary {weight}%: {step['reason']}", engine)
-                raise GateFailed(f"v{cand} failed at canary {weight}%: {step['reason']}", phase="canary", figures=step["figures"])
-    return {"phase": "canary", "steps": [s["step"] for s in steps], "verdict": "pass"}
+    steps = config.canary_steps
+    if ps is None:
+        if steps[0] >= 100:
+            step = record.record_step(rid, "canary", "canary", "pass", weight=100, action=Action.PROMOTE,
+                                      reason="canary_steps has no step below 100 %: straight to finalize", engine=engine)
+            return Tick(True, step), {}
+        _route(plan, {champ: 100 - steps[0], cand: steps[0]}, [], f"rollout {rid}: canary {steps[0]}%", engine)
+        ps = _fresh({"index": 0, "look": 1})
+        ps["step_started"] = ps["started"]
+    weight = steps[int(ps["index"])]
+    end = _window_end(config)
+    window = Window(_at(ps["step_started"]), end)
+    arms = arm_stats(engine, window, [cand, champ])
+    total = arm_stats(engine, Window(_at(ps["started"]), end), [cand, champ], clicks_until=now())
+    decision = strategies.canary(ps, (arms[cand], arms[champ]), (total[cand], total[champ]), _clock() - ps["look_started"], config)
+    figures = summary_figures(decision.results, arms[cand], arms[champ])
+    outcome, new = _apply(plan, f"canary {weight}%", "canary", decision, ps, figures, weight, window, engine)
+    if decision.move is Move.ADVANCE:
+        new["step_started"] = new["look_started"]
+    return outcome, new
 
 
-# --- A/B --------------------------------------------------------------------------------------
+# --- A/B -----------------------------------------------------------------------------------------
 
 
-def run_ab(plan: Mapping[str, Any], *, engine: Engine | None = None, registry: Any = None) -> dict[str, Any]:
-    """A frozen split with sticky users until each arm has its planned sample (or time runs out).
+def _ab_look(plan, config: RolloutConfig, ps, *, engine: Engine, registry: Any, **_) -> tuple[Tick, dict]:
+    """A frozen split with sticky users until each arm has its planned sample; one test at the end.
 
-    One fixed-sample test at the end (no peeking at it on the way: only the error rate
-    is watched). The decision is the rule (pass promotes; fail or inconclusive keeps
-    the champion) or, with ``ab_decision='reviewer'``, a reviewer's tag
-    ``lockstep.ab_decision`` on the version, given the figures written beside it.
+    The decision is the rule (pass promotes; fail or inconclusive keeps the champion) or,
+    with ``ab_decision='reviewer'``, a reviewer's tag ``lockstep.ab_decision`` on the
+    version, given the figures written beside it.
     """
-    config, engine = config_of(plan), engine or _engine()
     rid, cand, champ = plan["rollout_id"], plan["model_version"], plan["baseline_version"]
-    settings = config.gate_settings()
-    routing.set_weights({champ: 100 - config.ab_split, cand: config.ab_split}, shadow=[], reason=f"rollout {rid}: A/B {config.ab_split}%", actor=ACTOR, engine=engine)
-    started = now()
-    clock = time.monotonic()
-    while True:
-        time.sleep(config.poll_seconds)
-        arms = arm_stats(engine, Window(started, now()), [cand, champ])
-        early = _early_errors(arms[cand], arms[champ], settings)
-        if early:
-            _fail_step(plan, "A/B", "ab", early, arms, (started, now()), config.ab_split, engine)
-        if min(arms[cand].answered, arms[champ].answered) >= config.ab_samples_per_arm or time.monotonic() - clock >= config.ab_max_seconds:
-            break
-    end = _settle(config)
-    arms = arm_stats(engine, Window(started, end), [cand, champ], clicks_until=now())
-    results = [*guard_gates(arms[cand], arms[champ], settings), ab_gate(arms[cand], arms[champ], settings, config.min_samples)]
-    verdict = combine(results, "ab").verdict
-    figures = summary_figures(results, arms[cand], arms[champ])
-    if verdict is Verdict.FAIL or config.ab_decision == "rule":
-        if verdict is not Verdict.PASS:
-            _fail_step(plan, "A/B", "ab", results, arms, (started, end), config.ab_split, engine)
-        return record.record_step(rid, "A/B", "ab", verdict, weight=config.ab_split, action=Action.PROMOTE, reason=combine(results).reason,
-                                  gates=results, figures=figures, window=(started, end), engine=engine)
-    return _reviewer_decides(plan, results, figures, (started, end), config, engine, registry or _registry())
+    if ps is None:
+        _route(plan, {champ: 100 - config.ab_split, cand: config.ab_split}, [], f"rollout {rid}: A/B {config.ab_split}%", engine)
+        ps = _fresh({})
+    if ps.get("reviewer_since") is not None:
+        return _ab_reviewer_look(plan, config, ps, engine, registry or _registry())
+    window = Window(_at(ps["started"]), _window_end(config))
+    arms = arm_stats(engine, window, [cand, champ], clicks_until=now())
+    decision = strategies.ab(ps, (arms[cand], arms[champ]), _clock() - ps["started"], config)
+    figures = summary_figures(decision.results, arms[cand], arms[champ])
+    if config.ab_decision == "reviewer" and decision.results and decision.verdict is not Verdict.FAIL:
+        registry = registry or _registry()
+        registry.set_tags(cand, {f"lockstep.ab.{k}": v for k, v in list(figures.items())[:40]})
+        record.record_step(rid, "A/B", "ab", decision.verdict, weight=config.ab_split, reason=f"waiting for tag {TAG_AB_DECISION}: {decision.reason}",
+                           gates=decision.results, figures=figures, window=(window.start, window.end), engine=engine)
+        return Tick(False, wait_seconds=config.poll_seconds), {**ps, "reviewer_since": _clock(), "figures": figures}
+    return _apply(plan, "A/B", "ab", decision, ps, figures, config.ab_split, window, engine)
 
 
-def _reviewer_decides(plan, results, figures, window, config, engine, registry) -> dict[str, Any]:
+def _ab_reviewer_look(plan, config: RolloutConfig, ps: dict, engine: Engine, registry: Any) -> tuple[Tick, dict]:
     rid, cand = plan["rollout_id"], plan["model_version"]
-    registry.set_tags(cand, {f"lockstep.ab.{k}": v for k, v in list(figures.items())[:40]})
-    record.record_step(rid, "A/B", "ab", combine(results).verdict, weight=config.ab_split, reason=f"waiting for tag {TAG_AB_DECISION}: {combine(results).reason}",
-                       gates=results, figures=figures, window=window, engine=engine)
-    started = time.monotonic()
-    while time.monotonic() - started < config.approval_timeout_seconds:
-        raw = (registry.get_version(cand).tags.get(TAG_AB_DECISION) or "").strip().lower()
-        if raw in ("approved", "approve", "promote"):
-            return record.record_step(rid, "A/B decision", "ab", "pass", action=Action.PROMOTE, reason="the reviewer chose the candidate", engine=engine)
-        if raw in ("rejected", "reject", "rollback"):
-            _abort_traffic(plan, "A/B: the reviewer kept the champion", engine)
-            record.record_step(rid, "A/B decision", "ab", "fail", action=Action.ROLLBACK, reason="the reviewer kept the champion", engine=engine)
-            raise ReviewRejected("the reviewer kept the champion after the A/B test", phase="ab", figures=figures)
-        time.sleep(config.poll_seconds)
-    _abort_traffic(plan, "A/B: no reviewer decision", engine)
-    record.record_step(rid, "A/B decision", "ab", "fail", action=Action.ROLLBACK, reason="no A/B decision in time", engine=engine)
-    raise ReviewTimeout(f"no {TAG_AB_DECISION} tag within {config.approval_timeout_seconds:.0f} s", phase="ab", figures=figures)
+    raw = (registry.get_version(cand).tags.get(TAG_AB_DECISION) or "").strip().lower()
+    if raw in ("approved", "approve", "promote"):
+        step = record.record_step(rid, "A/B decision", "ab", "pass", action=Action.PROMOTE, reason="the reviewer chose the candidate", engine=engine)
+        return Tick(True, step), ps
+    timed_out = _clock() - ps["reviewer_since"] >= config.approval_timeout_seconds
+    if raw in ("rejected", "reject", "rollback") or timed_out:
+        reason = "no A/B decision in time" if timed_out and not raw else "the reviewer kept the champion"
+        _abort_traffic(plan, f"A/B: {reason}", engine)
+        record.record_step(rid, "A/B decision", "ab", "fail", action=Action.ROLLBACK, reason=reason, engine=engine)
+        error = ReviewTimeout if reason.startswith("no A/B") else ReviewRejected
+        raise error(f"{reason} after the A/B test", phase="ab", figures=ps.get("figures"))
+    return Tick(False, wait_seconds=config.poll_seconds), ps
 
 
-# --- bandit -----------------------------------------------------------------------------------
+# --- bandit --------------------------------------------------------------------------------------
 
 
-def run_bandit(plan: Mapping[str, Any], *, engine: Engine | None = None) -> dict[str, Any]:
-    """Thompson sampling over click-through: reweight every interval, keep a floor, stop on a winner.
+def _bandit_look(plan, config: RolloutConfig, ps, *, engine: Engine, **_) -> tuple[Tick, dict]:
+    """Thompson sampling over click-through, with the canary's guard gates (error rate, latency).
 
-    Weights start even; once both arms have ``bandit_min_exposures`` answered requests
-    each interval moves traffic in proportion to the probability of being best (never
-    below the floor, so the loser keeps learning and the champion stays warm). It ends
-    when either version is best with probability >= threshold; no winner by
-    ``bandit_max_seconds`` keeps the champion.
+    Weights start even; each look moves traffic in proportion to the probability of being
+    best (never below the floor). It ends when either version is best with probability >=
+    threshold and the guards pass, when a guard gate fails, or at ``bandit_max_seconds``.
     """
-    config, engine = config_of(plan), engine or _engine()
     rid, cand, champ = plan["rollout_id"], plan["model_version"], plan["baseline_version"]
-    settings = config.gate_settings()
-    weights = {champ: 50, cand: 50}
-    routing.set_weights(weights, shadow=[], reason=f"rollout {rid}: bandit start", actor=ACTOR, engine=engine)
-    started = now()
-    clock = time.monotonic()
-    look = 0
+    if ps is None:
+        weights = {champ: 50, cand: 50}
+        _route(plan, weights, [], f"rollout {rid}: bandit start", engine)
+        ps = _fresh({"look": 1, "weights": weights, "last_look_at": 0.0})
+    window = Window(_at(ps["started"]), _window_end(config))
+    arms = arm_stats(engine, window, [cand, champ], clicks_until=now())
+    decision = strategies.bandit(ps, (arms[cand], arms[champ]), _clock() - ps["started"], config)
+    weight = int(ps["weights"][cand])
+    figures = {**summary_figures(decision.results, arms[cand], arms[champ]), "weight_candidate": weight}
+    return _apply(plan, "bandit", "bandit", decision, ps, figures, weight, window, engine)
 
-    def watch() -> list[GateResult]:
-        arms = arm_stats(engine, Window(started, now()), [cand, champ])
-        return _early_errors(arms[cand], arms[champ], settings)
 
-    while True:
-        look += 1
-        early = _bake(config.bandit_interval_seconds, config, watch)
-        end = _settle(config)
-        arms = arm_stats(engine, Window(started, end), [cand, champ], clicks_until=now())
-        if early:
-            _fail_step(plan, "bandit", "bandit", early, arms, (started, end), weights[cand], engine, look=look)
-        clicks = {v: arms[v].clicked for v in (cand, champ)}
-        trials = {v: arms[v].answered for v in (cand, champ)}
-        decision = bandit_decision(clicks, trials, candidate=cand, baseline=champ, threshold=config.bandit_threshold,
-                                   min_exposures=config.bandit_min_exposures, seed=look)
-        results = [decision, *guard_gates(arms[cand], arms[champ], settings)]
-        figures = {**summary_figures(results, arms[cand], arms[champ]), "weight_candidate": weights[cand]}
-        timed_out = time.monotonic() - clock >= config.bandit_max_seconds
-        if decision.verdict is Verdict.FAIL or (timed_out and decision.verdict is not Verdict.PASS):
-            why = decision.reason if decision.verdict is Verdict.FAIL else f"no winner within {config.bandit_max_seconds:.0f} s: {decision.reason}"
-            record.record_step(rid, "bandit", "bandit", "fail", look=look, weight=weights[cand], action=Action.ROLLBACK, reason=why,
-                               gates=results, figures=figures, window=(started, end), engine=engine)
-            _abort_traffic(plan, f"bandit: {why}", engine)
-            raise GateFailed(f"v{cand} lost the bandit: {why}", phase="bandit", figures=figures)
-        if decision.verdict is Verdict.PASS:
-            return record.record_step(rid, "bandit", "bandit", "pass", look=look, weight=weights[cand], action=Action.PROMOTE,
-                                      reason=decision.reason, gates=results, figures=figures, window=(started, end), engine=engine)
-        if min(trials.values()) >= config.bandit_min_exposures:
-            new = to_percent_weights(thompson_weights(clicks, trials, floor=config.bandit_floor, seed=look))
-            if new != weights:
-                weights = new
-                routing.set_weights(weights, shadow=[], reason=f"rollout {rid}: bandit look {look}", actor=ACTOR, engine=engine)
-        record.record_step(rid, "bandit", "bandit", "inconclusive", look=look, weight=weights[cand], action=Action.EXTEND,
-                           reason=decision.reason, gates=results, figures=figures, window=(started, end), engine=engine)
+# --- applying a decision -------------------------------------------------------------------------
+
+
+def _apply(plan, step: str, phase: str, decision: Decision, ps: dict, figures: dict, weight: int, window: Window,
+           engine: Engine) -> tuple[Tick, dict]:
+    """Record a judged look, move traffic as decided, and say when to look again."""
+    config, rid = config_of(plan), plan["rollout_id"]
+    if decision.move is Move.WAIT:
+        return Tick(False, wait_seconds=config.poll_seconds), decision.state
+    action = {Move.PASS: Action.PROMOTE, Move.FAIL: Action.ROLLBACK, Move.EXTEND: Action.EXTEND,
+              Move.ADVANCE: Action.PROMOTE if phase == "canary" else Action.EXTEND}[decision.move]
+    verdict = Verdict.FAIL if decision.move is Move.FAIL else decision.verdict
+    row = record.record_step(rid, step, phase, verdict, look=int(ps.get("look", 1)), weight=weight, action=action,
+                             reason=decision.reason, gates=decision.results, figures=figures,
+                             window=(window.start, window.end), engine=engine)
+    if decision.move is Move.FAIL:
+        _abort_traffic(plan, f"{step}: {decision.reason}", engine)
+        raise GateFailed(f"v{plan['model_version']} failed the {step} phase: {decision.reason}", phase=phase, figures=figures)
+    if decision.move is Move.PASS:
+        return Tick(True, row), decision.state
+    if decision.move is Move.ADVANCE and decision.weights:
+        cand_weight = decision.weights.get(plan["model_version"], 0)
+        label = f"canary {cand_weight}%" if phase == "canary" else f"{phase} look {ps.get('look', 1)}: {decision.weights}"
+        _route(plan, decision.weights, [], f"rollout {rid}: {label}", engine)
+    return Tick(False, wait_seconds=config.poll_seconds), {**decision.state, "look_started": _clock()}
+
+
+_LOOKS: dict[str, Callable[..., tuple[Tick, dict]]] = {
+    "review": _review_look, "shadow": _shadow_look, "canary": _canary_look, "ab": _ab_look, "bandit": _bandit_look,
+}
+
+
+# --- operator authority --------------------------------------------------------------------------
+
+
+def _route(plan: Mapping[str, Any], weights: Mapping[str, int], shadow: Sequence[str], reason: str, engine: Engine,
+           *, new_salt: bool = False, check: bool = True) -> int:
+    """Change traffic as the rollout, compare-and-set against the generation it wrote last.
+
+    Anyone else's traffic change since then (``lockstep routing set``, ``lockstep_rollback``)
+    makes this raise RolloutOverridden and write nothing.
+    """
+    rid = plan["rollout_id"]
+    state = record.load_state(rid, engine=engine)
+    expected = state.get("generation") if check else None
+    try:
+        generation = routing.set_weights(dict(weights), shadow=list(shadow), reason=reason[:2000], actor=ACTOR,
+                                         new_salt=new_salt, expect_generation=expected, engine=engine)
+    except routing.RoutingConflict as exc:
+        raise _overridden(plan, exc.changes, engine) from exc
+    state["generation"] = generation
+    record.save_state(rid, state, engine=engine)
+    return generation
+
+
+def _stop_if_overridden(plan: Mapping[str, Any], state: Mapping[str, Any], engine: Engine) -> None:
+    """Raise RolloutOverridden when someone else changed the traffic since the rollout's last change."""
+    if (record.get(plan["rollout_id"], engine=engine) or {}).get("status") == record.OVERRIDDEN:
+        raise RolloutOverridden(f"rollout {plan['rollout_id']} was overridden; it changes no traffic any more")
+    expected = state.get("generation")
+    if expected is None:
+        return
+    changes = routing.foreign_changes(int(expected), ACTOR, engine=engine)
+    if changes:
+        raise _overridden(plan, changes, engine)
+
+
+def _overridden(plan: Mapping[str, Any], changes: Sequence[routing.HistoryEntry], engine: Engine) -> RolloutOverridden:
+    """Record (once) and alert that the rollout stopped because someone else moved the traffic."""
+    rid, cand = plan["rollout_id"], plan["model_version"]
+    last = changes[-1] if changes else None
+    who = f"{last.actor or 'an unnamed writer'} at generation {last.generation} ({last.reason or 'no reason given'})" if last else "someone"
+    now_serving = last.weights if last else {}
+    reason = (f"overridden by {who}: traffic is now {now_serving or 'unchanged'}; the rollout of v{cand} stopped "
+              "and left the traffic as set")
+    current = record.get(rid, engine=engine)
+    if current is not None and current["status"] != record.OVERRIDDEN:
+        figures = {"generation": last.generation if last else None, "weights": now_serving}
+        record.record_step(rid, "overridden", "override", "info", reason=reason, figures=figures, engine=engine)
+        record.finish(rid, record.OVERRIDDEN, reason, figures, engine=engine)
+        from .alerts import alert
+
+        alert("overridden", f"rollout of v{cand} stopped: {reason}", {"rollout_id": rid, "candidate": cand,
+                                                                       "champion": plan["baseline_version"], **figures})
+    log.warning("rollout %s: %s", rid, reason)
+    return RolloutOverridden(reason)
+
+
+def _fresh(values: dict[str, Any]) -> dict[str, Any]:
+    moment = _clock()
+    return {**values, "started": moment, "look_started": moment}
+
+
+def _clock() -> float:
+    """Wall-clock seconds: the state is read back by another process, so no monotonic clock."""
+    return time.time()
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(float(seconds), UTC)
+
+
+def _window_end(config: RolloutConfig) -> datetime:
+    """Analyse up to ``log_flush_seconds`` ago: the replicas' log writers have flushed that far."""
+    return _at(_clock() - config.log_flush_seconds)
 
 
 # --- blue-green, finalize, verify ----------------------------------------------------------------
@@ -598,20 +727,23 @@ def run_blue_green(plan: Mapping[str, Any], *, engine: Engine | None = None) -> 
     """One atomic switch from 0 to 100 %; the champion stays loaded for the rollback window."""
     engine = engine or _engine()
     rid, cand = plan["rollout_id"], plan["model_version"]
-    generation = routing.set_weights({cand: 100}, shadow=[], reason=f"rollout {rid}: blue-green switch to v{cand}", actor=ACTOR, engine=engine)
-    return record.record_step(rid, "blue-green switch", "blue_green", "info", weight=100, reason=f"all traffic to v{cand} in one transaction",
-                              figures={"generation": generation}, engine=engine)
+    _stop_if_overridden(plan, record.load_state(rid, engine=engine), engine)
+    generation = _route(plan, {cand: 100}, [], f"rollout {rid}: blue-green switch to v{cand}", engine)
+    return record.record_step(rid, "blue-green switch", "blue_green", "info", weight=100, action=Action.PROMOTE,
+                              reason=f"all traffic to v{cand} in one transaction", figures={"generation": generation}, engine=engine)
 
 
 def finalize(plan: Mapping[str, Any], *, engine: Engine | None = None, registry: Any = None) -> dict[str, Any]:
     """100 % to the candidate; alias ``champion`` moves to it (the old one is tagged replaced)."""
     config, engine, registry = config_of(plan), engine or _engine(), registry or _registry()
     rid, cand = plan["rollout_id"], plan["model_version"]
+    _stop_if_overridden(plan, record.load_state(rid, engine=engine), engine)
+    _require_strategy_passed(plan, config, engine)
     table = routing.read_table(engine)
     if table.weights == {cand: 100} and not table.shadows:
         generation = table.generation
     else:
-        generation = routing.set_weights({cand: 100}, shadow=[], reason=f"rollout {rid}: final traffic update to v{cand}", actor=ACTOR, engine=engine)
+        generation = _route(plan, {cand: 100}, [], f"rollout {rid}: final traffic update to v{cand}", engine)
     previous = registry.promote_champion(cand, reason=f"rollout {rid} ({config.strategy})")
     log.info("rollout %s: v%s at 100 %% and champion (generation %d)", rid, cand, generation)
     previous_version = previous.version if previous is not None else plan["baseline_version"]
@@ -627,6 +759,24 @@ def finalize(plan: Mapping[str, Any], *, engine: Engine | None = None, registry:
 
     alert("promoted", f"v{cand} is the champion at 100 % (rollout {rid})", {"rollout_id": rid, "previous": previous_version})
     return out
+
+
+def _require_strategy_passed(plan: Mapping[str, Any], config: RolloutConfig, engine: Engine) -> None:
+    """Finalize only after a promoting strategy recorded a pass as its last word (defence in depth).
+
+    The DAG already runs finalize only downstream of the promoting strategies; this
+    check makes a wiring mistake fail loudly instead of promoting the candidate.
+    """
+    phase = {"canary": "canary", "ab": "ab", "bandit": "bandit", "blue_green": "blue_green"}.get(config.strategy)
+    if phase is None:
+        raise RolloutError(f"strategy {config.strategy!r} never promotes: finalize must not run for it")
+    status = (record.get(plan["rollout_id"], engine=engine) or {}).get("status")
+    if status != record.RUNNING:
+        raise RolloutError(f"rollout {plan['rollout_id']} is {status or 'not recorded'}, not running: nothing to finalize")
+    steps = [s for s in record.steps(plan["rollout_id"], engine=engine) if s["phase"] == phase]
+    if not steps or steps[-1]["action"] != Action.PROMOTE or steps[-1]["verdict"] not in ("pass", "info"):
+        last = f"{steps[-1]['step']}: {steps[-1]['verdict']}/{steps[-1]['action']}" if steps else "no step recorded"
+        raise RolloutError(f"the {config.strategy} phase has not passed ({last}); finalize refuses to promote v{plan['model_version']}")
 
 
 def verify(
@@ -743,6 +893,9 @@ def rollback(
     engine, registry = engine or _engine(), registry or _registry()
     config = config_of(plan)
     rid, cand, champ = plan["rollout_id"], plan["model_version"], plan["baseline_version"]
+    current = record.get(rid, engine=engine) or {}
+    if current.get("status") == record.OVERRIDDEN:
+        return {"rolled_back": False, "overridden": True, "reason": current.get("reason") or "overridden"}
     failure = record.last_failure(rid, engine=engine)
     if reason is None and failure:
         reason = f"{failure['step']}: {failure['reason']}"
@@ -751,7 +904,10 @@ def rollback(
     if figures is None:
         figures = _failed_gate_figures(failure)
     started = time.perf_counter()
-    generation = _abort_traffic(plan, reason, engine)
+    try:
+        generation = _abort_traffic(plan, reason, engine)
+    except RolloutOverridden as exc:  # an operator moved the traffic: theirs to decide now
+        return {"rolled_back": False, "overridden": True, "reason": str(exc)}
     commit_seconds = time.perf_counter() - started
 
     champion_now = registry.version_for_alias("champion")
@@ -789,9 +945,9 @@ def retire_previous(plan: Mapping[str, Any], final: Mapping[str, Any], *, engine
     if slot is None or slot.state == routing.RETIRED:
         return {"retired": None, "reason": f"v{previous} has no loaded slot"}
     _retire_slot(previous, f"replaced by v{plan['model_version']}; rollback window over", config.drain_seconds, engine)
-    deleted = _delete_index(slot.index_location)
+    deleted, why_kept = _delete_index(slot.index_location)
     registry.set_tags(previous, {TAG_RETIRED_AT: now().isoformat(timespec="seconds"), "lockstep.index_deleted": str(deleted).lower()})
-    reason = f"v{previous} retired" + (f"; index {slot.index_location} deleted" if deleted else "; index kept (not a local folder)")
+    reason = f"v{previous} retired" + (f"; index {slot.index_location} deleted" if deleted else f"; index kept ({why_kept})")
     record.record_step(rid, "retention", "retention", "info", reason=reason, engine=engine)
     return {"retired": previous, "index_deleted": deleted, "reason": reason}
 
@@ -870,60 +1026,19 @@ def _require_slot(table: routing.RoutingTable, version: str, role: str, states: 
 
 
 def _abort_traffic(plan: Mapping[str, Any], reason: str, engine: Engine) -> int:
-    """Champion at 100 %, no shadow, in one transaction (nothing written if already so)."""
+    """Champion at 100 %, no shadow, in one transaction (nothing written if already so).
+
+    Compare-and-set like every rollout change: if an operator moved the traffic, it is
+    theirs and RolloutOverridden is raised instead.
+    """
     champ, rid = plan["baseline_version"], plan["rollout_id"]
+    _stop_if_overridden(plan, record.load_state(rid, engine=engine), engine)
     table = routing.read_table(engine)
     if table.weights == {champ: 100} and not table.shadows:
         return table.generation
-    generation = routing.set_weights({champ: 100}, shadow=[], reason=f"rollout {rid}: rollback: {reason}"[:2000], actor=ACTOR, engine=engine)
+    generation = _route(plan, {champ: 100}, [], f"rollout {rid}: rollback: {reason}", engine)
     log.warning("rollout %s: all traffic back on v%s (generation %d): %s", rid, champ, generation, reason)
     return generation
-
-
-def _fail_step(plan, step, phase, results, arms, window, weight, engine, look: int = 1) -> None:
-    figures = summary_figures(results, *arms.values())
-    reason = combine(results).reason
-    record.record_step(plan["rollout_id"], step, phase, "fail", look=look, weight=weight, action=Action.ROLLBACK, reason=reason,
-                       gates=results, figures=figures, window=window, engine=engine)
-    _abort_traffic(plan, f"{step}: {reason}", engine)
-    raise GateFailed(f"v{plan['model_version']} failed the {step} phase: {reason}", phase=phase, figures=figures)
-
-
-def _early_errors(cand: ArmStats, base: ArmStats, settings: GateSettings) -> list[GateResult]:
-    """The error-rate gate during a bake: returned only when it already fails."""
-    t = settings.thresholds
-    result = error_rate_gate(
-        cand.errors, cand.requests, base.errors, base.requests, max_abs_increase=t.max_abs_error_increase,
-        alpha=settings.alpha, min_samples=settings.min_samples, max_error_rate=t.max_error_rate, name="error_rate",
-    )
-    return [result] if result.verdict is Verdict.FAIL else []
-
-
-def _bake(seconds: float, config: RolloutConfig, watch: Callable[[], list[GateResult]] | None = None) -> list[GateResult]:
-    """Sleep for the bake, polling ``watch``; return its results as soon as it reports a failure."""
-    deadline = time.monotonic() + max(0.0, seconds)
-    while (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(config.poll_seconds, left))
-        if watch is not None:
-            early = [r for r in watch() if r.verdict is Verdict.FAIL]
-            if early:
-                return early
-    return []
-
-
-def _settle(config: RolloutConfig) -> datetime:
-    """The window's end is now; then wait for the replicas' log writers to flush it."""
-    end = now()
-    time.sleep(config.log_flush_seconds)
-    return end
-
-
-def _action(verdict: Verdict, last_look: bool) -> Action:
-    if verdict is Verdict.PASS:
-        return Action.PROMOTE
-    if verdict is Verdict.INCONCLUSIVE and not last_look:
-        return Action.EXTEND
-    return Action.ROLLBACK
 
 
 def _failed_gate_figures(failure: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -947,14 +1062,15 @@ def _retire_slot(version: str, note: str, drain_seconds: float, engine: Engine) 
     routing.set_state(version, routing.RETIRED, note=note[:2000], engine=engine)
 
 
-def _delete_index(location: str) -> bool:
-    if "://" in location and not location.startswith("file://"):
-        return False
-    path = Path(location.removeprefix("file://"))
-    if path.is_dir():
-        shutil.rmtree(path)
-        return True
-    return False
+def _delete_index(location: str) -> tuple[bool, str]:
+    """Delete a retired index version, only inside LOCKSTEP_INDEX_STORE; (deleted, why kept)."""
+    from .index_store import UnsafeIndexPathError, delete_index_version
+
+    try:
+        return delete_index_version(location), "it was already gone"
+    except UnsafeIndexPathError as exc:
+        log.warning("retention keeps %s: %s", location, exc)
+        return False, str(exc)
 
 
 def _from_timestamp(seconds: float) -> datetime:
@@ -978,8 +1094,9 @@ def _registry() -> Any:
 
 
 __all__ = [
-    "STRATEGIES", "GateFailed", "ReviewRejected", "ReviewTimeout", "RolloutConfig", "RolloutError", "VerificationFailed",
+    "PROMOTING_STRATEGIES", "ROLLOUT_POOL", "STRATEGIES", "WAITING_PHASES", "GateFailed", "ReviewRejected", "ReviewTimeout",
+    "RolloutConfig", "RolloutError", "RolloutOverridden", "Tick", "VerificationFailed",
     "check_review", "config_of", "finalize", "resolve_candidate", "retire_previous", "rollback", "rollback_to_previous",
-    "run_ab", "run_bandit", "run_blue_green", "run_canary", "run_shadow", "shadow_only", "start", "verify", "verify_serving",
-    "wait_for_review",
+    "run_ab", "run_bandit", "run_blue_green", "run_canary", "run_phase", "run_shadow", "shadow_only", "start", "tick", "verify",
+    "verify_serving", "wait_for_review",
 ]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, distinct, func, select
+from sqlalchemy import ColumnElement, Engine, and_, distinct, false, func, select
 
 from .gates import (
     GateResult,
@@ -116,6 +116,7 @@ def arm_stats(engine: Engine, window: Window, versions: Iterable[str], *, clicks
         request_log.c.at >= window.start,
         request_log.c.at < window.end,
         request_log.c.model_version.in_(wanted),
+        unpinned(),
     )
     with engine.connect() as conn:
         rows = conn.execute(
@@ -171,7 +172,7 @@ def shadow_stats(engine: Engine, window: Window, version: str) -> ShadowStats:
                 (rid, (int(status), float(latency)))
                 for rid, status, latency in conn.execute(
                     select(request_log.c.request_id, request_log.c.status, request_log.c.latency_ms).where(
-                        request_log.c.request_id.in_(chunk)
+                        request_log.c.request_id.in_(chunk), unpinned()
                     )
                 )
             )
@@ -200,6 +201,11 @@ def shadow_stats(engine: Engine, window: Window, version: str) -> ShadowStats:
         shadow_latencies_ms=tuple(shadow_ms), live_latencies_ms=tuple(live_ms),
         live_requests=len(live), live_errors=live_errors,
     )
+
+
+def unpinned() -> ColumnElement[bool]:
+    """The request-log rows that may count in statistics: not pinned by the client."""
+    return request_log.c.pinned == false()
 
 
 # --- gates ------------------------------------------------------------------------------------

@@ -19,9 +19,12 @@ from sqlalchemy import Engine, delete, insert, select, update
 
 from .db import get_engine
 from .gates import GateResult
-from .schema import rollout_steps, rollouts
+from .schema import rollout_state, rollout_steps, rollouts
 
 RUNNING, PROMOTED, ROLLED_BACK, SHADOW_ONLY, SKIPPED = "running", "promoted", "rolled_back", "shadow_only", "skipped"
+# Someone else (an operator, lockstep_rollback) changed the traffic during the rollout; it stopped
+# and left the traffic as that person set it.
+OVERRIDDEN = "overridden"
 
 
 def begin(
@@ -37,6 +40,7 @@ def begin(
     eng = engine or get_engine()
     with eng.begin() as conn:
         conn.execute(delete(rollout_steps).where(rollout_steps.c.rollout_id == rollout_id))
+        conn.execute(delete(rollout_state).where(rollout_state.c.rollout_id == rollout_id))
         conn.execute(delete(rollouts).where(rollouts.c.rollout_id == rollout_id))
         conn.execute(
             insert(rollouts).values(
@@ -125,6 +129,22 @@ def last_failure(rollout_id: str, *, engine: Engine | None = None) -> dict[str, 
     """The newest step that failed or decided to roll back: what the rollback names as its reason."""
     failed = [s for s in steps(rollout_id, engine=engine) if s["verdict"] == "fail" or s["action"] == "rollback"]
     return failed[-1] if failed else None
+
+
+def load_state(rollout_id: str, *, engine: Engine | None = None) -> dict[str, Any]:
+    """The executor's saved place in a rollout ({} before its first save)."""
+    with (engine or get_engine()).connect() as conn:
+        state = conn.execute(select(rollout_state.c.state).where(rollout_state.c.rollout_id == rollout_id)).scalar()
+    return dict(state or {})
+
+
+def save_state(rollout_id: str, state: Mapping[str, Any], *, engine: Engine | None = None) -> None:
+    """Replace the executor's saved place (one transaction: a crash leaves the old one whole)."""
+    values = {"state": _jsonable(dict(state)), "updated_at": _now()}
+    with (engine or get_engine()).begin() as conn:
+        done = conn.execute(update(rollout_state).where(rollout_state.c.rollout_id == rollout_id).values(**values)).rowcount
+        if not done:
+            conn.execute(insert(rollout_state).values(rollout_id=rollout_id, **values))
 
 
 def _jsonable(value: Any) -> Any:

@@ -52,6 +52,19 @@ class RoutingError(LockstepError, ValueError):
     """A routing change that cannot be applied; the message says which input is wrong."""
 
 
+class RoutingConflict(RoutingError):
+    """Someone else changed the traffic since the generation a writer expected (compare-and-set).
+
+    ``changes`` are the history entries written by others since then, oldest first.
+    """
+
+    def __init__(self, message: str, *, expected: int, current: int, changes: Sequence[HistoryEntry] = ()) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.current = current
+        self.changes = list(changes)
+
+
 @dataclass(frozen=True)
 class SlotRow:
     """One slot as the routing table holds it."""
@@ -191,17 +204,7 @@ def history(limit: int | None = None, engine: Engine | str | None = None) -> lis
         stmt = stmt.limit(limit)
     with _engine(engine).connect() as conn:
         rows = conn.execute(stmt).all()
-    return [
-        HistoryEntry(
-            generation=int(r.generation),
-            at=r.at,
-            weights={str(k): int(v) for k, v in (r.weights or {}).items()},
-            shadow=list(r.shadow or []),
-            reason=r.reason,
-            actor=r.actor,
-        )
-        for r in rows
-    ]
+    return [_entry(r) for r in rows]
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -306,6 +309,7 @@ def set_weights(
     actor: str | None = None,
     new_salt: bool = False,
     *,
+    expect_generation: int | None = None,
     engine: Engine | str | None = None,
 ) -> int:
     """Set every slot's traffic weight in one transaction; returns the new generation.
@@ -314,11 +318,17 @@ def set_weights(
     (still loaded, so a rollback is instant). ``shadow`` lists the versions that get a
     copy of live traffic (``None`` keeps the current shadow flags, ``[]`` clears them).
     ``new_salt`` reshuffles sticky users, for the start of a new rollout.
+
+    ``expect_generation`` makes the write a compare-and-set: it raises RoutingConflict
+    (and writes nothing) when anyone other than ``actor`` changed the traffic after that
+    generation; see :func:`foreign_changes`.
     """
     wanted = _validate_weights(weights)
     shadow_set = None if shadow is None else {_version(v) for v in shadow}
     with _engine(engine).begin() as conn:
         generation = _bump(conn, new_salt=new_salt)
+        if expect_generation is not None:
+            _require_no_foreign_changes(conn, expect_generation, generation, actor)
         current = _slot_rows(conn)
         _check_against_slots(wanted, shadow_set, current)
         now = _now()
@@ -340,6 +350,62 @@ def set_weights(
                 )
         _record(conn, generation, reason=reason, actor=actor)
     return generation
+
+
+def foreign_changes(
+    since_generation: int, actor: str | None, *, engine: Engine | str | None = None
+) -> list[HistoryEntry]:
+    """Changes of traffic made by anyone other than ``actor`` after ``since_generation``.
+
+    A change counts when it was written by another named actor (``lockstep routing set``,
+    ``lockstep_rollback``), or when the live weights or shadows now differ from those at
+    ``since_generation``. Slot bookkeeping (a slot registered or retired, actor None) that
+    leaves traffic as it was does not count, so an index build during a rollout does not
+    stop it. Oldest first; empty when nobody interfered.
+    """
+    with _engine(engine).connect() as conn:
+        current = conn.execute(select(routing_state.c.generation).where(routing_state.c.id == _STATE_ROW)).scalar()
+        return _foreign_changes(conn, since_generation, int(current or 0) + 1, actor)
+
+
+def _require_no_foreign_changes(conn: Connection, expected: int, generation: int, actor: str | None) -> None:
+    changes = _foreign_changes(conn, expected, generation, actor)
+    if changes:
+        last = changes[-1]
+        raise RoutingConflict(
+            f"the routing table changed since generation {expected}: generation {last.generation} by "
+            f"{last.actor or 'an unnamed writer'} ({last.reason or 'no reason given'}) set {last.weights or 'no weights'}",
+            expected=expected, current=generation - 1, changes=changes,
+        )
+
+
+def _foreign_changes(conn: Connection, expected: int, below: int, actor: str | None) -> list[HistoryEntry]:
+    """Entries in (expected, below) written by another named actor, or (any writer but ``actor``)
+    leaving the traffic different from what it was at ``expected``."""
+    rows = conn.execute(
+        select(routing_history)
+        .where(routing_history.c.generation >= expected, routing_history.c.generation < below)
+        .order_by(routing_history.c.generation, routing_history.c.id)
+    ).all()
+    entries = [_entry(r) for r in rows]
+    base = next((e for e in entries if e.generation == expected), None)
+    later = [e for e in entries if e.generation > expected]
+    by_others = [e for e in later if e.actor is not None and e.actor != actor]
+    if base is None:  # nothing to compare the traffic with: any later change is suspect
+        return by_others or later
+    moved = [e for e in later if (e.weights, e.shadow) != (base.weights, base.shadow) and e.actor != actor]
+    return sorted({e.generation: e for e in (*by_others, *moved)}.values(), key=lambda e: e.generation)
+
+
+def _entry(r: Any) -> HistoryEntry:
+    return HistoryEntry(
+        generation=int(r.generation),
+        at=r.at,
+        weights={str(k): int(v) for k, v in (r.weights or {}).items()},
+        shadow=list(r.shadow or []),
+        reason=r.reason,
+        actor=r.actor,
+    )
 
 
 # --- internals -----------------------------------------------------------------------------

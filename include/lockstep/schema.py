@@ -21,7 +21,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
+    inspect,
+    text,
 )
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateColumn
 
 metadata = MetaData()
 
@@ -116,6 +122,9 @@ request_log = Table(
     Column("status", Integer, nullable=False),
     Column("top_ids", JSON, nullable=False),
     Column("replica", String(128), nullable=True),
+    # A request pinned with X-Lockstep-Pin is answered and logged, but any client can
+    # send that header: gate, drift and bandit statistics leave pinned rows out.
+    Column("pinned", Boolean, nullable=False, default=False, server_default=false()),
 )
 Index("ix_lockstep_request_log_at", request_log.c.at, request_log.c.model_version)
 
@@ -144,6 +153,7 @@ feedback_log = Table(
     Column("at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_lockstep_feedback_log_request", feedback_log.c.request_id)
+Index("ix_lockstep_feedback_log_at", feedback_log.c.at)  # retention deletes by age (lockstep.retention)
 
 # --- rollouts: one row per rollout, one per gate analysis or decision ---------------
 # (added by the rollout issue; read by the Airflow UI page of the Lockstep plugin)
@@ -182,3 +192,50 @@ rollout_steps = Table(
     Column("at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_lockstep_rollout_steps_rollout", rollout_steps.c.rollout_id, rollout_steps.c.id)
+
+
+# --- columns added after a table was first created ------------------------------------
+# ``create_all`` creates missing tables but never alters an existing one, so a database
+# made by an older Lockstep would lack these; ``ensure_added_columns`` adds them.
+
+ADDED_COLUMNS: tuple[tuple[Table, str], ...] = ((request_log, "pinned"),)
+
+
+def ensure_added_columns(engine: Engine) -> list[str]:
+    """Add every column of ``ADDED_COLUMNS`` a table lacks; idempotent, returns what it added.
+
+    Two processes may race to add the same column: the loser's ``ALTER`` fails, and a
+    second look at the table decides whether that failure matters.
+    """
+    added = []
+    for table, name in ADDED_COLUMNS:
+        if _has_column(engine, table, name) is not False:
+            continue
+        ddl = CreateColumn(table.c[name]).compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+        except DBAPIError:
+            if not _has_column(engine, table, name):
+                raise
+            continue
+        added.append(f"{table.name}.{name}")
+    return added
+
+
+def _has_column(engine: Engine, table: Table, name: str) -> bool | None:
+    """True or False; None when the table itself does not exist yet."""
+    inspector = inspect(engine)
+    if not inspector.has_table(table.name):
+        return None
+    return name in {c["name"] for c in inspector.get_columns(table.name)}
+
+# Where a rollout's executor keeps its place between two looks (the task holds no worker
+# while it waits, so the state cannot live in memory). One row per rollout.
+rollout_state = Table(
+    "lockstep_rollout_state",
+    metadata,
+    Column("rollout_id", String(250), primary_key=True),
+    Column("state", JSON, nullable=False),  # {"generation": last routing generation written, "<phase>": {...}}
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -213,6 +213,7 @@ class Simulator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._report: SimReport | None = None
+        self._stepper: tuple[random.Random, Any] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -269,6 +270,36 @@ class Simulator:
         if self._report is None:
             raise SimulatorError("the simulator thread did not finish")
         return self._report
+
+    def step(self, requests: int = 1) -> SimReport:
+        """Send exactly ``requests`` searches from the calling thread, one after another, and return the counts so far.
+
+        The step-by-step mode for tests and notebooks: one seeded random stream carries on
+        across calls (same seed, same queries, users and clicks in the same order), and
+        the counts accumulate until ``reset_counts``. Pacing (``rate``) does not apply.
+        """
+        import httpx
+
+        if requests < 0:
+            raise SimulatorError(f"requests must be 0 or more, got {requests!r}")
+        if self._stepper is None:
+            self._stepper = (random.Random(f"{self.seed}:step"), httpx.Client(base_url=self.url, timeout=self.timeout))
+        rng, client = self._stepper
+        for _ in range(requests):
+            query = self.queries[rng.randrange(len(self.queries))]
+            self._one(client, rng, query, f"{self.user_prefix}-{rng.randrange(self.users)}")
+        return self.snapshot()
+
+    def reset_counts(self) -> None:
+        """Start the counts afresh (the step mode's random stream carries on)."""
+        with self._lock:
+            self._reset()
+
+    def close(self) -> None:
+        """Close the step mode's HTTP client (a no-op if ``step`` was never called)."""
+        if self._stepper is not None:
+            self._stepper[1].close()
+            self._stepper = None
 
     def snapshot(self) -> SimReport:
         """Counts so far, while running."""

@@ -28,6 +28,8 @@ from .errors import LockstepError
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_USER = "admin"
+# Rollout tasks run in this pool (their DAG says so); the stack creates it before any run.
+ROLLOUT_POOL = ("lockstep_rollout", 8, "Lockstep rollouts: each step's analysis and traffic change")
 
 
 class StackError(LockstepError):
@@ -46,6 +48,7 @@ class StackConfig:
     with_mlflow_ui: bool = True
     with_serving: bool = True
     api_token: str | None = None
+    time_schedules: bool = True  # False: no weekly retrain / hourly drift run (LOCKSTEP_SCHEDULES=off)
 
     @property
     def airflow_home(self) -> Path:
@@ -116,7 +119,8 @@ def airflow_env(config: StackConfig, password: str) -> dict[str, str]:
         AIRFLOW__CORE__PLUGINS_FOLDER=str(config.plugins_folder),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__CORE__EXECUTOR="LocalExecutor",
-        AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+        # Created paused: ``lockstep up`` / ``demo`` unpause them once the corpus is loaded.
+        AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=f"{ADMIN_USER}:admin",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
         AIRFLOW__API_AUTH__JWT_SECRET=jwt_file.read_text(),
@@ -126,6 +130,7 @@ def airflow_env(config: StackConfig, password: str) -> dict[str, str]:
         AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL="5",
         MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
         PYTHONUNBUFFERED="1",
+        LOCKSTEP_SCHEDULES="on" if config.time_schedules else "off",
     )
     if config.metadata_url:
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = config.metadata_url
@@ -135,6 +140,10 @@ def airflow_env(config: StackConfig, password: str) -> dict[str, str]:
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = f"postgresql+psycopg_async://{rest}"
     if config.api_token:
         env["LOCKSTEP_API_TOKEN"] = config.api_token
+    # Where this stack's UIs and replica answer, for links in alerts and for verify (yours win).
+    env.setdefault("LOCKSTEP_AIRFLOW_UI_URL", config.airflow_url)
+    env.setdefault("LOCKSTEP_MLFLOW_UI_URL", f"http://127.0.0.1:{config.mlflow_port}")
+    env.setdefault("LOCKSTEP_SERVING_URLS", config.serving_url)
     return env
 
 
@@ -180,6 +189,7 @@ def start(config: StackConfig, say: Callable[[str], None] = print, *, password: 
             _wait_http(stack, f"{config.serving_url}/healthz", "serving app", 120)
         if config.with_mlflow_ui:
             _wait_http(stack, f"http://127.0.0.1:{config.mlflow_port}/health", "MLflow UI", 120)
+        stack.client().ensure_pool(*ROLLOUT_POOL)
     except BaseException:
         stack.stop()
         raise
@@ -225,6 +235,29 @@ class AirflowClient:
             if missing:
                 time.sleep(2)
 
+    def ensure_pool(self, name: str, slots: int, description: str) -> None:
+        """Create the pool, or set its slots and description if it exists (idempotent)."""
+        body = {"name": name, "slots": slots, "description": description, "include_deferred": False}
+        resp = self._http.get(f"/api/v2/pools/{name}", headers=self._headers())
+        if resp.status_code == 404:
+            self.request("POST", "/api/v2/pools", json=body)
+        elif resp.status_code == 200:
+            self.request("PATCH", f"/api/v2/pools/{name}", json=body)
+        else:
+            raise StackError(f"Airflow API GET /api/v2/pools/{name} -> {resp.status_code}: {resp.text[:300]}")
+
+    def pool(self, name: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/v2/pools/{name}")
+
+    def failed_runs(self) -> list[dict[str, Any]]:
+        """Every failed DAG run of every DAG (what a newcomer would see as red in the UI)."""
+        body = self.request("GET", "/api/v2/dags/~/dagRuns", params={"state": "failed", "limit": 100})
+        return body["dag_runs"]
+
+    def dag_ids(self) -> list[str]:
+        """Every DAG the dag-processor has parsed."""
+        return [d["dag_id"] for d in self.request("GET", "/api/v2/dags", params={"limit": 100})["dags"]]
+
     def unpause(self, dag_id: str) -> None:
         self.request("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
 
@@ -246,7 +279,7 @@ class AirflowClient:
             out[key] = ti["state"]
         return out
 
-    def wait(self, dag_id: str, run_id: str, timeout: float = 900, poll: float = 3.0, stack: Stack | None = None) -> str:
+    def wait(self, dag_id: str, run_id: str, timeout: float = 900, poll: float = 1.0, stack: Stack | None = None) -> str:
         """Wait for a run to end; returns its final state ('success' or 'failed')."""
         deadline = time.monotonic() + timeout
         while True:
@@ -259,7 +292,7 @@ class AirflowClient:
                 raise StackError(f"{dag_id} run {run_id} still {state} after {timeout:.0f} s")
             time.sleep(poll)
 
-    def wait_for_new_run(self, dag_id: str, after: set[str], timeout: float = 300, poll: float = 3.0) -> str:
+    def wait_for_new_run(self, dag_id: str, after: set[str], timeout: float = 300, poll: float = 1.0) -> str:
         """Wait for a run that is not in ``after`` (an asset-triggered run); returns its id."""
         deadline = time.monotonic() + timeout
         while True:

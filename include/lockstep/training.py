@@ -44,6 +44,13 @@ class TrainConfig:
     label_key: str = "category"
     n_boot: int = 1000
     seed: int = 0
+    # The vocabulary and the SVD are learned on at most this many training records (a
+    # seeded sample; None: all). At a million records the full fit peaked near 9 GB.
+    fit_sample: int | None = 200_000
+
+    def __post_init__(self) -> None:
+        if self.fit_sample is not None and (isinstance(self.fit_sample, bool) or int(self.fit_sample) < 2):
+            raise TrainingError(f"fit_sample must be at least 2 records (or None for all), got {self.fit_sample!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
@@ -77,6 +84,31 @@ class Holdout:
 
     def summary(self) -> dict[str, int]:
         return {"train": len(self.train), "eval_queries": len(self.queries), "eval_docs": len(self.docs)}
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Only what an evaluation reads: the texts and labels of the queries and documents.
+
+    Built from a ``Holdout`` so the snapshot's ``Record`` objects (most of its memory at
+    a million records) can be freed before the models embed anything.
+    """
+
+    query_texts: list[str]
+    query_labels: list[Any]
+    doc_texts: list[str]
+    doc_labels: list[Any]
+    summary: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_holdout(cls, holdout: Holdout, label_key: str) -> EvalSet:
+        return cls(
+            query_texts=[r.text for r in holdout.queries],
+            query_labels=[_label(r, label_key) for r in holdout.queries],
+            doc_texts=[r.text for r in holdout.docs],
+            doc_labels=[_label(r, label_key) for r in holdout.docs],
+            summary=holdout.summary(),
+        )
 
 
 @dataclass(frozen=True)
@@ -115,34 +147,53 @@ def split_holdout(records: Sequence[Record], config: TrainConfig) -> Holdout:
     return Holdout(train=train, queries=queries, docs=docs)
 
 
+def fit_texts(train: Sequence[Record], config: TrainConfig) -> list[str]:
+    """The texts the model is fitted on: all training records, or a seeded sample of them.
+
+    A sample of ``fit_sample`` records learns the same vocabulary and directions as the
+    whole corpus to within noise, at a bounded cost in memory and time.
+    """
+    n = len(train)
+    if config.fit_sample is None or n <= config.fit_sample:
+        return [r.text for r in train]
+    rng = np.random.default_rng(config.seed)
+    rows = np.sort(rng.choice(n, int(config.fit_sample), replace=False))
+    return [train[i].text for i in rows.tolist()]
+
+
 def fit_embedder(texts: Sequence[str], config: TrainConfig) -> TextEmbedder:
     if len(texts) < 2:
         raise TrainingError(f"need at least 2 training texts, got {len(texts)}")
     return config.embedder().fit(list(texts))
 
 
-def evaluate_embedder(embedder: TextEmbedder, holdout: Holdout, config: TrainConfig):
-    """Precision@k and nDCG@k per held-out query; relevance is "same label"."""
+def evaluate_embedder(embedder: TextEmbedder, holdout: Holdout | EvalSet, config: TrainConfig):
+    """Precision@k and nDCG@k per held-out query; relevance is "same label".
+
+    The documents are embedded in batches (``TextEmbedder.transform``) and searched
+    exactly in bounded blocks (``evaluate_retrieval``).
+    """
     from .evaluation import evaluate_retrieval
 
-    if not holdout.queries or len(holdout.docs) <= config.k:
+    data = holdout if isinstance(holdout, EvalSet) else EvalSet.from_holdout(holdout, config.label_key)
+    if not data.query_texts or len(data.doc_texts) <= config.k:
         raise TrainingError(
-            f"cannot evaluate: {len(holdout.queries)} labelled queries and {len(holdout.docs)} labelled "
+            f"cannot evaluate: {len(data.query_texts)} labelled queries and {len(data.doc_texts)} labelled "
             f"documents (need queries and more than k={config.k} documents with a "
             f"'{config.label_key}' metadata field)"
         )
-    q = embedder.transform([r.text for r in holdout.queries])
-    d = embedder.transform([r.text for r in holdout.docs])
-    return evaluate_retrieval(
-        q,
-        [_label(r, config.label_key) for r in holdout.queries],
-        d,
-        [_label(r, config.label_key) for r in holdout.docs],
-        k=config.k,
-    )
+    q = embedder.transform(data.query_texts)
+    d = embedder.transform(data.doc_texts)
+    return evaluate_retrieval(q, data.query_labels, d, data.doc_labels, k=config.k)
 
 
-def judge(challenger_eval, champion_eval, config: TrainConfig, champion_version: str | None, holdout: Holdout) -> EvalReport:
+def judge(
+    challenger_eval,
+    champion_eval,
+    config: TrainConfig,
+    champion_version: str | None,
+    holdout: Holdout | EvalSet,
+) -> EvalReport:
     from .evaluation import compare
 
     verdict = compare(
@@ -153,7 +204,7 @@ def judge(challenger_eval, champion_eval, config: TrainConfig, champion_version:
         reason=verdict.reason,
         figures=verdict.figures,
         champion_version=champion_version,
-        holdout=holdout.summary(),
+        holdout=holdout.summary if isinstance(holdout, EvalSet) else holdout.summary(),
     )
 
 

@@ -47,6 +47,7 @@ def test_retrain_then_reembed_under_live_writes(demo_store, airflow_db, monkeypa
     registry = Registry()
     v1 = registry.get_version("1")
     assert v1.fingerprint.startswith("sha256:")
+    assert v1.tags["lockstep.model_sha256"].startswith("sha256:")  # checked before the file is unpickled
     assert v1.eval_figures["ndcg_at_10"] > 0.3
     assert registry.version_for_alias("challenger").version == "1"
     client_run = registry._client().get_run(v1.run_id)
@@ -119,3 +120,26 @@ def test_retrain_then_reembed_under_live_writes(demo_store, airflow_db, monkeypa
     # the retried shard reused its output (the merge refuses duplicate ids, so success
     # already shows none); partial indexes are removed once the index is published
     assert not (loaded.location / "shards").exists()
+
+
+def test_library_build_in_worker_processes_equals_the_serial_build(demo_store):
+    """``lockstep index build`` embeds shards in spawned processes; the index must not change."""
+    from lockstep.embedding import TextEmbedder
+    from lockstep.index_store import load_index, read_manifest
+    from lockstep.reembed import reembed_version
+    from lockstep.registry import Registry
+
+    registry = Registry()
+    truth = demo_store.snapshot()
+    model = TextEmbedder(dim=32, min_df=2).fit([r.text for r in truth.records])
+    versions = [
+        registry.log_and_register(model, params={}, metrics={}, snapshot_seq=truth.seq).version for _ in range(2)
+    ]
+    serial = reembed_version(demo_store, registry, versions[0], shard_size=250, workers=1, promote_if_first=False)
+    parallel = reembed_version(demo_store, registry, versions[1], shard_size=250, workers=2, promote_if_first=False)
+    assert (serial["workers"], parallel["workers"]) == (1, 2)
+    assert serial["shards"] == parallel["shards"] == 5 and serial["shard_size"] == 250
+    one, two = (load_index(o["index_location"], expected_fingerprint=model.fingerprint).index for o in (serial, parallel))
+    assert sorted(one.ids) == sorted(two.ids) == truth.ids
+    np.testing.assert_array_equal(one.vectors_of(truth.ids), two.vectors_of(truth.ids))
+    assert read_manifest(parallel["index_location"]).extra["validation"]["store_count"] == len(truth.ids)

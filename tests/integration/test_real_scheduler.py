@@ -7,10 +7,16 @@ asset-triggered runs: first model -> traffic -> the other 10 newsgroups arrive a
 writes -> drift -> retrain -> re-embed -> canary rollout to 100 %. ``dag.test()`` alone
 does not prove the DAGs work under the scheduler; this does. It is also the headless
 variant of the main command, run as a user runs it.
+
+It also checks that a fresh install's first sight is clean (issue 9): no failed DAG run
+in the metadata database, no alert but the drift the demo causes on purpose, no
+clock-driven run at all (the demo turns the time schedules off; a new install never
+catches up a past interval), and the rollout pool exists before any rollout ran.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,12 +27,15 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.timeout(2700)]
 
 
-def test_demo_lifecycle_under_the_real_scheduler_on_postgres(tmp_path, postgres_server, monkeypatch):
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, postgres_server):
+    """One ``lockstep demo`` run; every test below reads what it left behind."""
     metadata = postgres_server.create_database("airflow")
-    home = tmp_path / "home"
+    home = tmp_path_factory.mktemp("demo") / "home"
     env = dict(os.environ)
     for var in ("LOCKSTEP_DATABASE_URL", "MLFLOW_TRACKING_URI", "LOCKSTEP_INDEX_STORE", "AIRFLOW_HOME",
-                "AIRFLOW__CORE__DAGS_FOLDER", "LOCKSTEP_FAULTS"):
+                "AIRFLOW__CORE__DAGS_FOLDER", "LOCKSTEP_FAULTS", "LOCKSTEP_SCHEDULES", "LOCKSTEP_ROLLOUT_DEFAULTS",
+                "LOCKSTEP_SERVING_URLS", "LOCKSTEP_AIRFLOW_UI_URL", "LOCKSTEP_MLFLOW_UI_URL", "LOCKSTEP_ALERT_CHANNEL"):
         env.pop(var, None)
     env["LOCKSTEP_HOME"] = str(home)
     env.setdefault("LOCKSTEP_CACHE_DIR", str(Path.home() / ".cache" / "lockstep-tests"))
@@ -35,10 +44,15 @@ def test_demo_lifecycle_under_the_real_scheduler_on_postgres(tmp_path, postgres_
         [str(lockstep), "demo", "--per-category", "60", "--airflow-db", metadata],
         env=env, capture_output=True, text=True, timeout=2400,
     )
+    return result, home, metadata
+
+
+def test_demo_lifecycle_under_the_real_scheduler_on_postgres(demo, monkeypatch):
+    result, home, _ = demo
     summary = result.stdout
     assert result.returncode == 0, f"{summary}\n--- stderr ---\n{result.stderr[-6000:]}"
     assert "lifecycle completed" in summary
-    for step in ("first model", "drift -> retrain", "re-embed + canary rollout", "traffic summary"):
+    for step in ("first model", "drift -> retrain", "re-embed + canary rollout", "traffic summary", "clean run"):
         assert step in summary
 
     from lockstep.registry import Registry
@@ -49,3 +63,46 @@ def test_demo_lifecycle_under_the_real_scheduler_on_postgres(tmp_path, postgres_
     assert champion is not None and champion.version != "1"  # the drift-driven retrain won
     history = registry.champion_history()
     assert [h["version"] for h in history][-2:] == ["1", champion.version]
+
+
+def test_the_rollout_was_judged_by_canary_steps(demo, monkeypatch):
+    _, home, _ = demo
+    from lockstep import rollout_record
+    from lockstep.db import dispose_engines
+
+    monkeypatch.setenv("LOCKSTEP_HOME", str(home))
+    monkeypatch.delenv("LOCKSTEP_DATABASE_URL", raising=False)
+    dispose_engines()
+    try:
+        promoted = [r for r in rollout_record.recent() if r["status"] == rollout_record.PROMOTED]
+        assert promoted, rollout_record.recent()
+        steps = rollout_record.steps(promoted[0]["rollout_id"])
+    finally:
+        dispose_engines()
+    judged = {s["step"] for s in steps if s["phase"] == "canary" and s["verdict"] == "pass"}
+    assert {"canary 25%", "canary 50%"} <= judged, steps
+
+
+def test_a_fresh_install_shows_no_failed_run_and_no_alert(demo):
+    result, home, metadata = demo
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(metadata)
+    try:
+        with engine.connect() as conn:
+            failed_runs = conn.execute(text("select dag_id, run_id from dag_run where state = 'failed'")).all()
+            failed_tasks = conn.execute(
+                text("select dag_id, task_id, run_id from task_instance where state = 'failed'")
+            ).all()
+            clock_runs = conn.execute(text("select dag_id, run_id from dag_run where run_type = 'scheduled'")).all()
+            pool = conn.execute(text("select slots from slot_pool where pool = 'lockstep_rollout'")).scalar()
+            retrain_runs = conn.execute(text("select count(*) from dag_run where dag_id = 'lockstep_retrain'")).scalar()
+    finally:
+        engine.dispose()
+    assert failed_runs == [], f"{failed_runs}\n{result.stdout}"
+    assert failed_tasks == [], failed_tasks
+    assert clock_runs == [], clock_runs  # nothing ran on the clock, above all nothing before the corpus
+    assert pool == 8
+    assert retrain_runs == 2  # the first model and the drift-driven retrain: no stray run
+    alerts = [json.loads(line) for line in (home / "alerts.jsonl").read_text().splitlines() if line.strip()]
+    assert {a["event"] for a in alerts} == {"drift_detected"}, alerts

@@ -50,3 +50,32 @@ def test_rows_round_trip_through_the_batched_writer(database_url):
         ids = {r.request_id for r in conn.execute(select(feedback_log)).all()}
     assert ids == {"r1", "last", *(f"q{i}" for i in range(5))}
     assert writer.written["lockstep_feedback_log"] == 7
+
+
+def test_a_database_made_before_the_pinned_column_gets_it(database_url):
+    """create_all never alters a table: an existing request log gains ``pinned`` on first use."""
+    from sqlalchemy import Column, MetaData, Table, create_engine, insert
+
+    from lockstep.db import _normalise
+    from lockstep.schema import ensure_added_columns
+
+    old = MetaData()
+    Table("lockstep_request_log", old, *[Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                                         for c in request_log.columns if c.name != "pinned"])
+    raw = create_engine(_normalise(database_url))
+    old.create_all(raw)
+    with raw.begin() as conn:
+        conn.execute(insert(old.tables["lockstep_request_log"]), [{
+            "request_id": "before", "at": datetime.now(UTC), "model_version": "1", "k": 5, "latency_ms": 1.0,
+            "status": 200, "top_ids": ["a"],
+        }])
+    raw.dispose()
+    engine = get_engine(database_url)  # creates the other tables and adds the column
+    with engine.connect() as conn:
+        assert conn.execute(select(request_log.c.request_id, request_log.c.pinned)).all() == [("before", False)]
+    assert ensure_added_columns(engine) == []  # idempotent
+    writer = LogWriter(engine)
+    writer.request(request_id="after", model_version="1", query="q", k=5, latency_ms=1.0, status=200, top_ids=[], pinned=True)
+    writer.flush()
+    with engine.connect() as conn:
+        assert dict(conn.execute(select(request_log.c.request_id, request_log.c.pinned)).all()) == {"before": False, "after": True}

@@ -7,12 +7,19 @@ swaps the buffer out and inserts its rows, a table at a time in one transaction,
 rows wait (the database is down or slow) new rows are dropped and counted rather than
 slowing traffic; the rollout gates read these tables and treat missing data as
 inconclusive, never as a pass.
+
+One bad row never costs the batch: when an insert fails for a reason other than the
+connection (a value the database refuses), the batch is split in halves and retried,
+down to the single rows at fault, which are rejected, logged and counted. When the
+database cannot be reached, the rows go back to the buffer (up to ``max_pending``) and
+the writer backs off, logging once when the outage starts and once when it ends.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -20,8 +27,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Engine, Table
+from sqlalchemy import exc as sa_exc
 
 from ..schema import feedback_log, request_log, shadow_log
+from .outage import Outage, summary
 
 log = logging.getLogger("lockstep.serving")
 
@@ -37,14 +46,19 @@ class LogWriter:
         batch_size: int = 500,
         max_pending: int = 50_000,
         on_drop: Callable[[str, int], None] | None = None,
+        on_reject: Callable[[str, int], None] | None = None,
     ) -> None:
         self.engine = engine
         self.flush_interval = flush_interval
         self.batch_size = batch_size
         self.on_drop = on_drop
+        self.on_reject = on_reject
         self.max_pending = max_pending
         self.written: dict[str, int] = defaultdict(int)
         self.dropped: dict[str, int] = defaultdict(int)
+        self.rejected: dict[str, int] = defaultdict(int)
+        self.health = Outage("request/shadow/feedback log writer", flush_interval)
+        self._delay = flush_interval  # grows while the database cannot be reached
         self._buffer: deque[tuple[Table, dict[str, Any]]] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -66,6 +80,7 @@ class LogWriter:
         user_id: str | None = None,
         replica: str | None = None,
         at: datetime | None = None,
+        pinned: bool = False,
     ) -> None:
         self._put(
             request_log,
@@ -80,6 +95,7 @@ class LogWriter:
                 "status": status,
                 "top_ids": top_ids,
                 "replica": replica,
+                "pinned": pinned,
             },
         )
 
@@ -153,7 +169,7 @@ class LogWriter:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.flush_interval)
+            self._wake.wait(self._delay)
             self._wake.clear()
             self.flush()
 
@@ -169,16 +185,70 @@ class LogWriter:
             by_table[table].append(row)
         for table, rows in by_table.items():
             try:
-                _insert_many(self.engine, table, rows)
-                self.written[table.name] += len(rows)
-            except Exception:
-                log.exception("writing %d rows to %s failed; they are dropped", len(rows), table.name)
-                self._drop(table.name, len(rows))
+                self._insert_or_split(table, rows)
+            except _Unreachable as exc:
+                self._delay = self.health.failed(exc.__cause__ or exc)
+                self._requeue(table, rows)
+            else:
+                self._delay = self.health.ok()
+
+    def _insert_or_split(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows``; on a refused value, bisect down to the rows at fault and reject them."""
+        try:
+            _insert_many(self.engine, table, rows)
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise _Unreachable() from exc
+            if len(rows) == 1:
+                self._reject(table, rows[0], exc)
+                return
+            middle = len(rows) // 2
+            self._insert_or_split(table, rows[:middle])
+            self._insert_or_split(table, rows[middle:])
+            return
+        self.written[table.name] += len(rows)
+
+    def _requeue(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        """Put rows back at the front of the buffer (oldest first) as far as room allows."""
+        room = max(0, self.max_pending - len(self._buffer))
+        kept = rows[:room]
+        for row in reversed(kept):
+            self._buffer.appendleft((table, row))
+        if len(rows) > len(kept):
+            self._drop(table.name, len(rows) - len(kept))
+
+    def _reject(self, table: Table, row: dict[str, Any], exc: Exception) -> None:
+        self.rejected[table.name] += 1
+        if self.on_reject is not None:
+            self.on_reject(table.name, 1)
+        log.error("the database refused one row of %s (request_id %s): %s; the rest of its batch is written",
+                  table.name, row.get("request_id"), summary(exc))
 
     def _drop(self, table: str, count: int) -> None:
         self.dropped[table] += count
         if self.on_drop is not None:
             self.on_drop(table, count)
+
+
+class _Unreachable(Exception):
+    """The database could not be reached; the rows are kept for the next attempt."""
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """An error of the connection, not of the rows (retrying the same rows later may work).
+
+    SQLAlchemy wraps errors raised while connecting; the raw driver cursor used for the
+    inserts raises the driver's own classes.
+    """
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sqlite3.OperationalError, sqlite3.InterfaceError)):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
 
 
 def _insert_many(engine: Engine, table: Table, rows: list[dict[str, Any]]) -> None:

@@ -71,6 +71,13 @@ class ServingMetrics:
             "lockstep_log_rows_dropped", "Log rows dropped (queue full or write failed), by table.",
             ["table"], registry=r,
         )
+        self.log_rejected = Counter(
+            "lockstep_log_rows_rejected", "Log rows the database refused (the rest of their batch was written), by table.",
+            ["table"], registry=r,
+        )
+        self.feedback_rejected = Counter(
+            "lockstep_feedback_rejected", "Feedback events refused with 422, by reason.", ["reason"], registry=r,
+        )
 
     def attach(self, manager: SlotManager, shadow: ShadowRunner, logs: LogWriter, replica: str) -> None:
         self.registry.register(_StateCollector(manager, shadow, logs, replica))
@@ -85,6 +92,9 @@ class ServingMetrics:
 
     def log_drop(self, table: str, count: int) -> None:
         self.log_dropped.labels(table).inc(count)
+
+    def log_reject(self, table: str, count: int) -> None:
+        self.log_rejected.labels(table).inc(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,6 +17,12 @@ last sequence it applied and catches up from there in order under its own lock, 
 each write on this replica and from a background tail that also picks up writes made
 elsewhere (other replicas, Airflow tasks). A failed apply leaves the sequence where it
 was, so the next catch-up repairs it.
+
+A live slot that this replica cannot load keeps its share of traffic: requests that
+land on it are refused (503) rather than moved to the other live versions. Moving
+them would hand a canary the champion's share (5 % becoming 100 % on that replica)
+whenever the champion fails to load. During a database outage the background loops
+back off and log once when they start failing and once when they recover.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from ..embedding import TextEmbedder
-from ..errors import FingerprintMismatchError, LockstepError
+from ..errors import FingerprintMismatchError, IndexIntegrityError, LockstepError, RegistryError
 from ..faults import maybe_fail
 from ..index_store import apply_changes, load_index
 from ..records import RecordStore
@@ -50,11 +56,15 @@ from ..routing import (
     read_table,
 )
 from ..vector_index import SearchHits
+from .outage import Outage, summary
 
 log = logging.getLogger("lockstep.serving")
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>[^/@]+)/?$")
 CATCH_UP_PAGE = 2000
+# A flat index up to this size answers in about a millisecond: searched on the event loop
+# like an ANN index. Larger flat indexes are searched in the thread pool.
+FAST_FLAT_RECORDS = 50_000
 
 
 class SlotLoadError(LockstepError):
@@ -81,6 +91,8 @@ class LoadedSlot:
         self.fingerprint = embedder.fingerprint
         self.applied_seq = int(loaded.applied_seq)
         self.loaded_at = time.time()
+        spec = getattr(self.index, "spec", None)
+        self.fast = getattr(spec, "kind", "flat") != "flat" or len(self.index) <= FAST_FLAT_RECORDS
         self.apply_lock = threading.Lock()
         self.unloaded = threading.Event()
         self._lock = threading.Lock()
@@ -224,13 +236,28 @@ def catch_up_slot(slot: LoadedSlot, store: RecordStore, *, page: int = CATCH_UP_
 
 
 @dataclass(frozen=True)
+class Route:
+    """Where one request goes: the live version the table picked, and its slot if loaded here."""
+
+    version: str
+    weight: int
+    slot: LoadedSlot | None
+
+
+@dataclass(frozen=True)
 class ServingView:
-    """One routing generation and the slots loaded for it; requests never see it change."""
+    """One routing generation and the slots loaded for it; requests never see it change.
+
+    ``live`` holds the loaded live slots; ``routes`` every live slot of the table with
+    its weight, loaded or not, which is what requests are routed over: the share of a
+    slot that is not loaded here is refused, never given to another version.
+    """
 
     table: RoutingTable
     slots: MappingProxyType[str, LoadedSlot]
     live: tuple[tuple[LoadedSlot, int], ...] = ()
     shadows: tuple[LoadedSlot, ...] = ()
+    routes: tuple[tuple[Route, int], ...] = ()
 
     @classmethod
     def empty(cls) -> ServingView:
@@ -240,8 +267,19 @@ class ServingView:
     def generation(self) -> int:
         return self.table.generation
 
+    def route(self, user_id: str | None) -> Route | None:
+        """The live version this request goes to (None if nothing is live)."""
+        return pick(self.routes, user_id, self.table.salt)
+
     def choose(self, user_id: str | None) -> LoadedSlot | None:
-        return pick(self.live, user_id, self.table.salt)
+        """The loaded slot this request goes to; None if nothing is live or it is not loaded."""
+        route = self.route(user_id)
+        return route.slot if route is not None else None
+
+    @property
+    def unloaded(self) -> tuple[str, ...]:
+        """Live versions with weight that this replica does not hold."""
+        return tuple(r.version for r, _ in self.routes if r.slot is None)
 
     def pinned(self, version: str) -> LoadedSlot | None:
         return self.slots.get(version.strip())
@@ -259,6 +297,7 @@ class SlotStatus:
     error: str | None
     applied_seq: int | None
     inflight: int
+    error_category: str | None = None  # what ``GET /routing`` shows: no paths, no internals
 
 
 @dataclass
@@ -267,6 +306,22 @@ class _Failure:
     error: str
     attempts: int
     retry_at: float
+    category: str = "load_failed"
+
+
+def error_category(exc: BaseException) -> str:
+    """A short, public name for why a slot cannot load (the full error goes to the log only)."""
+    if isinstance(exc, FingerprintMismatchError):
+        return "fingerprint_mismatch"
+    if isinstance(exc, IndexIntegrityError):
+        return "index_integrity"
+    if isinstance(exc, RegistryError):
+        return "registry_error"
+    if isinstance(exc, SlotLoadError):
+        return "model_unavailable"
+    if isinstance(exc, OSError):
+        return "file_unavailable"
+    return "load_failed"
 
 
 @dataclass
@@ -318,6 +373,12 @@ class SlotManager:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads = _Threads()
+        self.health = {
+            "follower": Outage("routing follower (reading the routing table)", poll_interval),
+            "tail": Outage("change-log tail", tail_interval),
+            "catch_up": Outage("catch-up of loaded slots from the change log", tail_interval),
+            "listener": Outage(f"LISTEN {NOTIFY_CHANNEL} (polling continues meanwhile)", 1.0),
+        }
 
     # --- what requests read ------------------------------------------------------------
 
@@ -395,7 +456,8 @@ class SlotManager:
         loaded = self._loaded
         live = tuple((loaded[s.model_version], s.weight) for s in table.live if s.model_version in loaded)
         shadows = tuple(loaded[s.model_version] for s in table.shadows if s.model_version in loaded)
-        self._view = ServingView(table, MappingProxyType(dict(loaded)), live, shadows)
+        routes = tuple((Route(s.model_version, s.weight, loaded.get(s.model_version)), s.weight) for s in table.live)
+        self._view = ServingView(table, MappingProxyType(dict(loaded)), live, shadows, routes)
 
     def _load_and_install(self, row: SlotRow) -> bool:
         try:
@@ -427,7 +489,9 @@ class SlotManager:
             attempts = previous.attempts + 1 if previous and previous.identity == row.identity else 1
             delay = min(self.retry_after * 2 ** (attempts - 1), 600.0)
             message = f"{type(exc).__name__}: {exc}"
-            self._failures[row.model_version] = _Failure(row.identity, message, attempts, time.monotonic() + delay)
+            self._failures[row.model_version] = _Failure(
+                row.identity, message, attempts, time.monotonic() + delay, error_category(exc)
+            )
         log.error("slot v%s cannot be put into service (attempt %d, retry in %.0f s): %s",
                   row.model_version, attempts, delay, message)
 
@@ -437,17 +501,20 @@ class SlotManager:
             return any(f.retry_at <= now for f in self._failures.values())
 
     def _follow(self) -> None:
+        health = self.health["follower"]
+        delay = self.poll_interval
         while not self._stop.is_set():
-            self._wake.wait(self.poll_interval)
+            self._wake.wait(delay)
             self._wake.clear()
             if self._stop.is_set():
                 return
             try:
                 if read_generation(self.engine) != self._table.generation or self._retry_due():
                     self.refresh()
-            except Exception:
-                log.exception("cannot read the routing table; keeping generation %d", self._table.generation)
-                self._stop.wait(1.0)
+            except Exception as exc:  # keeps serving the generation it has
+                delay = health.failed(exc)
+            else:
+                delay = health.ok()
 
     def _load_worker(self) -> None:
         while True:
@@ -460,45 +527,59 @@ class SlotManager:
         """Wake the follower on ``NOTIFY lockstep_routing`` (PostgreSQL only)."""
         import psycopg
 
+        health = self.health["listener"]
         conninfo = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        delay = health.interval
         while not self._stop.is_set():
             try:
-                with psycopg.connect(conninfo, autocommit=True) as conn:
+                with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self.listening = True
+                    health.ok()
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
                             self._wake.set()
             except Exception as exc:
-                log.warning("LISTEN %s failed (%s); polling only, retrying in 1 s", NOTIFY_CHANNEL, exc)
+                delay = health.failed(exc)
             finally:
                 self.listening = False
-            self._stop.wait(1.0)
+            self._stop.wait(delay)
 
     # --- live writes ---------------------------------------------------------------------
 
     def catch_up_all(self) -> dict[str, int]:
         """Bring every loaded slot up to the change log's head; returns each slot's sequence."""
         done: dict[str, int] = {}
+        health = self.health["catch_up"]
+        failure: Exception | None = None
         for version, slot in self.loaded().items():
             try:
                 seq = catch_up_slot(slot, self.store)
-            except Exception:
+            except Exception as exc:  # the sequence stays put: the next catch-up repairs it
                 self.apply_errors += 1
-                log.exception("slot v%s: applying changes after %d failed; the next catch-up retries", version, slot.applied_seq)
+                failure = exc
+                log.debug("slot v%s: applying changes after %d failed: %s", version, slot.applied_seq, summary(exc))
                 continue
             if seq is not None:
                 done[version] = seq
+        if failure is None:
+            health.ok()
+        else:
+            health.failed(failure)
         return done
 
     def _tail(self) -> None:
-        while not self._stop.wait(self.tail_interval):
+        health = self.health["tail"]
+        delay = self.tail_interval
+        while not self._stop.wait(delay):
             try:
                 head = self.store.head()
                 if any(slot.applied_seq < head for slot in self.loaded().values()):
                     self.catch_up_all()
-            except Exception:
-                log.exception("change-log tail failed; retrying")
+            except Exception as exc:
+                delay = health.failed(exc)
+            else:
+                delay = health.ok()
 
     # --- status ----------------------------------------------------------------------------
 
@@ -519,6 +600,7 @@ class SlotManager:
                     error=failure.error if failure and failure.identity == row.identity else None,
                     applied_seq=slot.applied_seq if slot else None,
                     inflight=slot.inflight if slot else 0,
+                    error_category=failure.category if failure and failure.identity == row.identity else None,
                 )
             )
         return out

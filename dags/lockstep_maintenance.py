@@ -1,0 +1,78 @@
+"""lockstep_maintenance: keep the Lockstep database and the replicas' restart time bounded.
+
+Plan of a run (daily at 03:30 UTC): checkpoint the served indexes -> compact the change log; purge
+the request, shadow and feedback logs alongside.
+
+**checkpoint** catches every served index (slots `ready`, `live`, `draining`) up to
+the change log's head and saves it (content-named files, manifest replaced
+atomically): a restarting replica replays only the changes after that, and the
+compaction floor can move past them.
+
+**compact** deletes change-log rows that no reader needs any more: a change followed
+by a later change of the same record, older than the retention, at or before every
+served index's applied sequence and every in-use model's training snapshot; and then
+tombstones every index has applied, once nothing older of their record is left (a
+delete never comes back). A re-embed in flight holds compaction back.
+
+**purge_logs** deletes request, shadow and feedback log rows older than the retention.
+
+Retentions default to `LOCKSTEP_CHANGE_LOG_RETENTION_DAYS` (7) and
+`LOCKSTEP_LOG_RETENTION_DAYS` (30); the Params override them for one run.
+``LOCKSTEP_SCHEDULES=off`` leaves the daily run out (trigger it yourself).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Param, dag, task
+from airflow.timetables.trigger import CronTriggerTimetable
+from lockstep_common import DEFAULT_ARGS, on_failure, time_schedules_on
+
+
+@dag(
+    dag_id="lockstep_maintenance",
+    description="Checkpoint served indexes, compact the change log, purge old request/shadow/feedback logs.",
+    # Daily at 03:30 UTC, never a catch-up run on a new install; LOCKSTEP_SCHEDULES=off leaves it out.
+    schedule=CronTriggerTimetable("30 3 * * *", timezone="UTC", run_immediately=timedelta(0)) if time_schedules_on() else None,
+    catchup=False,
+    max_active_runs=1,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    tags=["lockstep", "maintenance"],
+    doc_md=__doc__,
+    params={
+        "change_log_retention_days": Param(
+            None, type=["null", "number"], minimum=0,
+            description="Days of change log kept whole; empty: LOCKSTEP_CHANGE_LOG_RETENTION_DAYS (default 7).",
+        ),
+        "log_retention_days": Param(
+            None, type=["null", "number"], minimum=0,
+            description="Days of request, shadow and feedback logs kept; empty: LOCKSTEP_LOG_RETENTION_DAYS (default 30).",
+        ),
+        "checkpoint": Param(True, type="boolean", description="Catch up and save served indexes before compacting."),
+    },
+)
+def lockstep_maintenance():
+    @task
+    def checkpoint(params=None) -> list[dict]:
+        from lockstep import retention
+
+        return retention.checkpoint_indexes() if params["checkpoint"] else []
+
+    @task
+    def compact(checkpoints: list[dict], params=None) -> dict:
+        from lockstep import retention
+
+        return retention.compact(retention_days=params["change_log_retention_days"])
+
+    @task
+    def purge_logs(params=None) -> dict:
+        from lockstep import retention
+
+        return retention.purge_logs(days=params["log_retention_days"])
+
+    compact(checkpoint())
+    purge_logs()
+
+
+dag = lockstep_maintenance()
