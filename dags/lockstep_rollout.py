@@ -173,7 +173,7 @@ def _seconds(name: str, default: float, description: str, minimum: float = 0) ->
         "serving_url": _param("serving_url", serving_url_default(), type="string", description="Serving replicas to verify, each directly, comma-separated (default: LOCKSTEP_SERVING_URLS); empty: check the routing table only."),
         "verify_timeout_seconds": _seconds("verify_timeout_seconds", 30, "How long the serving API may take to answer with the new version.", 1),
         "rollback_window_seconds": _seconds("rollback_window_seconds", 3600, "How long the previous champion stays loaded for an instant rollback before it is retired."),
-        "poll_seconds": _seconds("poll_seconds", 1.0, "Time between two looks while baking and waiting (no worker is held in between).", 0.05),
+        "poll_seconds": _seconds("poll_seconds", 15.0, "Time between two looks while baking and waiting (no worker is held in between). Keep it >= 10 s under a real scheduler: a shorter deferral can race the executor and fail the look.", 0.05),
         "log_flush_seconds": _seconds("log_flush_seconds", 1.0, "How far behind now an analysed window ends, so the replicas' log writers have flushed it."),
         "drain_seconds": _seconds("drain_seconds", 2.0, "How long a rejected or retired slot drains before it is retired."),
     },

@@ -114,11 +114,12 @@ def test_lockstep_train_says_it_skipped_on_an_empty_store(lockstep_home):
     assert "Traceback" not in result.output
 
 
-def test_demo_treats_only_the_drift_alert_as_expected(tmp_path):
+def test_demo_expects_only_the_drift_and_promotion_alerts(tmp_path):
     from lockstep.demo import unexpected_alerts
 
     path = tmp_path / "alerts.jsonl"
     assert unexpected_alerts(path) == []
-    lines = [{"event": "drift_detected", "message": "drift"}, {"event": "task_failed", "message": "retrain failed"}]
+    lines = [{"event": "drift_detected", "message": "drift"}, {"event": "promoted", "message": "v2 is champion"},
+             {"event": "task_failed", "message": "retrain failed"}]
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     assert unexpected_alerts(path) == ["task_failed: retrain failed"]

@@ -134,7 +134,13 @@ def train(
 @index_app.command("build")
 def index_build(
     model_version: Annotated[str, typer.Option("--model-version", help="Registered model version to index.")],
-    index_type: Annotated[str, typer.Option("--index-type", help="flat (exact), ivf or hnsw.")] = "flat",
+    index_type: Annotated[
+        str,
+        typer.Option(
+            "--index-type",
+            help="auto (flat below LOCKSTEP_ANN_THRESHOLD records, HNSW above), flat (exact), ivf or hnsw.",
+        ),
+    ] = "auto",
     shard_size: Annotated[int | None, typer.Option(min=1, help="Records per shard (default: from the record count).")] = None,
     no_promote: Annotated[bool, typer.Option(help="Do not make this the champion even if there is none.")] = False,
 ) -> None:
@@ -151,7 +157,7 @@ def index_build(
             store,
             registry,
             model_version,
-            spec=IndexSpec(kind=index_type),
+            spec=None if index_type == "auto" else IndexSpec(kind=index_type),
             shard_size=shard_size,
             progress=advance,
             promote_if_first=not no_promote,

@@ -70,8 +70,8 @@ def permutation_tail_p(observed: float, null: np.ndarray) -> float:
 
     The normal upper tail at (observed - mean) / sd of the draws: permutation moments
     with a normal shape, which resolves levels far below 1 / (draws + 1) (an hourly
-    check spending a 1 % daily budget tests at 0.04 % or less). The benchmark measures
-    that the resulting false-alarm rate holds (docs/benchmarks.md, "Drift detection").
+    check spending a 1 % daily budget tests at 0.04 % or less). Whether the resulting
+    false-alarm rate holds is what benchmarks/bench_drift.py measures on control windows.
     """
     from scipy.stats import norm
 

@@ -144,7 +144,9 @@ class RolloutConfig:
     serving_url: str = "http://127.0.0.1:8000"
     verify_timeout_seconds: float = 30.0
     rollback_window_seconds: float = 3600.0
-    poll_seconds: float = 1.0
+    # A deferral shorter than ~10 s can race the executor's report of the deferring
+    # process under a real scheduler (the task is then marked failed); see the runbook.
+    poll_seconds: float = 15.0
     log_flush_seconds: float = 1.0
     drain_seconds: float = 2.0
 
