@@ -21,7 +21,7 @@ from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 from lockstep_common import CHALLENGER, DEFAULT_ARGS, DRIFT, NO_RETRY, on_failure, time_schedules_on
 
-TRAIN_KEYS = ("dim", "max_features", "min_df", "max_df", "margin", "holdout_percent", "max_eval_queries")
+TRAIN_KEYS = ("dim", "max_features", "min_df", "max_df", "margin", "holdout_percent", "max_eval_queries", "fit_sample")
 
 
 def weekly_or_on_drift():
@@ -51,6 +51,7 @@ def weekly_or_on_drift():
         "margin": Param(0.005, type="number", minimum=0, description="nDCG@10 gain the challenger must show over the champion (and its CI lower bound must be > 0)."),
         "holdout_percent": Param(10, type="integer", minimum=1, maximum=50, description="Percent of labelled records held out as evaluation queries (stable by id)."),
         "max_eval_queries": Param(1500, type="integer", minimum=10, description="At most this many evaluation queries."),
+        "fit_sample": Param(200000, type=["null", "integer"], minimum=2, description="Records the vocabulary and the SVD are fitted on (a seeded sample; bounds training memory at millions of records); empty: all."),
         "skip_validation": Param(False, type="boolean", description="Skip the Great Expectations suite (not recommended)."),
     },
 )

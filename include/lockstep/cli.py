@@ -105,6 +105,9 @@ def train(
     min_df: Annotated[int, typer.Option(help="Minimum document frequency of a term.")] = 2,
     margin: Annotated[float, typer.Option(help="nDCG@10 gain needed over the champion.")] = 0.005,
     skip_validation: Annotated[bool, typer.Option(help="Skip the Great Expectations data validation.")] = False,
+    fit_sample: Annotated[
+        int, typer.Option(min=0, help="Records the vocabulary and SVD are fitted on (seeded sample); 0: all.")
+    ] = 200_000,
 ) -> None:
     """Train, evaluate against the champion and register a model version."""
     from .config import settings
@@ -115,7 +118,9 @@ def train(
     if reason := nothing_to_train():
         typer.echo(f"skipped: {reason}")
         raise typer.Exit(1)
-    config = TrainConfig(dim=dim, max_features=max_features, min_df=min_df, margin=margin).to_dict()
+    config = TrainConfig(
+        dim=dim, max_features=max_features, min_df=min_df, margin=margin, fit_sample=fit_sample or None
+    ).to_dict()
     outcome = run_all(
         config,
         time.strftime("train-%Y%m%d-%H%M%S"),
