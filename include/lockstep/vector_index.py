@@ -379,15 +379,7 @@ class VectorIndex:
             if self._faiss is None:
                 raise LockstepError("cannot save an empty index that was never built")
             blob = faiss.serialize_index(self._faiss).tobytes()
-            mapping = {
-                "labels": list(self._id_of.keys()),
-                "ids": list(self._id_of.values()),
-                "next_label": self._next_label,
-                "dead": sorted(self._dead),
-                "dim": self.dim,
-                "spec": self.spec.to_dict(),
-            }
-            return blob, mapping
+            return blob, self._mapping_locked()
 
     @classmethod
     def from_state(cls, blob: bytes, mapping: dict[str, Any]) -> VectorIndex:
@@ -419,14 +411,18 @@ class VectorIndex:
             if self._faiss is None:
                 raise LockstepError("cannot save an empty index that was never built")
             faiss.write_index(self._faiss, str(path))
-            return {
-                "labels": list(self._id_of.keys()),
-                "ids": list(self._id_of.values()),
-                "next_label": self._next_label,
-                "dead": sorted(self._dead),
-                "dim": self.dim,
-                "spec": self.spec.to_dict(),
-            }
+            return self._mapping_locked()
+
+    def _mapping_locked(self) -> dict[str, Any]:
+        """The id map, tombstones and spec that ``from_state`` needs beside the FAISS bytes."""
+        return {
+            "labels": list(self._id_of.keys()),
+            "ids": list(self._id_of.values()),
+            "next_label": self._next_label,
+            "dead": sorted(self._dead),
+            "dim": self.dim,
+            "spec": self.spec.to_dict(),
+        }
 
 
 def ann_threshold() -> int:
