@@ -21,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
+
+from dag_timing import task_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,12 +86,7 @@ def main() -> None:
     dag_s = time.perf_counter() - started
     if str(run.state) != "success" and getattr(run.state, "value", "") != "success":
         raise SystemExit(f"DAG run ended {run.state}")
-    per_task: dict[str, float] = defaultdict(float)
-    count: dict[str, int] = defaultdict(int)
-    for ti in run.get_task_instances():
-        if ti.start_date and ti.end_date:
-            per_task[ti.task_id] += (ti.end_date - ti.start_date).total_seconds()
-            count[ti.task_id] += 1
+    per_task, count = task_seconds(run)
     in_tasks = sum(per_task.values())
 
     print(f"machine: {os.cpu_count()} cores; corpus {n:,} docs; dim {model.dim_}; "

@@ -394,7 +394,7 @@ def _worker_raw(corpus: Path) -> None:
 
 def _worker_dag(version: str) -> None:
     """lockstep_reembed through dag.test(): wall time of the run and of each task."""
-    from collections import defaultdict
+    from dag_timing import task_seconds
 
     sys.path.insert(0, str(ROOT / "dags"))
     import lockstep_reembed
@@ -406,12 +406,7 @@ def _worker_dag(version: str) -> None:
     state = getattr(run.state, "value", str(run.state))
     if state != "success":
         raise SystemExit(f"the DAG run ended {state}")
-    per_task: dict[str, float] = defaultdict(float)
-    count: dict[str, int] = defaultdict(int)
-    for ti in run.get_task_instances():
-        if ti.start_date and ti.end_date:
-            per_task[ti.task_id] += (ti.end_date - ti.start_date).total_seconds()
-            count[ti.task_id] += 1
+    per_task, count = task_seconds(run)
     print(json.dumps({"run_s": run_s, "in_tasks_s": sum(per_task.values()), "tasks": sum(count.values()),
                       "per_task_s": dict(per_task), "per_task_count": dict(count)}))
 
