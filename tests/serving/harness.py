@@ -94,11 +94,19 @@ def serve(app, *, ready: bool = True, timeout: float = 15.0) -> Iterator[Running
     try:
         if ready:
             wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout, "the app to be ready")
+            # /readyz needs one live version; tests expect every serving version settled
+            # (loaded, or its load failed), so none depends on how fast a second one loads
+            wait_for(lambda: _settled(app), timeout, "every serving version to load or fail")
         yield RunningServer(url, app, server)
     finally:
         server.should_exit = True
         thread.join(15)
         sock.close()
+
+
+def _settled(app) -> bool:
+    manager = app.state.lockstep.manager
+    return all(st.loaded or st.error for st in manager.status() if st.weight > 0 or st.shadow)
 
 
 def wait_for(condition, timeout: float = 5.0, what: str = "a condition", interval: float = 0.01) -> float:

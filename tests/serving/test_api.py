@@ -292,6 +292,8 @@ def test_version_numbers_sort_numerically_in_the_view(deployment):
                           state="ready", engine=d.engine)
     routing.set_weights({"2": 50, "10": 50}, engine=d.engine)
     with serve(d.app(config=FAST)) as s:
+        # /readyz answers 200 once one live version is loaded; wait for both
+        wait_for(lambda: len(s.runtime.manager.view.live) == 2, timeout=30, what="both live versions to load")
         assert [slot.version for slot, _ in s.runtime.manager.view.live] == ["2", "10"]
         vectors = s.runtime.manager.view.slots["10"].index.vectors_of(["r0000"])
         np.testing.assert_allclose(vectors[0], d.models["2"].transform([d.records["r0000"]])[0], atol=1e-5)

@@ -39,12 +39,13 @@ class Outage:
         return self.failures > 0
 
     def ok(self) -> float:
-        with self._lock:
-            failures, self.failures = self.failures, 0
-        if failures:
-            self.logger.warning(
-                "%s works again after %d failed attempts over %.1f s", self.what, failures, time.monotonic() - self._since
-            )
+        with self._lock:  # log before ``down`` turns false, so a reader of ``down`` sees the message
+            if self.failures:
+                self.logger.warning(
+                    "%s works again after %d failed attempts over %.1f s",
+                    self.what, self.failures, time.monotonic() - self._since,
+                )
+                self.failures = 0
         return self.interval
 
     def failed(self, exc: BaseException) -> float:
