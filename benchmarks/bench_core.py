@@ -58,11 +58,11 @@ def main() -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import Normalizer
 
-    from lockstep.corpus import load_demo_corpus
-    from lockstep.embedding import TextEmbedder
-    from lockstep.index_store import build_index
-    from lockstep.records import Record, RecordStore
-    from lockstep.vector_index import VectorIndex
+    from lockstep.index.storage import build_index
+    from lockstep.index.vector_index import VectorIndex
+    from lockstep.model.embedding import TextEmbedder
+    from lockstep.store.corpus import load_demo_corpus
+    from lockstep.store.records import Record, RecordStore
 
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
           f"faiss {faiss.__version__}")

@@ -10,7 +10,7 @@ reference, then windows of ``--window`` records:
 * **later posts** (reported apart): the test split of the champion's own newsgroups,
   which is written later and is genuinely (mildly) different.
 
-Each window runs the check's tests as ``lockstep.drift_check`` does (vocabulary
+Each window runs the check's tests as ``lockstep.drift.steps`` does (vocabulary
 permutation tests, the domain classifier's permutation test, the k-means segment
 test; Holm over them) and the verdict is read at two levels: 1 % per check (the
 CLI's default) and 1 % per day over 24 hourly checks (the DAG's default, 0.042 % per
@@ -53,8 +53,8 @@ class Pools:
 
 def build_pools(dim: int, n_fit: int, n_ref: int, seed: int) -> Pools:
     """Fit the champion and embed every pool once (windows are index draws)."""
-    from lockstep.corpus import DEMO_CATEGORIES, load_demo_corpus
-    from lockstep.training import TrainConfig, fit_embedder
+    from lockstep.store.corpus import DEMO_CATEGORIES, load_demo_corpus
+    from lockstep.training.fit import TrainConfig, fit_embedder
 
     old_groups, new_groups = list(DEMO_CATEGORIES[::2]), list(DEMO_CATEGORIES[1::2])
     rng = random.Random(seed)
@@ -93,7 +93,7 @@ def window(
 
 def p_values(pools: Pools, texts: list[str], vectors: np.ndarray, permutations: int, seed: int) -> dict[str, float]:
     """Every test's p-value for one window, as the check computes them."""
-    from lockstep.drift import assess, embedding_drift, segment_drift, vocabulary_drift
+    from lockstep.drift.statistics import assess, embedding_drift, segment_drift, vocabulary_drift
 
     vocab = vocabulary_drift(pools.vocab_texts, texts, seed=seed, n_permutations=permutations)
     emb = embedding_drift(pools.ref_vectors, vectors, n_permutations=permutations, seed=seed)
@@ -110,7 +110,7 @@ TESTS = ("vocabulary_unseen", "vocabulary_js", "embedding_classifier", "segment_
 
 
 def flagged(result: dict[str, float], level: float, tests: tuple[str, ...] = TESTS) -> bool:
-    from lockstep.drift import holm
+    from lockstep.drift.statistics import holm
 
     return any(holm([result[t] for t in tests], level))
 

@@ -2,7 +2,7 @@
 
 On the demo corpus (~18.8k posts) it measures, in one run:
 - raw: TextEmbedder.transform over all texts + faiss IndexFlatIP.add (the floor);
-- library: lockstep.reembed.reembed_version (shards on disk, merge, catch-up, validation);
+- library: lockstep.index.steps.reembed_version (shards on disk, merge, catch-up, validation);
 - DAG: lockstep_reembed with dag.test(), and where its time goes: per-task run time
   (embed shards, merge, validate, publish) and Airflow's overhead (wall time not
   spent inside any task).
@@ -49,11 +49,11 @@ def main() -> None:
     import faiss
     import numpy as np
 
-    from lockstep.corpus import load_demo_corpus
-    from lockstep.records import RecordStore
-    from lockstep.reembed import reembed_version
-    from lockstep.registry import Registry
-    from lockstep.training import TrainConfig, fit_embedder
+    from lockstep.index.steps import reembed_version
+    from lockstep.model.registry import Registry
+    from lockstep.store.corpus import load_demo_corpus
+    from lockstep.store.records import RecordStore
+    from lockstep.training.fit import TrainConfig, fit_embedder
 
     records = load_demo_corpus()
     store = RecordStore()

@@ -1,7 +1,7 @@
 """Rollback benchmark: time from a failed gate to 100 % of traffic back on the champion.
 
 When a rollout step sees a gate fail it calls the same function every time
-(``lockstep.rollout._abort_traffic``): champion at 100 %, no shadow, in one routing
+(``lockstep.rollout.steps._abort_traffic``): champion at 100 %, no shadow, in one routing
 transaction, before it raises. This script puts a candidate at 25 % on several serving
 replicas (separate processes, one database) under live search traffic, then per trial:
 
@@ -54,11 +54,11 @@ def corpus(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 def prepare(home: Path, database_url: str, records: int) -> None:
     """Records and two versions with built indexes: champion v1 and candidate v2, both ready."""
-    from lockstep import routing
-    from lockstep.db import get_engine
-    from lockstep.embedding import TextEmbedder
-    from lockstep.index_store import build_index, save_index
-    from lockstep.records import RecordStore
+    from lockstep.index.storage import build_index, save_index
+    from lockstep.model.embedding import TextEmbedder
+    from lockstep.store import routing
+    from lockstep.store.db import get_engine
+    from lockstep.store.records import RecordStore
 
     engine = get_engine(database_url)
     store = RecordStore(engine)
@@ -146,7 +146,7 @@ class Load:
 
 def candidate_users(salt: str, weights: dict[str, int], n: int = 3) -> list[str]:
     """Users whose sticky bucket puts them on the candidate under ``weights``: they must move back."""
-    from lockstep.routing import RoutingTable, SlotRow
+    from lockstep.store.routing import RoutingTable, SlotRow
 
     table = RoutingTable(0, salt, tuple(SlotRow(v, "m", "i", "f", "live", w, False) for v, w in sorted(weights.items())))
     users = [f"u{i}" for i in range(5000) if table.choose(f"u{i}").model_version == "2"]
@@ -154,8 +154,8 @@ def candidate_users(salt: str, weights: dict[str, int], n: int = 3) -> list[str]
 
 
 def trial(database_url: str, ports: list[int]) -> dict[str, float]:
-    from lockstep import routing
-    from lockstep.rollout import _abort_traffic
+    from lockstep.rollout.steps import _abort_traffic
+    from lockstep.store import routing
 
     routing.set_weights({"1": 75, "2": 25}, reason="bench: canary 25 %", engine=database_url)
     generation = routing.read_generation(database_url)
@@ -192,7 +192,7 @@ def trial(database_url: str, ports: list[int]) -> dict[str, float]:
 
 
 def _engine(url: str):
-    from lockstep.db import get_engine
+    from lockstep.store.db import get_engine
 
     return get_engine(url)
 

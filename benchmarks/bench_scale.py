@@ -128,7 +128,7 @@ def generate_corpus(n: int, path: Path, seed: int = 0) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lockstep.corpus import load_demo_corpus
+    from lockstep.store.corpus import load_demo_corpus
 
     posts = [(r.text.split(), r.metadata["category"]) for r in load_demo_corpus()]
     posts = [(words, cat) for words, cat in posts if len(words) >= 30]
@@ -346,9 +346,9 @@ def _worker_fit_sample(dim: int, sample: int = 100_000) -> None:
     """Register v1 fitted on a seeded sample of the store (``--train sample``)."""
     import numpy as np
 
-    from lockstep.records import RecordStore
-    from lockstep.registry import Registry
-    from lockstep.training import TrainConfig, fit_embedder
+    from lockstep.model.registry import Registry
+    from lockstep.store.records import RecordStore
+    from lockstep.training.fit import TrainConfig, fit_embedder
 
     store = RecordStore()
     texts: list[str] = []
@@ -363,8 +363,8 @@ def _worker_fit_sample(dim: int, sample: int = 100_000) -> None:
 
 
 def _worker_register_copies() -> None:
-    from lockstep.records import RecordStore
-    from lockstep.registry import Registry
+    from lockstep.model.registry import Registry
+    from lockstep.store.records import RecordStore
 
     registry = Registry()
     model = registry.load_embedder("1")
@@ -378,7 +378,7 @@ def _worker_raw(corpus: Path) -> None:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from lockstep.registry import Registry
+    from lockstep.model.registry import Registry
 
     model = Registry().load_embedder("1")
     texts = pq.read_table(corpus, columns=["text"]).column("text").to_pylist()
@@ -500,7 +500,7 @@ def draw(results: list[dict[str, Any]], path: Path) -> None:
     right.legend(fontsize=8)
     fig.suptitle(f"Lockstep at scale ({os.cpu_count()} cores, shared machine)")
     fig.tight_layout()
-    from lockstep.atomic import atomic_path
+    from lockstep.core.atomic import atomic_path
 
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -70,11 +70,11 @@ def corpus(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 def prepare(home: Path, database_url: str, records: int, dim: int) -> dict[str, str]:
     """Records, two model versions with built indexes, slot 1 live at 100 %."""
-    from lockstep import routing
-    from lockstep.db import get_engine
-    from lockstep.embedding import TextEmbedder
-    from lockstep.index_store import build_index, save_index
-    from lockstep.records import RecordStore
+    from lockstep.index.storage import build_index, save_index
+    from lockstep.model.embedding import TextEmbedder
+    from lockstep.store import routing
+    from lockstep.store.db import get_engine
+    from lockstep.store.records import RecordStore
 
     engine = get_engine(database_url)
     store = RecordStore(engine)
@@ -139,8 +139,8 @@ def bare_app(model_path: str, index_location: str):
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
-    from lockstep.embedding import TextEmbedder
-    from lockstep.index_store import load_index
+    from lockstep.index.storage import load_index
+    from lockstep.model.embedding import TextEmbedder
     from lockstep.serving.app import SearchRequest
 
     model = TextEmbedder.load(model_path)
@@ -253,8 +253,8 @@ def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def measure_follow(database_url: str, env: dict[str, str], changes: int) -> list[float]:
     """Seconds from a committed weight change until both replicas answer from the new version."""
-    from lockstep import routing
-    from lockstep.db import get_engine
+    from lockstep.store import routing
+    from lockstep.store.db import get_engine
 
     engine = get_engine(database_url)
     replicas = [start_server("service", env) for _ in range(2)]
@@ -339,7 +339,7 @@ def main() -> None:
     paths = prepare(home, database_url, args.records, args.dim)
     print(f"setup (records, two models, two indexes): {time.perf_counter() - t:.1f} s\n")
 
-    from lockstep import routing
+    from lockstep.store import routing
 
     results: dict[str, list[dict[str, float]]] = {"bare": [], "service": [], "service_split": [], "bare_omp": []}
     default_omp = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}
@@ -417,9 +417,9 @@ def postgres_follow(args, env: dict[str, str]) -> list[float] | None:
 
 def scale_index(cache: Path, n: int, dim: int) -> dict[str, str]:
     """A model and an HNSW index over ``n`` generated records, built once per (n, dim)."""
-    from lockstep.embedding import TextEmbedder
-    from lockstep.index_store import save_index
-    from lockstep.vector_index import IndexSpec, VectorIndex, all_cores
+    from lockstep.index.storage import save_index
+    from lockstep.index.vector_index import IndexSpec, VectorIndex, all_cores
+    from lockstep.model.embedding import TextEmbedder
 
     folder = cache / f"n{n}-d{dim}"
     model_path, location = folder / "model.joblib", folder / "index"
@@ -495,8 +495,8 @@ def scale_main(args) -> None:
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, {args.scale} records, dim {args.dim}, HNSW")
     paths = scale_index(args.cache, args.scale, args.dim)
 
-    from lockstep import routing
-    from lockstep.embedding import TextEmbedder
+    from lockstep.model.embedding import TextEmbedder
+    from lockstep.store import routing
 
     fingerprint = TextEmbedder.load(paths["model"]).fingerprint
     routing.register_slot("1", paths["model"], paths["index"], fingerprint, state="ready")

@@ -7,9 +7,9 @@ same gates as any other (error rate, Mann-Whitney latency, always-valid mSPRT
 click-through non-inferiority), on live traffic from the simulator, so it can fail by
 chance: a false rollback (a gate FAILs a candidate that is no worse), or a step left
 INCONCLUSIVE after ``max_extensions`` extensions. This is a seeded Monte Carlo of that
-rollout over the real decision code: every look calls ``lockstep.rollout_strategies.canary``
+rollout over the real decision code: every look calls ``lockstep.rollout.strategies.canary``
 (the pure function the rollout executor calls), with the demo's own settings
-(``lockstep.demo.DEMO_ROLLOUT`` and its traffic rate), on simulated traffic:
+(``lockstep.ops.demo.DEMO_ROLLOUT`` and its traffic rate), on simulated traffic:
 
 - requests arrive at the demo's rate and go to the candidate with the step's weight;
   the executor looks every ``poll_seconds``, so a look is judged at the first poll after
@@ -40,10 +40,10 @@ from typing import Any
 
 from scipy import stats
 
-from lockstep.demo import DEMO_ROLLOUT, DEMO_TRAFFIC_RATE
-from lockstep.rollout import RolloutConfig
-from lockstep.rollout_analysis import ArmStats
-from lockstep.rollout_strategies import Move, canary
+from lockstep.ops.demo import DEMO_ROLLOUT, DEMO_TRAFFIC_RATE
+from lockstep.rollout.analysis import ArmStats
+from lockstep.rollout.steps import RolloutConfig
+from lockstep.rollout.strategies import Move, canary
 
 CAND, CHAMP = "2", "1"
 

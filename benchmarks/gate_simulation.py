@@ -16,7 +16,7 @@ import time
 import numpy as np
 from scipy import stats
 
-from lockstep.gates import (
+from lockstep.rollout.gates import (
     DEFAULT_TAU2,
     Verdict,
     always_valid_ci,

@@ -29,7 +29,8 @@ from datetime import timedelta
 
 from airflow.sdk import Metadata, Param, dag, task
 from airflow.timetables.trigger import CronTriggerTimetable
-from lockstep_common import DEFAULT_ARGS, DRIFT, NO_RETRY, on_failure, time_schedules_on
+
+from lockstep.ops.dag_support import DEFAULT_ARGS, DRIFT, NO_RETRY, on_failure, time_schedules_on
 
 THRESHOLD_KEYS = (
     "false_alarm_rate",
@@ -64,8 +65,7 @@ THRESHOLD_KEYS = (
 def lockstep_drift():
     @task
     def check(params=None, run_id=None, data_interval_end=None, dag_run=None) -> dict:
-        from lockstep import drift_check
-        from lockstep.retrain import run_folder
+        from lockstep.drift import steps as drift_check
 
         end = data_interval_end or getattr(dag_run, "run_after", None)
         return drift_check.run_drift_check(
@@ -75,12 +75,12 @@ def lockstep_drift():
             max_samples=int(params["max_samples"]),
             accumulate_hours=float(params["accumulate_hours"]),
             now=end.isoformat() if end is not None else None,
-            work_dir=str(run_folder(run_id) / "drift"),
+            work_dir=str(drift_check.run_folder(run_id) / "drift"),
         )
 
     @task
     def log_report(report: dict, run_id=None) -> dict:
-        from lockstep import drift_check
+        from lockstep.drift import steps as drift_check
 
         logged = drift_check.log_drift_report(report, check_id=run_id)
         return {**report, "mlflow_run_id": logged["run_id"]}
@@ -91,7 +91,7 @@ def lockstep_drift():
 
     @task(outlets=[DRIFT])
     def emit_drift(report: dict, params=None, run_id=None):
-        from lockstep import drift_check
+        from lockstep.drift import steps as drift_check
 
         drift_check.alert_drift(report, check_id=run_id)
         extra = drift_check.asset_extra(report, forced=bool(params["force"]) and not report["drifted"])

@@ -27,7 +27,8 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag, task
 from airflow.timetables.trigger import CronTriggerTimetable
-from lockstep_common import DEFAULT_ARGS, on_failure, time_schedules_on
+
+from lockstep.ops.dag_support import DEFAULT_ARGS, on_failure, time_schedules_on
 
 
 @dag(
@@ -55,19 +56,19 @@ from lockstep_common import DEFAULT_ARGS, on_failure, time_schedules_on
 def lockstep_maintenance():
     @task
     def checkpoint(params=None) -> list[dict]:
-        from lockstep import retention
+        from lockstep.ops import retention
 
         return retention.checkpoint_indexes() if params["checkpoint"] else []
 
     @task
     def compact(checkpoints: list[dict], params=None) -> dict:
-        from lockstep import retention
+        from lockstep.ops import retention
 
         return retention.compact(retention_days=params["change_log_retention_days"])
 
     @task
     def purge_logs(params=None) -> dict:
-        from lockstep import retention
+        from lockstep.ops import retention
 
         return retention.purge_logs(days=params["log_retention_days"])
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import Metadata, Param, dag, task
-from lockstep_common import (
+
+from lockstep.ops.dag_support import (
     CHALLENGER,
     DEFAULT_ARGS,
     INDEX_READY,
@@ -61,16 +62,13 @@ from lockstep_common import (
 def lockstep_reembed():
     @task
     def prepare(params=None, triggering_asset_events=None) -> dict:
-        from lockstep import reembed
-        from lockstep.registry import Registry
+        from lockstep.index import steps as reembed
 
-        registry = Registry()
-        version = reembed.resolve_version(params["model_version"], latest_extra(triggering_asset_events, CHALLENGER), registry)
-        return reembed.prepare(version, registry)
+        return reembed.prepare_requested(params["model_version"], latest_extra(triggering_asset_events, CHALLENGER))
 
     @task
     def snapshot(plan: dict, params=None) -> dict:
-        from lockstep import reembed
+        from lockstep.index import steps as reembed
 
         return reembed.snapshot(plan, params["shard_size"], target_shards=params["target_shards"])
 
@@ -80,25 +78,25 @@ def lockstep_reembed():
 
     @task(map_index_template="shard {{ task.op_kwargs['shard'] }}")
     def embed(plan: dict, snap: dict, shard: int) -> dict:
-        from lockstep import reembed
+        from lockstep.index import steps as reembed
 
         return reembed.embed(plan, snap, shard)
 
     @task
     def merge(plan: dict, snap: dict, results: list[dict], params=None) -> dict:
-        from lockstep import reembed
+        from lockstep.index import steps as reembed
 
         return reembed.merge(plan, snap, list(results), {"kind": params["index_type"]})
 
     @task(**NO_RETRY)
     def validate(plan: dict, merged: dict, params=None) -> dict:
-        from lockstep import reembed
+        from lockstep.index import steps as reembed
 
         return reembed.validate(plan, sample_size=params["sample_size"], min_recall=params["min_recall"])
 
     @task(outlets=[INDEX_READY])
     def publish(plan: dict, checked: dict, params=None):
-        from lockstep import reembed
+        from lockstep.index import steps as reembed
 
         ready = reembed.publish(plan, params["promote_if_first"])
         yield Metadata(INDEX_READY, ready)

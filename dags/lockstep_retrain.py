@@ -19,7 +19,15 @@ from datetime import timedelta
 from airflow.sdk import Metadata, Param, dag, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
-from lockstep_common import CHALLENGER, DEFAULT_ARGS, DRIFT, NO_RETRY, on_failure, time_schedules_on
+
+from lockstep.ops.dag_support import (
+    CHALLENGER,
+    DEFAULT_ARGS,
+    DRIFT,
+    NO_RETRY,
+    on_failure,
+    time_schedules_on,
+)
 
 TRAIN_KEYS = ("dim", "max_features", "min_df", "max_df", "margin", "holdout_percent", "max_eval_queries", "fit_sample")
 
@@ -60,7 +68,7 @@ def lockstep_retrain():
     def snapshot() -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from lockstep import retrain
+        from lockstep.training import steps as retrain
 
         if reason := retrain.nothing_to_train():
             raise AirflowSkipException(reason)
@@ -68,7 +76,7 @@ def lockstep_retrain():
 
     @task(**NO_RETRY)
     def validate(snap: dict, params=None, run_id=None) -> dict:
-        from lockstep import retrain
+        from lockstep.training import steps as retrain
 
         if params["skip_validation"]:
             return {"success": True, "skipped": True}
@@ -76,21 +84,21 @@ def lockstep_retrain():
 
     @task(**NO_RETRY)
     def train(snap: dict, validation: dict, params=None, run_id=None) -> dict:
-        from lockstep import retrain
+        from lockstep.training import steps as retrain
 
         config = {k: params[k] for k in TRAIN_KEYS}
         return retrain.train(snap["seq"], str(retrain.run_folder(run_id)), config)
 
     @task
     def evaluate(snap: dict, model: dict, params=None, run_id=None) -> dict:
-        from lockstep import retrain
+        from lockstep.training import steps as retrain
 
         config = {k: params[k] for k in TRAIN_KEYS}
         return retrain.evaluate(snap["seq"], model["model_path"], str(retrain.run_folder(run_id)), config)
 
     @task
     def register(snap: dict, model: dict, evaluation: dict, params=None, run_id=None) -> dict:
-        from lockstep import retrain
+        from lockstep.training import steps as retrain
 
         config = {k: params[k] for k in TRAIN_KEYS}
         folder = str(retrain.run_folder(run_id))
@@ -102,7 +110,7 @@ def lockstep_retrain():
 
     @task(outlets=[CHALLENGER])
     def accept(registered: dict):
-        from lockstep import retrain
+        from lockstep.training import steps as retrain
 
         challenger = retrain.accept(registered["version"])
         yield Metadata(CHALLENGER, challenger)
@@ -110,7 +118,7 @@ def lockstep_retrain():
 
     @task
     def reject(registered: dict, evaluation: dict) -> dict:
-        from lockstep import retrain
+        from lockstep.training import steps as retrain
 
         return retrain.reject(registered["version"], evaluation)
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
-from lockstep_common import DEFAULT_ARGS, NO_RETRY, on_failure, serving_url_default
+
+from lockstep.ops.dag_support import DEFAULT_ARGS, NO_RETRY, on_failure, serving_url_default
 
 
 @dag(
@@ -55,7 +56,7 @@ def lockstep_rollback():
     def roll_back(params=None, run_id=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from lockstep import rollout
+        from lockstep.rollout import steps as rollout
 
         try:
             return rollout.rollback_to_previous(
@@ -66,7 +67,7 @@ def lockstep_rollback():
 
     @task(**NO_RETRY)
     def verify(result: dict, params=None) -> dict:
-        from lockstep import rollout
+        from lockstep.rollout import steps as rollout
 
         return rollout.verify_serving(
             result["to_version"], result["generation"], params["serving_url"], params["verify_timeout_seconds"]

@@ -1,6 +1,6 @@
 """lockstep_rollout: take a model version with a built index to 100 % of traffic, or back.
 
-Plan of a run (each box is one task; the library calls are in ``lockstep.rollout``)::
+Plan of a run (each box is one task; the library calls are in ``lockstep.rollout.steps``)::
 
     start ── open_review ─┬─ review ── shadow ── choose_strategy ─┬─ canary ─────┐
                           │     └─ close_ui_review              ├─ ab_test ────┤
@@ -13,7 +13,7 @@ finalize's only upstream tasks are the four promoting strategies: a run whose br
 took shadow_only skips it (and everything after it).
 
 review, shadow, canary, ab_test and bandit wait for people or traffic. Each is a
-deferrable task (``lockstep.rollout_executor``): it makes one look, then hands a timer
+deferrable task (``lockstep.rollout.operator``): it makes one look, then hands a timer
 to the triggerer and frees its worker slot until the next look (every
 ``poll_seconds``); its place is kept in the rollout record. Every task has an
 ``execution_timeout``, the run a ``dagrun_timeout``, and all run in the Airflow pool
@@ -63,7 +63,8 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
 from airflow.sdk import Param, TriggerRule, dag, task
-from lockstep_common import (
+
+from lockstep.ops.dag_support import (
     DEFAULT_ARGS,
     INDEX_READY,
     NO_RETRY,
@@ -71,8 +72,7 @@ from lockstep_common import (
     on_failure,
     serving_url_default,
 )
-
-from lockstep.rollout_executor import ROLLOUT_POOL, RolloutPhaseOperator
+from lockstep.rollout.operator import ROLLOUT_POOL, RolloutPhaseOperator
 
 STRATEGY_TASKS = {
     "canary": "canary",
@@ -183,7 +183,7 @@ def lockstep_rollout():
     def start(params=None, triggering_asset_events=None, run_id=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-        from lockstep import rollout
+        from lockstep.rollout import steps as rollout
 
         try:
             plan = rollout.start(run_id, params["model_version"], latest_extra(triggering_asset_events, INDEX_READY), params)
@@ -220,26 +220,26 @@ def lockstep_rollout():
 
     @task(**NO_RETRY)
     def blue_green(plan: dict) -> dict:
-        from lockstep import rollout
+        from lockstep.rollout import steps as rollout
 
         return rollout.run_blue_green(plan)
 
     @task
     def shadow_only(plan: dict) -> dict:
-        from lockstep import rollout
+        from lockstep.rollout import steps as rollout
 
         return rollout.shadow_only(plan)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def finalize(ti=None) -> dict:
         """Upstream: the promoting strategies only (never start or shadow_only), so shadow never promotes."""
-        from lockstep import rollout
+        from lockstep.rollout import steps as rollout
 
         return rollout.finalize(ti.xcom_pull(task_ids="start"))
 
     @task(**NO_RETRY)
     def verify(plan: dict, final: dict) -> dict:
-        from lockstep import rollout
+        from lockstep.rollout import steps as rollout
 
         return rollout.verify(plan, final)
 
@@ -250,14 +250,14 @@ def lockstep_rollout():
 
     @task
     def retention(plan: dict, final: dict) -> dict:
-        from lockstep import rollout
+        from lockstep.rollout import steps as rollout
 
         return rollout.retire_previous(plan, final)
 
     @task(trigger_rule=TriggerRule.ONE_FAILED)
     def rollback(ti=None) -> dict:
         """Runs when any task from start to verify failed; reads the plan itself (start may have failed)."""
-        from lockstep import rollout
+        from lockstep.rollout import steps as rollout
 
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
         failed = sorted(task_id for task_id, state in states.items() if str(state) == "failed")

@@ -28,7 +28,7 @@ fi
 say "migrating the metadata database"
 airflow db migrate
 
-# Rollout tasks run in this pool (lockstep.rollout.ROLLOUT_POOL); without it the scheduler never
+# Rollout tasks run in this pool (lockstep.rollout.steps.ROLLOUT_POOL); without it the scheduler never
 # queues them. Slots bound how many rollout looks run at once across the workers.
 say "creating the pool lockstep_rollout"
 airflow pools set lockstep_rollout "${LOCKSTEP_ROLLOUT_POOL_SLOTS:-8}" "Lockstep rollouts (review, shadow, canary, A/B, bandit looks)"

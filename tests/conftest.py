@@ -17,7 +17,7 @@ DEMO_CACHE = Path(os.environ.get("LOCKSTEP_TEST_CACHE", Path.home() / ".cache" /
 @pytest.fixture
 def lockstep_home(tmp_path, monkeypatch):
     """Point every setting at a fresh folder, as a new user's machine would have."""
-    from lockstep.db import dispose_engines
+    from lockstep.store.db import dispose_engines
 
     home = tmp_path / "lockstep-home"
     monkeypatch.setenv("LOCKSTEP_HOME", str(home))

@@ -30,7 +30,7 @@ def _lockstep(home: Path, *args: str, check: bool = True) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory) -> Path:
-    from lockstep.corpus import demo_sample
+    from lockstep.store.corpus import demo_sample
     from tests.conftest import DEMO_CACHE
 
     path = tmp_path_factory.mktemp("cli-corpus") / "records.jsonl"

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from .errors import LockstepError
+from lockstep.core.errors import LockstepError
 
 app = typer.Typer(
     help="Lockstep: ship new versions of embedding models with versioned FAISS indexes.",
@@ -73,8 +73,8 @@ def corpus_load(
     batch_size: Annotated[int, typer.Option(min=1)] = 5000,
 ) -> None:
     """Load the demo corpus or your own file into the record store (upserts by id)."""
-    from .corpus import load_corpus_file, load_demo_corpus
-    from .records import RecordStore
+    from lockstep.store.corpus import load_corpus_file, load_demo_corpus
+    from lockstep.store.records import RecordStore
 
     if demo == (path is not None):
         raise LockstepError("give exactly one of --demo or --path FILE")
@@ -110,9 +110,9 @@ def train(
     ] = 200_000,
 ) -> None:
     """Train, evaluate against the champion and register a model version."""
-    from .config import settings
-    from .retrain import nothing_to_train, run_all
-    from .training import TrainConfig
+    from lockstep.core.config import settings
+    from lockstep.training.fit import TrainConfig
+    from lockstep.training.steps import nothing_to_train, run_all
 
     cfg = settings()
     if reason := nothing_to_train():
@@ -150,10 +150,10 @@ def index_build(
     no_promote: Annotated[bool, typer.Option(help="Do not make this the champion even if there is none.")] = False,
 ) -> None:
     """Build and validate the index of a model version (with catch-up of live writes)."""
-    from .records import RecordStore
-    from .reembed import reembed_version
-    from .registry import Registry
-    from .vector_index import IndexSpec
+    from lockstep.index.steps import reembed_version
+    from lockstep.index.vector_index import IndexSpec
+    from lockstep.model.registry import Registry
+    from lockstep.store.records import RecordStore
 
     store = RecordStore()
     registry = Registry()
@@ -173,8 +173,8 @@ def index_build(
 @index_app.command("show")
 def index_show(model_version: Annotated[str, typer.Option("--model-version")]) -> None:
     """Print an index version's manifest after checking its files."""
-    from .config import settings
-    from .index_store import index_location, verify_index_files
+    from lockstep.core.config import settings
+    from lockstep.index.storage import index_location, verify_index_files
 
     manifest = verify_index_files(index_location(settings().model_name, model_version))
     typer.echo(manifest.to_json())
@@ -200,7 +200,7 @@ def drift_check(
 ) -> None:
     """Compare the recent window with the champion's training data and print the report
     (what the lockstep_drift DAG runs, without logging to MLflow or emitting the asset)."""
-    from .drift_check import STATUS_NO_CHAMPION, describe, run_drift_check
+    from lockstep.drift.steps import STATUS_NO_CHAMPION, describe, run_drift_check
 
     report = run_drift_check(
         window_hours=window_hours,
@@ -231,7 +231,7 @@ def drift_check(
 @routing_app.command("show")
 def routing_show() -> None:
     """Print the routing table: slots, states, weights and the generation."""
-    from .serving.cli import routing_show as show
+    from lockstep.serving.cli import routing_show as show
 
     typer.echo(show())
 
@@ -242,7 +242,7 @@ def routing_set(
     shadow: Annotated[list[str] | None, typer.Option("--shadow", help="Versions that get mirrored traffic.")] = None,
 ) -> None:
     """Change traffic weights in one transaction."""
-    from .serving.cli import routing_set as set_
+    from lockstep.serving.cli import routing_set as set_
 
     typer.echo(set_(pairs, shadow or []))
 
@@ -253,7 +253,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Run the serving API (one replica)."""
-    from .serving.cli import serve as run
+    from lockstep.serving.cli import serve as run
 
     run(host, port)
 
@@ -265,7 +265,7 @@ def search(
     user_id: Annotated[str | None, typer.Option(help="Route as this user (sticky).")] = None,
 ) -> None:
     """One search through the current routing, printed."""
-    from .serving.cli import search_once
+    from lockstep.serving.cli import search_once
 
     search_once(text, k, user_id)
 
@@ -274,8 +274,8 @@ def search(
 
 
 def _demo_options(per_category: int, airflow_port: int, mlflow_port: int, serving_port: int, **kw):
-    from .config import settings
-    from .demo import DemoOptions
+    from lockstep.core.config import settings
+    from lockstep.ops.demo import DemoOptions
 
     cfg = settings()
     cfg.ensure_home()
@@ -290,8 +290,8 @@ def demo(
     no_drift: Annotated[bool, typer.Option(help="Stop after the first model (skip the drift-driven retrain and rollout).")] = False,
 ) -> None:
     """One complete lifecycle headless (first model, drift, retrain, canary rollout); non-zero exit if a step failed."""
-    from .demo import DemoRun
-    from .stack import stop_on_sigterm
+    from lockstep.ops.demo import DemoRun
+    from lockstep.ops.stack import stop_on_sigterm
 
     stop_on_sigterm()
     options = _demo_options(per_category, 0, 0, 0, metadata_url=airflow_db, drift_phase=not no_drift)
@@ -310,8 +310,8 @@ def up(
     """The embedded stack: Airflow, MLflow UI, serving app, simulator; runs the first lifecycle; Ctrl-C stops all."""
     import threading
 
-    from .demo import DemoRun
-    from .stack import stop_on_sigterm
+    from lockstep.ops.demo import DemoRun
+    from lockstep.ops.stack import stop_on_sigterm
 
     stop_on_sigterm()
     options = _demo_options(per_category, airflow_port, mlflow_port, serving_port, time_schedules=True)
@@ -352,7 +352,7 @@ def simulate(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Traffic simulator: held-out queries as many users; clicks with a probability that depends on relevance."""
-    from .simulator import simulate_command
+    from lockstep.ops.simulator import simulate_command
 
     report = simulate_command(users=users, requests=requests, duration=duration, url=url, click_model=click_model,
                               concurrency=concurrency, rate=rate, seed=seed, echo=typer.echo)

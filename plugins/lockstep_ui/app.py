@@ -13,8 +13,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from lockstep.dashboard import Dashboard, load_dashboard
-from lockstep.errors import LockstepError
+from lockstep.core.errors import LockstepError
+from lockstep.ops.dashboard import Dashboard, load_dashboard
 
 from .auth import LoginRequired, airflow_user
 from .page import render_page

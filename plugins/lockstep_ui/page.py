@@ -10,7 +10,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from lockstep.dashboard import Dashboard
+from lockstep.ops.dashboard import Dashboard
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -52,5 +52,5 @@ def _env() -> Environment:
     )
     env.filters["num"] = fmt_number
     env.filters["time"] = fmt_time
-    env.filters["svg"] = Markup  # the charts are built from escaped parts in lockstep.dashboard
+    env.filters["svg"] = Markup  # the charts are built from escaped parts in lockstep.ops.dashboard
     return env

@@ -218,7 +218,7 @@ def test_init_steps_run_natively_on_postgres(compose, generated_env, native_help
         )
         with psycopg.connect(f"{admin} dbname=airflow") as conn:
             assert conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
-            # rollout tasks run in this pool (lockstep.rollout.ROLLOUT_POOL)
+            # rollout tasks run in this pool (lockstep.rollout.steps.ROLLOUT_POOL)
             assert conn.execute(
                 "SELECT slots FROM slot_pool WHERE pool = 'lockstep_rollout'"
             ).fetchone() == (8,)

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tests.alert_receivers import WebhookReceiver
 from tests.dags.conftest import task_states
+from tests.ops.alert_receivers import WebhookReceiver
 
 AIRFLOW_UI = "http://airflow.example.org:8080"
 
@@ -24,7 +24,7 @@ PROBE_DAG = """
 from datetime import datetime
 
 from airflow.sdk import DAG, task
-from lockstep_common import on_failure
+from lockstep.ops.dag_support import on_failure
 
 # Two tasks as a rollout would run them: one alerts (a rollback), the next one fails.
 with DAG(
@@ -37,7 +37,7 @@ with DAG(
 
     @task
     def roll_back() -> None:
-        from lockstep.alerts import alert
+        from lockstep.core.alerts import alert
 
         alert("rollback", "v3 rolled back to v2: error rate 4 % over the 1 % gate",
               {"candidate": "3", "champion": "2", "figures": {"error_rate": 0.04}})

@@ -19,10 +19,10 @@ pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 @pytest.fixture
 def drifting_store(lockstep_home, monkeypatch):
     """Champion version 1 fitted on 10 newsgroups; 200 posts of the other 10 since."""
-    from lockstep.corpus import DEMO_CATEGORIES, demo_sample, load_demo_corpus
-    from lockstep.records import Record, RecordStore
-    from lockstep.registry import Registry
-    from lockstep.training import TrainConfig, fit_embedder, split_holdout
+    from lockstep.model.registry import Registry
+    from lockstep.store.corpus import DEMO_CATEGORIES, demo_sample, load_demo_corpus
+    from lockstep.store.records import Record, RecordStore
+    from lockstep.training.fit import TrainConfig, fit_embedder, split_holdout
 
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     store = RecordStore()
@@ -60,8 +60,8 @@ def test_drift_is_detected_logged_and_emitted(drifting_store, airflow_db):
     import mlflow
     from lockstep_drift import lockstep_drift_dag
 
-    from lockstep.alerts import recent_alerts
-    from lockstep.config import settings
+    from lockstep.core.alerts import recent_alerts
+    from lockstep.core.config import settings
 
     run = lockstep_drift_dag.test(run_conf={"min_records": 50})
     states = task_states(run)

@@ -15,13 +15,13 @@ pytestmark = [pytest.mark.airflow]
 def test_maintenance_run_checkpoints_compacts_and_purges(lockstep_home, airflow_db):
     import lockstep_maintenance
 
-    from lockstep import routing
-    from lockstep.embedding import TextEmbedder
-    from lockstep.index_store import index_location, read_manifest, save_index
-    from lockstep.records import RecordStore
-    from lockstep.retention import compacted_through
-    from lockstep.schema import changes, request_log
-    from lockstep.vector_index import VectorIndex
+    from lockstep.index.storage import index_location, read_manifest, save_index
+    from lockstep.index.vector_index import VectorIndex
+    from lockstep.model.embedding import TextEmbedder
+    from lockstep.ops.retention import compacted_through
+    from lockstep.store import routing
+    from lockstep.store.records import RecordStore
+    from lockstep.store.schema import changes, request_log
 
     store = RecordStore()
     texts = {f"r{i}": f"record {i} about topic {i % 4} and words {i * 7}" for i in range(12)}

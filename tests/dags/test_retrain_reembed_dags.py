@@ -23,8 +23,8 @@ TRAIN_PARAMS = {"dim": 48, "min_df": 2, "max_features": 20000, "max_eval_queries
 
 @pytest.fixture
 def demo_store(lockstep_home):
-    from lockstep.corpus import demo_sample
-    from lockstep.records import RecordStore
+    from lockstep.store.corpus import demo_sample
+    from lockstep.store.records import RecordStore
 
     store = RecordStore()
     store.upsert_many(demo_sample(1200, seed=3))
@@ -35,9 +35,9 @@ def test_retrain_then_reembed_under_live_writes(demo_store, airflow_db, monkeypa
     import lockstep_reembed
     import lockstep_retrain
 
-    from lockstep.index_store import load_index
-    from lockstep.registry import Registry
-    from lockstep.routing import read_table
+    from lockstep.index.storage import load_index
+    from lockstep.model.registry import Registry
+    from lockstep.store.routing import read_table
 
     # --- retrain: registers v1 with its figures, alias challenger -----------------------------
     run = lockstep_retrain.dag.test(run_conf=TRAIN_PARAMS)
@@ -106,7 +106,7 @@ def test_retrain_then_reembed_under_live_writes(demo_store, airflow_db, monkeypa
 
     # the index holds exactly the live records, each vector from its latest text
     loaded = load_index(slot.index_location, expected_fingerprint=v1.fingerprint)
-    from lockstep.index_store import catch_up
+    from lockstep.index.storage import catch_up
 
     model = registry.load_embedder("1")
     catch_up(loaded.index, model, demo_store, loaded.applied_seq)  # writes after the run's validation
@@ -124,10 +124,10 @@ def test_retrain_then_reembed_under_live_writes(demo_store, airflow_db, monkeypa
 
 def test_library_build_in_worker_processes_equals_the_serial_build(demo_store):
     """``lockstep index build`` embeds shards in spawned processes; the index must not change."""
-    from lockstep.embedding import TextEmbedder
-    from lockstep.index_store import load_index, read_manifest
-    from lockstep.reembed import reembed_version
-    from lockstep.registry import Registry
+    from lockstep.index.steps import reembed_version
+    from lockstep.index.storage import load_index, read_manifest
+    from lockstep.model.embedding import TextEmbedder
+    from lockstep.model.registry import Registry
 
     registry = Registry()
     truth = demo_store.snapshot()

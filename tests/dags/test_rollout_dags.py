@@ -98,15 +98,15 @@ def world(tmp_path_factory, airflow_db):
         for var in ("LOCKSTEP_DATABASE_URL", "MLFLOW_TRACKING_URI", "LOCKSTEP_INDEX_STORE", "LOCKSTEP_API_TOKEN", "LOCKSTEP_FAULTS"):
             mp.delenv(var, raising=False)
         mp.setenv("LOCKSTEP_CACHE_DIR", str(DEMO_CACHE))
-        from lockstep.db import dispose_engines
+        from lockstep.store.db import dispose_engines
 
         dispose_engines()
-        from lockstep.corpus import DEMO_CATEGORIES, demo_sample
-        from lockstep.embedding import TextEmbedder
-        from lockstep.records import RecordStore
-        from lockstep.reembed import reembed_version
-        from lockstep.registry import Registry
-        from lockstep.simulator import held_out_queries, record_categories
+        from lockstep.index.steps import reembed_version
+        from lockstep.model.embedding import TextEmbedder
+        from lockstep.model.registry import Registry
+        from lockstep.ops.simulator import held_out_queries, record_categories
+        from lockstep.store.corpus import DEMO_CATEGORIES, demo_sample
+        from lockstep.store.records import RecordStore
 
         store = RecordStore()
         records = demo_sample(1000, seed=3)
@@ -170,7 +170,7 @@ def _run(dag, conf: dict, world, *, traffic: bool = True, alongside: Callable[[]
     dag.test() must run in the main thread (tasks install signal handlers); ``alongside``
     runs in a thread during the run (an operator, a reviewer, a watcher).
     """
-    from lockstep.simulator import ClickModel, Simulator
+    from lockstep.ops.simulator import ClickModel, Simulator
 
     sim = None
     if traffic:
@@ -197,7 +197,7 @@ def _run(dag, conf: dict, world, *, traffic: bool = True, alongside: Callable[[]
 
 def _assert_indexes_kept_for_serving_versions(world) -> None:
     """No index of a live version, or of one the rollback window may return to, was deleted."""
-    from lockstep.routing import read_table
+    from lockstep.store.routing import read_table
 
     table = read_table()
     for slot in table.slots:
@@ -208,13 +208,13 @@ def _assert_indexes_kept_for_serving_versions(world) -> None:
 
 
 def _steps(run) -> list[dict]:
-    from lockstep import rollout_record
+    from lockstep.rollout import record as rollout_record
 
     return rollout_record.steps(run.run_id)
 
 
 def _history_since(generation: int) -> list:
-    from lockstep.routing import history
+    from lockstep.store.routing import history
 
     return [e for e in reversed(history()) if e.generation > generation]
 
@@ -224,7 +224,7 @@ def _max_weight_since(version: str, generation: int) -> int:
 
 
 def _generation() -> int:
-    from lockstep.routing import read_generation
+    from lockstep.store.routing import read_generation
 
     return read_generation()
 
@@ -242,7 +242,7 @@ def _when(condition: Callable[[], bool], timeout: float = 240, what: str = "a co
 
 def _review_later(world, version: str, decision: str, delay: float = 1.0) -> Callable[[], None]:
     """A reviewer who tags the version in MLflow ``delay`` s after the rollout started waiting for review."""
-    from lockstep import rollout_record
+    from lockstep.rollout import record as rollout_record
 
     def waiting() -> bool:
         running = [r for r in rollout_record.recent(5) if r["model_version"] == version and r["status"] == "running"]
@@ -257,8 +257,8 @@ def _review_later(world, version: str, decision: str, delay: float = 1.0) -> Cal
 
 
 def _assert_rolled_back(world, version: str, champion: str, reason_part: str) -> None:
-    from lockstep.alerts import recent_alerts
-    from lockstep.routing import read_table
+    from lockstep.core.alerts import recent_alerts
+    from lockstep.store.routing import read_table
 
     table = read_table()
     assert table.weights == {champion: 100} and not table.shadows
@@ -272,7 +272,7 @@ def _assert_rolled_back(world, version: str, champion: str, reason_part: str) ->
 
 def _assert_promoted(world, run, states, version: str, previous: str, strategy_task: str) -> None:
     """Promoted: 100 % and alias champion; the previous champion retired after the window, its index gone."""
-    from lockstep.routing import read_table
+    from lockstep.store.routing import read_table
 
     assert run.state == "success", states
     for task_id in (strategy_task, "finalize", "verify", "wait_rollback_window", "retention"):
@@ -295,8 +295,8 @@ def test_shadow_strategy_never_promotes(world):
     """Reproduction: strategy=shadow went on to 100 %, moved alias champion and deleted the old champion's index."""
     import lockstep_rollout
 
-    from lockstep import rollout_record
-    from lockstep.routing import read_table
+    from lockstep.rollout import record as rollout_record
+    from lockstep.store.routing import read_table
 
     version, before = world["versions"]["good"], _generation()
     champion_index = Path(read_table().slot("1").index_location)
@@ -335,9 +335,9 @@ def test_a_manual_routing_change_during_a_canary_stops_the_rollout_as_overridden
     """Reproduction: a manual `lockstep routing set` during a canary was undone at the next step."""
     import lockstep_rollout
 
-    from lockstep import rollout_record
-    from lockstep.alerts import recent_alerts
-    from lockstep.routing import read_table, set_weights
+    from lockstep.core.alerts import recent_alerts
+    from lockstep.rollout import record as rollout_record
+    from lockstep.store.routing import read_table, set_weights
 
     version, before = world["versions"]["good"], _generation()
     manual = {}
@@ -363,8 +363,8 @@ def test_start_refuses_when_the_champion_alias_and_the_routing_table_disagree(wo
     """Reproduction: start forced the alias's version to 100 % although the routing table said otherwise."""
     import lockstep_rollout
 
-    from lockstep import rollout_record
-    from lockstep.routing import read_table, set_weights
+    from lockstep.rollout import record as rollout_record
+    from lockstep.store.routing import read_table, set_weights
 
     version = world["versions"]["good"]
     set_weights({version: 100}, reason="a rollback that moved traffic but not the alias", actor="alice")
@@ -550,8 +550,8 @@ def test_blue_green_rolls_back_when_the_replicas_do_not_follow(world):
 def test_rollback_dag_returns_traffic_and_alias_to_the_previous_champion(world):
     import lockstep_rollback
 
-    from lockstep.reembed import reembed_version
-    from lockstep.routing import history, read_table
+    from lockstep.index.steps import reembed_version
+    from lockstep.store.routing import history, read_table
 
     current, previous = world["versions"]["blue_green"], world["versions"]["canary_winner"]
     conf = {"reason": "customers report worse results", "to_version": previous, "serving_url": world["url"], "verify_timeout_seconds": 15}

@@ -22,7 +22,7 @@ def test_finalize_waits_only_on_the_promoting_strategies(dag):
     """Reproduction: finalize had start upstream, so a shadow-only run satisfied its trigger rule and promoted."""
     import lockstep_rollout
 
-    from lockstep.rollout import PROMOTING_STRATEGIES
+    from lockstep.rollout.steps import PROMOTING_STRATEGIES
 
     finalize = dag.get_task("finalize")
     promoting = {lockstep_rollout.STRATEGY_TASKS[s] for s in PROMOTING_STRATEGIES}
@@ -33,8 +33,8 @@ def test_finalize_waits_only_on_the_promoting_strategies(dag):
 
 
 def test_waits_hold_no_worker_and_everything_is_bounded(dag):
-    from lockstep.rollout import ROLLOUT_POOL
-    from lockstep.rollout_executor import RolloutPhaseOperator
+    from lockstep.rollout.operator import RolloutPhaseOperator
+    from lockstep.rollout.steps import ROLLOUT_POOL
 
     for task_id, phase in WAITING.items():
         task = dag.get_task(task_id)
@@ -51,8 +51,8 @@ def test_a_phase_defers_between_looks_and_returns_the_result_when_done(monkeypat
     from airflow.providers.standard.triggers.temporal import DateTimeTrigger
     from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
-    from lockstep import rollout
-    from lockstep.rollout_executor import RolloutPhaseOperator
+    from lockstep.rollout import steps as rollout
+    from lockstep.rollout.operator import RolloutPhaseOperator
 
     task = RolloutPhaseOperator(task_id="canary", phase="canary", plan={"rollout_id": "r1"})  # outside the DAG
     outcomes = iter([rollout.Tick(False, wait_seconds=7.0), rollout.Tick(True, {"verdict": "pass"})])

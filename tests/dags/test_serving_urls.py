@@ -5,9 +5,8 @@ from __future__ import annotations
 
 
 def test_serving_url_default_reads_every_replica_from_the_environment(monkeypatch):
-    from lockstep_common import serving_url_default
-
-    from lockstep.rollout import RolloutConfig
+    from lockstep.ops.dag_support import serving_url_default
+    from lockstep.rollout.steps import RolloutConfig
 
     monkeypatch.delenv("LOCKSTEP_SERVING_URLS", raising=False)
     assert serving_url_default() == "http://127.0.0.1:8000"

@@ -96,11 +96,11 @@ def redis_url(tmp_path) -> Iterator[str]:
 @pytest.fixture
 def demo_world(tmp_path, monkeypatch):
     """Demo records and one registered model version in a fresh LOCKSTEP_HOME."""
-    from lockstep.corpus import demo_sample
-    from lockstep.db import dispose_engines
-    from lockstep.embedding import TextEmbedder
-    from lockstep.records import RecordStore
-    from lockstep.registry import Registry
+    from lockstep.model.embedding import TextEmbedder
+    from lockstep.model.registry import Registry
+    from lockstep.store.corpus import demo_sample
+    from lockstep.store.db import dispose_engines
+    from lockstep.store.records import RecordStore
     from tests.conftest import DEMO_CACHE
 
     home = tmp_path / "home"
@@ -120,7 +120,7 @@ def demo_world(tmp_path, monkeypatch):
 
 
 def test_reembed_shards_spread_over_two_celery_workers(demo_world, redis_url, postgres_server, tmp_path):
-    from lockstep import stack as stacklib
+    from lockstep.ops import stack as stacklib
 
     metadata_url = postgres_server.create_database("airflow")
     config = stacklib.StackConfig(home=demo_world["home"], airflow_port=_free_port(), metadata_url=metadata_url,
@@ -163,8 +163,8 @@ def test_reembed_shards_spread_over_two_celery_workers(demo_world, redis_url, po
     hosts = {host for _, host, _ in shards}
     assert hosts == set(WORKERS), f"mapped shards ran on {sorted(hosts)}: {shards}"
 
-    from lockstep import routing
-    from lockstep.index_store import read_manifest
+    from lockstep.index.storage import read_manifest
+    from lockstep.store import routing
 
     slot = routing.read_table().slot(demo_world["version"])
     assert slot is not None and slot.state == "live"  # first model: published and made champion
@@ -192,7 +192,7 @@ def _celery_env(env: dict[str, str], redis_url: str, metadata_url: str, tmp_path
 
 def _spawn(stack, name: str, cmd: list[str], env: dict[str, str]) -> None:
     """Start one Airflow process as a child of the stack (stopped, with its group, by stack.stop)."""
-    from lockstep.stack import Child
+    from lockstep.ops.stack import Child
 
     logs = stack.config.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -232,6 +232,6 @@ def _embed_task_instances(metadata_url: str, run_id: str) -> list[tuple[int, str
 
 
 def _logs(stack) -> str:
-    from lockstep.stack import _tail
+    from lockstep.ops.stack import _tail
 
     return "\n".join(f"--- {c.name} ---\n{_tail(c.log, 40)}" for c in stack.children)

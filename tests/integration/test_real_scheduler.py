@@ -55,7 +55,7 @@ def test_demo_lifecycle_under_the_real_scheduler_on_postgres(demo, monkeypatch):
     for step in ("first model", "drift -> retrain", "re-embed + canary rollout", "traffic summary", "clean run"):
         assert step in summary
 
-    from lockstep.registry import Registry
+    from lockstep.model.registry import Registry
 
     monkeypatch.setenv("LOCKSTEP_HOME", str(home))  # read what the demo left behind
     registry = Registry(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
@@ -67,8 +67,8 @@ def test_demo_lifecycle_under_the_real_scheduler_on_postgres(demo, monkeypatch):
 
 def test_the_rollout_was_judged_by_canary_steps(demo, monkeypatch):
     _, home, _ = demo
-    from lockstep import rollout_record
-    from lockstep.db import dispose_engines
+    from lockstep.rollout import record as rollout_record
+    from lockstep.store.db import dispose_engines
 
     monkeypatch.setenv("LOCKSTEP_HOME", str(home))
     monkeypatch.delenv("LOCKSTEP_DATABASE_URL", raising=False)

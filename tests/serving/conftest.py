@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from lockstep.config import Settings
-from lockstep.db import get_engine
-from lockstep.embedding import TextEmbedder
-from lockstep.records import RecordStore
+from lockstep.core.config import Settings
+from lockstep.model.embedding import TextEmbedder
 from lockstep.serving import ServingConfig, create_app
+from lockstep.store.db import get_engine
+from lockstep.store.records import RecordStore
 from tests.serving.harness import TOKEN, fill_store, fit_models, make_slot
 
 FAST = ServingConfig(poll_interval=0.05, tail_interval=0.1, log_flush_interval=0.1, replica="test")

@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from lockstep import routing
-from lockstep.embedding import TextEmbedder
-from lockstep.index_store import build_index, save_index
-from lockstep.records import RecordStore
+from lockstep.index.storage import build_index, save_index
+from lockstep.model.embedding import TextEmbedder
+from lockstep.store import routing
+from lockstep.store.records import RecordStore
 from tests.serving.load import WORDS, topic_text  # noqa: F401  (re-exported for tests)
 
 TOKEN = "test-token"

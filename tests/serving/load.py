@@ -30,8 +30,8 @@ def topic_text(rng: random.Random, n_words: int = 10) -> str:
 
 def churn_weights(database_url: str, plans: list[dict[str, int]], pause: float, duration: float, barrier: Any, out: Any) -> None:
     """Change the weights in a loop; report (generation, committed by, plan) for each change."""
-    from lockstep import routing
-    from lockstep.db import get_engine
+    from lockstep.store import routing
+    from lockstep.store.db import get_engine
 
     engine = get_engine(database_url)
     timeline = []

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from lockstep import routing
-from lockstep.schema import feedback_log, request_log, shadow_log
 from lockstep.serving import ServingConfig
+from lockstep.store import routing
+from lockstep.store.schema import feedback_log, request_log, shadow_log
 from tests.serving.conftest import FAST
 from tests.serving.harness import auth, serve, wait_for
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from lockstep import routing
-from lockstep.errors import LockstepError
-from lockstep.routing import RoutingError
+from lockstep.core.errors import LockstepError
 from lockstep.serving.cli import routing_set, routing_show, search_once
+from lockstep.store import routing
+from lockstep.store.routing import RoutingError
 
 
 @pytest.fixture

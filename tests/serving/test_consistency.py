@@ -19,8 +19,8 @@ import httpx
 import numpy as np
 import pytest
 
-from lockstep import routing
 from lockstep.serving import ServingConfig
+from lockstep.store import routing
 from tests.serving.conftest import deploy
 from tests.serving.harness import TOKEN, serve, wait_for
 from tests.serving.load import churn_weights, client_load

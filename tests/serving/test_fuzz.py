@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi import checks
 
-from lockstep import routing
 from lockstep.serving import ServingConfig
+from lockstep.store import routing
 from tests.serving.conftest import deploy
 from tests.serving.harness import TOKEN, serve
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from lockstep.db import get_engine
-from lockstep.schema import feedback_log, request_log, shadow_log
 from lockstep.serving.logs import LogWriter
+from lockstep.store.db import get_engine
+from lockstep.store.schema import feedback_log, request_log, shadow_log
 
 
 def test_rows_round_trip_through_the_batched_writer(database_url):
@@ -56,8 +56,8 @@ def test_a_database_made_before_the_pinned_column_gets_it(database_url):
     """create_all never alters a table: an existing request log gains ``pinned`` on first use."""
     from sqlalchemy import Column, MetaData, Table, create_engine, insert
 
-    from lockstep.db import _normalise
-    from lockstep.schema import ensure_added_columns
+    from lockstep.store.db import _normalise
+    from lockstep.store.schema import ensure_added_columns
 
     old = MetaData()
     Table("lockstep_request_log", old, *[Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from lockstep import routing
-from lockstep.db import get_engine
-from lockstep.index_store import build_index, save_index
-from lockstep.records import RecordStore
-from lockstep.registry import Registry
+from lockstep.index.storage import build_index, save_index
+from lockstep.model.registry import Registry
 from lockstep.serving.cli import search_once
+from lockstep.store import routing
+from lockstep.store.db import get_engine
+from lockstep.store.records import RecordStore
 from tests.serving.conftest import FAST
 from tests.serving.harness import fill_store, fit_models, serve
 
 
 @pytest.mark.slow
 def test_a_registered_model_version_serves_through_mlflow(lockstep_home, tmp_path):
-    from lockstep.config import Settings
+    from lockstep.core.config import Settings
     from lockstep.serving import create_app
 
     engine = get_engine()  # the defaults of a fresh LOCKSTEP_HOME, as `lockstep serve` uses

@@ -14,8 +14,8 @@ import subprocess
 import httpx
 import pytest
 
-from lockstep import routing
-from lockstep.schema import request_log
+from lockstep.store import routing
+from lockstep.store.schema import request_log
 from tests import postgres_harness
 from tests.serving.conftest import deploy
 from tests.serving.harness import auth, serve, wait_for

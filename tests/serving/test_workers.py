@@ -10,9 +10,9 @@ import sys
 import httpx
 import pytest
 
-from lockstep import routing
-from lockstep.errors import ConfigurationError
+from lockstep.core.errors import ConfigurationError
 from lockstep.serving.app import _workers_from_env
+from lockstep.store import routing
 from tests.serving.harness import wait_for
 
 

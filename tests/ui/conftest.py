@@ -81,7 +81,7 @@ def airflow_server(tmp_path_factory) -> Iterator[AirflowServer]:
 
 def _seed_lockstep(home: Path) -> dict:
     """Write the scenario into a fresh Lockstep database through the real routing code."""
-    from lockstep.db import dispose_engines
+    from lockstep.store.db import dispose_engines
     from tests.ui.scenario import seed
 
     with pytest.MonkeyPatch.context() as mp:

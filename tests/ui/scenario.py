@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from lockstep import alerts, routing, schema
-from lockstep.db import get_engine
+from lockstep.core import alerts
+from lockstep.store import routing, schema
+from lockstep.store.db import get_engine
 
 FINGERPRINTS = {
     "1": "sha256:1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809",
@@ -77,7 +78,7 @@ def _rollout(rollout_id: str, cand: str, base: str, strategy: str, *, weights: l
 
 
 def _gate(name: str, verdict: str, reason: str, figures: dict[str, float]) -> dict[str, Any]:
-    """A gate's answer in the shape of ``lockstep.gates.GateResult.to_dict()`` (without
+    """A gate's answer in the shape of ``lockstep.rollout.gates.GateResult.to_dict()`` (without
     importing scipy, which the gates need and these tests do not)."""
     return {"name": name, "verdict": verdict, "reason": reason, "figures": figures}
 

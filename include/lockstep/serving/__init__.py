@@ -6,8 +6,8 @@ slots loaded and current. See ``app.py`` for the request path.
 
 from __future__ import annotations
 
-from .app import ServingConfig, ServingRuntime, create_app, run
-from .slots import LoadedSlot, ServingView, SlotManager, load_slot
+from lockstep.serving.app import ServingConfig, ServingRuntime, create_app, run
+from lockstep.serving.slots import LoadedSlot, ServingView, SlotManager, load_slot
 
 __all__ = [
     "LoadedSlot",

@@ -44,18 +44,18 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import PathConvertor, register_url_convertor
 
-from ..config import Settings
-from ..db import get_engine
-from ..errors import ConfigurationError, InvalidRecordError, RecordNotFoundError
-from ..records import RecordStore
-from ..schema import ID_LENGTH
-from .clicks import ClickJudge, RecentAnswers, Verdict
-from .inputs import ID_PATTERN, TEXT_PATTERN, clean_id, clean_metadata, clean_text
-from .logs import LogWriter, is_connection_error
-from .metrics import NO_VERSION, ServingMetrics
-from .outage import summary
-from .shadow import ShadowRunner
-from .slots import LoadedSlot, ServingView, SlotManager
+from lockstep.core.config import Settings
+from lockstep.core.errors import ConfigurationError, InvalidRecordError, RecordNotFoundError
+from lockstep.serving.clicks import ClickJudge, RecentAnswers, Verdict
+from lockstep.serving.inputs import ID_PATTERN, TEXT_PATTERN, clean_id, clean_metadata, clean_text
+from lockstep.serving.logs import LogWriter, is_connection_error
+from lockstep.serving.metrics import NO_VERSION, ServingMetrics
+from lockstep.serving.outage import summary
+from lockstep.serving.shadow import ShadowRunner
+from lockstep.serving.slots import LoadedSlot, ServingView, SlotManager
+from lockstep.store.db import get_engine
+from lockstep.store.records import RecordStore
+from lockstep.store.schema import ID_LENGTH
 
 log = logging.getLogger("lockstep.serving")
 

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from ..config import Settings
-from ..db import get_engine
-from ..errors import LockstepError
-from ..records import RecordStore
-from ..routing import RoutingError, RoutingTable, read_table, set_weights
-from ..vector_index import SearchHits
-from .app import MAX_K, MAX_QUERY_CHARS
-from .slots import load_slot
+from lockstep.core.config import Settings
+from lockstep.core.errors import LockstepError
+from lockstep.index.vector_index import SearchHits
+from lockstep.serving.app import MAX_K, MAX_QUERY_CHARS
+from lockstep.serving.slots import load_slot
+from lockstep.store.db import get_engine
+from lockstep.store.records import RecordStore
+from lockstep.store.routing import RoutingError, RoutingTable, read_table, set_weights
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class SearchOutcome:
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run one serving replica in the foreground (configuration from the environment)."""
-    from .app import run
+    from lockstep.serving.app import run
 
     run(host, port)
 

@@ -30,7 +30,7 @@ from enum import Enum
 from sqlalchemy import Engine, select
 from starlette.concurrency import run_in_threadpool
 
-from ..schema import feedback_log, request_log
+from lockstep.store.schema import feedback_log, request_log
 
 
 class Verdict(Enum):

@@ -29,8 +29,8 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Engine, Table
 from sqlalchemy import exc as sa_exc
 
-from ..schema import feedback_log, request_log, shadow_log
-from .outage import Outage, summary
+from lockstep.serving.outage import Outage, summary
+from lockstep.store.schema import feedback_log, request_log, shadow_log
 
 log = logging.getLogger("lockstep.serving")
 

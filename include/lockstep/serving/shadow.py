@@ -18,8 +18,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .logs import LogWriter
-from .slots import LoadedSlot
+from lockstep.serving.logs import LogWriter
+from lockstep.serving.slots import LoadedSlot
 
 log = logging.getLogger("lockstep.serving")
 

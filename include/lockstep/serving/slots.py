@@ -41,12 +41,19 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from ..embedding import TextEmbedder
-from ..errors import FingerprintMismatchError, IndexIntegrityError, LockstepError, RegistryError
-from ..faults import maybe_fail
-from ..index_store import apply_changes, load_index
-from ..records import RecordStore
-from ..routing import (
+from lockstep.core.errors import (
+    FingerprintMismatchError,
+    IndexIntegrityError,
+    LockstepError,
+    RegistryError,
+)
+from lockstep.core.faults import maybe_fail
+from lockstep.index.storage import apply_changes, load_index
+from lockstep.index.vector_index import SearchHits
+from lockstep.model.embedding import TextEmbedder
+from lockstep.serving.outage import Outage, summary
+from lockstep.store.records import RecordStore
+from lockstep.store.routing import (
     NOTIFY_CHANNEL,
     SERVING_STATES,
     RoutingTable,
@@ -55,8 +62,6 @@ from ..routing import (
     read_generation,
     read_table,
 )
-from ..vector_index import SearchHits
-from .outage import Outage, summary
 
 log = logging.getLogger("lockstep.serving")
 
@@ -183,7 +188,7 @@ def load_model(model_uri: str, tracking_uri: str | None = None) -> TextEmbedder:
     """A slot's model: ``models:/<name>/<version>`` from MLflow, or a ``TextEmbedder.save`` file."""
     match = _MODELS_URI.match(model_uri.strip())
     if match:
-        from ..registry import Registry
+        from lockstep.model.registry import Registry
 
         return Registry(tracking_uri=tracking_uri, model_name=match["name"]).load_embedder(match["version"])
     if model_uri.startswith("models:/"):

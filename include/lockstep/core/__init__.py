@@ -1,0 +1,1 @@
+"""Foundations every pipeline shares: errors, configuration, atomic files, fault injection, locks."""

@@ -1,0 +1,154 @@
+"""Lockstep's configuration: environment variables with working defaults.
+
+Every setting in the public contract (``shared/interfaces.md``) is read here and
+nowhere else, so the README's configuration table and the code cannot drift apart.
+Settings are read when asked for (not at import) so tests and DAG runs can point a
+process at a fresh ``LOCKSTEP_HOME`` by setting the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL_NAME = "lockstep-embedder"
+DEFAULT_MLFLOW_UI_URL = "http://127.0.0.1:5000"
+DEFAULT_AIRFLOW_UI_URL = "http://127.0.0.1:8080"
+# PostgreSQL only (SQLite has its own busy timeout): seconds; 0 turns a limit off.
+DEFAULT_DB_CONNECT_TIMEOUT = 10.0
+DEFAULT_DB_STATEMENT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A snapshot of the configuration at one moment."""
+
+    home: Path
+    database_url: str
+    mlflow_tracking_uri: str
+    index_store: str
+    model_name: str
+    api_token: str | None
+    mlflow_ui_url: str = DEFAULT_MLFLOW_UI_URL  # where a browser opens MLflow (links on the UI page)
+    db_connect_timeout: float = DEFAULT_DB_CONNECT_TIMEOUT  # seconds to reach PostgreSQL
+    db_statement_timeout: float = DEFAULT_DB_STATEMENT_TIMEOUT  # seconds one statement may run
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        home = Path(env.get("LOCKSTEP_HOME") or "./.lockstep").expanduser().resolve()
+        return cls(
+            home=home,
+            database_url=env.get("LOCKSTEP_DATABASE_URL") or f"sqlite:///{home / 'lockstep.db'}",
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
+            index_store=env.get("LOCKSTEP_INDEX_STORE") or str(home / "indexes"),
+            model_name=env.get("LOCKSTEP_MODEL_NAME") or DEFAULT_MODEL_NAME,
+            api_token=env.get("LOCKSTEP_API_TOKEN") or None,
+            mlflow_ui_url=env.get("LOCKSTEP_MLFLOW_UI_URL") or DEFAULT_MLFLOW_UI_URL,
+            db_connect_timeout=seconds_setting(env, "LOCKSTEP_DB_CONNECT_TIMEOUT", DEFAULT_DB_CONNECT_TIMEOUT),
+            db_statement_timeout=seconds_setting(env, "LOCKSTEP_DB_STATEMENT_TIMEOUT", DEFAULT_DB_STATEMENT_TIMEOUT),
+        )
+
+    def ensure_home(self) -> Path:
+        """Create the data folder (and the local index store) on first use."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        if "://" not in self.index_store:
+            Path(self.index_store).mkdir(parents=True, exist_ok=True)
+        return self.home
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where the embedded MLflow store keeps artifacts (next to its SQLite file)."""
+        return self.home / "mlartifacts"
+
+
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+def seconds_setting(env: dict[str, str], name: str, default: float) -> float:
+    """A duration in seconds from ``env[name]`` (empty: ``default``); 0 means no limit."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        from lockstep.core.errors import ConfigurationError
+
+        raise ConfigurationError(f"{name}={raw!r} is not a number of seconds (0 or more; 0 turns the limit off)")
+    return value
+
+
+# --- alert channels (lockstep.core.alerts) --------------------------------------------------------
+
+ALERT_CHANNELS = ("log", "smtp", "slack", "webhook")
+DEFAULT_ALERT_SMTP_CONN_ID = "smtp_default"
+DEFAULT_ALERT_SLACK_CONN_ID = "lockstep_slack"
+DEFAULT_ALERT_WEBHOOK_CONN_ID = "lockstep_webhook"
+DEFAULT_ALERT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Where alerts go and how their links are built (read per alert, like ``Settings``).
+
+    Secrets (SMTP login, Slack token) live in Airflow connections; the URL variables are
+    for webhooks whose URL is the only secret and for setups without an Airflow connection.
+    """
+
+    channels: tuple[str, ...]
+    smtp_to: tuple[str, ...]
+    smtp_from: str | None
+    smtp_conn_id: str
+    slack_webhook_url: str | None
+    slack_conn_id: str
+    webhook_url: str | None
+    webhook_conn_id: str
+    timeout_seconds: float
+    airflow_ui_url: str
+    mlflow_ui_url: str
+    model_name: str
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> AlertSettings:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            channels=_names(env.get("LOCKSTEP_ALERT_CHANNEL") or "log"),
+            smtp_to=_names(env.get("LOCKSTEP_ALERT_SMTP_TO") or "", lower=False),
+            smtp_from=env.get("LOCKSTEP_ALERT_SMTP_FROM") or None,
+            smtp_conn_id=env.get("LOCKSTEP_ALERT_SMTP_CONN_ID") or DEFAULT_ALERT_SMTP_CONN_ID,
+            slack_webhook_url=env.get("LOCKSTEP_ALERT_SLACK_WEBHOOK_URL") or None,
+            slack_conn_id=env.get("LOCKSTEP_ALERT_SLACK_CONN_ID") or DEFAULT_ALERT_SLACK_CONN_ID,
+            webhook_url=env.get("LOCKSTEP_ALERT_WEBHOOK_URL") or None,
+            webhook_conn_id=env.get("LOCKSTEP_ALERT_WEBHOOK_CONN_ID") or DEFAULT_ALERT_WEBHOOK_CONN_ID,
+            timeout_seconds=seconds_setting(env, "LOCKSTEP_ALERT_TIMEOUT", DEFAULT_ALERT_TIMEOUT),
+            airflow_ui_url=(env.get("LOCKSTEP_AIRFLOW_UI_URL") or DEFAULT_AIRFLOW_UI_URL).rstrip("/"),
+            mlflow_ui_url=(env.get("LOCKSTEP_MLFLOW_UI_URL") or DEFAULT_MLFLOW_UI_URL).rstrip("/"),
+            model_name=env.get("LOCKSTEP_MODEL_NAME") or DEFAULT_MODEL_NAME,
+        )
+
+
+def alert_settings() -> AlertSettings:
+    return AlertSettings.from_env()
+
+
+def _names(raw: str, *, lower: bool = True) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped, in order, each once."""
+    items = [part.strip().lower() if lower else part.strip() for part in raw.split(",")]
+    return tuple(dict.fromkeys(item for item in items if item))
+
+
+def run_folder(run_id: str) -> Path:
+    """Where a DAG run keeps its files (models, reports): $LOCKSTEP_HOME/runs/<run id>."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    folder = settings().home / "runs" / safe
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -1,0 +1,1 @@
+"""Drift checks: the statistics (pure) and the steps the drift DAG calls."""

@@ -1,0 +1,1 @@
+"""Embedding models: the built-in family, the MLflow registry seam, offline evaluation."""

@@ -1,0 +1,1 @@
+"""Running Lockstep: the embedded stack, demo, traffic simulator, retention, alerts, UI data, DAG support."""

@@ -1,0 +1,74 @@
+"""What every Lockstep DAG shares: the assets between DAGs, retry policy, alerts.
+
+Kept free of heavy imports: DAG files import this at parse time.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Asset
+
+# Asset events carry {"model_version", "fingerprint", "index_location"} in their extra.
+CHALLENGER = Asset(name="lockstep_challenger", uri="lockstep://models/challenger")
+INDEX_READY = Asset(name="lockstep_index_ready", uri="lockstep://indexes/ready")
+DRIFT = Asset(name="lockstep_drift", uri="lockstep://monitoring/drift")
+
+DEFAULT_ARGS = {
+    "owner": "lockstep",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=10),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=5),
+}
+
+# Tasks that only compute (no outside system) fail fast instead of retrying.
+NO_RETRY = {"retries": 0}
+
+
+def on_failure(context) -> None:
+    """Failure callback: one alert per failed task, through the configured channel."""
+    from lockstep.core.alerts import alert_from_context
+
+    alert_from_context("task_failed", context)
+
+
+def latest_extra(triggering_asset_events, asset: Asset) -> dict:
+    """The extra of the newest event of ``asset`` that triggered this run ({} if none).
+
+    Pass the task context's ``triggering_asset_events`` (the events behind an
+    asset-scheduled run; empty for a UI trigger).
+    """
+    if not triggering_asset_events:
+        return {}
+    events = None
+    for key in (asset, asset.uri, asset.name):
+        try:
+            events = triggering_asset_events[key]
+            break
+        except (KeyError, TypeError):
+            continue
+    return dict(events[-1].extra or {}) if events else {}
+
+
+def time_schedules_on() -> bool:
+    """False when ``LOCKSTEP_SCHEDULES=off``: the weekly retrain and hourly drift check are left
+    out (asset triggers stay), as ``lockstep demo`` does so that no clock-driven run interferes."""
+    import os
+
+    setting = os.environ.get("LOCKSTEP_SCHEDULES", "on").strip().lower()
+    if setting not in ("on", "off"):
+        raise ValueError(f"LOCKSTEP_SCHEDULES must be 'on' or 'off', got {setting!r}")
+    return setting == "on"
+
+
+def serving_url_default() -> str:
+    """Default of the rollout and rollback DAGs' Param ``serving_url``: the replicas to verify.
+
+    ``LOCKSTEP_SERVING_URLS`` lists every serving replica directly, comma-separated
+    (docker-compose.yaml sets it in every Airflow container: the default is read where the
+    DAG is parsed); without it, the embedded stack's one replica.
+    """
+    import os
+
+    return os.environ.get("LOCKSTEP_SERVING_URLS", "").strip() or "http://127.0.0.1:8000"

@@ -1,0 +1,548 @@
+"""What the Lockstep page in the Airflow UI shows, read from the Lockstep database.
+
+The page is an operator's answer to "what is serving, how did it get there, and did
+anything roll back?". Everything here is plain Python over the routing table, its
+history, the rollout records and the alert log, so the same figures feed the HTML page,
+its JSON endpoint and the tests, and none of it needs Airflow.
+
+The weight chart is an inline SVG rendered here: the page needs no JavaScript and no
+network (the Airflow UI is often behind a firewall with no CDN), and a test can read the
+chart's numbers straight out of the markup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from lockstep.core.alerts import recent_alerts
+from lockstep.store import schema
+from lockstep.store.db import get_engine
+from lockstep.store.routing import HistoryEntry, history, read_table, version_key
+
+FINGERPRINT_CHARS = 12
+# Reasons in the routing history that mean traffic was taken away from a candidate.
+_ROLLBACK_WORDS = re.compile(r"\broll(?:ed|ing)?[ _-]?back\b|\babort(?:ed)?\b", re.IGNORECASE)
+# A rollback seen in several sources (rollout record, routing history, alert) within
+# this time of each other, with the same version, is one rollback.
+_SAME_ROLLBACK = timedelta(minutes=5)
+# Colours of the chart's series, in version order (readable on white, distinct in print).
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """One serving slot as the page lists it."""
+
+    model_version: str
+    state: str
+    weight: int
+    shadow: bool
+    fingerprint: str
+    fingerprint_short: str
+    index_location: str
+    model_uri: str
+    note: str | None
+    updated_at: datetime | None
+    mlflow_url: str
+
+
+@dataclass(frozen=True)
+class WeightPoint:
+    """The live weights right after one routing change."""
+
+    generation: int
+    at: datetime
+    weights: dict[str, int]
+    shadow: tuple[str, ...]
+    reason: str | None
+    actor: str | None
+
+
+@dataclass(frozen=True)
+class GateView:
+    name: str
+    verdict: str
+    reason: str
+    figures: dict[str, float]
+
+
+@dataclass(frozen=True)
+class StepView:
+    """One analysis or decision of a rollout (a gate look, a promotion, a rollback)."""
+
+    step: str
+    phase: str
+    look: int
+    weight: int | None
+    verdict: str
+    action: str | None
+    reason: str | None
+    gates: tuple[GateView, ...]
+    figures: dict[str, float]
+    at: datetime | None
+
+
+@dataclass(frozen=True)
+class RolloutView:
+    rollout_id: str
+    model_version: str
+    baseline_version: str | None
+    strategy: str
+    status: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    reason: str | None
+    figures: dict[str, Any]
+    steps: tuple[StepView, ...]
+    history: tuple[WeightPoint, ...]
+    mlflow_url: str
+    baseline_mlflow_url: str | None
+
+    @property
+    def chart_svg(self) -> str:
+        versions = [v for v in (self.baseline_version, self.model_version) if v]
+        return weight_chart_svg(self.history, versions=versions, title=f"Traffic weights, rollout of version {self.model_version}")
+
+
+@dataclass(frozen=True)
+class RollbackView:
+    at: datetime | None
+    model_version: str | None
+    reason: str
+    sources: tuple[str, ...]  # "rollout", "routing", "alert"
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """Everything the page shows, read at one moment."""
+
+    generated_at: datetime
+    generation: int
+    model_name: str
+    mlflow_ui_url: str
+    slots: tuple[SlotView, ...]
+    rollouts: tuple[RolloutView, ...]
+    rollbacks: tuple[RollbackView, ...]
+    alerts: tuple[dict[str, Any], ...]
+    history: tuple[WeightPoint, ...]  # oldest first, the most recent changes
+    problems: tuple[str, ...] = field(default=())  # parts that could not be read, said plainly
+
+    @property
+    def history_svg(self) -> str:
+        return weight_chart_svg(self.history, title="Traffic weights, recent routing changes")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``/api/state`` answer: the same data as the page, JSON-ready."""
+        return _jsonable(asdict(self))
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def load_dashboard(
+    engine: Engine | str | None = None,
+    *,
+    mlflow_ui_url: str | None = None,
+    model_name: str | None = None,
+    rollout_limit: int = 10,
+    history_limit: int = 500,
+    alert_limit: int = 50,
+) -> Dashboard:
+    """Read the page's data; parts that fail (alert file, rollout tables) become ``problems``.
+
+    The routing table is the one part that must be readable: without it the page has
+    nothing true to say, so its errors (a ``ConfigurationError`` naming the database)
+    propagate to the caller.
+    """
+    eng = engine if isinstance(engine, Engine) else get_engine(engine)
+    base = (mlflow_ui_url or configured_mlflow_ui_url()).rstrip("/")
+    name = model_name or _configured_model_name()
+    problems: list[str] = []
+
+    table = read_table(eng)
+    points = tuple(reversed([_point(e) for e in history(limit=history_limit, engine=eng)]))
+    slots = tuple(_slot_view(s, base, name) for s in table.slots)
+
+    try:
+        rollouts = tuple(_rollouts(eng, points, base, name, rollout_limit))
+    except (SQLAlchemyError, KeyError, TypeError, ValueError) as exc:  # the rest of the page still helps
+        problems.append(f"rollout records could not be read: {exc}")
+        rollouts = ()
+
+    try:
+        alerts = tuple(reversed(recent_alerts(alert_limit)))
+    except (OSError, ValueError) as exc:
+        problems.append(f"the alert log could not be read: {exc}")
+        alerts = ()
+
+    return Dashboard(
+        generated_at=datetime.now(UTC),
+        generation=table.generation,
+        model_name=name,
+        mlflow_ui_url=base,
+        slots=slots,
+        rollouts=rollouts,
+        rollbacks=tuple(find_rollbacks(rollouts, points, alerts)),
+        alerts=alerts,
+        history=points,
+        problems=tuple(problems),
+    )
+
+
+def configured_mlflow_ui_url() -> str:
+    """Where people open the MLflow UI (``LOCKSTEP_MLFLOW_UI_URL``); not the tracking URI,
+    which may be a database or a compose-internal host name a browser cannot reach."""
+    from lockstep.core.config import settings
+
+    return settings().mlflow_ui_url
+
+
+def mlflow_version_url(base: str, model_name: str, version: str) -> str:
+    """Link to a model version's page in the MLflow UI."""
+    return f"{base.rstrip('/')}/#/models/{quote(model_name, safe='')}/versions/{quote(str(version), safe='')}"
+
+
+def short_fingerprint(fingerprint: str, chars: int = FINGERPRINT_CHARS) -> str:
+    """The fingerprint's digest cut to a readable prefix (``sha256:`` dropped)."""
+    digest = fingerprint.split(":", 1)[1] if ":" in fingerprint else fingerprint
+    return digest[:chars]
+
+
+def find_rollbacks(
+    rollouts: Iterable[RolloutView], points: Iterable[WeightPoint], alerts: Iterable[Mapping[str, Any]]
+) -> list[RollbackView]:
+    """Rollbacks from all three places that record them, newest first, one entry per event."""
+    found: list[RollbackView] = []
+    for r in rollouts:
+        if r.status == "rolled_back":
+            reason = r.reason or next((s.reason for s in reversed(r.steps) if s.action == "rollback" and s.reason), None)
+            found.append(RollbackView(r.ended_at or r.started_at, r.model_version, reason or "rolled back", ("rollout",)))
+    previous: WeightPoint | None = None
+    for p in points:
+        if p.reason and _ROLLBACK_WORDS.search(p.reason):
+            version = _version_that_lost(previous, p) or _version_in(p.reason)
+            found.append(RollbackView(p.at, version, p.reason, ("routing",)))
+        previous = p
+    for a in alerts:
+        if a.get("event") == "rollback":
+            details = a.get("details") or {}
+            version = details.get("model_version") or details.get("version") or _version_in(str(a.get("message", "")))
+            found.append(RollbackView(_parse_time(a.get("at")), None if version is None else str(version), str(a.get("message", "")), ("alert",)))
+    return _merge_rollbacks(found)
+
+
+# --- the chart -------------------------------------------------------------------------------
+
+
+def weight_chart_svg(
+    points: Sequence[WeightPoint],
+    *,
+    versions: Sequence[str] | None = None,
+    title: str = "Traffic weights",
+    width: int = 900,
+    height: int = 240,
+) -> str:
+    """A step chart of each version's traffic share, one column per routing change.
+
+    Columns are changes, not clock time: a rollout alternates long bakes with instant
+    moves (a rollback takes a second after an hour of canary), and a time axis would
+    squeeze the moves that matter into one pixel. Each column is labelled with its time.
+    """
+    points = _weight_changes(points)
+    if not points:
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" class="lockstep-chart" width="{width}" height="60" '
+            f'role="img" aria-label="{_attr(title)}: no routing changes yet">'
+            f'<text x="8" y="34" font-size="13" fill="#666">No routing changes yet.</text></svg>'
+        )
+    names = list(versions) if versions else []
+    for p in points:
+        names.extend(v for v in list(p.weights) + list(p.shadow) if v not in names)
+    names = sorted(dict.fromkeys(names), key=version_key)
+
+    left, right, top, bottom = 44, 16, 28, 46
+    plot_w, plot_h = width - left - right, height - top - bottom
+    step_x = plot_w / len(points)
+
+    def x(i: float) -> float:
+        return round(left + i * step_x, 1)
+
+    def y(weight: float) -> float:
+        return round(top + plot_h * (1 - weight / 100), 1)
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="lockstep-chart" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_attr(title)}">',
+        f"<title>{_text(title)}</title>",
+        '<g class="grid" stroke="#e3e3e3" stroke-width="1">',
+    ]
+    for tick in (0, 25, 50, 75, 100):
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(tick)}" y2="{y(tick)}"/>')
+    out.append("</g>")
+    out.append('<g class="y-axis" font-size="11" fill="#555" text-anchor="end">')
+    for tick in (0, 25, 50, 75, 100):
+        out.append(f'<text x="{left - 6}" y="{y(tick) + 4}">{tick}%</text>')
+    out.append("</g>")
+
+    label_every = max(1, round(len(points) / 8))
+    out.append('<g class="x-axis" font-size="10" fill="#555" text-anchor="middle">')
+    for i, p in enumerate(points):
+        if i % label_every == 0 or i == len(points) - 1:
+            out.append(f'<text x="{x(i + 0.5)}" y="{height - bottom + 16}">{_text(_clock(p.at))}</text>')
+            out.append(f'<text x="{x(i + 0.5)}" y="{height - bottom + 29}" fill="#999">g{p.generation}</text>')
+    out.append("</g>")
+
+    for version in names:
+        colour = version_colour(version)
+        weights = [p.weights.get(version, 0) for p in points]
+        if not any(weights) and not any(version in p.shadow for p in points):
+            continue
+        path = [f"M{x(0)},{y(weights[0])}"]
+        for i in range(len(weights)):
+            path.append(f"H{x(i + 1)}")
+            if i + 1 < len(weights):
+                path.append(f"V{y(weights[i + 1])}")
+        out.append(
+            f'<path class="series" data-version="{_attr(version)}" data-weights="{",".join(map(str, weights))}" '
+            f'd="{"".join(path)}" fill="none" stroke="{colour}" stroke-width="2.5"/>'
+        )
+        for i, (p, w) in enumerate(zip(points, weights, strict=True)):
+            shadow = version in p.shadow
+            tip = f"version {version}: {w}%{' (shadow)' if shadow else ''} at generation {p.generation}, {_clock(p.at)}"
+            if p.reason:
+                tip += f" - {p.reason}"
+            fill = "#fff" if shadow else colour
+            out.append(
+                f'<circle cx="{x(i + 0.5)}" cy="{y(w)}" r="3.5" fill="{fill}" stroke="{colour}" stroke-width="1.5">'
+                f"<title>{_text(tip)}</title></circle>"
+            )
+
+    out.append('<g class="legend" font-size="12">')
+    legend_x = left
+    for version in names:
+        colour = version_colour(version)
+        out.append(f'<rect x="{legend_x}" y="8" width="12" height="12" fill="{colour}"/>')
+        out.append(f'<text x="{legend_x + 16}" y="18" fill="#333">version {_text(version)}</text>')
+        legend_x += 28 + 7 * len(f"version {version}")
+    out.append("</g></svg>")
+    return "".join(out)
+
+
+def version_colour(version: str) -> str:
+    """A version keeps its colour in every chart on the page (v2 is not blue here, red there)."""
+    if version.isdigit():
+        return PALETTE[(int(version) - 1) % len(PALETTE)]
+    return PALETTE[int(hashlib.blake2b(version.encode(), digest_size=2).hexdigest(), 16) % len(PALETTE)]
+
+
+# --- internals -------------------------------------------------------------------------------
+
+
+def _configured_model_name() -> str:
+    from lockstep.core.config import settings
+
+    return settings().model_name
+
+
+def _slot_view(slot: Any, base: str, model_name: str) -> SlotView:
+    name = _model_name_in(slot.model_uri) or model_name
+    return SlotView(
+        model_version=slot.model_version,
+        state=slot.state,
+        weight=slot.weight,
+        shadow=slot.shadow,
+        fingerprint=slot.fingerprint,
+        fingerprint_short=short_fingerprint(slot.fingerprint),
+        index_location=slot.index_location,
+        model_uri=slot.model_uri,
+        note=slot.note,
+        updated_at=_utc(slot.updated_at),
+        mlflow_url=mlflow_version_url(base, name, slot.model_version),
+    )
+
+
+def _point(entry: HistoryEntry) -> WeightPoint:
+    return WeightPoint(
+        generation=entry.generation,
+        at=_utc(entry.at) or datetime.now(UTC),
+        weights=dict(sorted(entry.weights.items(), key=lambda kv: version_key(kv[0]))),
+        shadow=tuple(entry.shadow),
+        reason=entry.reason,
+        actor=entry.actor,
+    )
+
+
+def _rollouts(eng: Engine, points: Sequence[WeightPoint], base: str, model_name: str, limit: int) -> list[RolloutView]:
+    """Recent rollouts with their steps; none if the rollout tables are not in this schema."""
+    rollouts_t = getattr(schema, "rollouts", None)
+    steps_t = getattr(schema, "rollout_steps", None)
+    if rollouts_t is None:
+        return []
+    with eng.connect() as conn:
+        rows = conn.execute(select(rollouts_t).order_by(rollouts_t.c.started_at.desc()).limit(limit)).mappings().all()
+        ids = [r["rollout_id"] for r in rows]
+        step_rows: list[Mapping[str, Any]] = []
+        if steps_t is not None and ids:
+            step_rows = conn.execute(
+                select(steps_t).where(steps_t.c.rollout_id.in_(ids)).order_by(steps_t.c.id)
+            ).mappings().all()
+    steps_by_rollout: dict[str, list[StepView]] = {i: [] for i in ids}
+    for s in step_rows:
+        steps_by_rollout[s["rollout_id"]].append(_step_view(s))
+
+    out = []
+    for r in rows:
+        started, ended = _utc(r["started_at"]), _utc(r.get("ended_at"))
+        baseline = r.get("baseline_version")
+        out.append(
+            RolloutView(
+                rollout_id=r["rollout_id"],
+                model_version=str(r["model_version"]),
+                baseline_version=None if baseline is None else str(baseline),
+                strategy=r.get("strategy") or "",
+                status=r.get("status") or "",
+                started_at=started,
+                ended_at=ended,
+                reason=r.get("reason"),
+                figures=dict(r.get("figures") or {}),
+                steps=tuple(steps_by_rollout[r["rollout_id"]]),
+                history=_window(points, started, ended),
+                mlflow_url=mlflow_version_url(base, model_name, str(r["model_version"])),
+                baseline_mlflow_url=None if baseline is None else mlflow_version_url(base, model_name, str(baseline)),
+            )
+        )
+    return out
+
+
+def _step_view(row: Mapping[str, Any]) -> StepView:
+    gates = []
+    for g in row.get("gates") or []:
+        if isinstance(g, Mapping):
+            gates.append(
+                GateView(
+                    name=str(g.get("name", "?")),
+                    verdict=str(g.get("verdict", "")),
+                    reason=str(g.get("reason", "")),
+                    figures=dict(g.get("figures") or {}),
+                )
+            )
+    weight = row.get("weight")
+    return StepView(
+        step=str(row.get("step") or ""),
+        phase=str(row.get("phase") or ""),
+        look=int(row.get("look") or 1),
+        weight=None if weight is None else int(weight),
+        verdict=str(row.get("verdict") or ""),
+        action=row.get("action"),
+        reason=row.get("reason"),
+        gates=tuple(gates),
+        figures=dict(row.get("figures") or {}),
+        at=_utc(row.get("at")),
+    )
+
+
+def _weight_changes(points: Sequence[WeightPoint]) -> list[WeightPoint]:
+    """Only the changes that moved traffic or shadowing (a slot registered moves neither)."""
+    kept: list[WeightPoint] = []
+    for p in points:
+        if not kept or (p.weights, p.shadow) != (kept[-1].weights, kept[-1].shadow):
+            kept.append(p)
+    return kept
+
+
+def _window(points: Sequence[WeightPoint], start: datetime | None, end: datetime | None) -> tuple[WeightPoint, ...]:
+    """The changes of a rollout: those inside its time span, led by the state it started from."""
+    if start is None:
+        return ()
+    inside = [p for p in points if p.at >= start and (end is None or p.at <= end)]
+    before = [p for p in points if p.at < start]
+    return tuple(before[-1:] + inside)
+
+
+def _merge_rollbacks(found: list[RollbackView]) -> list[RollbackView]:
+    """One entry per rollback: entries close in time about the same version are merged."""
+    found.sort(key=lambda r: r.at or datetime.min.replace(tzinfo=UTC))
+    merged: list[RollbackView] = []
+    for r in found:
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and last.at is not None
+            and r.at is not None
+            and r.at - last.at <= _SAME_ROLLBACK
+            and (last.model_version is None or r.model_version is None or last.model_version == r.model_version)
+            and not set(r.sources) & set(last.sources)
+        ):
+            # The rollout record's reason is the most specific; keep the first reason otherwise.
+            reason = r.reason if "rollout" in r.sources else last.reason
+            merged[-1] = RollbackView(last.at, last.model_version or r.model_version, reason, last.sources + r.sources)
+        else:
+            merged.append(r)
+    return list(reversed(merged))
+
+
+def _model_name_in(model_uri: str) -> str | None:
+    """The registered model's name in a ``models:/<name>/<version>`` URI."""
+    match = re.match(r"^models:/([^/@]+)/", model_uri or "")
+    return match.group(1) if match else None
+
+
+def _version_that_lost(before: WeightPoint | None, after: WeightPoint) -> str | None:
+    """The one version whose traffic a change cut (the rolled-back candidate), if exactly one."""
+    if before is None:
+        return None
+    lost = [v for v, w in before.weights.items() if after.weights.get(v, 0) < w]
+    return lost[0] if len(lost) == 1 else None
+
+
+def _version_in(text: str) -> str | None:
+    match = re.search(r"\bversion\s+(\w[\w.-]*)", text, re.IGNORECASE)
+    return match.group(1) if match else None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return _utc(value)
+    try:
+        return _utc(datetime.fromisoformat(str(value)))
+    except ValueError:
+        return None
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Timestamps as aware UTC: SQLite hands back naive ones for timezone columns."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _clock(at: datetime) -> str:
+    return at.strftime("%m-%d %H:%M:%S")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _text(value: str) -> str:
+    return html.escape(value, quote=False)
+
+
+def _attr(value: str) -> str:
+    return html.escape(value, quote=True)

@@ -1,0 +1,1 @@
+"""Staged promotion: pure strategies and gates, log analysis, records, the steps and the deferring operator."""

@@ -1,0 +1,1 @@
+"""The record store and its tables: records and change log, routing table, schema, database, demo corpus."""

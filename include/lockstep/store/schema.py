@@ -1,0 +1,241 @@
+"""The tables of the Lockstep database, all in one MetaData.
+
+One place for the whole schema so ``create_all`` sees every table and the SQLite
+default and PostgreSQL production paths create the same thing. The change log is the
+source of truth for every index version: records hold only the latest state (with
+tombstones), changes hold every write in sequence order.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+    inspect,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateColumn
+
+metadata = MetaData()
+
+ID_LENGTH = 256
+
+# A single counter row per named sequence. Writers increment it inside their
+# transaction; the row lock serialises them, so commit order equals sequence order
+# and a reader tailing "changes after N" can never skip a sequence that commits late.
+sequences = Table(
+    "lockstep_sequences",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+records = Table(
+    "lockstep_records",
+    metadata,
+    Column("id", String(ID_LENGTH), primary_key=True),
+    Column("text", Text, nullable=True),  # None once deleted (tombstone)
+    # JSON as text, serialised once per write by the store: a JSON column would encode
+    # it again per table and per row, which halves bulk-load throughput.
+    Column("metadata", Text, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+)
+Index("ix_lockstep_records_live", records.c.deleted, records.c.id)
+
+changes = Table(
+    "lockstep_changes",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("record_id", String(ID_LENGTH), nullable=False),
+    Column("op", String(8), nullable=False),  # "upsert" | "delete"
+    Column("text", Text, nullable=True),
+    Column("metadata", Text, nullable=True),  # JSON as text, as in records
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_lockstep_changes_record", changes.c.record_id, changes.c.seq)
+
+# --- serving: routing table -------------------------------------------------------
+
+slots = Table(
+    "lockstep_slots",
+    metadata,
+    Column("model_version", String(64), primary_key=True),
+    Column("model_uri", String(512), nullable=False),
+    Column("index_location", String(1024), nullable=False),
+    Column("fingerprint", String(128), nullable=False),
+    Column("state", String(16), nullable=False),  # loading|ready|live|draining|retired
+    Column("weight", Integer, nullable=False, default=0),
+    Column("shadow", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("note", Text, nullable=True),
+)
+
+routing_state = Table(
+    "lockstep_routing_state",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("generation", BigInteger, nullable=False),
+    Column("salt", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+routing_history = Table(
+    "lockstep_routing_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("generation", BigInteger, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("weights", JSON, nullable=False),  # {model_version: weight}
+    Column("shadow", JSON, nullable=True),  # [model_version, ...]
+    Column("reason", Text, nullable=True),
+    Column("actor", String(128), nullable=True),
+)
+
+# --- serving: request, shadow and feedback logs -------------------------------------
+
+request_log = Table(
+    "lockstep_request_log",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("user_id", String(256), nullable=True),
+    Column("query", Text, nullable=True),
+    Column("k", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("top_ids", JSON, nullable=False),
+    Column("replica", String(128), nullable=True),
+    # A request pinned with X-Lockstep-Pin is answered and logged, but any client can
+    # send that header: gate, drift and bandit statistics leave pinned rows out.
+    Column("pinned", Boolean, nullable=False, default=False, server_default=false()),
+)
+Index("ix_lockstep_request_log_at", request_log.c.at, request_log.c.model_version)
+
+shadow_log = Table(
+    "lockstep_shadow_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("live_version", String(64), nullable=False),
+    Column("shadow_version", String(64), nullable=False),
+    Column("live_top_ids", JSON, nullable=False),
+    Column("shadow_top_ids", JSON, nullable=True),
+    Column("latency_ms", Float, nullable=True),
+    Column("error", Text, nullable=True),
+)
+Index("ix_lockstep_shadow_log_at", shadow_log.c.at, shadow_log.c.shadow_version)
+
+feedback_log = Table(
+    "lockstep_feedback_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False),
+    Column("record_id", String(ID_LENGTH), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_lockstep_feedback_log_request", feedback_log.c.request_id)
+Index("ix_lockstep_feedback_log_at", feedback_log.c.at)  # retention deletes by age (lockstep.ops.retention)
+
+# --- rollouts: one row per rollout, one per gate analysis or decision ---------------
+# (added by the rollout issue; read by the Airflow UI page of the Lockstep plugin)
+
+rollouts = Table(
+    "lockstep_rollouts",
+    metadata,
+    Column("rollout_id", String(250), primary_key=True),  # the Airflow run id, or any caller's id
+    Column("model_version", String(64), nullable=False),  # the candidate
+    Column("baseline_version", String(64), nullable=True),  # the champion it is compared with
+    Column("strategy", String(32), nullable=False),
+    Column("status", String(32), nullable=False),  # running|promoted|rolled_back|shadow_only|skipped
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("config", JSON, nullable=True),
+    Column("figures", JSON, nullable=True),
+)
+
+rollout_steps = Table(
+    "lockstep_rollout_steps",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("rollout_id", String(250), nullable=False),
+    Column("step", String(64), nullable=False),  # e.g. "shadow", "canary 5%", "finalize"
+    Column("phase", String(32), nullable=False),  # review|shadow|canary|ab|bandit|blue_green|finalize|verify|rollback|retention
+    Column("look", Integer, nullable=False, default=1),  # 2, 3, ... when an inconclusive bake was extended
+    Column("weight", Integer, nullable=True),  # candidate's traffic percent during the step
+    Column("verdict", String(16), nullable=False),  # pass|fail|inconclusive|info
+    Column("action", String(16), nullable=True),  # promote|extend|rollback
+    Column("reason", Text, nullable=True),
+    Column("gates", JSON, nullable=True),  # [GateResult.to_dict(), ...]
+    Column("figures", JSON, nullable=True),
+    Column("window_start", DateTime(timezone=True), nullable=True),
+    Column("window_end", DateTime(timezone=True), nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_lockstep_rollout_steps_rollout", rollout_steps.c.rollout_id, rollout_steps.c.id)
+
+
+# --- columns added after a table was first created ------------------------------------
+# ``create_all`` creates missing tables but never alters an existing one, so a database
+# made by an older Lockstep would lack these; ``ensure_added_columns`` adds them.
+
+ADDED_COLUMNS: tuple[tuple[Table, str], ...] = ((request_log, "pinned"),)
+
+
+def ensure_added_columns(engine: Engine) -> list[str]:
+    """Add every column of ``ADDED_COLUMNS`` a table lacks; idempotent, returns what it added.
+
+    Two processes may race to add the same column: the loser's ``ALTER`` fails, and a
+    second look at the table decides whether that failure matters.
+    """
+    added = []
+    for table, name in ADDED_COLUMNS:
+        if _has_column(engine, table, name) is not False:
+            continue
+        ddl = CreateColumn(table.c[name]).compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+        except DBAPIError:
+            if not _has_column(engine, table, name):
+                raise
+            continue
+        added.append(f"{table.name}.{name}")
+    return added
+
+
+def _has_column(engine: Engine, table: Table, name: str) -> bool | None:
+    """True or False; None when the table itself does not exist yet."""
+    inspector = inspect(engine)
+    if not inspector.has_table(table.name):
+        return None
+    return name in {c["name"] for c in inspector.get_columns(table.name)}
+
+# Where a rollout's executor keeps its place between two looks (the task holds no worker
+# while it waits, so the state cannot live in memory). One row per rollout.
+rollout_state = Table(
+    "lockstep_rollout_state",
+    metadata,
+    Column("rollout_id", String(250), primary_key=True),
+    Column("state", JSON, nullable=False),  # {"generation": last routing generation written, "<phase>": {...}}
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,227 @@
+"""Training a candidate: the node functions the retrain DAG wires and the CLI runs in a row.
+
+Each step is a plain function over plain values (a snapshot, a fitted model, an
+evaluation), so the same code runs in ``lockstep train`` and in Airflow tasks, and
+each step is tested on its own. The held-out queries are chosen by a stable hash of
+the record id, so the champion and every later challenger are judged on the same
+queries, none of which either of them was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lockstep.core.errors import LockstepError
+from lockstep.model.embedding import TextEmbedder
+from lockstep.store.records import Record
+
+
+class TrainingError(LockstepError):
+    """Training cannot go on: no records, no labels to evaluate with, a bad parameter."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What defines a training run; every field is a DAG Param and a CLI option."""
+
+    dim: int = 256
+    max_features: int | None = 50_000
+    min_df: int = 2
+    max_df: float = 0.5
+    ngram_max: int = 1
+    holdout_percent: int = 10  # share of labelled records held out as evaluation queries
+    max_eval_queries: int = 1500
+    k: int = 10
+    margin: float = 0.005  # nDCG@10 gain the challenger must show over the champion
+    metric: str = "ndcg@10"
+    label_key: str = "category"
+    n_boot: int = 1000
+    seed: int = 0
+    # The vocabulary and the SVD are learned on at most this many training records (a
+    # seeded sample; None: all). At a million records the full fit peaked near 9 GB.
+    fit_sample: int | None = 200_000
+
+    def __post_init__(self) -> None:
+        if self.fit_sample is not None and (isinstance(self.fit_sample, bool) or int(self.fit_sample) < 2):
+            raise TrainingError(f"fit_sample must be at least 2 records (or None for all), got {self.fit_sample!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
+        data = dict(data or {})
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TrainingError(f"unknown training parameters: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def embedder(self) -> TextEmbedder:
+        return TextEmbedder(
+            dim=self.dim,
+            max_features=self.max_features,
+            min_df=self.min_df,
+            max_df=self.max_df,
+            ngram_range=(1, self.ngram_max),
+            random_state=self.seed,
+        )
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The training texts, and the labelled queries and documents of the evaluation."""
+
+    train: list[Record]
+    queries: list[Record]
+    docs: list[Record]
+
+    def summary(self) -> dict[str, int]:
+        return {"train": len(self.train), "eval_queries": len(self.queries), "eval_docs": len(self.docs)}
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Only what an evaluation reads: the texts and labels of the queries and documents.
+
+    Built from a ``Holdout`` so the snapshot's ``Record`` objects (most of its memory at
+    a million records) can be freed before the models embed anything.
+    """
+
+    query_texts: list[str]
+    query_labels: list[Any]
+    doc_texts: list[str]
+    doc_labels: list[Any]
+    summary: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_holdout(cls, holdout: Holdout, label_key: str) -> EvalSet:
+        return cls(
+            query_texts=[r.text for r in holdout.queries],
+            query_labels=[_label(r, label_key) for r in holdout.queries],
+            doc_texts=[r.text for r in holdout.docs],
+            doc_labels=[_label(r, label_key) for r in holdout.docs],
+            summary=holdout.summary(),
+        )
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Challenger against champion on the same queries, ready to log."""
+
+    better: bool
+    reason: str
+    figures: dict[str, float]
+    champion_version: str | None
+    holdout: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def is_holdout(record_id: str, percent: int) -> bool:
+    """Stable membership: the same id is held out in every run, whatever the corpus order."""
+    digest = hashlib.blake2b(record_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 100 < percent
+
+
+def split_holdout(records: Sequence[Record], config: TrainConfig) -> Holdout:
+    """Hold out labelled records as queries; train on the rest; evaluate over all labelled."""
+    if not records:
+        raise TrainingError("the snapshot has no records: load a corpus first (lockstep corpus load --demo)")
+    labelled = [r for r in records if _label(r, config.label_key) is not None]
+    queries = [r for r in labelled if is_holdout(r.id, config.holdout_percent)]
+    if len(queries) > config.max_eval_queries:
+        rng = np.random.default_rng(config.seed)
+        keep = np.sort(rng.choice(len(queries), config.max_eval_queries, replace=False))
+        queries = [queries[i] for i in keep]
+    held = {r.id for r in labelled if is_holdout(r.id, config.holdout_percent)}
+    train = [r for r in records if r.id not in held]
+    docs = [r for r in labelled if r.id not in held]
+    return Holdout(train=train, queries=queries, docs=docs)
+
+
+def fit_texts(train: Sequence[Record], config: TrainConfig) -> list[str]:
+    """The texts the model is fitted on: all training records, or a seeded sample of them.
+
+    A sample of ``fit_sample`` records learns the same vocabulary and directions as the
+    whole corpus to within noise, at a bounded cost in memory and time.
+    """
+    n = len(train)
+    if config.fit_sample is None or n <= config.fit_sample:
+        return [r.text for r in train]
+    rng = np.random.default_rng(config.seed)
+    rows = np.sort(rng.choice(n, int(config.fit_sample), replace=False))
+    return [train[i].text for i in rows.tolist()]
+
+
+def fit_embedder(texts: Sequence[str], config: TrainConfig) -> TextEmbedder:
+    if len(texts) < 2:
+        raise TrainingError(f"need at least 2 training texts, got {len(texts)}")
+    return config.embedder().fit(list(texts))
+
+
+def evaluate_embedder(embedder: TextEmbedder, holdout: Holdout | EvalSet, config: TrainConfig):
+    """Precision@k and nDCG@k per held-out query; relevance is "same label".
+
+    The documents are embedded in batches (``TextEmbedder.transform``) and searched
+    exactly in bounded blocks (``evaluate_retrieval``).
+    """
+    from lockstep.model.evaluation import evaluate_retrieval
+
+    data = holdout if isinstance(holdout, EvalSet) else EvalSet.from_holdout(holdout, config.label_key)
+    if not data.query_texts or len(data.doc_texts) <= config.k:
+        raise TrainingError(
+            f"cannot evaluate: {len(data.query_texts)} labelled queries and {len(data.doc_texts)} labelled "
+            f"documents (need queries and more than k={config.k} documents with a "
+            f"'{config.label_key}' metadata field)"
+        )
+    q = embedder.transform(data.query_texts)
+    d = embedder.transform(data.doc_texts)
+    return evaluate_retrieval(q, data.query_labels, d, data.doc_labels, k=config.k)
+
+
+def judge(
+    challenger_eval,
+    champion_eval,
+    config: TrainConfig,
+    champion_version: str | None,
+    holdout: Holdout | EvalSet,
+) -> EvalReport:
+    from lockstep.model.evaluation import compare
+
+    verdict = compare(
+        challenger_eval, champion_eval, config.margin, config.metric, n_boot=config.n_boot, seed=config.seed
+    )
+    return EvalReport(
+        better=verdict.better,
+        reason=verdict.reason,
+        figures=verdict.figures,
+        champion_version=champion_version,
+        holdout=holdout.summary if isinstance(holdout, EvalSet) else holdout.summary(),
+    )
+
+
+def write_eval_artifacts(report: EvalReport, challenger_eval, champion_eval, folder: str | Path) -> dict[str, Path]:
+    """The evaluation report (JSON) and its plot (PNG) for the MLflow run."""
+    from lockstep.core.atomic import atomic_write
+    from lockstep.model.evaluation import plot_evaluation
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    report_path = folder / "evaluation.json"
+    atomic_write(report_path, report.to_json())
+    plot_path = plot_evaluation(challenger_eval, champion_eval, folder / "evaluation.png")
+    return {"reports/evaluation.json": report_path, "plots/evaluation.png": Path(plot_path)}
+
+
+def _label(record: Record, key: str) -> Any:
+    meta = record.metadata or {}
+    value = meta.get(key)
+    return None if value in (None, "") else value

@@ -1,0 +1,208 @@
+"""The retrain pipeline as steps: what each task of ``lockstep_retrain`` runs.
+
+Every step takes and returns JSON-able values (they travel as XComs) and finds its
+inputs again from durable places: the snapshot by its change-log sequence, the model
+by its file in the run folder, the champion in the registry. So any step can be
+retried on another worker and gives the same answer; a rerun never registers twice
+(``register`` looks for a version already registered by the same run first).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lockstep.core.config import run_folder
+from lockstep.store.records import RecordStore
+from lockstep.training.fit import (
+    EvalSet,
+    TrainConfig,
+    evaluate_embedder,
+    fit_embedder,
+    fit_texts,
+    judge,
+    split_holdout,
+    write_eval_artifacts,
+)
+
+MODEL_FILE = "model.joblib"
+
+
+def snapshot(store: RecordStore | None = None) -> dict[str, Any]:
+    """Fix the training snapshot at the change log's head; later steps rebuild it from there.
+
+    Only the sequence and a count are read here (at a million records, reading the
+    records themselves cost 1.3 GB and 20 s for a number). Every later step reads the
+    snapshot at this sequence, so writes after it do not change what is trained on;
+    the count, read just after, may include them and is for display.
+    """
+    store = store or RecordStore()
+    seq, count = store.head(), store.count()
+    if not count:
+        from lockstep.training.fit import TrainingError
+
+        raise TrainingError("the record store is empty: load a corpus first (lockstep corpus load --demo)")
+    return {"seq": seq, "records": count}
+
+
+def validate(seq: int, run_dir: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Great Expectations suite over the snapshot; raises with the report's path on failure."""
+    from lockstep.training.validation import (
+        DataValidationError,
+        ValidationConfig,
+        validate_snapshot,
+        write_report,
+    )
+
+    records = RecordStore().snapshot(at_seq=seq).records
+    report = validate_snapshot(records, seq, ValidationConfig.from_dict(config or {}))
+    paths = write_report(report, Path(run_dir) / "validation")
+    summary = {"success": report.success, "report": {k: str(v) for k, v in paths.items()}}
+    if not report.success:
+        raise DataValidationError(
+            "data validation failed (report: " + str(paths.get("markdown", paths)) + "): " + "; ".join(report.failures)
+        )
+    return summary
+
+
+def train(seq: int, run_dir: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit on the snapshot's training records (a seeded sample of ``fit_sample`` at scale).
+
+    Only the sampled texts outlive the split: the snapshot's records are freed before
+    the fit, so the fit's memory adds to a sample, not to the whole corpus.
+    """
+    cfg = TrainConfig.from_dict(config)
+    holdout = split_holdout(RecordStore().snapshot(at_seq=seq).records, cfg)
+    summary = holdout.summary()
+    texts = fit_texts(holdout.train, cfg)
+    del holdout
+    embedder = fit_embedder(texts, cfg)
+    path = embedder.save(Path(run_dir) / MODEL_FILE)
+    return {"model_path": str(path), "fingerprint": embedder.fingerprint, **summary, "fit_texts": len(texts)}
+
+
+def evaluate(seq: int, model_path: str, run_dir: str, config: dict[str, Any] | None = None, registry=None) -> dict[str, Any]:
+    """Challenger and champion on the same held-out queries; writes report and plot.
+
+    The snapshot is reduced to the texts and labels evaluation reads before either
+    model embeds anything, and the two models are evaluated one after the other.
+    """
+    from lockstep.model.embedding import TextEmbedder
+    from lockstep.model.registry import Registry
+
+    cfg = TrainConfig.from_dict(config)
+    registry = registry or Registry()
+    data = EvalSet.from_holdout(split_holdout(RecordStore().snapshot(at_seq=seq).records, cfg), cfg.label_key)
+    challenger = evaluate_embedder(TextEmbedder.load(model_path), data, cfg)
+    champion = registry.version_for_alias("champion")
+    champion_eval = evaluate_embedder(registry.load_embedder(champion.version), data, cfg) if champion else None
+    report = judge(challenger, champion_eval, cfg, champion.version if champion else None, data)
+    files = write_eval_artifacts(report, challenger, champion_eval, Path(run_dir) / "evaluation")
+    return {
+        "better": report.better,
+        "reason": report.reason,
+        "figures": report.figures,
+        "champion_version": report.champion_version,
+        "holdout": report.holdout,
+        "artifacts": {k: str(v) for k, v in files.items()},
+    }
+
+
+def register(
+    seq: int,
+    model_path: str,
+    evaluation: dict[str, Any],
+    run_dir: str,
+    run_id: str,
+    config: dict[str, Any] | None = None,
+    registry=None,
+) -> dict[str, Any]:
+    """Log and register the model once per DAG run (a retry finds the version it made)."""
+    import math
+
+    from lockstep.model.embedding import TextEmbedder
+    from lockstep.model.registry import Registry
+
+    registry = registry or Registry()
+    for info in registry.latest_versions(limit=20):
+        if info.tags.get("lockstep.run_id") == run_id:
+            return {"version": info.version, "fingerprint": info.fingerprint, "reused": True}
+    embedder = TextEmbedder.load(model_path)
+    artifacts = {k: Path(v) for k, v in evaluation.get("artifacts", {}).items()}
+    validation_dir = Path(run_dir) / "validation"
+    if validation_dir.exists():
+        artifacts.update({f"validation/{p.name}": p for p in validation_dir.iterdir() if p.is_file()})
+    info = registry.log_and_register(
+        embedder,
+        params={**TrainConfig.from_dict(config).to_dict(), **evaluation.get("holdout", {})},
+        metrics={k: float(v) for k, v in evaluation["figures"].items() if math.isfinite(float(v))},
+        artifacts=artifacts,
+        tags={
+            "lockstep.run_id": run_id,
+            "lockstep.champion_at_training": evaluation.get("champion_version") or "none",
+            "lockstep.evaluation": evaluation["reason"][:5000],
+        },
+        snapshot_seq=seq,
+        run_name=run_id,
+    )
+    return {"version": info.version, "fingerprint": info.fingerprint, "reused": False}
+
+
+def accept(version: str, registry=None) -> dict[str, Any]:
+    """Mark the version as the challenger (the re-embed DAG picks it up)."""
+    from lockstep.model.registry import Registry
+
+    registry = registry or Registry()
+    registry.set_alias("challenger", version)
+    info = registry.get_version(version)
+    return {"model_version": info.version, "fingerprint": info.fingerprint}
+
+
+def reject(version: str, evaluation: dict[str, Any], registry=None) -> dict[str, Any]:
+    from lockstep.model.registry import Registry
+
+    registry = registry or Registry()
+    registry.reject(version, evaluation["reason"], evaluation["figures"])
+    return {"model_version": version, "status": "rejected", "reason": evaluation["reason"]}
+
+
+def run_all(
+    config: dict[str, Any] | None,
+    run_id: str,
+    *,
+    validate_data: bool = True,
+    step: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Every step of ``lockstep_retrain`` in one process (what ``lockstep train`` runs)."""
+    say = step or (lambda _msg: None)
+    folder = str(run_folder(run_id))
+    say("snapshot")
+    snap = snapshot()
+    if validate_data:
+        say("validate")
+        validate(snap["seq"], folder)
+    say(f"fit on {snap['records']} records")
+    model = train(snap["seq"], folder, config)
+    say("evaluate")
+    evaluation = evaluate(snap["seq"], model["model_path"], folder, config)
+    say("register")
+    registered = register(snap["seq"], model["model_path"], evaluation, folder, run_id, config)
+    outcome = accept(registered["version"]) if evaluation["better"] else reject(registered["version"], evaluation)
+    return {**registered, "accepted": evaluation["better"], "reason": evaluation["reason"], **outcome}
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+def nothing_to_train(store: RecordStore | None = None) -> str | None:
+    """Why a retraining has nothing to do (an empty record store), or None when it has.
+
+    A scheduled run on a fresh install, before any corpus is loaded, is not a failure:
+    ``lockstep_retrain`` skips with this reason and ``lockstep train`` prints it.
+    """
+    if (store or RecordStore()).count():
+        return None
+    return "nothing to train: the record store is empty; load records first (lockstep corpus load --demo or --path FILE)"

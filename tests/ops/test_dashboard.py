@@ -1,0 +1,196 @@
+"""The Lockstep page's data, chart and HTML, from a real temporary Lockstep database.
+
+The real-server and real-browser checks are in tests/ui/; these run without Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi import Request
+from fastapi.testclient import TestClient
+
+from lockstep.core.config import DEFAULT_MLFLOW_UI_URL
+from lockstep.core.errors import ConfigurationError
+from lockstep.ops.dashboard import (
+    WeightPoint,
+    load_dashboard,
+    mlflow_version_url,
+    short_fingerprint,
+    weight_chart_svg,
+)
+from lockstep.store import routing, schema
+from tests.ui.scenario import FINGERPRINTS, ROLLBACK_REASON, seed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
+from lockstep_ui import create_app, render_page  # noqa: E402
+from lockstep_ui.auth import LoginRequired  # noqa: E402
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def test_an_empty_store_says_so(lockstep_home):
+    d = load_dashboard()
+    assert (d.generation, d.slots, d.rollouts, d.rollbacks, d.history, d.problems) == (0, (), (), (), (), ())
+    assert d.mlflow_ui_url == DEFAULT_MLFLOW_UI_URL
+    page = render_page(d)
+    assert "No serving slots yet" in page and "No rollouts yet." in page and "No rollbacks." in page
+    assert "No routing changes yet." in page
+
+
+def test_slots_show_state_weight_shadow_fingerprint_index_and_mlflow_link(lockstep_home, monkeypatch):
+    monkeypatch.setenv("LOCKSTEP_MLFLOW_UI_URL", "https://mlflow.example.com/")
+    routing.register_slot(1, "models:/my-embedder/1", "/idx/v1", "sha256:" + "a" * 64, routing.READY)
+    routing.register_slot(2, "models:/my-embedder/2", "/idx/v2", "sha256:" + "b" * 64, routing.READY)
+    routing.register_slot(3, "models:/my-embedder/3", "/idx/v3", "sha256:" + "c" * 64, routing.READY)
+    routing.set_weights({1: 90, 2: 10}, shadow=[3], reason="canary 10%")
+
+    d = load_dashboard()
+    by_version = {s.model_version: s for s in d.slots}
+    assert [(s.model_version, s.state, s.weight, s.shadow) for s in d.slots] == [
+        ("1", "live", 90, False), ("2", "live", 10, False), ("3", "ready", 0, True),
+    ]
+    assert by_version["2"].fingerprint_short == "b" * 12
+    assert by_version["2"].index_location == "/idx/v2"
+    # The model name comes from the slot's model URI, the base from LOCKSTEP_MLFLOW_UI_URL.
+    assert by_version["2"].mlflow_url == "https://mlflow.example.com/#/models/my-embedder/versions/2"
+    assert d.generation == 4
+    assert json.loads(json.dumps(d.to_dict()))["slots"][2]["shadow"] is True
+
+
+def test_rollouts_steps_gates_and_history_windows(lockstep_home):
+    seed()
+    d = load_dashboard()
+
+    rolled_back, promoted = d.rollouts  # newest first
+    assert (rolled_back.model_version, rolled_back.baseline_version, rolled_back.status) == ("3", "2", "rolled_back")
+    assert (promoted.model_version, promoted.status) == ("2", "promoted")
+    assert [s.step for s in promoted.steps] == ["shadow", "canary 5%", "canary 25%", "finalize"]
+
+    failing = rolled_back.steps[-1]
+    assert (failing.step, failing.weight, failing.verdict, failing.action) == ("canary 25%", 25, "fail", "rollback")
+    latency = next(g for g in failing.gates if g.name == "latency")
+    assert latency.verdict == "fail" and latency.figures["p95_ms_candidate"] == pytest.approx(38.2)
+
+    # A rollout's chart starts from the traffic before it and ends with its last change.
+    assert [p.weights for p in rolled_back.history][0] == {"2": 100}
+    assert [p.weights.get("3", 0) for p in rolled_back.history] == [0, 0, 5, 25, 0]
+    assert rolled_back.history[1].shadow == ("3",)
+    assert promoted.history[-1].weights == {"2": 100}
+
+    assert promoted.mlflow_url.endswith("/#/models/lockstep-embedder/versions/2")
+    assert rolled_back.baseline_mlflow_url.endswith("/versions/2")
+
+
+def test_a_rollback_recorded_in_three_places_is_listed_once(lockstep_home):
+    seed()
+    (rollback,) = load_dashboard().rollbacks
+    assert rollback.model_version == "3"
+    assert rollback.reason == ROLLBACK_REASON
+    assert sorted(rollback.sources) == ["alert", "rollout", "routing"]
+
+
+def test_separate_rollbacks_stay_separate(lockstep_home):
+    for v in ("1", "2", "3"):
+        routing.register_slot(v, f"models:/m/{v}", f"/i/{v}", FINGERPRINTS[v], routing.READY)
+    routing.set_weights({"1": 100})
+    routing.set_weights({"1": 95, "2": 5}, reason="canary 5%")
+    routing.set_weights({"1": 100}, reason="rollback: errors")
+    routing.set_weights({"1": 95, "3": 5}, reason="canary 5%")
+    routing.set_weights({"1": 100}, reason="rolled back by an operator")
+    rollbacks = load_dashboard().rollbacks
+    assert [(r.model_version, r.reason) for r in rollbacks] == [("3", "rolled back by an operator"), ("2", "rollback: errors")]
+
+
+def test_missing_rollout_tables_mean_no_rollouts_yet(lockstep_home, monkeypatch):
+    routing.register_slot(1, "models:/m/1", "/i/1", FINGERPRINTS["1"], routing.READY)
+    routing.set_weights({1: 100}, reason="first")
+    monkeypatch.delattr(schema, "rollouts")
+    monkeypatch.delattr(schema, "rollout_steps")
+    d = load_dashboard()
+    assert d.rollouts == () and d.problems == ()
+    page = render_page(d)
+    assert "No rollouts yet." in page
+    assert 'data-version="1"' in page  # the overall weight chart stands in for the rollouts' charts
+
+
+def test_an_unreadable_alert_log_is_a_problem_not_an_error(lockstep_home):
+    routing.register_slot(1, "models:/m/1", "/i/1", FINGERPRINTS["1"], routing.READY)
+    (lockstep_home / "alerts.jsonl").write_text("{not json\n")
+    d = load_dashboard()
+    assert len(d.slots) == 1
+    assert d.alerts == () and "alert log" in d.problems[0]
+    assert d.problems[0] in render_page(d)
+
+
+def test_chart_is_valid_svg_with_one_series_per_version():
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    points = [
+        WeightPoint(1, t0, {"1": 100}, (), "first", None),
+        WeightPoint(2, t0 + timedelta(minutes=1), {"1": 100}, ("2",), "shadow <2>", None),
+        WeightPoint(3, t0 + timedelta(minutes=2), {"1": 100}, ("2",), "slot 3 registered", None),  # no traffic change
+        WeightPoint(4, t0 + timedelta(hours=1), {"1": 75, "2": 25}, (), "canary 25%", None),
+        WeightPoint(5, t0 + timedelta(hours=2), {"2": 100}, (), "promote", None),
+    ]
+    svg = weight_chart_svg(points, width=500, height=200)
+    root = ET.fromstring(svg)  # well-formed, reason text escaped
+    series = {p.get("data-version"): p.get("data-weights") for p in root.iter(f"{SVG}path")}
+    assert series == {"1": "100,100,75,0", "2": "0,0,25,100"}  # the no-change column is dropped
+    tips = [t.text for t in root.iter(f"{SVG}title")]
+    assert any("shadow <2>" in t and "(shadow)" in t for t in tips)
+    # 100 % is at the top of the plot, 0 % at its bottom, and version 2 keeps one colour.
+    d1 = next(p for p in root.iter(f"{SVG}path") if p.get("data-version") == "1").get("d")
+    assert d1.startswith("M44.0,28.0")
+    assert "V154.0" in d1  # 0 % at top + plot height (200 - 28 - 46 + 28)
+
+
+def test_empty_chart_says_no_changes():
+    svg = weight_chart_svg([])
+    assert "No routing changes yet." in ET.tostring(ET.fromstring(svg), encoding="unicode")
+
+
+def test_html_escapes_what_operators_typed(lockstep_home):
+    routing.register_slot(1, "models:/m/1", "/i/1", FINGERPRINTS["1"], routing.READY, note="<script>alert(1)</script>")
+    page = render_page(load_dashboard(), user="admin")
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "logged in as admin" in page
+
+
+def test_links_and_fingerprints():
+    assert mlflow_version_url("http://h:5000/", "a b", "7") == "http://h:5000/#/models/a%20b/versions/7"
+    assert short_fingerprint("sha256:0123456789abcdef") == "0123456789ab"
+    assert short_fingerprint("plain") == "plain"
+
+
+def test_app_answers_html_json_and_refuses_without_login(lockstep_home):
+    seed()
+
+    def user(request: Request):  # stands in for Airflow's JWT check, which tests/ui/ runs for real
+        if request.headers.get("x-user") != "admin":
+            raise LoginRequired("not logged in", "/auth/login?next=%2Flockstep%2F")
+        return "admin"
+
+    client = TestClient(create_app(user_dependency=user), root_path="")
+    assert client.get("/api/state").status_code == 401
+    refused = client.get("/", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert (refused.status_code, refused.headers["location"]) == (303, "/auth/login?next=%2Flockstep%2F")
+
+    state = client.get("/api/state", headers={"x-user": "admin"})
+    assert state.status_code == 200 and state.json()["generation"] > 0
+    page = client.get("/", headers={"x-user": "admin"})
+    assert page.status_code == 200 and 'data-rollout="asset_triggered__2026-01-12T09:30:00"' in page.text
+    assert client.get("/static/lockstep.css").status_code == 200  # assets need no login
+
+    def broken():
+        raise ConfigurationError("cannot reach the Lockstep database at 'postgresql://x'")
+
+    down = TestClient(create_app(load=broken, user_dependency=user))
+    reply = down.get("/", headers={"x-user": "admin"})
+    assert reply.status_code == 503 and "cannot reach the Lockstep database" in reply.text
+    assert down.get("/api/state", headers={"x-user": "admin"}).json()["detail"].startswith("cannot reach")
