@@ -49,7 +49,7 @@ def main() -> None:
     import faiss
     import numpy as np
 
-    from lockstep.index.steps import reembed_version
+    from lockstep.index.build import reembed_version
     from lockstep.model.registry import Registry
     from lockstep.store.corpus import load_demo_corpus
     from lockstep.store.records import RecordStore

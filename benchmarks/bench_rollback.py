@@ -1,7 +1,7 @@
 """Rollback benchmark: time from a failed gate to 100 % of traffic back on the champion.
 
 When a rollout step sees a gate fail it calls the same function every time
-(``lockstep.rollout.steps._abort_traffic``): champion at 100 %, no shadow, in one routing
+(``lockstep.rollout.traffic.abort_traffic``): champion at 100 %, no shadow, in one routing
 transaction, before it raises. This script puts a candidate at 25 % on several serving
 replicas (separate processes, one database) under live search traffic, then per trial:
 
@@ -154,7 +154,8 @@ def candidate_users(salt: str, weights: dict[str, int], n: int = 3) -> list[str]
 
 
 def trial(database_url: str, ports: list[int]) -> dict[str, float]:
-    from lockstep.rollout.steps import _abort_traffic
+    from lockstep.rollout.plan import RolloutPlan
+    from lockstep.rollout.traffic import abort_traffic
     from lockstep.store import routing
 
     routing.set_weights({"1": 75, "2": 25}, reason="bench: canary 25 %", engine=database_url)
@@ -163,10 +164,10 @@ def trial(database_url: str, ports: list[int]) -> dict[str, float]:
         while _get(port, "/routing")[1].get("generation", -1) < generation:
             time.sleep(0.005)
     users = candidate_users(routing.read_table(database_url).salt, {"1": 75, "2": 25})
-    plan = {"baseline_version": "1", "rollout_id": "bench"}
+    plan = RolloutPlan("bench", "2", "1")
 
     failed_gate = time.perf_counter()
-    generation = _abort_traffic(plan, "bench: gate failed", _engine(database_url))
+    generation = abort_traffic(plan, "bench: gate failed", _engine(database_url))
     commit = time.perf_counter() - failed_gate
 
     followed: dict[int, float] = {}

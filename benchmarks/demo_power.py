@@ -41,9 +41,9 @@ from typing import Any
 from scipy import stats
 
 from lockstep.ops.demo import DEMO_ROLLOUT, DEMO_TRAFFIC_RATE
-from lockstep.rollout.analysis import ArmStats
 from lockstep.rollout.steps import RolloutConfig
 from lockstep.rollout.strategies import Move, canary
+from lockstep.store.log_stats import ArmStats
 
 CAND, CHAMP = "2", "1"
 

@@ -44,13 +44,13 @@ from lockstep.ops.dag_support import DEFAULT_ARGS, on_failure, time_schedules_on
     params={
         "change_log_retention_days": Param(
             None, type=["null", "number"], minimum=0,
-            description="Days of change log kept whole; empty: LOCKSTEP_CHANGE_LOG_RETENTION_DAYS (default 7).",
+            title="Change log kept (days)", section="Retention", description="Days of change log kept whole; empty: LOCKSTEP_CHANGE_LOG_RETENTION_DAYS (default 7).",
         ),
         "log_retention_days": Param(
             None, type=["null", "number"], minimum=0,
-            description="Days of request, shadow and feedback logs kept; empty: LOCKSTEP_LOG_RETENTION_DAYS (default 30).",
+            title="Serving logs kept (days)", section="Retention", description="Days of request, shadow and feedback logs kept; empty: LOCKSTEP_LOG_RETENTION_DAYS (default 30).",
         ),
-        "checkpoint": Param(True, type="boolean", description="Catch up and save served indexes before compacting."),
+        "checkpoint": Param(True, type="boolean", title="Checkpoint indexes first", section="Checkpoint", description="Catch up and save served indexes before compacting."),
     },
 )
 def lockstep_maintenance():

@@ -40,23 +40,23 @@ from lockstep.ops.dag_support import (
     params={
         "model_version": Param(
             None, type=["null", "string"],
-            description="Registered version to index. Empty: the version from the challenger asset, else alias 'challenger'.",
+            title="Model version", section="Version", description="Registered version to index. Empty: the version from the challenger asset, else alias 'challenger'.",
         ),
+        "promote_if_first": Param(True, type="boolean", title="Make the first version champion", section="Version", description="With no champion yet, make this version champion at 100 % once its index is ready."),
         "index_type": Param(
             "auto", enum=["auto", "flat", "ivf", "hnsw"],
-            description="auto: exact flat below LOCKSTEP_ANN_THRESHOLD records, HNSW above. flat is exact; ivf and hnsw are approximate (validated by recall@10).",
+            title="Index type", section="Index", description="auto: exact flat below LOCKSTEP_ANN_THRESHOLD records, HNSW above. flat is exact; ivf and hnsw are approximate (validated by recall@10).",
         ),
         "shard_size": Param(
             None, type=["null", "integer"], minimum=100, maximum=1_000_000,
-            description="Records per shard (one mapped task each). Empty: chosen from the record count to give about target_shards shards.",
+            title="Records per shard", section="Index", description="Records per shard (one mapped task each). Empty: chosen from the record count to give about target_shards shards.",
         ),
         "target_shards": Param(
             16, type="integer", minimum=1, maximum=1000,
-            description="Shards to aim for when shard_size is empty (each costs Airflow ~3 s; tens at 1M records, not hundreds).",
+            title="Shards to aim for", section="Index", description="Shards to aim for when shard_size is empty (each costs Airflow ~3 s; tens at 1M records, not hundreds).",
         ),
-        "min_recall": Param(0.95, type="number", minimum=0, maximum=1, description="Minimum recall@10 against exact search for approximate index types."),
-        "sample_size": Param(200, type="integer", minimum=1, description="Stored vectors compared with fresh embeddings during validation."),
-        "promote_if_first": Param(True, type="boolean", description="With no champion yet, make this version champion at 100 % once its index is ready."),
+        "min_recall": Param(0.95, type="number", minimum=0, maximum=1, title="Least recall@10", section="Validation", description="Minimum recall@10 against exact search for approximate index types."),
+        "sample_size": Param(200, type="integer", minimum=1, title="Vectors re-embedded to compare", section="Validation", description="Stored vectors compared with fresh embeddings during validation."),
     },
 )
 def lockstep_reembed():

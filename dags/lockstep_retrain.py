@@ -25,6 +25,7 @@ from lockstep.ops.dag_support import (
     DEFAULT_ARGS,
     DRIFT,
     NO_RETRY,
+    latest_extra,
     on_failure,
     time_schedules_on,
 )
@@ -52,15 +53,15 @@ def weekly_or_on_drift():
     tags=["lockstep", "training"],
     doc_md=__doc__,
     params={
-        "dim": Param(256, type="integer", minimum=8, maximum=2048, description="Embedding dimension (SVD components)."),
-        "max_features": Param(50000, type="integer", minimum=100, description="TF-IDF vocabulary size."),
-        "min_df": Param(2, type="integer", minimum=1, description="Minimum number of documents a term must appear in."),
-        "max_df": Param(0.5, type="number", exclusiveMinimum=0, maximum=1, description="Drop terms in more than this share of documents."),
-        "margin": Param(0.005, type="number", minimum=0, description="nDCG@10 gain the challenger must show over the champion (and its CI lower bound must be > 0)."),
-        "holdout_percent": Param(10, type="integer", minimum=1, maximum=50, description="Percent of labelled records held out as evaluation queries (stable by id)."),
-        "max_eval_queries": Param(1500, type="integer", minimum=10, description="At most this many evaluation queries."),
-        "fit_sample": Param(200000, type=["null", "integer"], minimum=2, description="Records the vocabulary and the SVD are fitted on (a seeded sample; bounds training memory at millions of records); empty: all."),
-        "skip_validation": Param(False, type="boolean", description="Skip the Great Expectations suite (not recommended)."),
+        "dim": Param(256, type="integer", minimum=8, maximum=2048, title="Embedding dimension", section="Model", description="Embedding dimension (SVD components)."),
+        "max_features": Param(50000, type="integer", minimum=100, title="Vocabulary size", section="Model", description="TF-IDF vocabulary size."),
+        "min_df": Param(2, type="integer", minimum=1, title="Least document frequency", section="Model", description="Minimum number of documents a term must appear in."),
+        "max_df": Param(0.5, type="number", exclusiveMinimum=0, maximum=1, title="Largest document share", section="Model", description="Drop terms in more than this share of documents."),
+        "fit_sample": Param(200000, type=["null", "integer"], minimum=2, title="Records to fit on", section="Model", description="Records the vocabulary and the SVD are fitted on (a seeded sample; bounds training memory at millions of records); empty: all."),
+        "margin": Param(0.005, type="number", minimum=0, title="Required nDCG@10 gain", section="Evaluation", description="nDCG@10 gain the challenger must show over the champion (and its CI lower bound must be > 0)."),
+        "holdout_percent": Param(10, type="integer", minimum=1, maximum=50, title="Held-out queries (%)", section="Evaluation", description="Percent of labelled records held out as evaluation queries (stable by id)."),
+        "max_eval_queries": Param(1500, type="integer", minimum=10, title="Most evaluation queries", section="Evaluation", description="At most this many evaluation queries."),
+        "skip_validation": Param(False, type="boolean", title="Skip data validation", section="Data", description="Skip the Great Expectations suite (not recommended)."),
     },
 )
 def lockstep_retrain():
@@ -97,12 +98,13 @@ def lockstep_retrain():
         return retrain.evaluate(snap["seq"], model["model_path"], str(retrain.run_folder(run_id)), config)
 
     @task
-    def register(snap: dict, model: dict, evaluation: dict, params=None, run_id=None) -> dict:
+    def register(snap: dict, model: dict, evaluation: dict, params=None, run_id=None, triggering_asset_events=None) -> dict:
         from lockstep.training import steps as retrain
 
         config = {k: params[k] for k in TRAIN_KEYS}
         folder = str(retrain.run_folder(run_id))
-        return retrain.register(snap["seq"], model["model_path"], evaluation, folder, run_id, config)
+        drift = latest_extra(triggering_asset_events, DRIFT)
+        return retrain.register(snap["seq"], model["model_path"], evaluation, folder, run_id, config, drift=drift)
 
     @task.branch
     def decide(evaluation: dict) -> str:

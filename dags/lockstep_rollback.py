@@ -39,16 +39,23 @@ from lockstep.ops.dag_support import DEFAULT_ARGS, NO_RETRY, on_failure, serving
     tags=["lockstep", "rollout"],
     doc_md=__doc__,
     params={
-        "reason": Param(None, type=["null", "string"], description="Why you roll back (required; recorded with the change)."),
+        # No default and no null: the trigger form (and any REST or CLI trigger) refuses a run without a reason.
+        "reason": Param(
+            type="string", minLength=1, pattern=r"\S", title="Reason", section="Rollback",
+            description="Why you roll back (required; recorded with the change, in the routing and champion history).",
+        ),
         "to_version": Param(
-            None, type=["null", "string"],
+            None, type=["null", "string"], title="Return to version", section="Rollback",
             description="Version to return to. Empty: the champion before the current one (registry champion history).",
         ),
         "serving_url": Param(
-            serving_url_default(), type="string",
+            serving_url_default(), type="string", title="Serving replicas", section="Verify",
             description="Serving replicas to verify, each directly, comma-separated (default: LOCKSTEP_SERVING_URLS); empty: check the routing table only.",
         ),
-        "verify_timeout_seconds": Param(30, type="number", minimum=1, description="How long the replicas may take to follow."),
+        "verify_timeout_seconds": Param(
+            30, type="number", minimum=1, title="Verification timeout (s)", section="Verify",
+            description="How long the replicas may take to follow.",
+        ),
     },
 )
 def lockstep_rollback():
@@ -59,10 +66,8 @@ def lockstep_rollback():
         from lockstep.rollout import steps as rollout
 
         try:
-            return rollout.rollback_to_previous(
-                params["reason"] or "", params["to_version"], actor="lockstep_rollback", rollback_id=run_id
-            )
-        except rollout.RolloutError as exc:  # no reason given, or nothing loaded to return to
+            return rollout.rollback_to_previous(params["reason"], params["to_version"], actor="lockstep_rollback", rollback_id=run_id)
+        except rollout.RolloutError as exc:  # nothing loaded to return to (the form already required a reason)
             raise AirflowFailException(str(exc)) from exc
 
     @task(**NO_RETRY)

@@ -51,18 +51,19 @@ to the triggerer and frees its worker slot until the next look (every
 - **retention** retires the previous champion's slot and deletes its index once the
   rollback window is over (``lockstep_rollback`` can return to it until then).
 
-Gate results of every step are in the table ``lockstep_rollout_steps``.
+Gate results of every step are in the table ``lockstep_rollout_steps``. The trigger form
+shows one Param per field of ``lockstep.rollout.config.RolloutConfig`` (its title,
+section, description and default), in sections: strategy, review, traffic steps and
+bakes, gates, A/B test, bandit, verify and retire, timing.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
-from airflow.sdk import Param, TriggerRule, dag, task
+from airflow.sdk import TriggerRule, dag, task
 
 from lockstep.ops.dag_support import (
     DEFAULT_ARGS,
@@ -72,7 +73,13 @@ from lockstep.ops.dag_support import (
     on_failure,
     serving_url_default,
 )
-from lockstep.rollout.operator import ROLLOUT_POOL, RolloutPhaseOperator
+from lockstep.rollout.operator import (
+    REVIEW_FORM_EXPIRES,
+    ROLLOUT_POOL,
+    RolloutPhaseOperator,
+    configured_defaults,
+    rollout_params,
+)
 
 STRATEGY_TASKS = {
     "canary": "canary",
@@ -81,39 +88,10 @@ STRATEGY_TASKS = {
     "bandit": "bandit",
     "blue_green": "blue_green",
 }
-# An Airflow form nobody answered resolves as Reject after this long (review has ended by then).
-UI_REVIEW_EXPIRES = timedelta(hours=24)
 # The longest a task may compute at once (a look, the final update, a rollback with its drain).
 TASK_TIMEOUT = timedelta(minutes=30)
 # The whole run: review (<= 24 h) + strategy (each has its own time limit) + rollback window.
 RUN_TIMEOUT = timedelta(days=7)
-
-
-def _configured_defaults() -> dict:
-    """Param defaults a deployment sets for runs started by the index-ready asset (which take defaults).
-
-    ``LOCKSTEP_ROLLOUT_DEFAULTS`` is a JSON object, e.g. ``{"bake_seconds": 15}``; read when
-    the DAG file is parsed, so the UI trigger form shows the same defaults.
-    """
-    raw = os.environ.get("LOCKSTEP_ROLLOUT_DEFAULTS") or "{}"
-    try:
-        values = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"LOCKSTEP_ROLLOUT_DEFAULTS is not valid JSON ({exc}): {raw[:200]!r}") from exc
-    if not isinstance(values, dict):
-        raise ValueError(f"LOCKSTEP_ROLLOUT_DEFAULTS must be a JSON object of Param defaults, got {raw[:200]!r}")
-    return values
-
-
-DEFAULTS = _configured_defaults()
-
-
-def _param(name: str, default, description: str, **schema) -> Param:
-    return Param(DEFAULTS.get(name, default), description=description, **schema)
-
-
-def _seconds(name: str, default: float, description: str, minimum: float = 0) -> Param:
-    return _param(name, default, description, type="number", minimum=minimum)
 
 
 @dag(
@@ -127,56 +105,9 @@ def _seconds(name: str, default: float, description: str, minimum: float = 0) ->
     default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure, "pool": ROLLOUT_POOL, "execution_timeout": TASK_TIMEOUT},
     tags=["lockstep", "rollout"],
     doc_md=__doc__,
-    params={
-        "model_version": _param("model_version",
-            None, type=["null", "string"],
-            description="Version to roll out. Empty: the version of the index-ready event, else alias 'challenger'.",
-        ),
-        "strategy": _param("strategy",
-            "canary", enum=list(STRATEGY_TASKS),
-            description="canary: traffic steps with gates; shadow: mirrored traffic only, no promotion; ab: fixed split "
-            "and fixed-sample test; bandit: Thompson sampling on click-through; blue_green: one switch after the shadow phase.",
-        ),
-        "canary_steps": _param("canary_steps",
-            [1, 5, 25, 50, 100], type="array", items={"type": "integer", "minimum": 1, "maximum": 100},
-            description="Candidate traffic percent per canary step, increasing, ending at 100.",
-        ),
-        "bake_seconds": _seconds("bake_seconds", 60, "The least time each canary step (and the shadow phase) takes traffic; "
-                                 "it is judged once both versions also have min_samples answered requests."),
-        "max_bake_seconds": _seconds("max_bake_seconds", 1800, "Safety net of a bake: a look without its min_samples by then "
-                                     "counts as too little traffic (extends, or fails after max_extensions; never passes).", 1),
-        "shadow_seconds": _param("shadow_seconds", None, type=["null", "number"], minimum=0, description="Bake of the shadow phase; empty: bake_seconds."),
-        "min_samples": _param("min_samples", 50, type="integer", minimum=1, description="Fewest requests per version before any gate may pass (fewer: inconclusive)."),
-        "max_extensions": _param("max_extensions", 2, type="integer", minimum=0, description="How many times an inconclusive step bakes again before it fails."),
-        "alpha": _param("alpha", 0.05, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description="False-rollback rate of each statistical test."),
-        "max_error_rate": _param("max_error_rate", 0.05, type="number", exclusiveMinimum=0, maximum=1, description="Error rate above which the candidate fails whatever the champion does."),
-        "max_error_increase": _param("max_error_increase", 0.01, type="number", minimum=0, description="Tolerated absolute error-rate increase over the champion."),
-        "latency_tolerance": _param("latency_tolerance", 0.2, type="number", minimum=0, description="Tolerated latency shift as a share of the champion's median (Kayenta-style)."),
-        "latency_confidence": _param("latency_confidence", 0.98, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description="Confidence of the Mann-Whitney latency test."),
-        "min_overlap": _param("min_overlap", 0.2, type="number", minimum=0, maximum=1, description="Least mean overlap@k of the shadow's top-k with live in the shadow phase."),
-        "ctr_tau": _param("ctr_tau", 0.02, type="number", exclusiveMinimum=0, maximum=1, description="Click-through difference the sequential test is tuned to detect (mSPRT mixture scale)."),
-        "ctr_margin": _param("ctr_margin", 0.02, type="number", minimum=0, maximum=1, description="Non-inferiority margin: the largest CTR drop that still passes."),
-        "require_approval": _param("require_approval", False, type="boolean", description="Wait for a reviewer (Airflow Required Actions or MLflow tag lockstep.review) before any traffic moves."),
-        "approval_timeout_seconds": _param("approval_timeout_seconds",
-            3600, type="number", minimum=1, maximum=UI_REVIEW_EXPIRES.total_seconds(),
-            description="How long to wait for a review decision before rolling back (at most 24 h).",
-        ),
-        "ab_split": _param("ab_split", 50, type="integer", minimum=1, maximum=99, description="A/B: the candidate's share of traffic, percent (frozen, sticky users)."),
-        "ab_samples_per_arm": _param("ab_samples_per_arm", 1000, type="integer", minimum=1, description="A/B: fixed horizon, answered requests per version."),
-        "ab_max_seconds": _seconds("ab_max_seconds", 3600, "A/B: stop at this age even if the horizon is not reached.", 1),
-        "ab_decision": _param("ab_decision", "rule", enum=["rule", "reviewer"], description="A/B: decide by the test (rule) or by the tag lockstep.ab_decision on the version (reviewer)."),
-        "bandit_interval_seconds": _seconds("bandit_interval_seconds", 30, "Bandit: seconds between reweightings.", 0.1),
-        "bandit_floor": _param("bandit_floor", 0.05, type="number", exclusiveMinimum=0, maximum=0.5, description="Bandit: least traffic share each version keeps."),
-        "bandit_threshold": _param("bandit_threshold", 0.95, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description="Bandit: P(best) that ends the rollout."),
-        "bandit_min_exposures": _param("bandit_min_exposures", 100, type="integer", minimum=1, description="Bandit: answered requests per version before reweighting."),
-        "bandit_max_seconds": _seconds("bandit_max_seconds", 3600, "Bandit: no winner by then keeps the champion.", 1),
-        "serving_url": _param("serving_url", serving_url_default(), type="string", description="Serving replicas to verify, each directly, comma-separated (default: LOCKSTEP_SERVING_URLS); empty: check the routing table only."),
-        "verify_timeout_seconds": _seconds("verify_timeout_seconds", 30, "How long the serving API may take to answer with the new version.", 1),
-        "rollback_window_seconds": _seconds("rollback_window_seconds", 3600, "How long the previous champion stays loaded for an instant rollback before it is retired."),
-        "poll_seconds": _seconds("poll_seconds", 15.0, "Time between two looks while baking and waiting (no worker is held in between). Keep it >= 10 s under a real scheduler: a shorter deferral can race the executor and fail the look.", 0.05),
-        "log_flush_seconds": _seconds("log_flush_seconds", 1.0, "How far behind now an analysed window ends, so the replicas' log writers have flushed it."),
-        "drain_seconds": _seconds("drain_seconds", 2.0, "How long a rejected or retired slot drains before it is retired."),
-    },
+    # One Param per RolloutConfig field (title, section, description, schema and default from
+    # there), the deployment's LOCKSTEP_ROLLOUT_DEFAULTS applied; model_version first.
+    params=rollout_params({"serving_url": serving_url_default(), **configured_defaults()}),
 )
 def lockstep_rollout():
     @task
@@ -189,9 +120,9 @@ def lockstep_rollout():
             plan = rollout.start(run_id, params["model_version"], latest_extra(triggering_asset_events, INDEX_READY), params)
         except rollout.RolloutError as exc:  # a missing slot or a bad Param: retrying cannot fix it
             raise AirflowFailException(str(exc)) from exc
-        if plan["noop"]:
-            raise AirflowSkipException(plan["reason"])
-        return plan
+        if plan.noop:
+            raise AirflowSkipException(plan.reason)
+        return plan.to_dict()
 
     @task.branch
     def open_review(params=None) -> list[str]:
@@ -203,7 +134,7 @@ def lockstep_rollout():
         subject="Roll out model version {{ ti.xcom_pull(task_ids='start')['model_version'] }}?",
         body="{{ ti.xcom_pull(task_ids='start')['review_markdown'] }}",
         defaults="Reject",
-        response_timeout=UI_REVIEW_EXPIRES,
+        response_timeout=REVIEW_FORM_EXPIRES,
         retries=0,
     )
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot set-up that every Airflow service waits for (docker-compose.yaml, airflow-init):
-# migrate the metadata database, give the admin user its password, and hand the shared
-# folders to the user the Airflow services run as. Safe to run again: each step is idempotent.
+# migrate the metadata database and Lockstep's tables, give the admin user its password, and
+# hand the shared folders to the user the Airflow services run as. Safe to run again: each
+# step is idempotent.
 #
 # Runs as root in the container so it can chown the shared volumes; everything it creates
 # ends up owned by ${AIRFLOW_UID}:0 (group 0 as in the official Airflow image, so any UID
@@ -27,6 +28,11 @@ fi
 
 say "migrating the metadata database"
 airflow db migrate
+
+# Lockstep's own tables (LOCKSTEP_DATABASE_URL), before any task uses them. lockstep-init runs
+# the same command for the serving replicas; a PostgreSQL advisory lock lets both run at once.
+say "migrating the Lockstep database"
+lockstep db upgrade
 
 # Rollout tasks run in this pool (lockstep.rollout.steps.ROLLOUT_POOL); without it the scheduler never
 # queues them. Slots bound how many rollout looks run at once across the workers.

@@ -2,12 +2,13 @@
 
 Every command reads the same configuration as the DAGs and the serving app
 (``LOCKSTEP_*`` and ``MLFLOW_TRACKING_URI``), so what you do here is what the DAGs do.
-Errors that are the user's to fix print one clear line and exit with code 2.
+Errors print one clear line instead of a traceback. Exit codes: 0 done, 1 a runtime error
+(``LockstepError``: a missing index, an unreachable database, a failed step), 2 a usage
+error (a wrong option or argument, Click's convention), 130 interrupted.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from contextlib import contextmanager
@@ -16,19 +17,24 @@ from typing import Annotated
 
 import typer
 
+from lockstep.core import jsonio
 from lockstep.core.errors import LockstepError
+from lockstep.index.vector_index import INDEX_TYPES
 
 app = typer.Typer(
     help="Lockstep: ship new versions of embedding models with versioned FAISS indexes.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # usage errors as one plain "Error: ..." line, not a wrapped box
 )
 corpus_app = typer.Typer(help="Load records into the record store.", no_args_is_help=True)
 index_app = typer.Typer(help="Build and inspect index versions.", no_args_is_help=True)
 routing_app = typer.Typer(help="Read or change the serving routing table.", no_args_is_help=True)
+db_app = typer.Typer(help="Lockstep's own database: schema migrations.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(index_app, name="index")
 app.add_typer(routing_app, name="routing")
+app.add_typer(db_app, name="db")
 
 
 def main() -> None:
@@ -40,10 +46,27 @@ def main() -> None:
         app()
     except LockstepError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from lockstep import __version__
+
+        typer.echo(f"lockstep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
 
 
 @contextmanager
@@ -58,7 +81,7 @@ def _progress(total: int, desc: str, unit: str = "rec"):
 
 
 def _echo_json(data) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    typer.echo(jsonio.dumps(data, indent=2, sort_keys=True))
 
 
 # --- corpus ------------------------------------------------------------------------------
@@ -77,7 +100,7 @@ def corpus_load(
     from lockstep.store.records import RecordStore
 
     if demo == (path is not None):
-        raise LockstepError("give exactly one of --demo or --path FILE")
+        raise typer.BadParameter("give exactly one of --demo or --path FILE", param_hint="'--demo' / '--path'")
     if demo:
         cats = [c.strip() for c in categories.split(",")] if categories else None
         typer.echo("fetching the demo corpus (20 Newsgroups) ...", err=True)
@@ -136,6 +159,12 @@ def train(
 # --- index ---------------------------------------------------------------------------------
 
 
+def _known_index_type(value: str) -> str:
+    if value != "auto" and value not in INDEX_TYPES:
+        raise typer.BadParameter(f"{value!r} is not one of auto, {', '.join(INDEX_TYPES)}")
+    return value
+
+
 @index_app.command("build")
 def index_build(
     model_version: Annotated[str, typer.Option("--model-version", help="Registered model version to index.")],
@@ -143,6 +172,7 @@ def index_build(
         str,
         typer.Option(
             "--index-type",
+            callback=_known_index_type,
             help="auto (flat below LOCKSTEP_ANN_THRESHOLD records, HNSW above), flat (exact), ivf or hnsw.",
         ),
     ] = "auto",
@@ -150,7 +180,7 @@ def index_build(
     no_promote: Annotated[bool, typer.Option(help="Do not make this the champion even if there is none.")] = False,
 ) -> None:
     """Build and validate the index of a model version (with catch-up of live writes)."""
-    from lockstep.index.steps import reembed_version
+    from lockstep.index.build import reembed_version
     from lockstep.index.vector_index import IndexSpec
     from lockstep.model.registry import Registry
     from lockstep.store.records import RecordStore
@@ -223,6 +253,34 @@ def drift_check(
         typer.echo(describe(report))
         if report.get("files"):
             typer.echo(f"report {report['files']['report']}, plot {report['files']['plot']}")
+
+
+# --- database ------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring Lockstep's tables to the newest schema revision (idempotent; safe from many processes at once)."""
+    from lockstep.store.db import migrate_database
+
+    typer.echo(migrate_database().describe())
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's schema revision and the newest this Lockstep ships; changes nothing."""
+    from lockstep.store.db import get_engine
+    from lockstep.store.migrations.runner import current_revision, head_revision, is_known
+
+    current, head = current_revision(get_engine(migrate=False)), head_revision()
+    if current == head:
+        typer.echo(f"{current} (head)")
+    elif current is None:
+        typer.echo(f"none: an empty database or one made before migrations (head is {head}; lockstep db upgrade)")
+    elif is_known(current):
+        typer.echo(f"{current} (head is {head}; lockstep db upgrade)")
+    else:
+        typer.echo(f"{current}: not a revision of this Lockstep (head is {head}); a newer Lockstep migrated it")
 
 
 # --- routing, serving, search ----------------------------------------------------------------

@@ -114,7 +114,7 @@ def test_lockstep_commands_exist_natively(compose, native_help):
     calls = [inv for inv in invocations(compose) if inv.argv[0] == "lockstep"]
     assert {" ".join(inv.subcommand) for inv in calls} == {
         "lockstep serve",
-        "lockstep routing show",
+        "lockstep db upgrade",
     }
     for inv in calls:
         process = native_help.processes[" ".join(inv.subcommand)]

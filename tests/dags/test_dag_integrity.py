@@ -39,6 +39,40 @@ def test_params_explain_themselves(dagbag):
             assert param.schema.get("type") or param.schema.get("enum"), f"{dag_id} Param {name!r} has no schema"
 
 
+def test_trigger_forms_have_titles_and_sections(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        sections = []
+        for name, param in dag.params.items():
+            assert param.schema.get("title"), f"{dag_id} Param {name!r} has no title"
+            assert param.schema.get("section"), f"{dag_id} Param {name!r} has no section"
+            sections.append(param.schema["section"])
+        blocks = [s for i, s in enumerate(sections) if i == 0 or s != sections[i - 1]]
+        assert len(blocks) == len(set(blocks)), f"{dag_id}: the Params of a section are not together: {sections}"
+
+
+def _scheduler_params(dag):
+    """The Params as the API server and scheduler hold them (serialized), which validate a trigger's conf."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    return DagSerialization.from_dict(DagSerialization.to_dict(dag)).params
+
+
+def test_every_dag_can_be_triggered_with_its_defaults(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        conf = {"reason": "a test"} if dag_id == "lockstep_rollback" else {}
+        _scheduler_params(dag).deep_merge(conf).validate()
+
+
+@pytest.mark.parametrize("conf", [{}, {"reason": None}, {"reason": ""}, {"reason": "   "}, {"to_version": "3"}])
+def test_a_rollback_without_a_reason_is_refused_by_the_form(dagbag, conf):
+    """Reproduction: Param reason was nullable, so a rollback could be triggered without saying why."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="reason"):
+        _scheduler_params(dagbag.dags["lockstep_rollback"]).deep_merge(conf).validate()
+    assert _scheduler_params(dagbag.dags["lockstep_rollback"]).deep_merge({"reason": "worse answers"}).validate()["reason"] == "worse answers"
+
+
 PARSE_PROBE = """
 import json, sys, time
 sys.path.insert(0, {dags!r})

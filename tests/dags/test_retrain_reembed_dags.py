@@ -124,7 +124,7 @@ def test_retrain_then_reembed_under_live_writes(demo_store, airflow_db, monkeypa
 
 def test_library_build_in_worker_processes_equals_the_serial_build(demo_store):
     """``lockstep index build`` embeds shards in spawned processes; the index must not change."""
-    from lockstep.index.steps import reembed_version
+    from lockstep.index.build import reembed_version
     from lockstep.index.storage import load_index, read_manifest
     from lockstep.model.embedding import TextEmbedder
     from lockstep.model.registry import Registry

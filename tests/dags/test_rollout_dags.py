@@ -101,7 +101,7 @@ def world(tmp_path_factory, airflow_db):
         from lockstep.store.db import dispose_engines
 
         dispose_engines()
-        from lockstep.index.steps import reembed_version
+        from lockstep.index.build import reembed_version
         from lockstep.model.embedding import TextEmbedder
         from lockstep.model.registry import Registry
         from lockstep.ops.simulator import held_out_queries, record_categories
@@ -550,7 +550,7 @@ def test_blue_green_rolls_back_when_the_replicas_do_not_follow(world):
 def test_rollback_dag_returns_traffic_and_alias_to_the_previous_champion(world):
     import lockstep_rollback
 
-    from lockstep.index.steps import reembed_version
+    from lockstep.index.build import reembed_version
     from lockstep.store.routing import history, read_table
 
     current, previous = world["versions"]["blue_green"], world["versions"]["canary_winner"]

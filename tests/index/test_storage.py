@@ -14,12 +14,11 @@ from lockstep.core.errors import (
     IndexIntegrityError,
     LockstepError,
 )
-from lockstep.index import steps as reembed
-from lockstep.index.steps import (
+from lockstep.index import snapshot as snapshot_file
+from lockstep.index.snapshot import (
     DEFAULT_TARGET_SHARDS,
     read_snapshot_shard,
     shard_size_for,
-    validate_built_index,
     write_snapshot,
 )
 from lockstep.index.storage import (
@@ -39,6 +38,7 @@ from lockstep.index.storage import (
     store_root,
     verify_index_files,
 )
+from lockstep.index.validation import validate_built_index
 from lockstep.index.vector_index import IndexSpec, VectorIndex
 from lockstep.model.embedding import TextEmbedder
 from lockstep.store.records import RecordStore
@@ -322,7 +322,7 @@ def test_each_shard_reads_only_its_own_row_group(tmp_path, monkeypatch):
         opened.append(CountingFile(p))
         return opened[-1]
 
-    monkeypatch.setattr(reembed, "_open_snapshot", counting_open)
+    monkeypatch.setattr(snapshot_file, "_open_snapshot", counting_open)
     chunk = read_snapshot_shard(path, 2)
     truth = store.snapshot().records[400:600]
     assert chunk.ids == [r.id for r in truth] and chunk.texts == [r.text for r in truth]

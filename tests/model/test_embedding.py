@@ -79,12 +79,30 @@ def test_weights_changed_under_a_valid_checksum_are_refused_by_the_fingerprint(f
     import joblib
 
     path = fitted.save(tmp_path / "m.joblib")
-    model = joblib.load(path)
-    model.svd_.components_[0, 0] += 0.5
-    joblib.dump(model, path)
+    saved = joblib.load(path)
+    saved["pipeline"].named_steps["svd"].components_[0, 0] += 0.5
+    joblib.dump(saved, path)
     checksum_path(path).write_text(file_sha256(path).removeprefix("sha256:") + "  m.joblib\n")
     with pytest.raises(NotFittedError, match="does not match the model's weights"):
         TextEmbedder.load(path)
+
+
+def test_the_file_holds_plain_scikit_learn_that_embeds_alike_and_old_files_still_load(fitted, tmp_path):
+    """The saved file names no Lockstep class (the MLflow model loads it without Lockstep)."""
+    import joblib
+
+    path = fitted.save(tmp_path / "m.joblib")
+    saved = joblib.load(path)
+    assert b"lockstep.model" not in path.read_bytes()
+    assert saved["format"] == "lockstep.text-embedder/2" and saved["fingerprint"] == fitted.fingerprint
+    texts = corpus(9, seed=4)[0] + ["zzz qqq"]
+    np.testing.assert_allclose(saved["pipeline"].transform(texts), fitted.transform(texts), atol=1e-6)
+
+    old = tmp_path / "old.joblib"  # the format before: the pickled estimator itself
+    joblib.dump(fitted, old)
+    loaded = TextEmbedder.load(old, expected_sha256=file_sha256(old))
+    assert loaded.fingerprint == fitted.fingerprint
+    np.testing.assert_allclose(loaded.embed_query(texts[0]), fitted.embed_query(texts[0]), atol=1e-6)
 
 
 class _Payload:

@@ -401,3 +401,25 @@ def _labelled_records():
         words = rng.choice(topics[label].split(), size=10)
         out.append(Record(f"d{i:04d}", " ".join(words), {"category": label}))
     return out
+
+
+def test_bootstrap_is_seeded_bounded_in_memory_and_takes_a_single_query(monkeypatch):
+    """scipy.stats.bootstrap draws the resamples: the same seed gives the same figures,
+    however many resamples are held at once, and one query gives a zero-width interval."""
+    import lockstep.model.evaluation as evaluation
+
+    rng = np.random.default_rng(8)
+    champion = rng.uniform(size=400)
+    challenger = champion + rng.normal(0.01, 0.05, size=400)
+    whole = paired_bootstrap_diff(challenger, champion, n_boot=500, seed=3)
+    assert whole == paired_bootstrap_diff(challenger, champion, n_boot=500, seed=3)
+    assert whole != paired_bootstrap_diff(challenger, champion, n_boot=500, seed=4)
+    monkeypatch.setattr(evaluation, "BOOTSTRAP_CHUNK_ELEMENTS", 400 * 7)  # 7 resamples a batch
+    assert paired_bootstrap_diff(challenger, champion, n_boot=500, seed=3) == pytest.approx(whole)
+
+    assert bootstrap_ci([0.7], n_boot=50) == (0.7, 0.7, 0.7)
+    assert paired_bootstrap_diff([0.9], [0.4], n_boot=50) == pytest.approx((0.5, 0.5, 0.5, 1.0))
+    with pytest.raises(EvaluationError, match="n_boot"):
+        bootstrap_ci([0.1, 0.2], n_boot=0)
+    with pytest.raises(EvaluationError, match="alpha"):
+        bootstrap_ci([0.1, 0.2], alpha=1.0)

@@ -22,7 +22,13 @@ import pytest
 from lockstep.core.errors import FingerprintMismatchError, RegistryError
 from lockstep.model import registry as registry_module
 from lockstep.model.embedding import TextEmbedder
-from lockstep.model.registry import CHALLENGER, CHAMPION, ModelVersionInfo, Registry
+from lockstep.model.registry import (
+    CHALLENGER,
+    CHAMPION,
+    ModelVersionInfo,
+    Registry,
+    TrainingSnapshot,
+)
 
 TOPICS = {
     "billing": "invoice refund payment card charge receipt subscription price",
@@ -132,6 +138,60 @@ def test_second_registration_is_version_two_and_latest_first(registry, embedder,
     assert registry.resolve("models:/lockstep-embedder/latest").version == "2"
 
 
+def test_the_snapshot_is_the_runs_training_dataset_and_the_metrics_belong_to_the_logged_model(registry, embedder):
+    snapshot = TrainingSnapshot(
+        source="postgresql+psycopg://lockstep:secret@db:5432/lockstep", seq=42, records=200, digest="sha256:" + "ab" * 32
+    )
+
+    info = register(registry, embedder, snapshot=snapshot)
+
+    client = registry._client()
+    [given] = client.get_run(info.run_id).inputs.dataset_inputs
+    assert {t.key: t.value for t in given.tags} == {"mlflow.data.context": "training", "snapshot_seq": "42"}
+    dataset = given.dataset
+    assert (dataset.name, dataset.digest, dataset.source_type) == ("lockstep-records@42", "ab" * 8, "lockstep_snapshot")
+    assert json.loads(dataset.source) == {"store": "postgresql+psycopg://lockstep:***@db:5432/lockstep", "seq": 42, "records": 200}
+    assert [c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]] == ["id", "text"]
+
+    model = client.get_logged_model(info.source.removeprefix("models:/"))
+    metrics = {m.key: m for m in model.metrics}
+    assert metrics["ndcg_at_10"].value == pytest.approx(0.61) and metrics["recall_at_10"].value == pytest.approx(0.83)
+    assert {m.dataset_name for m in model.metrics} == {"lockstep-records@42"}
+    assert model.params["embedder.min_df"] == "1" and model.params["dim"] == "16"
+
+
+def test_without_a_snapshot_the_run_has_no_dataset_and_the_model_still_has_its_metrics(registry, embedder):
+    info = register(registry, embedder)
+    client = registry._client()
+    assert client.get_run(info.run_id).inputs.dataset_inputs == []
+    model = client.get_logged_model(info.source.removeprefix("models:/"))
+    assert {m.key: m.value for m in model.metrics} == pytest.approx({"ndcg_at_10": 0.61, "recall_at_10": 0.83})
+
+
+def test_a_version_description_is_written_read_back_and_linked_from_the_ui(registry, embedder, monkeypatch):
+    monkeypatch.setenv("LOCKSTEP_MLFLOW_UI_URL", "http://mlflow.example:5000/")
+    monkeypatch.setenv("LOCKSTEP_AIRFLOW_UI_URL", "http://airflow.example:8080")
+    info = register(registry, embedder)
+    assert registry.version_description(info.version) == ""
+
+    registry.describe_version(info.version, "## Version 1\n- **what changed**")
+
+    assert registry.version_description(info.version) == "## Version 1\n- **what changed**"
+    experiment = registry._client().get_run(info.run_id).info.experiment_id
+    run_page = f"http://mlflow.example:5000/#/experiments/{experiment}/runs/{info.run_id}"
+    model_id = info.source.removeprefix("models:/")
+    assert registry.ui_links(info, ["plots/evaluation.png"], drift_run_id="gone") == {
+        "version": "http://mlflow.example:5000/#/models/lockstep-embedder/versions/1",
+        "lockstep": "http://airflow.example:8080/lockstep/",
+        "run": run_page,
+        "logged_model": f"http://mlflow.example:5000/#/experiments/{experiment}/models/{model_id}",
+        "plots/evaluation.png": f"{run_page}/artifactPath/plots/evaluation.png",
+        "drift_run": "http://mlflow.example:5000/#/runs/gone",
+    }
+    with pytest.raises(RegistryError, match="has no version 9"):
+        registry.describe_version(9, "nothing to describe")
+
+
 def test_missing_artifact_file_fails_before_anything_is_logged(registry, embedder, tmp_path):
     with pytest.raises(RegistryError, match="does not exist"):
         register(registry, embedder, artifacts={"plot.png": tmp_path / "missing.png"})
@@ -211,9 +271,37 @@ def test_a_swapped_model_artifact_is_refused_before_it_is_unpickled(registry, em
         registry.load_embedder(info.version)
     assert info.tags["lockstep.model_sha256"] in str(caught.value)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)
-    with pytest.raises(ModelIntegrityError, match="fails its checksum"):
+    with pytest.raises(ValueError, match="fails its checksum.*the registered model_sha256 is " + info.tags["lockstep.model_sha256"]) as caught:
         mlflow.pyfunc.load_model(f"models:/{registry.model_name}/{info.version}")
+    assert type(caught.value).__name__ == "ArtifactChecksumError"  # raised by the model's own code
     assert not marker.exists()  # neither path deserialised the planted file
+
+
+def test_a_version_registered_the_old_way_still_loads(registry, embedder, tmp_path, monkeypatch):
+    """Before models were logged as code: a pickled EmbedderPyfunc around a pickled TextEmbedder."""
+    import joblib
+    import mlflow
+
+    from lockstep.model.embedding import file_sha256
+
+    old_file = tmp_path / "embedder.joblib"
+    joblib.dump(embedder, old_file)
+    digest = file_sha256(old_file)
+    with registry._scoped(), mlflow.start_run(experiment_id=registry._experiment_id("lockstep")):
+        logged = mlflow.pyfunc.log_model(
+            name="embedder",
+            python_model=registry_module.EmbedderPyfunc(digest),
+            artifacts={"embedder": str(old_file)},
+            pip_requirements=registry_module.pip_requirements(),
+        )
+        mlflow.register_model(
+            logged.model_uri, registry.model_name, tags={"fingerprint": embedder.fingerprint, "lockstep.model_sha256": digest}
+        )
+
+    assert registry.load_embedder(1).fingerprint == embedder.fingerprint
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    out = registry.load_pyfunc(1).predict(["parcel delivery", "reset password"])
+    np.testing.assert_allclose(out, embedder.transform(["parcel delivery", "reset password"]), atol=1e-6)
 
 
 def test_a_version_without_the_model_checksum_tag_is_not_loaded(registry, embedder):

@@ -15,6 +15,7 @@ import pytest
 from fastapi import Request
 from fastapi.testclient import TestClient
 
+from lockstep.core import alerts
 from lockstep.core.config import DEFAULT_MLFLOW_UI_URL
 from lockstep.core.errors import ConfigurationError
 from lockstep.ops.dashboard import (
@@ -24,6 +25,7 @@ from lockstep.ops.dashboard import (
     short_fingerprint,
     weight_chart_svg,
 )
+from lockstep.rollout import record
 from lockstep.store import routing, schema
 from tests.ui.scenario import FINGERPRINTS, ROLLBACK_REASON, seed
 
@@ -99,12 +101,45 @@ def test_separate_rollbacks_stay_separate(lockstep_home):
     for v in ("1", "2", "3"):
         routing.register_slot(v, f"models:/m/{v}", f"/i/{v}", FINGERPRINTS[v], routing.READY)
     routing.set_weights({"1": 100})
-    routing.set_weights({"1": 95, "2": 5}, reason="canary 5%")
-    routing.set_weights({"1": 100}, reason="rollback: errors")
-    routing.set_weights({"1": 95, "3": 5}, reason="canary 5%")
-    routing.set_weights({"1": 100}, reason="rolled back by an operator")
+    _failed_rollout("r2", "2", "1", "canary 5%: errors")
+    _failed_rollout("r3", "3", "1", "canary 5%: latency")
     rollbacks = load_dashboard().rollbacks
-    assert [(r.model_version, r.reason) for r in rollbacks] == [("3", "rolled back by an operator"), ("2", "rollback: errors")]
+    assert [(r.model_version, r.reason, r.sources) for r in rollbacks] == [
+        ("3", "canary 5%: latency", ("rollout", "routing")), ("2", "canary 5%: errors", ("rollout", "routing")),
+    ]
+
+
+def test_rollbacks_are_read_from_records_not_guessed_from_reasons(lockstep_home):
+    """A traffic change whose reason mentions a rollback is only a routing change; a
+    manual rollback names the version it took traffic from, not the one it returned to."""
+    for v in ("1", "2"):
+        routing.register_slot(v, f"models:/m/{v}", f"/i/{v}", FINGERPRINTS[v], routing.READY)
+    routing.set_weights({"1": 100})
+    routing.set_weights({"1": 95, "2": 5}, reason="canary 5%")
+    routing.set_weights({"1": 100}, reason="rollback: aborted by hand")  # routing set, no record
+    assert load_dashboard().rollbacks == ()
+
+    routing.set_weights({"2": 100}, reason="promote version 2")
+    generation = routing.set_weights({"1": 100}, reason="manual rollback to v1: bad answers", actor="lockstep_rollback")
+    record.begin("rollback-1", "1", "2", record.MANUAL_ROLLBACK, {"reason": "bad answers", "to_version": "1"})
+    record.record_step("rollback-1", "rollback", "rollback", "info", weight=100, reason="bad answers",
+                       figures={"generation": generation, "commit_seconds": 0.01})
+    record.finish("rollback-1", record.ROLLED_BACK, "bad answers")
+    alerts.alert("rollback", "manual rollback from v2 to v1: bad answers", {"rollback_id": "rollback-1", "to_version": "1"})
+
+    (rollback,) = load_dashboard().rollbacks
+    assert (rollback.model_version, rollback.reason, rollback.sources) == ("2", "bad answers", ("rollout", "routing", "alert"))
+    (recorded,) = record.rollbacks()
+    assert (recorded.version, recorded.to_version, recorded.manual, recorded.generation) == ("2", "1", True, generation)
+
+
+def _failed_rollout(rollout_id: str, cand: str, base: str, reason: str) -> None:
+    """What a rollout's rollback task records: the traffic back, then the record's outcome."""
+    record.begin(rollout_id, cand, base, "canary", {})
+    routing.set_weights({base: 95, cand: 5}, reason="canary 5%", actor="lockstep_rollout")
+    generation = routing.set_weights({base: 100}, reason=f"abort: {reason}", actor="lockstep_rollout")
+    record.record_step(rollout_id, "rollback", "rollback", "info", weight=0, reason=reason, figures={"generation": generation})
+    record.finish(rollout_id, record.ROLLED_BACK, reason)
 
 
 def test_missing_rollout_tables_mean_no_rollouts_yet(lockstep_home, monkeypatch):

@@ -1,4 +1,5 @@
-"""The progressive-delivery gates, checked by seeded simulation and against known values.
+"""The progressive-delivery gates, checked by seeded simulation, against known values and
+against statsmodels (the oracle for every two-proportion test and interval).
 
 The error-rate claims are Monte Carlo estimates; each assertion states its sample size
 and the slack allowed (about three standard errors), so a pass is not a lucky draw.
@@ -12,6 +13,15 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
+from statsmodels.stats.proportion import (
+    confint_proportions_2indep,
+    proportion_confint,
+    proportions_ztest,
+    samplesize_proportions_2indep_onetail,
+)
+from statsmodels.stats.proportion import (
+    test_proportions_2indep as proportions_2indep_test,  # not a pytest test
+)
 
 from lockstep.rollout.gates import (
     Action,
@@ -34,6 +44,7 @@ from lockstep.rollout.gates import (
     required_sample_size,
     thompson_weights,
     to_percent_weights,
+    wilson_interval,
 )
 
 ALPHA = 0.05
@@ -379,6 +390,79 @@ def test_required_sample_size_gives_the_promised_power():
     assert abs(power - 0.8) <= slack(0.8, runs)
     with pytest.raises(GateError):
         required_sample_size(0.5, 1.5)
+
+
+# --------------------------------------------------------------------------- statsmodels as the oracle
+# Lockstep computes its proportion tests and intervals itself (a few lines each, no
+# statsmodels at run time); these tests hold every figure to statsmodels' on seeded cases,
+# edge counts included (no clicks, all clicks, a few dozen impressions).
+
+
+def proportion_cases(seed: int, count: int = 40) -> list[tuple[int, int, int, int]]:
+    """(cand_clicks, cand_n, base_clicks, base_n): seeded draws across rates and sizes, plus edges."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(count):
+        cand_n, base_n = (int(n) for n in rng.integers(100, 50_000, size=2))
+        rate = rng.uniform(0.001, 0.6)
+        cases.append((int(rng.binomial(cand_n, rate * rng.uniform(0.7, 1.3))), cand_n, int(rng.binomial(base_n, rate)), base_n))
+    return cases + [(0, 150, 3, 200), (150, 150, 190, 200), (1, 100, 0, 100), (56, 70, 48, 80)]
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.01, 0.2])
+def test_wilson_interval_matches_statsmodels(alpha):
+    for clicks, n, _, _ in proportion_cases(seed=11):
+        expected = proportion_confint(clicks, n, alpha=alpha, method="wilson")
+        assert wilson_interval(clicks, n, alpha) == pytest.approx(expected, rel=1e-9, abs=1e-12), (clicks, n)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.01])
+def test_newcombe_interval_matches_statsmodels(alpha):
+    for case in proportion_cases(seed=12):
+        expected = confint_proportions_2indep(*case, method="newcomb", compare="diff", alpha=alpha)
+        assert newcombe_interval(*case, alpha) == pytest.approx(expected, rel=1e-9, abs=1e-12), case
+
+
+def test_fixed_test_figures_match_statsmodels():
+    for case in proportion_cases(seed=13):
+        cand_clicks, cand_n, base_clicks, base_n = case
+        figures = fixed_sample_ab_test(*case, alpha=ALPHA, min_samples=50).figures
+        z, p_value = proportions_ztest([cand_clicks, base_clicks], [cand_n, base_n])
+        wald = confint_proportions_2indep(*case, method="wald", compare="diff", alpha=ALPHA)
+        newcombe = confint_proportions_2indep(*case, method="newcomb", compare="diff", alpha=ALPHA)
+        assert (figures["z"], figures["p_value"]) == pytest.approx((z, p_value), rel=1e-9, abs=1e-12), case
+        assert (figures["wald_low"], figures["wald_high"]) == pytest.approx(wald, rel=1e-9, abs=1e-12), case
+        assert (figures["ci_low"], figures["ci_high"]) == pytest.approx(newcombe, rel=1e-9, abs=1e-12), case
+        if min(cand_clicks, base_clicks) > 0:  # the Katz log interval of the rate ratio, as a lift
+            ratio = confint_proportions_2indep(*case, method="log", compare="ratio", alpha=ALPHA)
+            lift = (figures["rel_lift_low"] + 1, figures["rel_lift_high"] + 1)
+            assert lift == pytest.approx(ratio, rel=1e-9), case
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # statsmodels' unused ratio at 0 errors
+@pytest.mark.parametrize("max_abs_increase", [0.0, 0.01, 0.05])
+def test_error_gate_figures_match_statsmodels(max_abs_increase):
+    for case in proportion_cases(seed=14):
+        figures = error_rate_gate(*case, max_abs_increase=max_abs_increase, alpha=ALPHA, max_error_rate=None).figures
+        # H0: cand - base <= max_abs_increase, Agresti-Caffo rates (one error and one success added per arm).
+        test = proportions_2indep_test(
+            *case, value=max_abs_increase, method="agresti-caffo", compare="diff", alternative="larger"
+        )
+        # The one-sided (1 - alpha) upper bound is the upper end of the two-sided (1 - 2 alpha) interval.
+        _, upper = confint_proportions_2indep(*case, method="agresti-caffo", compare="diff", alpha=2 * ALPHA)
+        assert (figures["z"], figures["p_value"]) == pytest.approx((test.statistic, test.pvalue), rel=1e-9, abs=1e-12), case
+        assert figures["diff_upper"] == pytest.approx(upper, rel=1e-9, abs=1e-12), case
+
+
+@pytest.mark.parametrize(
+    ("p_base", "mde_rel", "alpha", "power"),
+    [(0.10, -0.10, 0.05, 0.8), (0.02, 0.20, 0.05, 0.9), (0.30, -0.25, 0.01, 0.8), (0.45, 0.10, 0.10, 0.95)],
+)
+def test_required_sample_size_matches_statsmodels(p_base, mde_rel, alpha, power):
+    n = required_sample_size(p_base, mde_rel, alpha=alpha, power=power)
+    diff = p_base * mde_rel
+    expected = samplesize_proportions_2indep_onetail(diff, p_base, power, alpha=alpha)
+    assert n == math.ceil(expected)
 
 
 # --------------------------------------------------------------------------- Thompson sampling

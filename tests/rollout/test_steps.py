@@ -19,11 +19,12 @@ from sqlalchemy import insert
 
 from lockstep.rollout import record
 from lockstep.rollout import steps as rollout
-from lockstep.rollout.analysis import GateSettings, Window, arm_stats, shadow_gates, shadow_stats
+from lockstep.rollout.analysis import GateSettings, shadow_gates
 from lockstep.rollout.gates import Verdict
 from lockstep.store import routing
 from lockstep.store.db import get_engine
 from lockstep.store.schema import feedback_log, request_log, shadow_log
+from lockstep.store.serving_logs import Window, arm_stats, shadow_stats
 
 FAST = {
     "bake_seconds": 0, "shadow_seconds": 0, "min_samples": 30, "max_extensions": 1, "poll_seconds": 0.05, "max_bake_seconds": 60,
@@ -43,11 +44,10 @@ def _slot(version: str, root: Path, state: str = "ready") -> None:
     routing.register_slot(version, f"models:/m/{version}", str(location), f"sha256:{version * 8}", state=state)
 
 
-def _plan(rollout_id: str = "r1", candidate: str = "2", champion: str = "1", **config) -> dict:
+def _plan(rollout_id: str = "r1", candidate: str = "2", champion: str = "1", **config) -> rollout.RolloutPlan:
     cfg = rollout.RolloutConfig.from_params({**FAST, **config})
     record.begin(rollout_id, candidate, champion, cfg.strategy, cfg.to_dict())
-    return {"rollout_id": rollout_id, "model_version": candidate, "baseline_version": champion,
-            "strategy": cfg.strategy, "config": cfg.to_dict(), "noop": False}
+    return rollout.RolloutPlan(rollout_id, candidate, champion, cfg)
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ class Traffic:
         self.batches += 1
 
 
-def _run(phase: str, plan: dict, traffic: Traffic | None = None, **kwargs) -> dict:
+def _run(phase: str, plan: rollout.RolloutPlan | dict, traffic: Traffic | None = None, **kwargs) -> dict:
     """The phase look by look, one traffic batch between two looks (no traffic: a real short sleep)."""
     return rollout.run_phase(phase, plan, sleep=traffic.batch if traffic else time.sleep, **kwargs)
 
@@ -183,7 +183,7 @@ def test_shadow_phase_stops_a_failing_candidate_at_the_first_look_with_failed_co
 def test_canary_promotes_an_equal_candidate_through_every_step(slots):
     plan = _plan(min_samples=300)
     traffic = Traffic({"1": 0.3, "2": 0.32}, per_batch=200)
-    out = _run("canary", plan, traffic)
+    out = _run("canary", plan.to_dict(), traffic)  # as a DAG task hands it over: the plan's XCom (JSON) form
     assert out["verdict"] == "pass" and out["step"] == "canary 50%"
     assert routing.read_table().weights == {"1": 50, "2": 50}  # the last step below 100 %; finalize does the rest
     steps = [s for s in record.steps("r1") if s["phase"] == "canary"]
@@ -426,10 +426,11 @@ def world(slots, lockstep_home, registry_template):
 def test_start_checks_the_slots_and_skips_a_version_that_already_is_champion(world, slots):
     salt = routing.read_table().salt
     plan = rollout.start("r1", "2", None, {**FAST, "strategy": "blue_green"})
-    assert plan["noop"] is False and plan["baseline_version"] == "1" and plan["strategy"] == "blue_green"
+    assert plan.noop is False and plan.baseline_version == "1" and plan.strategy == "blue_green"
     assert routing.read_table().salt != salt  # sticky users reshuffled for this rollout
-    assert "ndcg_at_10" in plan["review_markdown"] and "| 0.42 | 0.38 |" in plan["review_markdown"]
-    assert rollout.start("r2", "1", None, FAST)["noop"] is True
+    assert "ndcg_at_10" in plan.review_markdown and "| 0.42 | 0.38 |" in plan.review_markdown
+    assert plan.generation == routing.read_generation()
+    assert rollout.start("r2", "1", None, FAST).noop is True
     assert record.get("r2")["status"] == "skipped"
     routing.set_state("2", "retired")
     with pytest.raises(rollout.RolloutError, match="slot is retired"):
@@ -472,9 +473,9 @@ def test_rollback_returns_traffic_in_one_transaction_and_rejects_the_candidate(w
     assert rollout.rollback(None)["rolled_back"] is False
 
 
-def _passed(plan: dict) -> dict:
+def _passed(plan: rollout.RolloutPlan) -> rollout.RolloutPlan:
     """Record the strategy's pass, as the canary task would have at its last step."""
-    record.record_step(plan["rollout_id"], "canary 50%", "canary", "pass", action="promote", weight=50, reason="all gates passed")
+    record.record_step(plan.rollout_id, "canary 50%", "canary", "pass", action="promote", weight=50, reason="all gates passed")
     return plan
 
 

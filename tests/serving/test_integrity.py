@@ -12,11 +12,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from lockstep.rollout.analysis import Window, arm_stats, shadow_stats
 from lockstep.serving import ServingConfig
 from lockstep.serving.logs import LogWriter
 from lockstep.store import routing
 from lockstep.store.schema import feedback_log, request_log
+from lockstep.store.serving_logs import Window, arm_stats, shadow_stats
 from tests.serving.conftest import deploy
 from tests.serving.harness import auth, serve, wait_for
 from tests.serving.test_api import metric

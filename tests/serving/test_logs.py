@@ -53,11 +53,11 @@ def test_rows_round_trip_through_the_batched_writer(database_url):
 
 
 def test_a_database_made_before_the_pinned_column_gets_it(database_url):
-    """create_all never alters a table: an existing request log gains ``pinned`` on first use."""
+    """A request log made before migrations gains ``pinned`` on first use (adopted by the migrations)."""
     from sqlalchemy import Column, MetaData, Table, create_engine, insert
 
     from lockstep.store.db import _normalise
-    from lockstep.store.schema import ensure_added_columns
+    from lockstep.store.migrations import upgrade_database
 
     old = MetaData()
     Table("lockstep_request_log", old, *[Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
@@ -73,7 +73,7 @@ def test_a_database_made_before_the_pinned_column_gets_it(database_url):
     engine = get_engine(database_url)  # creates the other tables and adds the column
     with engine.connect() as conn:
         assert conn.execute(select(request_log.c.request_id, request_log.c.pinned)).all() == [("before", False)]
-    assert ensure_added_columns(engine) == []  # idempotent
+    assert not upgrade_database(engine).changed  # idempotent
     writer = LogWriter(engine)
     writer.request(request_id="after", model_version="1", query="q", k=5, latency_ms=1.0, status=200, top_ids=[], pinned=True)
     writer.flush()

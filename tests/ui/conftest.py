@@ -5,6 +5,10 @@ user, loads the plugins folder of this repository, and reads a Lockstep database
 with one promoted and one rolled-back rollout. The migrated Airflow database is cached
 per Airflow version (``airflow db migrate`` takes ~20 s on two cores), so only the first
 run pays for it.
+
+The browser is pytest-playwright's, pointed at the machine's Chromium (Debian's package)
+through ``executable_path``: Playwright's own browser builds cannot be downloaded here, and
+the Debian one is what ``./dev test`` installs.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,6 +37,9 @@ AIRFLOW = Path(sys.executable).with_name("airflow")
 USER, PASSWORD = "admin", "lockstep-admin-pw"
 MLFLOW_UI = "http://mlflow.example.test:5000"
 STARTUP_TIMEOUT = 90
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROMIUM_INSTALL_HINT = "apt-get update && apt-get install -y --no-install-recommends chromium"
+VIEWPORT = {"width": 1400, "height": 1000}
 # Shared with the demo-corpus cache of tests/conftest.py.
 CACHE = Path(os.environ.get("LOCKSTEP_TEST_CACHE", Path.home() / ".cache" / "lockstep-tests"))
 
@@ -77,6 +85,72 @@ def airflow_server(tmp_path_factory) -> Iterator[AirflowServer]:
         yield server
     finally:
         _stop(proc)
+
+
+def find_chromium() -> str | None:
+    """The Chromium executable (``LOCKSTEP_CHROMIUM`` wins), or None if none is installed."""
+    explicit = os.environ.get("LOCKSTEP_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).exists() else None
+    return next((p for name in CHROMIUM_CANDIDATES if (p := shutil.which(name))), None)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """pytest-playwright's launch options, with the installed Chromium as the browser.
+
+    Without one the browser tests skip, or fail when ``LOCKSTEP_REQUIRE_BROWSER`` is set
+    (CI sets it, so a machine without Chromium cannot pass the UI test by skipping it).
+    """
+    chromium = find_chromium()
+    if chromium is None:
+        if os.environ.get("LOCKSTEP_REQUIRE_BROWSER"):
+            pytest.fail(f"LOCKSTEP_REQUIRE_BROWSER is set but Chromium is not installed; run: {CHROMIUM_INSTALL_HINT}")
+        pytest.skip(f"Chromium is not installed (install it with: {CHROMIUM_INSTALL_HINT})")
+    # The flags keep a throwaway browser quiet and offline: the network here has no web.
+    return {
+        **browser_type_launch_args,
+        "executable_path": chromium,
+        "args": ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+                 "--disable-background-networking", "--disable-component-update"],
+    }
+
+
+# pytest-playwright starts Playwright once per session. While Playwright runs, the main
+# thread counts as inside a running event loop, so a later test's ``asyncio.run`` fails
+# (tests/serving/test_clicks.py has one). So here Playwright, and the fixtures built on
+# it, live for this folder's modules only: the browser and the driver end with them.
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture(scope="module")
+def browser_type(playwright, browser_name: str) -> Any:
+    return getattr(playwright, browser_name)
+
+
+@pytest.fixture(scope="module")
+def launch_browser(browser_type_launch_args: dict[str, Any], browser_type) -> Any:
+    return lambda **kwargs: browser_type.launch(**{**browser_type_launch_args, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def browser(launch_browser) -> Iterator[Any]:
+    launched = launch_browser()
+    yield launched
+    launched.close()
+
+
+@pytest.fixture(scope="module")
+def browser_context_args() -> dict[str, Any]:
+    """Each test's context: the screenshots' size (1400 x 1000 CSS pixels at scale 1)."""
+    return {"viewport": VIEWPORT, "device_scale_factor": 1}
 
 
 def _seed_lockstep(home: Path) -> dict:

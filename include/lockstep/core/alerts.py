@@ -28,10 +28,11 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
+
+from lockstep.core import clock, jsonio
 
 log = logging.getLogger("lockstep.alerts")
 
@@ -200,7 +201,7 @@ def recent_alerts(limit: int = 50) -> list[dict[str, Any]]:
 def build_notice(event: str, message: str, details: dict[str, Any], context: Mapping[str, Any] | None, cfg) -> Notice:
     version = alert_version(details, message)
     reason = str(details.get("reason") or message)
-    at = datetime.now(UTC).isoformat(timespec="seconds")
+    at = clock.now_iso()
     return Notice(event, message, version, reason, at, details, links(cfg, version, _context_ids(context or {}), details))
 
 
@@ -406,4 +407,4 @@ def _append(entry: dict[str, Any]) -> None:
     path = _alerts_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:  # one short line per alert: appends are atomic enough
-        fh.write(json.dumps(entry, default=str) + "\n")
+        fh.write(jsonio.dumps(entry) + "\n")

@@ -149,6 +149,8 @@ def _names(raw: str, *, lower: bool = True) -> tuple[str, ...]:
 def run_folder(run_id: str) -> Path:
     """Where a DAG run keeps its files (models, reports): $LOCKSTEP_HOME/runs/<run id>."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    if safe.strip(".") == "":  # "", "." and ".." would name runs/ or the home itself
+        safe = "_" * max(1, len(safe))
     folder = settings().home / "runs" / safe
     folder.mkdir(parents=True, exist_ok=True)
     return folder

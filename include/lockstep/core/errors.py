@@ -2,7 +2,7 @@
 
 Every error Lockstep raises on bad input or a broken environment derives from
 ``LockstepError`` so the command line and the serving API can turn it into a clear
-message (exit code 2, or a 4xx) instead of a traceback.
+message (exit code 1, or a 4xx) instead of a traceback.
 """
 
 from __future__ import annotations

@@ -43,13 +43,14 @@ import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, and_, distinct, false, func, select
+from sqlalchemy import Engine, func, select
 
+from lockstep.core import clock, jsonio
 from lockstep.core.config import run_folder  # noqa: F401  (re-exported: the drift DAG keeps its report there)
 from lockstep.core.errors import LockstepError
 from lockstep.drift.statistics import (
@@ -70,8 +71,9 @@ from lockstep.drift.statistics import (
     vocabulary_drift,
     vocabulary_findings,
 )
+from lockstep.store import serving_logs
 from lockstep.store.records import UPSERT, RecordStore
-from lockstep.store.schema import changes, feedback_log, request_log
+from lockstep.store.schema import changes
 from lockstep.training.fit import TrainConfig, is_holdout
 
 EXPERIMENT = "lockstep-drift"
@@ -203,12 +205,12 @@ def current_window(
     version is an upsert (deleted records are gone) made after ``after_seq`` (the
     champion's snapshot: records it was trained on are not new data).
     """
-    end = _utc(end)
+    end = clock.utc(end)
     start = end - timedelta(hours=window_hours)
     rng = random.Random(seed)
     last = (
         select(changes.c.record_id, func.max(changes.c.seq).label("seq"))
-        .where(changes.c.at >= _utc(start), changes.c.at < _utc(end), changes.c.seq > after_seq)
+        .where(changes.c.at >= start, changes.c.at < end, changes.c.seq > after_seq)
         .group_by(changes.c.record_id)
         .subquery()
     )
@@ -218,19 +220,10 @@ def current_window(
         .where(changes.c.op == UPSERT)
         .order_by(changes.c.seq)
     )
-    queries = (
-        select(request_log.c.query)
-        .where(
-            request_log.c.at >= _utc(start),
-            request_log.c.at < _utc(end),
-            request_log.c.query.is_not(None),
-            request_log.c.pinned == false(),  # pinned traffic is any client's choice, not users'
-        )
-        .order_by(request_log.c.at)
-    )
     with store.engine.connect() as conn:
         seqs = [int(s) for s in conn.execute(live).scalars()]
-        all_queries = [q for q in conn.execute(queries).scalars() if q and q.strip()]
+    # Unpinned only: pinned traffic is any client's choice, not users'.
+    all_queries = serving_logs.queries(store.engine, serving_logs.Window(start, end))
     sampled = _sample(seqs, max_samples, rng)
     texts = _texts_by_seq(store.engine, set(sampled))
     return Window(
@@ -248,19 +241,22 @@ def click_through_counts(
 ) -> dict[str, int]:
     """Impressions and clicks of one model version: the window and the period before it.
 
-    An impression is one successful search (one result list); a click is such a search
-    that got at least one click, so clicks never exceed impressions. Only the champion's
-    requests count: during a rollout the other versions' traffic says nothing about
-    whether the champion's data has moved.
+    Impressions and clicks are those of ``lockstep.store.serving_logs`` (the rollout gates
+    count the same): an impression is a search answered with a result list, a click such
+    a search that got at least one click, so clicks never exceed impressions. Only the
+    champion's requests count: during a rollout the other versions' traffic says nothing
+    about whether the champion's data has moved.
     """
-    end = _utc(end)
+    end = clock.utc(end)
     start = end - timedelta(hours=window_hours)
     before = start - timedelta(hours=window_hours)
+    reference = serving_logs.click_through(engine, model_version, serving_logs.Window(before, start))
+    current = serving_logs.click_through(engine, model_version, serving_logs.Window(start, end))
     return {
-        "reference_impressions": _impressions(engine, model_version, before, start),
-        "reference_clicks": _clicks(engine, model_version, before, start),
-        "current_impressions": _impressions(engine, model_version, start, end),
-        "current_clicks": _clicks(engine, model_version, start, end),
+        "reference_impressions": reference.impressions,
+        "reference_clicks": reference.clicks,
+        "current_impressions": current.impressions,
+        "current_clicks": current.clicks,
     }
 
 
@@ -318,7 +314,7 @@ def run_drift_check(
             f"max_samples={max_samples}"
         )
     limits = thresholds_from(thresholds)
-    end = _utc(_parse_time(now) if now is not None else datetime.now(UTC))
+    end = _parse_time(now) if now is not None else clock.now()
     store = store or RecordStore()
     if registry is None:
         from lockstep.model.registry import Registry
@@ -473,7 +469,7 @@ def log_drift_report(
     run = client.create_run(experiment_id, run_name=f"drift {report.get('window', {}).get('end', '')}")
     run_id = run.info.run_id
     try:
-        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+        now_ms = int(clock.now().timestamp() * 1000)
         metrics = [
             Metric(_metric_key(k), float(v), now_ms, 0)
             for k, v in _flat_numbers(report).items()
@@ -484,7 +480,7 @@ def log_drift_report(
         )
         with tempfile.TemporaryDirectory(prefix="lockstep-drift-") as tmp:
             report_path = Path(tmp) / REPORT_FILE
-            report_path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+            report_path.write_text(jsonio.dumps(report, indent=2, sort_keys=True))
             client.log_artifact(run_id, str(report_path), artifact_path="reports")
         if plot_path is not None and plot_path.exists():
             client.log_artifact(run_id, str(plot_path), artifact_path="plots")
@@ -542,7 +538,7 @@ def asset_extra(report: Mapping[str, Any], *, forced: bool = False) -> dict[str,
         "figures": figures,
         "window_end": (report.get("window") or {}).get("end"),
         "mlflow_run_id": report.get("mlflow_run_id"),
-        "segment": _json_safe(report.get("segment")),
+        "segment": jsonio.plain(report.get("segment")),
     }
 
 
@@ -732,7 +728,7 @@ def _finish(
     seed: int = 0,
     segment_members: tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    result = {**_json_safe(report.to_dict()), "status": status, **context}
+    result = {**jsonio.plain(report.to_dict()), "status": status, **context}
     if work_dir is not None:
         folder = Path(work_dir)
         folder.mkdir(parents=True, exist_ok=True)
@@ -792,42 +788,6 @@ def _texts_by_seq(engine: Engine, seqs: set[int]) -> dict[int, str]:
     return found
 
 
-def _impressions(engine: Engine, version: str, start: datetime, end: datetime) -> int:
-    stmt = select(func.count()).select_from(request_log).where(
-        request_log.c.model_version == version,
-        request_log.c.status == 200,
-        request_log.c.at >= _utc(start),
-        request_log.c.at < _utc(end),
-        request_log.c.pinned == false(),
-    )
-    with engine.connect() as conn:
-        return int(conn.execute(stmt).scalar() or 0)
-
-
-def _clicks(engine: Engine, version: str, start: datetime, end: datetime) -> int:
-    stmt = (
-        select(func.count(distinct(request_log.c.request_id)))
-        .select_from(
-            request_log.join(
-                feedback_log,
-                and_(
-                    feedback_log.c.request_id == request_log.c.request_id,
-                    feedback_log.c.event == "click",
-                ),
-            )
-        )
-        .where(
-            request_log.c.model_version == version,
-            request_log.c.status == 200,
-            request_log.c.at >= _utc(start),
-            request_log.c.at < _utc(end),
-            request_log.c.pinned == false(),
-        )
-    )
-    with engine.connect() as conn:
-        return int(conn.execute(stmt).scalar() or 0)
-
-
 def _labelled(meta: dict | None, key: str) -> bool:
     return (meta or {}).get(key) not in (None, "")
 
@@ -840,36 +800,18 @@ def _sample(items: list[Any], n: int, rng: random.Random) -> list[Any]:
     return [items[i] for i in keep]
 
 
-def _utc(moment: datetime) -> datetime:
-    """Aware UTC; a naive time is taken as UTC. The stores write UTC (SQLite as naive
-    strings, which SQLAlchemy compares with the UTC fields of a bound time)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _parse_time(value: datetime | str) -> datetime:
-    if isinstance(value, datetime):
-        return value
+    """The window's end as aware UTC (a naive time is UTC: the stores write UTC)."""
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError as exc:
+        return clock.utc(value)
+    except (TypeError, ValueError) as exc:
         raise DriftCheckError(f"now={value!r} is not an ISO date and time") from exc
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities become None: asset extras and XComs must be strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _atomic_write_json(path: Path, value: Any) -> None:
     from lockstep.core.atomic import atomic_write
 
-    atomic_write(path, json.dumps(value, indent=2, sort_keys=True, default=str))
+    atomic_write(path, jsonio.dumps(value, indent=2, sort_keys=True))
 
 
 def _existing(path: str | None) -> Path | None:

@@ -23,18 +23,18 @@ in its note; a rerun starts over and reuses the finished shards.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lockstep.core.errors import LockstepError
+from lockstep.index.snapshot import (
+    DEFAULT_TARGET_SHARDS,
+    read_snapshot_shard,
+    shard_size_for,
+    snapshot_name,
+    write_snapshot,
+)
 from lockstep.index.storage import (
     Manifest,
     build_shard_columns,
@@ -45,12 +45,9 @@ from lockstep.index.storage import (
     save_index,
     update_manifest,
 )
-from lockstep.index.vector_index import IndexSpec, VectorIndex, choose_spec, measure_recall
-from lockstep.store.records import RecordStore, SnapshotChunk
-
-
-class IndexValidationError(LockstepError):
-    """A built index does not hold exactly what the record store holds."""
+from lockstep.index.validation import IndexValidationError, validate_built_index
+from lockstep.index.vector_index import IndexSpec, VectorIndex, choose_spec
+from lockstep.store.records import RecordStore
 
 
 @dataclass(frozen=True)
@@ -60,17 +57,6 @@ class SlotPlan:
     model_uri: str
     fingerprint: str
     location: str
-
-
-@dataclass(frozen=True)
-class IndexValidation:
-    ok: bool
-    checks: dict[str, bool]
-    figures: dict[str, float]
-    problems: list[str] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
 def plan_slot(registry, version: str | int) -> SlotPlan:
@@ -83,30 +69,6 @@ def plan_slot(registry, version: str | int) -> SlotPlan:
         fingerprint=info.fingerprint,
         location=str(index_location(registry.model_name, info.version)),
     )
-
-
-# --- shard size ----------------------------------------------------------------------------------
-
-DEFAULT_TARGET_SHARDS = 16  # Airflow costs ~3 s per task: tens of shards at 1M records, not hundreds
-MIN_SHARD_SIZE = 5_000
-MAX_SHARD_SIZE = 250_000  # bounds one embed task's memory (vectors and the TF-IDF of one batch)
-
-
-def shard_size_for(
-    n_records: int,
-    target_shards: int = DEFAULT_TARGET_SHARDS,
-    *,
-    min_size: int = MIN_SHARD_SIZE,
-    max_size: int = MAX_SHARD_SIZE,
-) -> int:
-    """Records per shard so a snapshot of ``n_records`` splits into about ``target_shards`` shards.
-
-    Clamped so a small store is not split into tasks that cost more to schedule than to
-    run, and a huge one gets more shards rather than shards too large for one task.
-    """
-    if target_shards < 1:
-        raise LockstepError(f"target shard count must be at least 1, got {target_shards}")
-    return max(min_size, min(max_size, -(-max(n_records, 1) // target_shards)))
 
 
 # --- steps (each is one task of lockstep_reembed; JSON in, JSON out) ---------------------------
@@ -156,7 +118,7 @@ def snapshot(
         "records": sum(counts),
         "shards": list(range(len(counts))),
         "shard_size": size,
-        "file": _snapshot_name(seq, size),
+        "file": snapshot_name(seq, size),
     }
 
 
@@ -165,7 +127,7 @@ def embed(plan: dict[str, Any], snap: dict[str, Any], shard: int, embedder=None)
     from lockstep.core.faults import maybe_fail
 
     p = SlotPlan(**plan)
-    embedder = embedder or _load_embedder(p)
+    embedder = embedder or load_embedder(p)
     chunk = read_snapshot_shard(_snapshot_path(p, snap), shard)
     result = build_shard_columns(
         embedder,
@@ -184,7 +146,7 @@ def merge(plan: dict[str, Any], snap: dict[str, Any], shards: list[dict[str, Any
           store: RecordStore | None = None, embedder=None) -> dict[str, Any]:
     """Merge the partial indexes, catch up every change after S, save (slot stays ``loading``)."""
     p = SlotPlan(**plan)
-    _, manifest = _merge_and_save(p, snap, shards, spec, store or RecordStore(), embedder or _load_embedder(p))
+    _, manifest = merge_and_save(p, snap, shards, spec, store or RecordStore(), embedder or load_embedder(p))
     return {"applied_seq": manifest.applied_seq, "records": manifest.record_count, "index_sha256": manifest.index_sha256}
 
 
@@ -195,8 +157,8 @@ def validate(plan: dict[str, Any], *, sample_size: int = 200, min_recall: float 
 
     p = SlotPlan(**plan)
     loaded = load_index(p.location, expected_fingerprint=p.fingerprint, model_label=f"{p.model_name} v{p.model_version}")
-    return _validate_and_save(
-        p, loaded.index, loaded.applied_seq, store or RecordStore(), embedder or _load_embedder(p),
+    return validate_and_save(
+        p, loaded.index, loaded.applied_seq, store or RecordStore(), embedder or load_embedder(p),
         sample_size=sample_size, min_recall=min_recall, engine=engine,
     )
 
@@ -245,7 +207,7 @@ def resolve_spec(spec: dict[str, Any] | None, n_records: int, dim: int) -> Index
     return IndexSpec.from_dict(spec)
 
 
-def _merge_and_save(
+def merge_and_save(
     p: SlotPlan, snap: dict[str, Any], shards: list[dict[str, Any]], spec: dict[str, Any] | None,
     store: RecordStore, embedder,
 ) -> tuple[VectorIndex, Manifest]:
@@ -262,7 +224,7 @@ def _merge_and_save(
     return index, manifest
 
 
-def _validate_and_save(
+def validate_and_save(
     p: SlotPlan, index: VectorIndex, applied_seq: int, store: RecordStore, embedder, *,
     sample_size: int, min_recall: float, engine=None,
 ) -> dict[str, Any]:
@@ -288,308 +250,8 @@ def _validate_and_save(
     return {"ok": True, "applied_seq": applied, "figures": result.figures, "checks": result.checks}
 
 
-# --- validation ------------------------------------------------------------------------------
-
-
-def validate_built_index(
-    index: VectorIndex,
-    applied_seq: int,
-    embedder,
-    store: RecordStore,
-    *,
-    expected_fingerprint: str,
-    sample_size: int = 200,
-    min_recall: float = 0.95,
-    seed: int = 0,
-    chunk_size: int = 20_000,
-) -> tuple[IndexValidation, int]:
-    """Check the index against the record store; catches up to the store's head first.
-
-    The store's ids are streamed once (then the texts of a seeded sample), inside one read
-    transaction whose sequence is what the index is caught up to, so both sides are
-    compared at the same state however long the check takes and whatever is written
-    meanwhile. Returns the validation and the sequence the index now reflects.
-    """
-    checks: dict[str, bool] = {}
-    figures: dict[str, float] = {}
-    problems: list[str] = []
-    checks["fingerprint"] = embedder.fingerprint == expected_fingerprint
-    if not checks["fingerprint"]:
-        problems.append(f"model fingerprint {embedder.fingerprint} differs from the registered {expected_fingerprint}")
-    with store.stream_snapshot(chunk_size, texts=False) as truth:
-        applied_seq = max(applied_seq, catch_up(index, embedder, store, applied_seq, until=truth.seq))
-        seen = _compare_ids(index, truth.chunks, _sample_rows(len(index), sample_size, seed))
-        texts = truth.texts_of(seen.sample_ids)
-    extra = len(index) - seen.matched
-    figures.update(record_count=float(len(index)), store_count=float(seen.store_count))
-    checks["record_count"] = len(index) == seen.store_count
-    checks["id_set"] = not seen.missing and extra == 0
-    if not checks["id_set"]:
-        problems.append(
-            f"id sets differ: {seen.missing} records missing from the index (e.g. {seen.missing_examples}), "
-            f"{extra} extra (e.g. {_extra_examples(index, store) if extra else []})"
-        )
-    if seen.sample_ids:
-        fresh = embedder.transform([texts[i] for i in seen.sample_ids])
-        max_diff = float(np.abs(index.vectors_of(seen.sample_ids) - fresh).max())
-        figures["sample_max_abs_diff"] = max_diff
-        checks["sample_vectors"] = max_diff < 1e-4
-        if not checks["sample_vectors"]:
-            problems.append(f"stored vectors differ from fresh embeddings of current text by up to {max_diff:.3g}")
-        if index.spec.kind != "flat":
-            recall = measure_recall(index, fresh, k=10)
-            figures["recall_at_10"] = recall
-            checks["recall_at_10"] = recall >= min_recall
-            if not checks["recall_at_10"]:
-                problems.append(f"recall@10 against exact search is {recall:.3f}, below {min_recall}")
-    return IndexValidation(ok=all(checks.values()), checks=checks, figures=figures, problems=problems), applied_seq
-
-
-@dataclass
-class _IdComparison:
-    store_count: int = 0
-    matched: int = 0
-    missing: int = 0
-    missing_examples: list[str] = field(default_factory=list)
-    sample_ids: list[str] = field(default_factory=list)
-
-
-def _compare_ids(index: VectorIndex, chunks: Iterator[SnapshotChunk], sample_rows: np.ndarray) -> _IdComparison:
-    """One pass over the store's ids: which the index lacks, and which of the sampled rows it has."""
-    out = _IdComparison()
-    wanted = iter(sample_rows.tolist())
-    next_row = next(wanted, None)
-    for chunk in chunks:
-        for rid in chunk.ids:
-            present = rid in index
-            if present:
-                out.matched += 1
-            else:
-                out.missing += 1
-                if len(out.missing_examples) < 3:
-                    out.missing_examples.append(rid)
-            if next_row == out.store_count:
-                if present:
-                    out.sample_ids.append(rid)
-                next_row = next(wanted, None)
-            out.store_count += 1
-    return out
-
-
-def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
-    """Sorted row numbers of a seeded sample of ``size`` out of about ``n`` rows."""
-    if n <= 0 or size <= 0:
-        return np.zeros(0, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, min(size, n), replace=False))
-
-
-def _extra_examples(index: VectorIndex, store: RecordStore, limit: int = 3) -> list[str]:
-    """A few indexed ids the store no longer has (only computed when validation already failed)."""
-    found: list[str] = []
-    ids = index.ids
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        live = store.get_many(chunk)
-        found.extend(i for i in chunk if i not in live)
-        if len(found) >= limit:
-            break
-    return sorted(found)[:limit]
-
-
-# --- the whole path in one process (lockstep index build) -------------------------------------
-
-
-def reembed_version(
-    store: RecordStore,
-    registry,
-    version: str | int,
-    *,
-    spec: IndexSpec | None = None,
-    shard_size: int | None = None,
-    target_shards: int = DEFAULT_TARGET_SHARDS,
-    workers: int | None = None,
-    progress: Callable[[int], None] | None = None,
-    promote_if_first: bool = True,
-    sample_size: int = 200,
-    min_recall: float = 0.95,
-) -> dict[str, Any]:
-    """Every step of the re-embed DAG in a row, sharing one loaded model.
-
-    ``spec`` None: the index type follows the record count (``vector_index.choose_spec``:
-    exact below ``LOCKSTEP_ANN_THRESHOLD``, HNSW above).
-
-    Shards are embedded by ``workers`` processes (default ``default_workers``: this one
-    process); the merged index is validated in memory rather than reloaded from the
-    files just written.
-    """
-    clock = _Stopwatch()
-    plan = prepare(version, registry)
-    p = SlotPlan(**plan)
-    embedder = _load_embedder(p)  # the local copy prepare just wrote: no second download
-    clock.lap("prepare")
-    snap = snapshot(plan, shard_size, store, target_shards=target_shards)
-    clock.lap("snapshot")
-    workers = default_workers(snap["records"], len(snap["shards"])) if workers is None else max(1, workers)
-    shards = _embed_all(plan, snap, embedder, workers, progress)
-    clock.lap("embed")
-    index, manifest = _merge_and_save(p, snap, shards, spec.to_dict() if spec else None, store, embedder)
-    clock.lap("merge")
-    checked = _validate_and_save(
-        p, index, manifest.applied_seq, store, embedder, sample_size=sample_size, min_recall=min_recall
-    )
-    del index
-    clock.lap("validate")
-    published = publish(plan, promote_if_first, registry)
-    clock.lap("publish")
-    return {
-        **published,
-        "snapshot_seq": snap["seq"],
-        "shards": len(shards),
-        "shard_size": snap["shard_size"],
-        "workers": workers,
-        "reused_shards": sum(s["skipped"] for s in shards),
-        "merged_applied_seq": manifest.applied_seq,
-        "validation": checked["figures"],
-        "seconds": clock.laps,
-    }
-
-
-class _Stopwatch:
-    """Seconds per step of a build, for the outcome (where the time of a large build goes)."""
-
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = round(now - self._last, 3)
-        self._last = now
-
-
-PARALLEL_MIN_RECORDS = 50_000  # below this, starting worker processes costs more than it saves
-WORKERS_ENV = "LOCKSTEP_REEMBED_WORKERS"
-WORKER_NICE = 10  # embedding workers yield the CPU to serving replicas and writers on the same machine
-
-
-def default_workers(n_records: int, n_shards: int) -> int:
-    """Embedding processes for the in-process build: one unless ``LOCKSTEP_REEMBED_WORKERS`` says more.
-
-    Measured on the 2-core machine (docs/benchmarks.md, "Scale: 1M records"): with the
-    cores shared, two worker processes embedded slower than one (4.3 s against 2.7 s for
-    80k records), and one process runs at the raw model's speed. On a machine with idle
-    cores set the variable (e.g. to the core count); scaling out goes through the DAG's
-    mapped shards on more Airflow workers.
-    """
-    wanted = int(os.environ.get(WORKERS_ENV, "1") or 1)
-    if wanted <= 1 or n_records < PARALLEL_MIN_RECORDS or n_shards < 2:
-        return 1
-    return min(wanted, n_shards)
-
-
-def _embed_all(plan: dict[str, Any], snap: dict[str, Any], embedder, workers: int,
-               progress: Callable[[int], None] | None) -> list[dict[str, Any]]:
-    """Embed every shard, in this process or in ``workers`` spawned processes (each loads the local model copy)."""
-    results: list[dict[str, Any]] = []
-    if workers <= 1:
-        for shard in snap["shards"]:
-            results.append(embed(plan, snap, shard, embedder))
-            if progress is not None:
-                progress(results[-1]["count"])
-        return results
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_all_start_methods, get_context
-
-    method = "fork" if "fork" in get_all_start_methods() else "spawn"  # fork: workers inherit the loaded model
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method), initializer=_lower_priority) as pool:
-        futures = [pool.submit(embed, plan, snap, shard) for shard in snap["shards"]]
-        for future in as_completed(futures):
-            results.append(future.result())
-            if progress is not None:
-                progress(results[-1]["count"])
-    return sorted(results, key=lambda r: r["shard"])
-
-
-def _lower_priority() -> None:
-    """Run an embedding worker at a lower CPU priority: a bulk re-embed is background work."""
-    with contextlib.suppress(OSError):
-        os.nice(WORKER_NICE)
-
-
-# --- the snapshot file: one parquet row group per shard ----------------------------------------
-
-
-def write_snapshot(store: RecordStore, shards_dir: str | Path, shard_size: int) -> tuple[list[int], int]:
-    """Stream the store's live records into ``snapshot-<seq>-<shard_size>.parquet``, a row group per shard.
-
-    Returns the row count of each shard and the snapshot's sequence. A file already
-    written for the same sequence and shard size (a retried task) is reused. Memory
-    holds one shard's ids and texts at a time.
-    """
-    import pyarrow.parquet as pq
-
-    with store.stream_snapshot(shard_size) as stream:
-        path = Path(shards_dir) / _snapshot_name(stream.seq, shard_size)
-        if path.exists():
-            meta = pq.ParquetFile(path).metadata
-            counts = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        else:
-            counts = _write_row_groups(path, stream.chunks)
-    if not counts:
-        raise LockstepError("the record store is empty: load a corpus first (lockstep corpus load --demo)")
-    return counts, stream.seq
-
-
-def read_snapshot_shard(path: str | Path, shard: int) -> SnapshotChunk:
-    """The ids and texts of one shard: only its row group is read from the file."""
-    import pyarrow.parquet as pq
-
-    with _open_snapshot(Path(path)) as fh:
-        parquet = pq.ParquetFile(fh)
-        if not 0 <= shard < parquet.num_row_groups:
-            raise LockstepError(f"shard {shard} does not exist: snapshot {path} has {parquet.num_row_groups} shards")
-        table = parquet.read_row_group(shard, columns=["id", "text"])
-    return SnapshotChunk(table.column("id").to_pylist(), table.column("text").to_pylist())
-
-
-def _write_row_groups(path: Path, chunks: Iterator[SnapshotChunk]) -> list[int]:
-    """Each chunk becomes one row group; the file appears only when complete (atomic rename)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from lockstep.core.atomic import atomic_path
-
-    schema = pa.schema([("id", pa.string()), ("text", pa.string())])
-    counts: list[int] = []
-    with atomic_path(path) as tmp:
-        writer = pq.ParquetWriter(tmp, schema, use_dictionary=False, compression="snappy")
-        try:
-            for chunk in chunks:
-                table = pa.table({"id": chunk.ids, "text": chunk.texts}, schema=schema)
-                writer.write_table(table, row_group_size=max(len(chunk), 1))
-                counts.append(len(chunk))
-        finally:
-            writer.close()
-        if not counts:
-            raise LockstepError("the record store is empty: load a corpus first (lockstep corpus load --demo)")
-    return counts
-
-
-def _open_snapshot(path: Path):
-    """The snapshot file opened for reading (a seam: tests count the bytes a shard reads)."""
-    try:
-        return open(path, "rb")  # noqa: SIM115 - returned to a with-block in the caller
-    except FileNotFoundError as exc:
-        raise LockstepError(f"snapshot {path} is missing: rerun the snapshot task") from exc
-
-
-def _snapshot_name(seq: int, shard_size: int) -> str:
-    return f"snapshot-{seq}-{shard_size}.parquet"
-
-
 def _snapshot_path(plan: SlotPlan, snap: dict[str, Any]) -> Path:
-    return Path(plan.location) / "shards" / snap.get("file", _snapshot_name(snap["seq"], snap["shard_size"]))
+    return Path(plan.location) / "shards" / snap.get("file", snapshot_name(snap["seq"], snap["shard_size"]))
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -599,7 +261,7 @@ def _model_file(plan: SlotPlan) -> Path:
     return Path(plan.location) / "shards" / "model.joblib"
 
 
-def _load_embedder(plan: SlotPlan):
+def load_embedder(plan: SlotPlan):
     """The local copy made by ``prepare`` (checked against the plan's fingerprint), else the registry.
 
     Cached per process: a worker that embeds several shards loads the model once.

@@ -26,12 +26,12 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lockstep.core import clock
 from lockstep.core.atomic import atomic_path, atomic_write
 from lockstep.core.errors import (
     ConfigurationError,
@@ -237,7 +237,7 @@ def save_index(
     atomic_write(location / ids_file, ids_blob)
     del ids_blob
     previous = read_manifest(location) if (location / MANIFEST).exists() else None
-    now = _now()
+    now = clock.now_iso()
     manifest = Manifest(
         model_name=model_name,
         model_version=str(model_version),
@@ -267,7 +267,7 @@ def update_manifest(location: str | Path, *, applied_seq: int | None = None, ext
         previous,
         applied_seq=previous.applied_seq if applied_seq is None else int(applied_seq),
         extra=dict(previous.extra if extra is None else extra),
-        updated_at=_now(),
+        updated_at=clock.now_iso(),
     )
     _write_manifest(Path(location), manifest)
     return manifest
@@ -712,7 +712,3 @@ def _remove_stale_files(location: Path, keep: set[str]) -> None:
         stale = f.is_file() and f.name != MANIFEST and f.name not in keep and not f.name.startswith(".")
         if stale and f.suffix in (".faiss", ".json"):
             f.unlink(missing_ok=True)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

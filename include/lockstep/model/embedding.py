@@ -16,6 +16,11 @@ deserialised before its sha256 is checked: ``save`` writes a ``<file>.sha256`` s
 trusts (``expected_sha256``, e.g. the registry's ``lockstep.model_sha256`` tag) or, when
 none is given, with the sidecar. A file with neither is refused.
 
+The file holds no Lockstep class: a dict of plain values and the fitted scikit-learn
+parts as one ``Pipeline`` (TF-IDF, SVD, L2 ``Normalizer``), so the MLflow model
+(``lockstep.model.pyfunc_model``) loads and runs it with scikit-learn alone, in an
+environment without Lockstep. Files written before (a pickled ``TextEmbedder``) still load.
+
 Bulk ``transform`` works in batches of ``TRANSFORM_BATCH`` texts, so embedding a million
 records holds one batch's TF-IDF matrix at a time, never the whole corpus's.
 """
@@ -33,7 +38,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from lockstep.core.errors import LockstepError, NotFittedError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of the vector space's description in the fingerprint, not of the file
+FILE_FORMAT = "lockstep.text-embedder/2"  # a dict of plain values and a scikit-learn Pipeline
 TRANSFORM_BATCH = 50_000  # texts per TF-IDF matrix in transform (50k x ~30 terms: ~20 MB)
 CHECKSUM_SUFFIX = ".sha256"
 
@@ -48,6 +54,8 @@ class TextEmbedder(TransformerMixin, BaseEstimator):
     Parameters mirror the two stages: ``dim`` is the SVD output size; ``max_features``,
     ``min_df``, ``max_df``, ``ngram_range`` and ``sublinear_tf`` shape the vocabulary.
     """
+
+    FAMILY = "TF-IDF + TruncatedSVD + L2 norm (TextEmbedder)"  # how the model is named to a reviewer
 
     def __init__(
         self,
@@ -178,6 +186,20 @@ class TextEmbedder(TransformerMixin, BaseEstimator):
         h.update(np.ascontiguousarray(self.components_t_, dtype=np.float32).tobytes())
         return "sha256:" + h.hexdigest()
 
+    def to_pipeline(self) -> Any:
+        """The fitted model as a plain scikit-learn ``Pipeline``: TF-IDF, SVD, L2 norm.
+
+        It shares the fitted parts (nothing is refitted) and gives the same vectors as
+        ``transform`` to float32 precision; it is what the saved file and the MLflow model
+        hold, so neither needs Lockstep to be loaded.
+        """
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import Normalizer
+
+        self._check_fitted()
+        l2 = Normalizer(norm="l2").fit(np.zeros((1, self.dim_), dtype=np.float32))
+        return Pipeline([("tfidf", self.vectorizer_), ("svd", self.svd_), ("l2", l2)])
+
     # --- persistence -------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
@@ -192,8 +214,14 @@ class TextEmbedder(TransformerMixin, BaseEstimator):
         from lockstep.core.atomic import atomic_path, atomic_write
 
         path = Path(path)
+        payload = {
+            "format": FILE_FORMAT,
+            "params": self.get_params(),
+            "fingerprint": self.fingerprint_,
+            "pipeline": self.to_pipeline(),
+        }
         with atomic_path(path) as tmp:
-            joblib.dump(self, tmp)
+            joblib.dump(payload, tmp)
         digest = file_sha256(path)
         atomic_write(checksum_path(path), f"{digest.removeprefix('sha256:')}  {path.name}\n")
         return path
@@ -211,16 +239,29 @@ class TextEmbedder(TransformerMixin, BaseEstimator):
         # Read once, check, then unpickle those same bytes: the file cannot be swapped
         # between the check and the load.
         data = read_verified_model(path, expected_sha256)
-        model = joblib.load(io.BytesIO(data))
+        model = cls._from_file_object(joblib.load(io.BytesIO(data)), path)
         del data
-        if not isinstance(model, cls):
-            raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
-        model._prepare_fast_path()
         if model._compute_fingerprint() != model.fingerprint_:
             raise NotFittedError(
                 f"{path}: the stored fingerprint does not match the model's weights; "
                 "the file is corrupt or was written by different library versions"
             )
+        return model
+
+    @classmethod
+    def _from_file_object(cls, obj: Any, path: Path) -> TextEmbedder:
+        """The model from what a file held: the current dict, or an older pickled model."""
+        if isinstance(obj, cls):  # written before FILE_FORMAT 2
+            obj._prepare_fast_path()
+            return obj
+        if not isinstance(obj, dict) or obj.get("format") != FILE_FORMAT:
+            found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+            raise TypeError(f"{path} holds {found!r}, not a {cls.__name__} file ({FILE_FORMAT})")
+        model = cls(**obj["params"])
+        steps = obj["pipeline"].named_steps
+        model.vectorizer_, model.svd_ = steps["tfidf"], steps["svd"]
+        model.fingerprint_ = obj["fingerprint"]
+        model._prepare_fast_path()
         return model
 
     # --- internals ---------------------------------------------------------------------

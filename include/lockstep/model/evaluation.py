@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from lockstep.core.errors import LockstepError
 
@@ -320,8 +321,7 @@ def bootstrap_ci(
     precision@k: it takes only k + 1 values and piles up at 0 and 1.
     """
     arr = _as_sample(values, "values")
-    means = _bootstrap_means(arr, n_boot, seed)
-    low, high = _percentiles(means, alpha)
+    low, high, _ = _bootstrap_mean(arr, n_boot, alpha, seed)
     return float(arr.mean()), low, high
 
 
@@ -334,9 +334,10 @@ def paired_bootstrap_diff(
 ) -> tuple[float, float, float, float]:
     """(mean_diff, low, high, p_better) for ``a - b`` measured on the same queries.
 
-    Queries are resampled as pairs, so the interval reflects only how consistently
-    ``a`` beats ``b``. ``p_better`` is the share of bootstrap resamples whose mean
-    difference is positive (ties count half): a quick "how sure" figure, not a p-value.
+    Queries are resampled as pairs (resampling the per-query differences is the same
+    thing), so the interval reflects only how consistently ``a`` beats ``b``.
+    ``p_better`` is the share of bootstrap resamples whose mean difference is positive
+    (ties count half): a quick "how sure" figure, not a p-value.
     """
     x = _as_sample(a, "a")
     y = _as_sample(b, "b")
@@ -345,31 +346,35 @@ def paired_bootstrap_diff(
             f"paired comparison needs the same queries: a has {x.size} values, b {y.size}"
         )
     diff = x - y
-    means = _bootstrap_means(diff, n_boot, seed)
-    low, high = _percentiles(means, alpha)
+    low, high, means = _bootstrap_mean(diff, n_boot, alpha, seed)
     p_better = float(((means > 0).sum() + 0.5 * (means == 0).sum()) / means.size)
     return float(diff.mean()), low, high, p_better
 
 
-def _bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+def _bootstrap_mean(values: np.ndarray, n_boot: int, alpha: float, seed: int) -> tuple[float, float, np.ndarray]:
+    """(low, high, resampled means): scipy's percentile bootstrap of the mean, seeded.
+
+    ``batch`` bounds the resampled values held at once (BOOTSTRAP_CHUNK_ELEMENTS), so a
+    large evaluation set does not allocate n_boot x n indices in one go.
+    """
     if n_boot < 1:
         raise EvaluationError(f"n_boot must be >= 1, got {n_boot}")
-    rng = np.random.default_rng(seed)
-    n = values.size
-    chunk = max(1, BOOTSTRAP_CHUNK_ELEMENTS // n)
-    means = np.empty(n_boot, dtype=np.float64)
-    for start in range(0, n_boot, chunk):
-        stop = min(start + chunk, n_boot)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = values[idx].mean(axis=1)
-    return means
-
-
-def _percentiles(means: np.ndarray, alpha: float) -> tuple[float, float]:
     if not 0.0 < alpha < 1.0:
         raise EvaluationError(f"alpha must lie strictly between 0 and 1, got {alpha}")
-    low, high = np.quantile(means, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(low), float(high)
+    if values.size == 1:  # scipy needs two values; every resample of one value is that value
+        return float(values[0]), float(values[0]), np.full(n_boot, values[0])
+    result = stats.bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=n_boot,
+        batch=max(1, BOOTSTRAP_CHUNK_ELEMENTS // values.size),
+        vectorized=True,
+        confidence_level=1.0 - alpha,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    interval = result.confidence_interval
+    return float(interval.low), float(interval.high), result.bootstrap_distribution
 
 
 def _as_sample(values: Any, name: str) -> np.ndarray:

@@ -29,6 +29,14 @@ Tags this module reads and writes (on model versions unless stated):
                                ``{"version", "since", "reason"}``, oldest first, bounded
 =============================  =================================================
 
+What MLflow shows for each registration: the run has the training snapshot as a dataset
+input (``log_input``, context ``training``; a digest and the change-log sequence, never
+the records themselves); the evaluation figures are metrics of the run *and* of the
+LoggedModel, so the model's own page lists them; the model version's description is
+written for its reviewer (``describe_version``). The model is logged as code
+(``lockstep.model.pyfunc_model``) with pinned requirements and no dependency on Lockstep,
+so ``mlflow.pyfunc.load_model`` works wherever its ``requirements.txt`` is installed.
+
 MLflow's fluent API (runs, ``log_model``, ``load_model``) reads a process-wide tracking
 URI; every call here sets it for its own duration and restores the caller's value, so
 two ``Registry`` objects on different stores can live in one process.
@@ -37,7 +45,6 @@ two ``Registry`` objects on different stores can live in one process.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -46,7 +53,6 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -54,8 +60,10 @@ from urllib.parse import urlsplit, urlunsplit
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.data.dataset_source import DatasetSource
 
-from lockstep.core.config import settings
+from lockstep.core import clock, jsonio
+from lockstep.core.config import alert_settings, settings
 from lockstep.core.errors import FingerprintMismatchError, RegistryError
 from lockstep.model.embedding import TextEmbedder, file_sha256
 
@@ -102,6 +110,64 @@ _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<v
 _URI_LOCK = threading.RLock()
 
 
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+# What the logged model needs to load and predict; pinned to the versions installed here
+# (those of requirements.txt). Lockstep itself is not among them: the model carries its code.
+MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "scipy", "joblib", "pandas")
+DATASET_DIGEST_CHARS = 16  # MLflow keeps dataset digests in a 36-character column
+
+
+@dataclass(frozen=True)
+class TrainingSnapshot:
+    """The records a version was trained on, as its run's dataset input.
+
+    Only a description travels (where, which change-log sequence, how many, a digest of
+    the content): at a million records the records themselves stay in the record store.
+    """
+
+    source: str  # the record store, e.g. its database URL (a password is redacted)
+    seq: int
+    records: int
+    digest: str  # of the snapshot's content; equal digests mean the same records
+    name: str = "lockstep-records"
+
+
+class _SnapshotSource(DatasetSource):
+    """Where a training snapshot lives: the record store and the change-log sequence.
+
+    What the MLflow UI shows as the dataset's source; ``load`` is not offered, because
+    the records are read back from the record store at that sequence, not from MLflow.
+    """
+
+    def __init__(self, store: str, seq: int, records: int) -> None:
+        self.store, self.seq, self.records = store, seq, records
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "lockstep_snapshot"
+
+    def load(self) -> Any:
+        raise RegistryError(
+            f"the snapshot at seq {self.seq} of {self.store} is read with Lockstep's "
+            "RecordStore.snapshot(at_seq=...), not through MLflow"
+        )
+
+    @staticmethod
+    def _can_resolve(raw_source: Any) -> bool:
+        return False
+
+    @classmethod
+    def _resolve(cls, raw_source: Any) -> _SnapshotSource:
+        raise RegistryError(f"{raw_source!r} is not resolved to a Lockstep snapshot")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"store": self.store, "seq": self.seq, "records": self.records}
+
+    @classmethod
+    def from_dict(cls, source_dict: dict[Any, Any]) -> _SnapshotSource:
+        return cls(str(source_dict["store"]), int(source_dict["seq"]), int(source_dict["records"]))
+
+
 @dataclass(frozen=True)
 class ModelVersionInfo:
     """One registered model version as Lockstep sees it."""
@@ -143,11 +209,11 @@ class ModelVersionInfo:
 
 
 class EmbedderPyfunc(mlflow.pyfunc.PythonModel):
-    """The pyfunc face of a ``TextEmbedder``: ``predict(texts)`` returns the embeddings.
+    """The pickled pyfunc of versions registered before models were logged as code.
 
-    A scikit-learn flavour with ``pyfunc_predict_fn="transform"`` does not load as pyfunc
-    in MLflow 3.17, so the contract ``load_model("models:/name/N").predict(["a", "b"])``
-    is met by this wrapper. ``lockstep`` must be importable where the model is loaded.
+    Kept only so those versions still load where Lockstep is installed (MLflow 3.17 also
+    wants ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true`` for them); new versions use
+    ``lockstep.model.pyfunc_model``, which needs no Lockstep.
 
     The model file's sha256 travels inside this object (MLflow has already unpickled it
     by the time ``load_context`` runs), so the file is checked before joblib opens it.
@@ -167,7 +233,9 @@ class EmbedderPyfunc(mlflow.pyfunc.PythonModel):
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> np.ndarray:
         """Embed a list of texts, a pandas Series, or a DataFrame ("text" or first column)."""
-        return self.embedder.transform(_texts_from(model_input))
+        from lockstep.model.pyfunc_model import texts_from
+
+        return self.embedder.transform(texts_from(model_input))
 
 
 class Registry:
@@ -204,12 +272,15 @@ class Registry:
         run_name: str | None = None,
         experiment: str = "lockstep",
         example_texts: list[str] | None = None,
+        snapshot: TrainingSnapshot | None = None,
     ) -> ModelVersionInfo:
         """Log one training run (params, metrics, files, the pyfunc model) and register it.
 
         ``artifacts`` maps a path inside the run's artifacts (e.g. ``"reports/eval.json"``)
-        to a local file or folder. ``metrics`` are logged on the run and copied onto the
-        version as ``eval.<name>`` tags, so the rollout reads them without the run.
+        to a local file or folder. ``metrics`` are logged on the run and on the LoggedModel
+        (its page in the MLflow UI lists them) and copied onto the version as
+        ``eval.<name>`` tags, so the rollout reads them without the run. ``snapshot`` is
+        logged as the run's training dataset, and the metrics are linked to it.
         """
         extra_files = {str(k): Path(v) for k, v in (artifacts or {}).items()}
         for dest, src in extra_files.items():
@@ -239,20 +310,24 @@ class Registry:
                 mlflow.set_tags({**version_tags, "lockstep.model_name": self.model_name})
                 if run_params:
                     mlflow.log_params({k: _param_value(v) for k, v in run_params.items()})
-                if metrics:
-                    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+                dataset = _snapshot_dataset(snapshot) if snapshot is not None else None
+                if dataset is not None:
+                    mlflow.log_input(dataset, context="training", tags={"snapshot_seq": str(snapshot.seq)})
                 if extra_files:
                     mlflow.log_artifacts(_stage_files(extra_files, Path(tmp) / "extra"))
-                # Passing the object (not a models-from-code file) is deliberate: the
-                # class is importable from the installed lockstep package.
-                with _quiet_log("mlflow.pyfunc", "serialized using CloudPickle"):
-                    info = mlflow.pyfunc.log_model(
-                        name=MODEL_NAME_IN_RUN,
-                        python_model=EmbedderPyfunc(model_sha256),
-                        artifacts={ARTIFACT_KEY: str(model_file)},
-                        signature=signature,
-                        input_example=examples,
-                        pip_requirements=_pip_requirements(),
+                info = mlflow.pyfunc.log_model(
+                    name=MODEL_NAME_IN_RUN,
+                    python_model=str(PYFUNC_CODE),
+                    artifacts={ARTIFACT_KEY: str(model_file)},
+                    model_config={"model_sha256": model_sha256},
+                    signature=signature,
+                    input_example=examples,
+                    pip_requirements=pip_requirements(),
+                )
+                # log_model gave the LoggedModel the run's params; the metrics go to both.
+                if metrics:
+                    mlflow.log_metrics(
+                        {k: float(v) for k, v in metrics.items()}, model_id=info.model_id, dataset=dataset
                     )
                 try:
                     version = mlflow.register_model(
@@ -410,6 +485,76 @@ class Registry:
             except mlflow.MlflowException as exc:
                 raise self._failed(f"load version {info.version} as pyfunc", exc) from exc
 
+    # --- what the MLflow UI shows --------------------------------------------------------
+
+    def describe_version(self, version: str | int, description: str) -> ModelVersionInfo:
+        """Set the version's description (markdown): the MLflow UI shows it on the version page."""
+        info = self.get_version(version)
+        try:
+            self._client().update_model_version(self.model_name, info.version, description=description)
+        except mlflow.MlflowException as exc:
+            raise self._failed(f"describe version {info.version}", exc) from exc
+        return info
+
+    def version_description(self, version: str | int) -> str:
+        """The version's description as the MLflow UI shows it ("" when unset)."""
+        try:
+            mv = self._client().get_model_version(self.model_name, self.get_version(version).version)
+        except mlflow.MlflowException as exc:
+            raise self._failed(f"read version {version}", exc) from exc
+        return mv.description or ""
+
+    def ui_links(
+        self,
+        info: ModelVersionInfo,
+        artifact_paths: list[str] | tuple[str, ...] = (),
+        *,
+        drift_run_id: str | None = None,
+    ) -> dict[str, str]:
+        """Browser links (MLflow UI, Lockstep page) for a version: its page, run, model, files.
+
+        Built from ``LOCKSTEP_MLFLOW_UI_URL`` and ``LOCKSTEP_AIRFLOW_UI_URL``; an artifact
+        path (e.g. ``plots/evaluation.png``) becomes a link to that file on the run page;
+        ``drift_run_id`` (the drift check that started the training) a link as ``drift_run``.
+        """
+        ui = settings().mlflow_ui_url.rstrip("/")
+        links = {
+            "version": f"{ui}/#/models/{self.model_name}/versions/{info.version}",
+            "lockstep": f"{alert_settings().airflow_ui_url}/lockstep/",
+        }
+        if not info.run_id:
+            return links
+        try:
+            run = self._client().get_run(info.run_id)
+        except mlflow.MlflowException as exc:
+            raise self._failed(f"read run {info.run_id}", exc) from exc
+        run_page = f"{ui}/#/experiments/{run.info.experiment_id}/runs/{info.run_id}"
+        links["run"] = run_page
+        model_id = _model_id_of(info.source)
+        if model_id:
+            links["logged_model"] = f"{ui}/#/experiments/{run.info.experiment_id}/models/{model_id}"
+        for path in artifact_paths:
+            links[path] = f"{run_page}/artifactPath/{path}"
+        if drift_run_id:
+            links["drift_run"] = self._run_page(ui, drift_run_id)
+        return links
+
+    def _run_page(self, ui: str, run_id: str) -> str:
+        """A run's page in the MLflow UI (the direct route when the run cannot be read)."""
+        try:
+            return f"{ui}/#/experiments/{self._client().get_run(run_id).info.experiment_id}/runs/{run_id}"
+        except mlflow.MlflowException:
+            return f"{ui}/#/runs/{run_id}"
+
+    def run_params(self, run_id: str | None) -> dict[str, str]:
+        """The params of a run ({} without one): what a version was trained with."""
+        if not run_id:
+            return {}
+        try:
+            return dict(self._client().get_run(run_id).data.params)
+        except mlflow.MlflowException as exc:
+            raise self._failed(f"read run {run_id}", exc) from exc
+
     # --- tags and aliases --------------------------------------------------------------
 
     def set_tags(self, version: str | int, tags: Mapping[str, Any]) -> ModelVersionInfo:
@@ -446,7 +591,7 @@ class Registry:
             self._remove_alias(CHALLENGER)
         if previous == info.version:
             return None
-        now = _now()
+        now = clock.now_iso()
         self._write_alias(CHAMPION, info.version)
         self._write_tags(info.version, {TAG_CHAMPION_SINCE: now, TAG_STATUS: "champion"})
         stale = [t for t in (TAG_REPLACED_AT, TAG_REPLACED_BY) if t in info.tags]
@@ -482,7 +627,7 @@ class Registry:
             {
                 TAG_STATUS: "rejected",
                 TAG_REJECTED_REASON: reason,
-                TAG_REJECTED_AT: _now(),
+                TAG_REJECTED_AT: clock.now_iso(),
                 **{f"{REJECTED_FIGURE_PREFIX}{k}": v for k, v in figures.items()},
             },
         )
@@ -681,22 +826,6 @@ class Registry:
 # --- helpers ---------------------------------------------------------------------------
 
 
-def _texts_from(model_input: Any) -> list[str]:
-    """Accept the shapes pyfunc callers send: list, Series, DataFrame, array, one string."""
-    if isinstance(model_input, str):
-        return [model_input]
-    if isinstance(model_input, pd.DataFrame):
-        if model_input.shape[1] == 0:
-            raise ValueError("the input DataFrame has no columns; send a 'text' column")
-        column = "text" if "text" in model_input.columns else model_input.columns[0]
-        return model_input[column].tolist()
-    if isinstance(model_input, pd.Series):
-        return model_input.tolist()
-    if isinstance(model_input, np.ndarray):
-        return model_input.ravel().tolist()
-    return list(model_input)
-
-
 def _embedder_path_in(model_dir: Path) -> str:
     """Where the ``embedder`` artifact sits inside a downloaded pyfunc model folder."""
     from mlflow.models import Model
@@ -708,21 +837,6 @@ def _embedder_path_in(model_dir: Path) -> str:
             f"the model in {model_dir} has no {ARTIFACT_KEY!r} artifact; it was not logged by Lockstep"
         )
     return entry["path"]
-
-
-@contextmanager
-def _quiet_log(logger_name: str, fragment: str) -> Iterator[None]:
-    """Drop one known, expected log message for the duration of a call."""
-
-    def keep(record: logging.LogRecord) -> bool:
-        return fragment not in record.getMessage()
-
-    logger = logging.getLogger(logger_name)
-    logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        logger.removeFilter(keep)
 
 
 def _stage_files(files: dict[str, Path], folder: Path) -> str:
@@ -737,14 +851,35 @@ def _stage_files(files: dict[str, Path], folder: Path) -> str:
     return str(folder)
 
 
-def _pip_requirements() -> list[str]:
-    """Pinned requirements, so logging does not spend seconds inferring the environment."""
+def pip_requirements() -> list[str]:
+    """The logged model's requirements, pinned to the installed versions.
+
+    Declared rather than inferred: inference takes seconds and would add ``lockstep``,
+    which the model, logged as code, does not need.
+    """
     from importlib.metadata import version
 
-    return [
-        f"{dist}=={version(dist)}"
-        for dist in ("mlflow", "scikit-learn", "numpy", "scipy", "joblib", "pandas")
-    ]
+    return [f"{dist}=={version(dist)}" for dist in MODEL_REQUIREMENTS]
+
+
+def _snapshot_dataset(snapshot: TrainingSnapshot) -> Any:
+    """The snapshot as an MLflow dataset: name, source, digest, schema; no rows."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types import ColSpec, DataType, Schema
+
+    schema = Schema([ColSpec(DataType.string, "id"), ColSpec(DataType.string, "text")])
+    return MetaDataset(
+        source=_SnapshotSource(_redact(snapshot.source), int(snapshot.seq), int(snapshot.records)),
+        name=f"{snapshot.name}@{int(snapshot.seq)}",
+        digest=snapshot.digest.removeprefix("sha256:")[:DATASET_DIGEST_CHARS],
+        schema=schema,
+    )
+
+
+def _model_id_of(source: str) -> str | None:
+    """The LoggedModel id in a version's source (``models:/m-...``), if it has one."""
+    match = re.fullmatch(r"models:/(m-[0-9a-f]+)", source or "")
+    return match.group(1) if match else None
 
 
 def _version_str(version: str | int) -> str:
@@ -758,7 +893,7 @@ def _tag_value(value: Any) -> str:
     if isinstance(value, float | np.floating):
         return repr(float(value))
     if isinstance(value, dict | list | tuple):
-        return json.dumps(value, default=str)
+        return jsonio.dumps(value)
     return str(value)
 
 
@@ -779,10 +914,6 @@ def _parse_history(raw: str | None) -> list[dict[str, str]]:
 
 def _quote(name: str) -> str:
     return name.replace("'", "\\'")
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _redact(uri: str) -> str:

@@ -5,6 +5,12 @@ anything roll back?". Everything here is plain Python over the routing table, it
 history, the rollout records and the alert log, so the same figures feed the HTML page,
 its JSON endpoint and the tests, and none of it needs Airflow.
 
+Rollbacks are read from the records that say so (``lockstep.rollout.record.rollbacks``),
+never guessed from the words of a free-text reason: the routing change and the alert of
+a rollback are linked to its record by routing generation and rollout id. A traffic
+change an operator makes with ``lockstep routing set`` is a routing change (it shows in
+the charts with its reason), not a recorded rollback; ``lockstep_rollback`` records one.
+
 The weight chart is an inline SVG rendered here: the page needs no JavaScript and no
 network (the Airflow UI is often behind a firewall with no CDN), and a test can read the
 chart's numbers straight out of the markup.
@@ -16,7 +22,7 @@ import hashlib
 import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -24,16 +30,16 @@ from urllib.parse import quote
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from lockstep.core import clock, jsonio
 from lockstep.core.alerts import recent_alerts
+from lockstep.rollout import record
 from lockstep.store import schema
 from lockstep.store.db import get_engine
 from lockstep.store.routing import HistoryEntry, history, read_table, version_key
 
 FINGERPRINT_CHARS = 12
-# Reasons in the routing history that mean traffic was taken away from a candidate.
-_ROLLBACK_WORDS = re.compile(r"\broll(?:ed|ing)?[ _-]?back\b|\babort(?:ed)?\b", re.IGNORECASE)
-# A rollback seen in several sources (rollout record, routing history, alert) within
-# this time of each other, with the same version, is one rollback.
+# An alert of a rollback that names no rollout id is the same rollback as a record
+# within this time of it about the same version.
 _SAME_ROLLBACK = timedelta(minutes=5)
 # Colours of the chart's series, in version order (readable on white, distinct in print).
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -143,7 +149,7 @@ class Dashboard:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``/api/state`` answer: the same data as the page, JSON-ready."""
-        return _jsonable(asdict(self))
+        return jsonio.plain(asdict(self))
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -180,19 +186,25 @@ def load_dashboard(
         rollouts = ()
 
     try:
+        recorded = record.rollbacks(rollout_limit, engine=eng)
+    except SQLAlchemyError as exc:
+        problems.append(f"rollback records could not be read: {exc}")
+        recorded = []
+
+    try:
         alerts = tuple(reversed(recent_alerts(alert_limit)))
     except (OSError, ValueError) as exc:
         problems.append(f"the alert log could not be read: {exc}")
         alerts = ()
 
     return Dashboard(
-        generated_at=datetime.now(UTC),
+        generated_at=clock.now(),
         generation=table.generation,
         model_name=name,
         mlflow_ui_url=base,
         slots=slots,
         rollouts=rollouts,
-        rollbacks=tuple(find_rollbacks(rollouts, points, alerts)),
+        rollbacks=tuple(find_rollbacks(recorded, points, alerts)),
         alerts=alerts,
         history=points,
         problems=tuple(problems),
@@ -219,26 +231,31 @@ def short_fingerprint(fingerprint: str, chars: int = FINGERPRINT_CHARS) -> str:
 
 
 def find_rollbacks(
-    rollouts: Iterable[RolloutView], points: Iterable[WeightPoint], alerts: Iterable[Mapping[str, Any]]
+    recorded: Iterable[record.Rollback], points: Sequence[WeightPoint], alerts: Iterable[Mapping[str, Any]]
 ) -> list[RollbackView]:
-    """Rollbacks from all three places that record them, newest first, one entry per event."""
-    found: list[RollbackView] = []
-    for r in rollouts:
-        if r.status == "rolled_back":
-            reason = r.reason or next((s.reason for s in reversed(r.steps) if s.action == "rollback" and s.reason), None)
-            found.append(RollbackView(r.ended_at or r.started_at, r.model_version, reason or "rolled back", ("rollout",)))
-    previous: WeightPoint | None = None
-    for p in points:
-        if p.reason and _ROLLBACK_WORDS.search(p.reason):
-            version = _version_that_lost(previous, p) or _version_in(p.reason)
-            found.append(RollbackView(p.at, version, p.reason, ("routing",)))
-        previous = p
+    """One entry per recorded rollback, newest first, with where else it shows.
+
+    The routing change is the record's generation (or, for a record that names none,
+    the change in the rollout's span that took the version's last traffic); an alert
+    belongs to the record its ``rollout_id``/``rollback_id`` names. An alert no record
+    matches is listed too (a record that could not be written still shows).
+    """
+    views: dict[str, RollbackView] = {}
+    for rb in recorded:
+        sources = ("rollout", "routing") if _routing_change_of(rb, points) is not None else ("rollout",)
+        views[rb.rollout_id] = RollbackView(rb.at, rb.version, rb.reason, sources)
+    unlinked: list[RollbackView] = []
     for a in alerts:
-        if a.get("event") == "rollback":
-            details = a.get("details") or {}
-            version = details.get("model_version") or details.get("version") or _version_in(str(a.get("message", "")))
-            found.append(RollbackView(_parse_time(a.get("at")), None if version is None else str(version), str(a.get("message", "")), ("alert",)))
-    return _merge_rollbacks(found)
+        if a.get("event") != "rollback":
+            continue
+        details = a.get("details") or {}
+        rid = details.get("rollout_id") or details.get("rollback_id")
+        if rid in views:
+            views[rid] = replace(views[rid], sources=(*views[rid].sources, "alert"))
+            continue
+        version = details.get("model_version") or details.get("candidate") or _version_in(str(a.get("message", "")))
+        unlinked.append(RollbackView(clock.utc_or_none(a.get("at")), None if version is None else str(version), str(a.get("message", "")), ("alert",)))
+    return _merge_rollbacks([*views.values(), *unlinked])
 
 
 # --- the chart -------------------------------------------------------------------------------
@@ -366,7 +383,7 @@ def _slot_view(slot: Any, base: str, model_name: str) -> SlotView:
         index_location=slot.index_location,
         model_uri=slot.model_uri,
         note=slot.note,
-        updated_at=_utc(slot.updated_at),
+        updated_at=clock.utc_or_none(slot.updated_at),
         mlflow_url=mlflow_version_url(base, name, slot.model_version),
     )
 
@@ -374,7 +391,7 @@ def _slot_view(slot: Any, base: str, model_name: str) -> SlotView:
 def _point(entry: HistoryEntry) -> WeightPoint:
     return WeightPoint(
         generation=entry.generation,
-        at=_utc(entry.at) or datetime.now(UTC),
+        at=clock.utc_or_none(entry.at) or clock.now(),
         weights=dict(sorted(entry.weights.items(), key=lambda kv: version_key(kv[0]))),
         shadow=tuple(entry.shadow),
         reason=entry.reason,
@@ -402,7 +419,7 @@ def _rollouts(eng: Engine, points: Sequence[WeightPoint], base: str, model_name:
 
     out = []
     for r in rows:
-        started, ended = _utc(r["started_at"]), _utc(r.get("ended_at"))
+        started, ended = clock.utc_or_none(r["started_at"]), clock.utc_or_none(r.get("ended_at"))
         baseline = r.get("baseline_version")
         out.append(
             RolloutView(
@@ -447,7 +464,7 @@ def _step_view(row: Mapping[str, Any]) -> StepView:
         reason=row.get("reason"),
         gates=tuple(gates),
         figures=dict(row.get("figures") or {}),
-        at=_utc(row.get("at")),
+        at=clock.utc_or_none(row.get("at")),
     )
 
 
@@ -470,7 +487,7 @@ def _window(points: Sequence[WeightPoint], start: datetime | None, end: datetime
 
 
 def _merge_rollbacks(found: list[RollbackView]) -> list[RollbackView]:
-    """One entry per rollback: entries close in time about the same version are merged."""
+    """Newest first; an alert that named no rollout joins the record close in time about the same version."""
     found.sort(key=lambda r: r.at or datetime.min.replace(tzinfo=UTC))
     merged: list[RollbackView] = []
     for r in found:
@@ -497,12 +514,21 @@ def _model_name_in(model_uri: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _version_that_lost(before: WeightPoint | None, after: WeightPoint) -> str | None:
-    """The one version whose traffic a change cut (the rolled-back candidate), if exactly one."""
-    if before is None:
+def _routing_change_of(rb: record.Rollback, points: Sequence[WeightPoint]) -> WeightPoint | None:
+    """The routing change that moved a recorded rollback's traffic, if the history still holds it."""
+    if rb.generation is not None:
+        return next((p for p in points if p.generation == rb.generation), None)
+    if rb.version is None or rb.at is None:
         return None
-    lost = [v for v, w in before.weights.items() if after.weights.get(v, 0) < w]
-    return lost[0] if len(lost) == 1 else None
+    previous: WeightPoint | None = None
+    found = None
+    for p in points:  # oldest first: the last change up to the record's end that cut the version to 0
+        if p.at > rb.at:
+            break
+        if previous is not None and previous.weights.get(rb.version, 0) > 0 and p.weights.get(rb.version, 0) == 0:
+            found = p
+        previous = p
+    return found
 
 
 def _version_in(text: str) -> str | None:
@@ -510,34 +536,8 @@ def _version_in(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return _utc(value)
-    try:
-        return _utc(datetime.fromisoformat(str(value)))
-    except ValueError:
-        return None
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    """Timestamps as aware UTC: SQLite hands back naive ones for timezone columns."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _clock(at: datetime) -> str:
     return at.strftime("%m-%d %H:%M:%S")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _text(value: str) -> str:

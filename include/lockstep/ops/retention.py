@@ -40,12 +40,13 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from lockstep.core import clock
 from lockstep.core.errors import ConfigurationError, LockstepError
 from lockstep.store.records import DELETE, RecordStore
 from lockstep.store.schema import changes, feedback_log, request_log, sequences, shadow_log
@@ -127,7 +128,7 @@ def compaction_floor(
     from lockstep.index.storage import read_manifest
     from lockstep.store import routing
 
-    now = now or datetime.now(UTC)
+    now = now or clock.now()
     bounds: dict[str, int] = {"retention": _retention_bound(store.engine, now - timedelta(days=retention_days))}
     blockers: list[str] = []
     table = routing.read_table(store.engine)
@@ -308,9 +309,7 @@ def _set_compacted(engine: Engine, seq: int) -> None:
 def _within(at: datetime | None, now: datetime, days: float) -> bool:
     if at is None:
         return True  # unknown: assume in flight
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return now - at < timedelta(days=days)
+    return now - clock.utc(at) < timedelta(days=days)
 
 
 # --- checkpoints -------------------------------------------------------------------------
@@ -364,7 +363,7 @@ def purge_logs(
 
     engine = engine or get_engine()
     days = RetentionSettings.from_env().log_days if days is None else days_setting(days, "days", DEFAULT_LOG_DAYS)
-    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
+    cutoff = (now or clock.now()) - timedelta(days=days)
     _ensure_at_indexes(engine)
     deleted = {}
     for table, key in _LOGS:

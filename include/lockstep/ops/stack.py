@@ -5,7 +5,8 @@ production compose file runs (api-server, scheduler, dag-processor, triggerer wi
 LocalExecutor; ``mlflow ui``; ``lockstep serve``), all configured from one
 ``LOCKSTEP_HOME``. A supervisor owns them: it waits until each answers, restarts
 nothing behind your back, and stops every child (process group) on exit or Ctrl-C.
-``AirflowClient`` drives DAGs through Airflow's public REST API, as a user would.
+``AirflowClient`` drives DAGs through Airflow's public REST API, as a user would, with the
+official ``apache-airflow-client``.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def airflow_env(config: StackConfig, password: str) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     jwt_file = home / "jwt_secret"
     if not jwt_file.exists():
-        jwt_file.write_text(secrets.token_urlsafe(32))
+        jwt_file.write_text(secrets.token_urlsafe(64))  # HS512 wants a key of 64+ bytes
         jwt_file.chmod(0o600)
     passwords = home / "simple_auth_manager_passwords.json"
     passwords.write_text(json.dumps({ADMIN_USER: password}))
@@ -162,6 +163,11 @@ def start(config: StackConfig, say: Callable[[str], None] = print, *, password: 
     migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True)
     if migrate.returncode != 0:
         raise StackError(f"airflow db migrate failed:\n{migrate.stderr[-3000:]}")
+    from lockstep.core.config import Settings
+    from lockstep.store.db import migrate_database
+
+    # Lockstep's own tables (Alembic), as deploy/airflow-init.sh does in the compose stack.
+    say(f"Lockstep database: {migrate_database(Settings.from_env(env).database_url).describe()}")
 
     stack = Stack(config=config, password=password)
     commands: list[tuple[str, list[str]]] = [
@@ -197,29 +203,72 @@ def start(config: StackConfig, say: Callable[[str], None] = print, *, password: 
 
 
 class AirflowClient:
-    """The few calls of Airflow's REST API (v2) that Lockstep needs."""
+    """The few calls of Airflow's REST API (v2) that Lockstep needs, through the official
+    ``apache-airflow-client``.
+
+    Authentication is the auth manager's JWT flow, as the client's documentation shows it:
+    ``POST /auth/token`` with the user and password gives a bearer token, which the client
+    sends with every call. A token that expires mid-demo is fetched again once (on a 401).
+    Every failure is a ``StackError`` naming the call and Airflow's answer.
+    """
 
     def __init__(self, base_url: str, username: str, password: str) -> None:
-        import httpx
+        from airflow_client import client as airflow
 
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=30)
         self._username, self._password = username, password
+        self._api = airflow.ApiClient(airflow.Configuration(host=self.base_url))
+        self._dags = airflow.DAGApi(self._api)
+        self._dag_runs = airflow.DagRunApi(self._api)
+        self._task_instances = airflow.TaskInstanceApi(self._api)
+        self._pools = airflow.PoolApi(self._api)
         self._token: str | None = None
 
-    def _headers(self) -> dict[str, str]:
-        if self._token is None:
-            resp = self._http.post("/auth/token", json={"username": self._username, "password": self._password})
-            if resp.status_code >= 400:
-                raise StackError(f"Airflow login failed ({resp.status_code}): {resp.text[:300]}")
-            self._token = resp.json()["access_token"]
-        return {"Authorization": f"Bearer {self._token}"}
+    # --- auth and errors ---------------------------------------------------------------------
 
-    def request(self, method: str, path: str, **kw) -> Any:
-        resp = self._http.request(method, path, headers=self._headers(), **kw)
+    def _login(self) -> None:
+        """Fetch a JWT from the auth manager's token endpoint and hand it to the client."""
+        import httpx
+
+        resp = httpx.post(f"{self.base_url}/auth/token", json={"username": self._username, "password": self._password},
+                          timeout=30)
         if resp.status_code >= 400:
-            raise StackError(f"Airflow API {method} {path} -> {resp.status_code}: {resp.text[:500]}")
-        return resp.json() if resp.content else None
+            raise StackError(f"Airflow login failed ({resp.status_code}): {resp.text[:300]}")
+        self._token = resp.json()["access_token"]
+        self._api.configuration.access_token = self._token
+
+    def _call(self, what: str, call: Callable[[], Any], *, missing_ok: bool = False) -> Any:
+        """Run one API call (logging in first, and again once if the token expired).
+
+        With ``missing_ok`` a 404 answers None instead of raising: "not there yet" is an
+        answer for the calls that wait or create. Request bodies are built inside ``call``,
+        so a value the API would refuse (the client's models check them) is a StackError too.
+        """
+        from airflow_client.client.exceptions import (
+            ApiException,
+            NotFoundException,
+            UnauthorizedException,
+        )
+        from pydantic import ValidationError
+
+        if self._token is None:
+            self._login()
+        try:
+            try:
+                return call()
+            except UnauthorizedException:
+                self._login()
+                return call()
+        except NotFoundException:
+            if missing_ok:
+                return None
+            raise StackError(f"Airflow API {what}: not found") from None
+        except ApiException as exc:
+            raise StackError(f"Airflow API {what} -> {exc.status}: {(exc.body or exc.reason or '')[:500]}") from None
+        except ValidationError as exc:
+            raise StackError(f"Airflow API {what}: invalid value: {exc}") from None
+
+    # --- DAGs --------------------------------------------------------------------------------
 
     def wait_for_dags(self, dag_ids: list[str], timeout: float = 180) -> None:
         """Wait until the dag-processor has parsed these DAGs (they exist in the API)."""
@@ -227,56 +276,70 @@ class AirflowClient:
         missing = set(dag_ids)
         while missing:
             for dag_id in list(missing):
-                resp = self._http.get(f"/api/v2/dags/{dag_id}", headers=self._headers())
-                if resp.status_code == 200:
+                if self._call(f"get DAG {dag_id}", lambda d=dag_id: self._dags.get_dag(d), missing_ok=True) is not None:
                     missing.discard(dag_id)
             if missing and time.monotonic() > deadline:
                 raise StackError(f"DAGs not parsed after {timeout:.0f} s: {sorted(missing)}; check the dag-processor log")
             if missing:
                 time.sleep(2)
 
+    def dag_ids(self) -> list[str]:
+        """Every DAG the dag-processor has parsed."""
+        return [d.dag_id for d in self._call("list DAGs", lambda: self._dags.get_dags(limit=100)).dags]
+
+    def unpause(self, dag_id: str) -> None:
+        from airflow_client.client import DAGPatchBody
+
+        self._call(f"unpause {dag_id}", lambda: self._dags.patch_dag(dag_id, DAGPatchBody(is_paused=False)))
+
+    # --- pools -------------------------------------------------------------------------------
+
     def ensure_pool(self, name: str, slots: int, description: str) -> None:
         """Create the pool, or set its slots and description if it exists (idempotent)."""
-        body = {"name": name, "slots": slots, "description": description, "include_deferred": False}
-        resp = self._http.get(f"/api/v2/pools/{name}", headers=self._headers())
-        if resp.status_code == 404:
-            self.request("POST", "/api/v2/pools", json=body)
-        elif resp.status_code == 200:
-            self.request("PATCH", f"/api/v2/pools/{name}", json=body)
+        from airflow_client.client import PoolBody, PoolPatchBody
+
+        fields = {"slots": slots, "description": description, "include_deferred": False}
+        if self._call(f"get pool {name}", lambda: self._pools.get_pool(name), missing_ok=True) is None:
+            self._call(f"create pool {name}", lambda: self._pools.post_pool(PoolBody(name=name, **fields)))
         else:
-            raise StackError(f"Airflow API GET /api/v2/pools/{name} -> {resp.status_code}: {resp.text[:300]}")
+            self._call(f"update pool {name}", lambda: self._pools.patch_pool(name, PoolPatchBody(pool=name, **fields)))
 
     def pool(self, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/api/v2/pools/{name}")
+        return self._call(f"get pool {name}", lambda: self._pools.get_pool(name)).to_dict()
+
+    # --- runs --------------------------------------------------------------------------------
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        """Start a manual run now (no logical date, as the UI's trigger button does); its id."""
+        from airflow_client.client import TriggerDAGRunPostBody
+
+        def call() -> Any:
+            return self._dag_runs.trigger_dag_run(dag_id, TriggerDAGRunPostBody(logical_date=None, conf=conf or {}))
+
+        return self._call(f"trigger {dag_id}", call).dag_run_id
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        run = self._call(f"get run {dag_id} {run_id}", lambda: self._dag_runs.get_dag_run(dag_id, run_id))
+        return run.state.value
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        """The DAG's runs, newest first, as the API's JSON objects."""
+        body = self._call(f"list runs of {dag_id}", lambda: self._dag_runs.get_dag_runs(dag_id, order_by=["-start_date"]))
+        return [run.to_dict() for run in body.dag_runs]
 
     def failed_runs(self) -> list[dict[str, Any]]:
         """Every failed DAG run of every DAG (what a newcomer would see as red in the UI)."""
-        body = self.request("GET", "/api/v2/dags/~/dagRuns", params={"state": "failed", "limit": 100})
-        return body["dag_runs"]
+        body = self._call("list failed runs", lambda: self._dag_runs.get_dag_runs("~", state=["failed"], limit=100))
+        return [run.to_dict() for run in body.dag_runs]
 
-    def dag_ids(self) -> list[str]:
-        """Every DAG the dag-processor has parsed."""
-        return [d["dag_id"] for d in self.request("GET", "/api/v2/dags", params={"limit": 100})["dags"]]
-
-    def unpause(self, dag_id: str) -> None:
-        self.request("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
-
-    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
-        body = self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
-        return body["dag_run_id"]
-
-    def run_state(self, dag_id: str, run_id: str) -> str:
-        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
-
-    def runs(self, dag_id: str) -> list[dict[str, Any]]:
-        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"order_by": "-start_date"})["dag_runs"]
-
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
-        body = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 500})
-        out = {}
-        for ti in body["task_instances"]:
-            key = ti["task_id"] if ti.get("map_index", -1) < 0 else f"{ti['task_id']}[{ti['map_index']}]"
-            out[key] = ti["state"]
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        """Task id (``task[i]`` for a mapped task) -> state; None for a task not yet scheduled."""
+        body = self._call(f"list tasks of {dag_id} {run_id}",
+                          lambda: self._task_instances.get_task_instances(dag_id, run_id, limit=500))
+        out: dict[str, str | None] = {}
+        for ti in body.task_instances:
+            key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
+            out[key] = ti.state.value if ti.state is not None else None
         return out
 
     def wait(self, dag_id: str, run_id: str, timeout: float = 900, poll: float = 1.0, stack: Stack | None = None) -> str:

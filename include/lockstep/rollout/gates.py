@@ -28,6 +28,7 @@ import numpy as np
 from scipy import stats
 
 from lockstep.core.errors import LockstepError
+from lockstep.rollout.config import DEFAULTS
 
 Direction = Literal["higher", "lower"]
 
@@ -789,14 +790,18 @@ def to_percent_weights(weights: Mapping[str, float], total: int = 100) -> dict[s
 
 @dataclass(frozen=True)
 class GateThresholds:
-    """The per-gate thresholds a rollout passes to the gate functions."""
+    """The per-gate thresholds a rollout passes to the gate functions.
 
-    max_abs_error_increase: float = 0.01
-    max_error_rate: float = 0.05
-    latency_tolerance: float = 0.2
-    latency_confidence: float = 0.98
-    min_overlap: float = 0.5
-    non_inferiority_margin: float = 0.005
+    The defaults are RolloutConfig's (``lockstep.rollout.config``), the one place a
+    rollout's defaults are written.
+    """
+
+    max_abs_error_increase: float = DEFAULTS["max_error_increase"]
+    max_error_rate: float = DEFAULTS["max_error_rate"]
+    latency_tolerance: float = DEFAULTS["latency_tolerance"]
+    latency_confidence: float = DEFAULTS["latency_confidence"]
+    min_overlap: float = DEFAULTS["min_overlap"]
+    non_inferiority_margin: float = DEFAULTS["ctr_margin"]
 
 
 @dataclass(frozen=True)
@@ -805,13 +810,14 @@ class CanaryPolicy:
 
     INCONCLUSIVE extends the bake of the current step up to ``max_extensions`` times, then
     rolls back: a rollout that cannot show the candidate is safe does not go on for ever.
+    The defaults are RolloutConfig's.
     """
 
-    steps: tuple[int, ...] = (1, 5, 25, 50, 100)
-    bake_seconds: float = 600.0
-    min_samples: int = 50
-    max_extensions: int = 2
-    alpha: float = 0.05
+    steps: tuple[int, ...] = DEFAULTS["canary_steps"]
+    bake_seconds: float = DEFAULTS["bake_seconds"]
+    min_samples: int = DEFAULTS["min_samples"]
+    max_extensions: int = DEFAULTS["max_extensions"]
+    alpha: float = DEFAULTS["alpha"]
     thresholds: GateThresholds = field(default_factory=GateThresholds)
 
     def __post_init__(self) -> None:

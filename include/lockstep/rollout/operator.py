@@ -1,4 +1,8 @@
-"""The Airflow side of a rollout's waiting phases: one look per wake-up, no worker held in between.
+"""The Airflow side of a rollout: its trigger form, and its waiting phases without a worker held.
+
+``rollout_params`` builds the Params of ``lockstep_rollout`` from ``RolloutConfig``: one
+Param per field, with the field's default, title, section, description and schema, so
+the form and the library can never disagree.
 
 ``RolloutPhaseOperator`` runs one look of a phase (``lockstep.rollout.steps.tick``) and, when
 the phase is not done, defers itself with a ``TimeDeltaTrigger`` until the next look.
@@ -12,16 +16,80 @@ Kept free of heavy imports: the DAG file imports this module when it is parsed.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from dataclasses import fields
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, Param
 
-# The Airflow pool of every lockstep_rollout task (``lockstep up`` creates it); the same
-# name as lockstep.rollout.steps.ROLLOUT_POOL, repeated here so the DAG file need not import that.
-ROLLOUT_POOL = "lockstep_rollout"
+from lockstep.rollout.config import (
+    APPROVAL_TIMEOUT_MAX_SECONDS,
+    ROLLOUT_POOL,
+    STRATEGY,
+    RolloutConfig,
+    RolloutError,
+    overrides_from_json,
+)
+
 # How long one look (or any other rollout task) may compute before Airflow stops it.
 LOOK_TIMEOUT = timedelta(minutes=10)
+# An Airflow review form nobody answered resolves as Reject after this long (the review has ended by then).
+REVIEW_FORM_EXPIRES = timedelta(seconds=APPROVAL_TIMEOUT_MAX_SECONDS)
+DEFAULTS_VARIABLE = "LOCKSTEP_ROLLOUT_DEFAULTS"
+
+
+def configured_defaults() -> dict[str, Any]:
+    """Defaults a deployment sets for runs started by the index-ready asset (which take defaults).
+
+    ``LOCKSTEP_ROLLOUT_DEFAULTS`` is a JSON object of RolloutConfig fields, e.g.
+    ``{"bake_seconds": 15}``; read when the DAG file is parsed, so the trigger form shows
+    the same defaults. A field it does not know or a bad value fails the parse, naming it.
+    """
+    return overrides_from_json(os.environ.get(DEFAULTS_VARIABLE), source=DEFAULTS_VARIABLE)
+
+
+def rollout_params(defaults: Mapping[str, Any] | None = None) -> dict[str, Param]:
+    """The trigger form of ``lockstep_rollout``: Param ``model_version``, then one Param per RolloutConfig field.
+
+    ``defaults`` replaces field defaults (the deployment's, ``configured_defaults``); each
+    is checked against its field's schema here, so a bad one fails the parse, naming the
+    field (RolloutConfig checks the combination when a rollout starts).
+    """
+    chosen = dict(defaults or {})
+    unknown = sorted(set(chosen) - {f.name for f in fields(RolloutConfig)})
+    if unknown:
+        raise RolloutError(f"rollout defaults name no rollout setting: {', '.join(unknown)}")
+    params = {
+        "model_version": Param(
+            None, type=["null", "string"], title="Model version", section=STRATEGY,
+            description="Version to roll out. Empty: the version of the index-ready event, else alias 'challenger'.",
+        ),
+    }
+    for f in fields(RolloutConfig):
+        meta = f.metadata
+        param = Param(_json(chosen.get(f.name, f.default)), description=meta["description"], title=meta["title"],
+                      section=meta["section"], **meta["schema"])
+        if f.name in chosen:
+            _check(f.name, param)
+        params[f.name] = param
+    return params
+
+
+def _check(name: str, param: Param) -> None:
+    """A deployment's default must fit the Param's schema (the form would refuse it otherwise)."""
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    try:
+        param.resolve()
+    except ParamValidationError as exc:
+        raise RolloutError(f"rollout default {name}={param.value!r} does not fit the Param: {exc}") from exc
+
+
+def _json(value: Any) -> Any:
+    """A field default as a Param value (JSON: tuples become lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 class RolloutPhaseOperator(BaseOperator):
@@ -75,3 +143,6 @@ def _airflow_review(ti: Any):
         return {"Approve": "approved", "Reject": "rejected"}.get(chosen[0]) if chosen else None
 
     return answer
+
+
+__all__ = ["LOOK_TIMEOUT", "REVIEW_FORM_EXPIRES", "ROLLOUT_POOL", "RolloutPhaseOperator", "configured_defaults", "rollout_params"]

@@ -4,27 +4,51 @@ A rollout is judged by numbers that exist for a few minutes in the serving logs;
 the rollout is over, these rows are what remains to show why a version was promoted
 or rolled back. The Airflow UI page reads them, and the rollback reads the last failed
 step to tag the rejected version with the reason and figures that decided it.
+
+A rollback is a record, not a guess: both ways back (a failed rollout's ``rollback``
+task and an operator's ``lockstep_rollback``) finish a rollout record with status
+``rolled_back``, the operator's under strategy ``rollback``, and write a ``rollback``
+step with the routing generation that moved the traffic. ``rollbacks`` reads them as
+``Rollback`` values: which version lost its traffic, to which, why, and when.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import numbers
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 
-from lockstep.rollout.gates import GateResult
+from lockstep.core import clock, jsonio
 from lockstep.store.db import get_engine
 from lockstep.store.schema import rollout_state, rollout_steps, rollouts
+
+if TYPE_CHECKING:  # only the shape: the UI page reads records without loading the statistics
+    from lockstep.rollout.gates import GateResult
 
 RUNNING, PROMOTED, ROLLED_BACK, SHADOW_ONLY, SKIPPED = "running", "promoted", "rolled_back", "shadow_only", "skipped"
 # Someone else (an operator, lockstep_rollback) changed the traffic during the rollout; it stopped
 # and left the traffic as that person set it.
 OVERRIDDEN = "overridden"
+# The strategy of the record ``lockstep_rollback`` writes: the version it returns to is the
+# record's model_version, the one it takes traffic from its baseline_version.
+MANUAL_ROLLBACK = "rollback"
+ROLLBACK_PHASE = "rollback"
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """One rollback as recorded: what lost its traffic, what serves again, why and when."""
+
+    rollout_id: str
+    at: datetime | None
+    version: str | None  # the version that lost its traffic
+    to_version: str | None  # the version that serves again
+    reason: str
+    manual: bool  # an operator's lockstep_rollback, not a failed rollout
+    generation: int | None  # the routing change that moved the traffic back, when recorded
 
 
 def begin(
@@ -46,7 +70,7 @@ def begin(
             insert(rollouts).values(
                 rollout_id=rollout_id, model_version=str(model_version),
                 baseline_version=None if baseline_version is None else str(baseline_version),
-                strategy=strategy, status=RUNNING, started_at=_now(), config=_jsonable(dict(config)),
+                strategy=strategy, status=RUNNING, started_at=clock.now(), config=jsonio.plain(dict(config)),
             )
         )
 
@@ -77,10 +101,10 @@ def record_step(
         "action": None if action is None else str(action),
         "reason": reason,
         "gates": [g.to_dict() for g in gates],
-        "figures": _jsonable(dict(figures or {})),
+        "figures": jsonio.plain(dict(figures or {})),
         "window_start": window[0] if window else None,
         "window_end": window[1] if window else None,
-        "at": _now(),
+        "at": clock.now(),
     }
     with (engine or get_engine()).begin() as conn:
         conn.execute(insert(rollout_steps).values(**row))
@@ -99,7 +123,7 @@ def finish(
         conn.execute(
             update(rollouts)
             .where(rollouts.c.rollout_id == rollout_id)
-            .values(status=status, reason=reason, ended_at=_now(), figures=_jsonable(dict(figures or {})))
+            .values(status=status, reason=reason, ended_at=clock.now(), figures=jsonio.plain(dict(figures or {})))
         )
 
 
@@ -140,31 +164,50 @@ def load_state(rollout_id: str, *, engine: Engine | None = None) -> dict[str, An
 
 def save_state(rollout_id: str, state: Mapping[str, Any], *, engine: Engine | None = None) -> None:
     """Replace the executor's saved place (one transaction: a crash leaves the old one whole)."""
-    values = {"state": _jsonable(dict(state)), "updated_at": _now()}
+    values = {"state": jsonio.plain(dict(state)), "updated_at": clock.now()}
     with (engine or get_engine()).begin() as conn:
         done = conn.execute(update(rollout_state).where(rollout_state.c.rollout_id == rollout_id).values(**values)).rowcount
         if not done:
             conn.execute(insert(rollout_state).values(rollout_id=rollout_id, **values))
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON: NaN and infinities become None, unknown objects their string."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return json.loads(json.dumps(value, default=str))
-
-
 def _as_json(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+def rollbacks(limit: int = 20, *, engine: Engine | None = None) -> list[Rollback]:
+    """The newest rollbacks first, from the rollout records (see the module docstring)."""
+    with (engine or get_engine()).connect() as conn:
+        rows = conn.execute(
+            select(rollouts).where(rollouts.c.status == ROLLED_BACK).order_by(rollouts.c.started_at.desc()).limit(limit)
+        ).mappings().all()
+        ids = [r["rollout_id"] for r in rows]
+        generations: dict[str, int] = {}
+        if ids:
+            for rid, figures in conn.execute(
+                select(rollout_steps.c.rollout_id, rollout_steps.c.figures)
+                .where(rollout_steps.c.rollout_id.in_(ids), rollout_steps.c.phase == ROLLBACK_PHASE)
+                .order_by(rollout_steps.c.id)
+            ):
+                generation = (figures or {}).get("generation")
+                if isinstance(generation, int):
+                    generations[rid] = generation
+    return [_rollback(dict(r), generations.get(r["rollout_id"])) for r in rows]
+
+
+def _rollback(row: dict[str, Any], generation: int | None) -> Rollback:
+    manual = row.get("strategy") == MANUAL_ROLLBACK
+    model, baseline = _version(row.get("model_version")), _version(row.get("baseline_version"))
+    return Rollback(
+        rollout_id=row["rollout_id"],
+        at=clock.utc_or_none(row.get("ended_at")) or clock.utc_or_none(row.get("started_at")),
+        version=baseline if manual else model,
+        to_version=model if manual else baseline,
+        reason=row.get("reason") or "rolled back",
+        manual=manual,
+        generation=generation,
+    )
+
+
+def _version(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -43,7 +43,7 @@ from lockstep.rollout.gates import (
 )
 
 if TYPE_CHECKING:
-    from lockstep.rollout.steps import RolloutConfig
+    from lockstep.rollout.config import RolloutConfig
 
 
 class Move(StrEnum):
@@ -99,8 +99,11 @@ def early_errors(cand: ArmStats, base: ArmStats, settings: GateSettings) -> list
 
 
 def too_little(state: dict[str, Any], counts: Mapping[str, int], need: int, elapsed: float, config: RolloutConfig) -> Decision:
-    """The safety net: a look without its counts in time bakes again, or fails after the last extension."""
-    have = ", ".join(f"v{v}: {n}" for v, n in counts.items())
+    """The safety net: a look without its counts in time bakes again, or fails after the last extension.
+
+    ``counts`` maps a label ("v3", "shadow copies") to what it answered.
+    """
+    have = ", ".join(f"{label}: {n}" for label, n in counts.items())
     reason = f"too little traffic: answered requests {have} after {elapsed:.0f} s, need {need} each"
     look = int(state.get("look", 1))
     if look <= config.max_extensions:
@@ -157,7 +160,7 @@ def canary(
     if status == "wait":
         return Decision(Move.WAIT, f"baking: answered {counts}, need {need} each", state=state)
     if status == "timeout":
-        return too_little(state, counts, need, elapsed, config)
+        return too_little(state, {f"v{v}": n for v, n in counts.items()}, need, elapsed, config)
     test = SequentialCTRTest.from_state(state["ctr"]) if state.get("ctr") else sequential_ctr(settings)
     seen = dict(state.get("seen") or {})
     results = (*guard_gates(cand, champ, settings), ctr_look(test, total[0], total[1], seen, settings))

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request
@@ -44,6 +44,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import PathConvertor, register_url_convertor
 
+from lockstep.core import clock
 from lockstep.core.config import Settings
 from lockstep.core.errors import ConfigurationError, InvalidRecordError, RecordNotFoundError
 from lockstep.serving.clicks import ClickJudge, RecentAnswers, Verdict
@@ -360,7 +361,7 @@ def create_app(
         "Serving at scale"). A slow one (a large flat index) runs in the thread pool.
         """
         started = time.perf_counter()
-        at = datetime.now(UTC)
+        at = clock.now()
         pinned = x_lockstep_pin is not None
         try:
             view, slot = rt.lease(x_lockstep_pin, body.user_id)

@@ -72,7 +72,7 @@ def _walk(value: Any, where: str, depth: int) -> None:
         for key, item in value.items():
             message = problem(str(key), text=False)
             if message:
-                raise ValueError(f"{where}: key {key.encode('unicode_escape').decode()!r} {message}")
+                raise ValueError(f"{where}: key {str(key)!r} {message}")  # repr escapes control characters once
             _walk(item, f"{where}.{key}", depth + 1)
     elif isinstance(value, list):
         for i, item in enumerate(value):

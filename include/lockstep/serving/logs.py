@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Engine, Table
 from sqlalchemy import exc as sa_exc
 
+from lockstep.core import clock
 from lockstep.serving.outage import Outage, summary
 from lockstep.store.schema import feedback_log, request_log, shadow_log
 
@@ -86,7 +87,7 @@ class LogWriter:
             request_log,
             {
                 "request_id": request_id,
-                "at": at or _now(),
+                "at": at or clock.now(),
                 "model_version": model_version,
                 "user_id": user_id,
                 "query": query,
@@ -115,7 +116,7 @@ class LogWriter:
             shadow_log,
             {
                 "request_id": request_id,
-                "at": at or _now(),
+                "at": at or clock.now(),
                 "live_version": live_version,
                 "shadow_version": shadow_version,
                 "live_top_ids": live_top_ids,
@@ -126,7 +127,7 @@ class LogWriter:
         )
 
     def feedback(self, *, request_id: str, record_id: str, event: str, at: datetime | None = None) -> None:
-        self._put(feedback_log, {"request_id": request_id, "record_id": record_id, "event": event, "at": at or _now()})
+        self._put(feedback_log, {"request_id": request_id, "record_id": record_id, "event": event, "at": at or clock.now()})
 
     def _put(self, table: Table, row: dict[str, Any]) -> None:
         pending = len(self._buffer)
@@ -288,7 +289,3 @@ def _dump_json(value: Any) -> str:
 def _sqlite_stamp(value: datetime) -> str:
     """The text form SQLAlchemy's SQLite ``DateTime`` stores and parses back (UTC)."""
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)

@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
+from lockstep.core import clock
 from lockstep.serving.logs import LogWriter
 from lockstep.serving.slots import LoadedSlot
 
@@ -68,7 +69,7 @@ class ShadowRunner:
     ) -> None:
         """Queue a copy of a live request for each shadow slot; never blocks."""
         top = tuple(live_top_ids)
-        at = datetime.now(UTC)
+        at = clock.now()
         for slot in slots:
             if slot.version == live_version:
                 continue
@@ -77,10 +78,13 @@ class ShadowRunner:
                 with self._count_lock:
                     self.submitted += 1
             except queue.Full:
-                with self._count_lock:
-                    self.dropped += 1
-                if self.on_drop is not None:
-                    self.on_drop(slot.version)
+                self._count_drop(slot.version)
+
+    def _count_drop(self, version: str) -> None:
+        with self._count_lock:
+            self.dropped += 1
+        if self.on_drop is not None:
+            self.on_drop(version)
 
     @property
     def depth(self) -> int:
@@ -104,9 +108,11 @@ class ShadowRunner:
             try:
                 self._queue.put(None, timeout=0.1)
                 break
-            except queue.Full:
+            except queue.Full:  # shutting down: the oldest copy gives way, counted as dropped
                 with suppress(queue.Empty):
-                    self._queue.get_nowait()
+                    job = self._queue.get_nowait()
+                    if job is not None:
+                        self._count_drop(job.slot.version)
         self._thread.join(timeout)
         self._thread = None
 

@@ -27,11 +27,10 @@ import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from lockstep.core import jsonio
 from lockstep.core.config import settings
 from lockstep.core.errors import CorpusError
 from lockstep.store.records import MAX_TEXT_CHARS, Record
@@ -627,30 +626,11 @@ def _record_metadata(row: dict[str, Any], row_no: int, problems: _Problems) -> d
         if key not in ("id", "text", "metadata") and not _is_missing(value):
             merged[str(key)] = value
     try:
-        merged = {str(k): _jsonable(v) for k, v in merged.items()}
+        merged = {str(k): jsonio.plain(v, strict=True) for k, v in merged.items()}
     except TypeError as exc:
         problems.add(f"metadata cannot be stored as JSON ({exc})", row_no)
         return None
     return merged or None
-
-
-def _jsonable(value: Any) -> Any:
-    """Turn what pandas/pyarrow hand back into plain JSON values (NaN becomes null)."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (datetime, date, time)):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return _jsonable(float(value))
-    if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return _jsonable(value.tolist())
-    raise TypeError(f"a {type(value).__name__} value is not JSON")
 
 
 def _is_missing(value: Any) -> bool:

@@ -2,7 +2,9 @@
 
 Engines are cached per URL so that every part of one process shares one pool. SQLite
 gets WAL mode and a busy timeout, which lets a serving process and an Airflow task
-write the same file without "database is locked" errors.
+write the same file without "database is locked" errors. The first use of a database in
+a process brings its tables to the newest migration (``lockstep.store.migrations``), so
+the embedded default needs no set-up step.
 """
 
 from __future__ import annotations
@@ -17,26 +19,37 @@ from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from lockstep.core.errors import ConfigurationError
-from lockstep.store.schema import ensure_added_columns, metadata
+from lockstep.store.migrations.runner import SQLITE_BEGIN_OPTION, Upgrade, upgrade_database
 
 _engines: dict[str, Engine] = {}
+_migrated: set[str] = set()  # URLs this process has brought to the head revision
 _lock = threading.Lock()
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """Return the shared engine for ``url`` (default: the configured database), with its tables."""
-    if url is None:
-        from lockstep.core.config import settings
+def get_engine(url: str | None = None, *, migrate: bool = True) -> Engine:
+    """Return the shared engine for ``url`` (default: the configured database).
 
-        cfg = settings()
-        cfg.ensure_home()
-        url = cfg.database_url
+    With ``migrate`` (the default) the database is at the newest schema revision when this
+    returns, upgraded on the first call in the process if needed; ``lockstep db current``
+    passes False to look without changing anything.
+    """
+    url = _resolve(url)
     with _lock:
-        engine = _engines.get(url)
-        if engine is None:
-            engine = _create(url)
-            _engines[url] = engine
+        engine = _cached(url)
+        if migrate and url not in _migrated:
+            _upgrade(engine, url)
         return engine
+
+
+def migrate_database(url: str | None = None) -> Upgrade:
+    """Bring the database to the newest schema revision now and say what was done.
+
+    What ``lockstep db upgrade`` and the stacks' init run; safe to run again, and from many
+    processes at once (see ``lockstep.store.migrations.runner``).
+    """
+    url = _resolve(url)
+    with _lock:
+        return _upgrade(_cached(url), url)
 
 
 def dispose_engines() -> None:
@@ -45,6 +58,7 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+        _migrated.clear()
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -80,15 +94,45 @@ def _create(url: str) -> Engine:
     try:
         with engine.begin() as conn:
             conn.execute(text("SELECT 1"))
-        metadata.create_all(engine)
-        ensure_added_columns(engine)  # columns newer than an existing database
     except OperationalError as exc:
         engine.dispose()
-        raise ConfigurationError(
-            f"cannot reach the Lockstep database at {_redact(url)!r}: {exc.orig}. "
-            "Check LOCKSTEP_DATABASE_URL and that the server is running."
-        ) from exc
+        raise _unreachable(url, exc) from exc
     return engine
+
+
+def _resolve(url: str | None) -> str:
+    if url is not None:
+        return url
+    from lockstep.core.config import settings
+
+    cfg = settings()
+    cfg.ensure_home()
+    return cfg.database_url
+
+
+def _cached(url: str) -> Engine:
+    """The process's engine for ``url``, made on first use; call with ``_lock`` held."""
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines[url] = _create(url)
+    return engine
+
+
+def _upgrade(engine: Engine, url: str) -> Upgrade:
+    """Bring the database to the head revision (``lockstep.store.migrations.runner``)."""
+    try:
+        done = upgrade_database(engine)
+    except OperationalError as exc:
+        raise _unreachable(url, exc) from exc
+    _migrated.add(url)
+    return done
+
+
+def _unreachable(url: str, exc: OperationalError) -> ConfigurationError:
+    return ConfigurationError(
+        f"cannot reach the Lockstep database at {_redact(url)!r}: {exc.orig}. "
+        "Check LOCKSTEP_DATABASE_URL and that the server is running."
+    )
 
 
 class StatementTimeoutError(OperationalError):
@@ -167,7 +211,8 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def _sqlite_begin(conn) -> None:
-    conn.exec_driver_sql("BEGIN")
+    # The migration runner asks for BEGIN IMMEDIATE: the write lock before the first read.
+    conn.exec_driver_sql(conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "BEGIN"))
 
 
 def _redact(url: str) -> str:

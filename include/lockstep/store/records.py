@@ -14,12 +14,13 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from lockstep.core import clock
 from lockstep.core.errors import InvalidRecordError, RecordNotFoundError
 from lockstep.store.db import get_engine, is_postgres
 from lockstep.store.schema import ID_LENGTH, changes, records, sequences
@@ -148,7 +149,7 @@ class RecordStore:
             ).first()
             if row is None or row.deleted:
                 raise RecordNotFoundError(f"no live record with id {record_id!r}")
-            now = _now()
+            now = clock.now()
             conn.execute(
                 update(records)
                 .where(records.c.id == record_id)
@@ -196,7 +197,7 @@ class RecordStore:
         upsert_sql, change_sql = _BULK_SQL["postgresql" if pg else "sqlite"]
         with self.engine.begin() as conn:
             last = _next_seqs(conn, len(rows))
-            now = _now()
+            now = clock.now()
             stamp = now if pg else now.strftime("%Y-%m-%d %H:%M:%S.%f")
             first = last - len(rows) + 1
             record_rows = [
@@ -431,7 +432,3 @@ def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)

@@ -25,12 +25,13 @@ import random
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from lockstep.core import clock
 from lockstep.core.errors import LockstepError
 from lockstep.store.db import get_engine, is_postgres
 from lockstep.store.schema import routing_history, routing_state, slots
@@ -242,7 +243,7 @@ def register_slot(
                 f"slot {version} is live with weight {current.weight}; move its traffic away with "
                 "set_weights before registering it again"
             )
-        now = _now()
+        now = clock.now()
         values = {
             "model_uri": model_uri,
             "index_location": str(index_location),
@@ -295,7 +296,7 @@ def set_state(
                 state=state,
                 shadow=current.shadow and state in SERVING_STATES,
                 note=note if note is not None else current.note,
-                updated_at=_now(),
+                updated_at=clock.now(),
             )
         )
         _record(conn, generation, reason=f"slot {version}: {current.state} -> {state}" + (f" ({note})" if note else ""), actor=None)
@@ -331,7 +332,7 @@ def set_weights(
             _require_no_foreign_changes(conn, expect_generation, generation, actor)
         current = _slot_rows(conn)
         _check_against_slots(wanted, shadow_set, current)
-        now = _now()
+        now = clock.now()
         for version, row in current.items():
             weight = wanted.get(version, 0)
             if weight > 0:
@@ -469,7 +470,7 @@ def _check_against_slots(
 
 def _bump(conn: Connection, *, new_salt: bool = False) -> int:
     """Take the routing lock by incrementing the generation (creating the row the first time)."""
-    values: dict[str, Any] = {"generation": routing_state.c.generation + 1, "updated_at": _now()}
+    values: dict[str, Any] = {"generation": routing_state.c.generation + 1, "updated_at": clock.now()}
     if new_salt:
         values["salt"] = secrets.token_hex(8)
     generation = conn.execute(
@@ -479,7 +480,7 @@ def _bump(conn: Connection, *, new_salt: bool = False) -> int:
         return int(generation)
     insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(routing_state)
     conn.execute(
-        insert.values(id=_STATE_ROW, generation=0, salt=secrets.token_hex(8), updated_at=_now()).on_conflict_do_nothing()
+        insert.values(id=_STATE_ROW, generation=0, salt=secrets.token_hex(8), updated_at=clock.now()).on_conflict_do_nothing()
     )
     return _bump(conn, new_salt=new_salt)
 
@@ -494,7 +495,7 @@ def _record(conn: Connection, generation: int, *, reason: str | None, actor: str
     conn.execute(
         routing_history.insert().values(
             generation=generation,
-            at=_now(),
+            at=clock.now(),
             weights={v: r.weight for v, r in rows.items() if r.weight > 0},
             shadow=sorted((v for v, r in rows.items() if r.shadow), key=version_key),
             reason=reason,
@@ -524,7 +525,3 @@ def _table(state: Any, rows: Sequence[Any]) -> RoutingTable:
     if state is None:
         return RoutingTable(generation=0, salt="", slots=tuple(ordered))
     return RoutingTable(generation=int(state.generation), salt=state.salt, slots=tuple(ordered))
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)

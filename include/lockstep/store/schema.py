@@ -1,9 +1,10 @@
 """The tables of the Lockstep database, all in one MetaData.
 
-One place for the whole schema so ``create_all`` sees every table and the SQLite
-default and PostgreSQL production paths create the same thing. The change log is the
-source of truth for every index version: records hold only the latest state (with
-tombstones), changes hold every write in sequence order.
+One place for the whole schema: the Alembic revisions in ``lockstep.store.migrations``
+build exactly these tables on SQLite and PostgreSQL (a test compares them), so a change
+here comes with a new revision. The change log is the source of truth for every index
+version: records hold only the latest state (with tombstones), changes hold every write
+in sequence order.
 """
 
 from __future__ import annotations
@@ -22,12 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     false,
-    inspect,
-    text,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.schema import CreateColumn
 
 metadata = MetaData()
 
@@ -192,43 +188,6 @@ rollout_steps = Table(
     Column("at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_lockstep_rollout_steps_rollout", rollout_steps.c.rollout_id, rollout_steps.c.id)
-
-
-# --- columns added after a table was first created ------------------------------------
-# ``create_all`` creates missing tables but never alters an existing one, so a database
-# made by an older Lockstep would lack these; ``ensure_added_columns`` adds them.
-
-ADDED_COLUMNS: tuple[tuple[Table, str], ...] = ((request_log, "pinned"),)
-
-
-def ensure_added_columns(engine: Engine) -> list[str]:
-    """Add every column of ``ADDED_COLUMNS`` a table lacks; idempotent, returns what it added.
-
-    Two processes may race to add the same column: the loser's ``ALTER`` fails, and a
-    second look at the table decides whether that failure matters.
-    """
-    added = []
-    for table, name in ADDED_COLUMNS:
-        if _has_column(engine, table, name) is not False:
-            continue
-        ddl = CreateColumn(table.c[name]).compile(dialect=engine.dialect)
-        try:
-            with engine.begin() as conn:
-                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
-        except DBAPIError:
-            if not _has_column(engine, table, name):
-                raise
-            continue
-        added.append(f"{table.name}.{name}")
-    return added
-
-
-def _has_column(engine: Engine, table: Table, name: str) -> bool | None:
-    """True or False; None when the table itself does not exist yet."""
-    inspector = inspect(engine)
-    if not inspector.has_table(table.name):
-        return None
-    return name in {c["name"] for c in inspector.get_columns(table.name)}
 
 # Where a rollout's executor keeps its place between two looks (the task holds no worker
 # while it waits, so the state cannot live in memory). One row per rollout.

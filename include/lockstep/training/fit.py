@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,8 +50,10 @@ class TrainConfig:
     fit_sample: int | None = 200_000
 
     def __post_init__(self) -> None:
-        if self.fit_sample is not None and (isinstance(self.fit_sample, bool) or int(self.fit_sample) < 2):
-            raise TrainingError(f"fit_sample must be at least 2 records (or None for all), got {self.fit_sample!r}")
+        if self.fit_sample is not None and (
+            isinstance(self.fit_sample, bool) or not isinstance(self.fit_sample, numbers.Integral) or self.fit_sample < 2
+        ):
+            raise TrainingError(f"fit_sample must be at least 2 records (a whole number, or None for all), got {self.fit_sample!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
@@ -145,6 +148,19 @@ def split_holdout(records: Sequence[Record], config: TrainConfig) -> Holdout:
     train = [r for r in records if r.id not in held]
     docs = [r for r in labelled if r.id not in held]
     return Holdout(train=train, queries=queries, docs=docs)
+
+
+def snapshot_digest(records: Sequence[Record]) -> str:
+    """'sha256:<hex>' of the snapshot's content (ids, texts, metadata, in id order).
+
+    Two trainings on the same records get the same digest, whatever the sequence number;
+    it is what the run's dataset input carries instead of the records.
+    """
+    h = hashlib.sha256()
+    for r in records:
+        meta = json.dumps(r.metadata, sort_keys=True, default=str) if r.metadata else ""
+        h.update(f"{len(r.id)}:{r.id}{len(r.text)}:{r.text}{len(meta)}:{meta}".encode())
+    return "sha256:" + h.hexdigest()
 
 
 def fit_texts(train: Sequence[Record], config: TrainConfig) -> list[str]:

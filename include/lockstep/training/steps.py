@@ -9,12 +9,13 @@ retried on another worker and gives the same answer; a rerun never registers twi
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from lockstep.core.config import run_folder
+from lockstep.core import jsonio
+from lockstep.core.atomic import atomic_write
+from lockstep.core.config import run_folder, settings
 from lockstep.store.records import RecordStore
 from lockstep.training.fit import (
     EvalSet,
@@ -23,11 +24,14 @@ from lockstep.training.fit import (
     fit_embedder,
     fit_texts,
     judge,
+    snapshot_digest,
     split_holdout,
     write_eval_artifacts,
 )
 
 MODEL_FILE = "model.joblib"
+SNAPSHOT_FILE = "snapshot.json"  # in the run folder: what the run's dataset input describes
+PLOTS_PREFIX = "plots/"
 
 
 def snapshot(store: RecordStore | None = None) -> dict[str, Any]:
@@ -74,12 +78,16 @@ def train(seq: int, run_dir: str, config: dict[str, Any] | None = None) -> dict[
     the fit, so the fit's memory adds to a sample, not to the whole corpus.
     """
     cfg = TrainConfig.from_dict(config)
-    holdout = split_holdout(RecordStore().snapshot(at_seq=seq).records, cfg)
+    records = RecordStore().snapshot(at_seq=seq).records
+    described = {"seq": seq, "records": len(records), "digest": snapshot_digest(records)}
+    holdout = split_holdout(records, cfg)
+    del records
     summary = holdout.summary()
     texts = fit_texts(holdout.train, cfg)
     del holdout
     embedder = fit_embedder(texts, cfg)
     path = embedder.save(Path(run_dir) / MODEL_FILE)
+    atomic_write(Path(run_dir) / SNAPSHOT_FILE, jsonio.dumps({**described, **summary, "fit_texts": len(texts)}))
     return {"model_path": str(path), "fingerprint": embedder.fingerprint, **summary, "fit_texts": len(texts)}
 
 
@@ -118,23 +126,43 @@ def register(
     run_id: str,
     config: dict[str, Any] | None = None,
     registry=None,
+    drift: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Log and register the model once per DAG run (a retry finds the version it made)."""
-    import math
+    """Log and register the model once per DAG run (a retry finds the version it made).
 
-    from lockstep.model.embedding import TextEmbedder
+    The run gets the snapshot as its training dataset, and the version a description for
+    its reviewer (``describe``); ``drift`` is the extra of the drift asset event that
+    started the run, if one did.
+    """
     from lockstep.model.registry import Registry
 
     registry = registry or Registry()
-    for info in registry.latest_versions(limit=20):
-        if info.tags.get("lockstep.run_id") == run_id:
-            return {"version": info.version, "fingerprint": info.fingerprint, "reused": True}
+    found = [i for i in registry.latest_versions(limit=20) if i.tags.get("lockstep.run_id") == run_id]
+    info = found[0] if found else _log_and_register(seq, model_path, evaluation, run_dir, run_id, config, registry, drift)
+    describe(info.version, evaluation, run_dir, config, registry, drift)
+    return {"version": info.version, "fingerprint": info.fingerprint, "reused": bool(found)}
+
+
+def _log_and_register(
+    seq: int,
+    model_path: str,
+    evaluation: dict[str, Any],
+    run_dir: str,
+    run_id: str,
+    config: dict[str, Any] | None,
+    registry: Any,
+    drift: Mapping[str, Any] | None,
+) -> Any:
+    import math
+
+    from lockstep.model.embedding import TextEmbedder
+
     embedder = TextEmbedder.load(model_path)
     artifacts = {k: Path(v) for k, v in evaluation.get("artifacts", {}).items()}
     validation_dir = Path(run_dir) / "validation"
     if validation_dir.exists():
         artifacts.update({f"validation/{p.name}": p for p in validation_dir.iterdir() if p.is_file()})
-    info = registry.log_and_register(
+    return registry.log_and_register(
         embedder,
         params={**TrainConfig.from_dict(config).to_dict(), **evaluation.get("holdout", {})},
         metrics={k: float(v) for k, v in evaluation["figures"].items() if math.isfinite(float(v))},
@@ -143,11 +171,79 @@ def register(
             "lockstep.run_id": run_id,
             "lockstep.champion_at_training": evaluation.get("champion_version") or "none",
             "lockstep.evaluation": evaluation["reason"][:5000],
+            **_drift_tags(drift),
         },
         snapshot_seq=seq,
         run_name=run_id,
+        snapshot=_training_snapshot(seq, run_dir),
     )
-    return {"version": info.version, "fingerprint": info.fingerprint, "reused": False}
+
+
+def describe(
+    version: str,
+    evaluation: dict[str, Any],
+    run_dir: str,
+    config: dict[str, Any] | None = None,
+    registry=None,
+    drift: Mapping[str, Any] | None = None,
+) -> str:
+    """Write the version's description for its reviewer (shown on its MLflow UI page).
+
+    The parameters of this version and of the champion both come from their runs, so the
+    table compares like with like; the training figures from the run folder's snapshot file.
+    """
+    from lockstep.model.description import VersionStory, version_description
+    from lockstep.model.embedding import TextEmbedder
+    from lockstep.model.registry import Registry
+
+    registry = registry or Registry()
+    info = registry.get_version(version)
+    keys = {f"embedder.{k}" for k in TextEmbedder().get_params()} | set(TrainConfig.__dataclass_fields__)
+    champion = evaluation.get("champion_version")
+    champion_run = registry.get_version(champion).run_id if champion else None
+    plots = sorted(k for k in evaluation.get("artifacts", {}) if k.startswith(PLOTS_PREFIX))
+    story = VersionStory(
+        version=info.version,
+        family=TextEmbedder.FAMILY,
+        params={k: v for k, v in registry.run_params(info.run_id).items() if k in keys},
+        champion_params={k: v for k, v in registry.run_params(champion_run).items() if k in keys},
+        training=_read_snapshot_file(run_dir) or {"seq": info.snapshot_seq, **evaluation.get("holdout", {})},
+        evaluation=evaluation,
+        drift=drift or None,
+        links=registry.ui_links(info, plots, drift_run_id=(drift or {}).get("mlflow_run_id")),
+        plots=plots,
+    )
+    text = version_description(story)
+    registry.describe_version(info.version, text)
+    return text
+
+
+def _training_snapshot(seq: int, run_dir: str) -> Any:
+    """What the run logs as its training dataset; None when train left no snapshot file."""
+    from lockstep.model.registry import TrainingSnapshot
+
+    described = _read_snapshot_file(run_dir)
+    if not described:
+        return None
+    return TrainingSnapshot(
+        source=settings().database_url, seq=seq, records=int(described["records"]), digest=described["digest"]
+    )
+
+
+def _read_snapshot_file(run_dir: str) -> dict[str, Any] | None:
+    path = Path(run_dir) / SNAPSHOT_FILE
+    return jsonio.loads(path.read_text(), what=str(path)) if path.is_file() else None
+
+
+def _drift_tags(drift: Mapping[str, Any] | None) -> dict[str, str]:
+    """Version tags naming the drift check that started the training (none without one)."""
+    if not drift:
+        return {}
+    return {
+        "lockstep.trigger": "drift",
+        "lockstep.drift_run_id": str(drift.get("mlflow_run_id") or ""),
+        "lockstep.drift_reasons": "; ".join(map(str, drift.get("reasons") or []))[:5000],
+    }
 
 
 def accept(version: str, registry=None) -> dict[str, Any]:
@@ -194,7 +290,7 @@ def run_all(
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, default=str)
+    return jsonio.dumps(value, indent=2, sort_keys=True)
 
 
 def nothing_to_train(store: RecordStore | None = None) -> str | None:

@@ -43,10 +43,11 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lockstep.core import clock
 from lockstep.core.atomic import atomic_write
 from lockstep.core.errors import ConfigurationError, LockstepError
 
@@ -310,7 +311,7 @@ def validate_snapshot(
         checks=checks,
         row_count=len(frame),
         snapshot_seq=int(snapshot_seq),
-        generated_at=datetime.now(UTC),
+        generated_at=clock.now(),
         config=config,
         stats=_stats(frame),
         duration_s=time.perf_counter() - started,
