@@ -58,7 +58,7 @@ def main() -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import Normalizer
 
-    from lockstep.index.storage import build_index
+    from lockstep.index.shards import build_index
     from lockstep.index.vector_index import VectorIndex
     from lockstep.model.embedding import TextEmbedder
     from lockstep.store.corpus import load_demo_corpus

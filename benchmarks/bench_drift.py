@@ -93,7 +93,10 @@ def window(
 
 def p_values(pools: Pools, texts: list[str], vectors: np.ndarray, permutations: int, seed: int) -> dict[str, float]:
     """Every test's p-value for one window, as the check computes them."""
-    from lockstep.drift.statistics import assess, embedding_drift, segment_drift, vocabulary_drift
+    from lockstep.drift.classifier import embedding_drift
+    from lockstep.drift.segments import segment_drift
+    from lockstep.drift.verdict import assess
+    from lockstep.drift.vocabulary import vocabulary_drift
 
     vocab = vocabulary_drift(pools.vocab_texts, texts, seed=seed, n_permutations=permutations)
     emb = embedding_drift(pools.ref_vectors, vectors, n_permutations=permutations, seed=seed)
@@ -110,7 +113,7 @@ TESTS = ("vocabulary_unseen", "vocabulary_js", "embedding_classifier", "segment_
 
 
 def flagged(result: dict[str, float], level: float, tests: tuple[str, ...] = TESTS) -> bool:
-    from lockstep.drift.statistics import holm
+    from lockstep.drift.verdict import holm
 
     return any(holm([result[t] for t in tests], level))
 

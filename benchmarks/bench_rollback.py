@@ -54,7 +54,8 @@ def corpus(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 def prepare(home: Path, database_url: str, records: int) -> None:
     """Records and two versions with built indexes: champion v1 and candidate v2, both ready."""
-    from lockstep.index.storage import build_index, save_index
+    from lockstep.index.shards import build_index
+    from lockstep.index.storage import save_index
     from lockstep.model.embedding import TextEmbedder
     from lockstep.store import routing
     from lockstep.store.db import get_engine
@@ -79,7 +80,7 @@ def start_replica(env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = f"from lockstep.serving.app import run; run('127.0.0.1', {port}, log_level='warning')"
+    code = f"from lockstep.serving.runner import run; run('127.0.0.1', {port}, log_level='warning')"
     log = Path(env["LOCKSTEP_HOME"]) / f"replica-{port}.log"
     with log.open("w") as fh:
         proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=fh, stderr=subprocess.STDOUT)

@@ -70,7 +70,8 @@ def corpus(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 def prepare(home: Path, database_url: str, records: int, dim: int) -> dict[str, str]:
     """Records, two model versions with built indexes, slot 1 live at 100 %."""
-    from lockstep.index.storage import build_index, save_index
+    from lockstep.index.shards import build_index
+    from lockstep.index.storage import save_index
     from lockstep.model.embedding import TextEmbedder
     from lockstep.store import routing
     from lockstep.store.db import get_engine
@@ -141,7 +142,7 @@ def bare_app(model_path: str, index_location: str):
 
     from lockstep.index.storage import load_index
     from lockstep.model.embedding import TextEmbedder
-    from lockstep.serving.app import SearchRequest
+    from lockstep.serving.bodies import SearchRequest
 
     model = TextEmbedder.load(model_path)
     index = load_index(index_location, expected_fingerprint=model.fingerprint).index

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from lockstep.store.migrations import head_revision
+
 pytestmark = pytest.mark.slow
 
 
@@ -65,8 +67,6 @@ def test_one_lifecycle_through_the_command_line(tmp_path, corpus_file):
     assert answer.startswith("model version 1 ")
     assert answer.count("ng-train-") == 3  # k results, each a record id of the corpus
 
-    from lockstep.store.migrations import head_revision
-
     # No set-up step: the first command brought the embedded database to the newest revision.
     assert _lockstep(home, "db", "current").stdout == f"{head_revision()} (head)\n"
 
@@ -111,8 +111,6 @@ def test_version_is_the_package_version(tmp_path):
 
 
 def test_db_upgrade_and_current_on_a_fresh_home(tmp_path):
-    from lockstep.store.migrations import head_revision
-
     home, head = tmp_path / "home", head_revision()
     assert _lockstep(home, "db", "current").stdout == (
         f"none: an empty database or one made before migrations (head is {head}; lockstep db upgrade)\n")

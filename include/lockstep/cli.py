@@ -96,7 +96,8 @@ def corpus_load(
     batch_size: Annotated[int, typer.Option(min=1)] = 5000,
 ) -> None:
     """Load the demo corpus or your own file into the record store (upserts by id)."""
-    from lockstep.store.corpus import load_corpus_file, load_demo_corpus
+    from lockstep.store.corpus import load_demo_corpus
+    from lockstep.store.corpus_file import load_corpus_file
     from lockstep.store.records import RecordStore
 
     if demo == (path is not None):
@@ -230,7 +231,8 @@ def drift_check(
 ) -> None:
     """Compare the recent window with the champion's training data and print the report
     (what the lockstep_drift DAG runs, without logging to MLflow or emitting the asset)."""
-    from lockstep.drift.steps import STATUS_NO_CHAMPION, describe, run_drift_check
+    from lockstep.drift.report import describe
+    from lockstep.drift.steps import STATUS_NO_CHAMPION, run_drift_check
 
     report = run_drift_check(
         window_hours=window_hours,

@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.airflow]
 def test_maintenance_run_checkpoints_compacts_and_purges(lockstep_home, airflow_db):
     import lockstep_maintenance
 
-    from lockstep.index.storage import index_location, read_manifest, save_index
+    from lockstep.index.manifest import read_manifest
+    from lockstep.index.storage import index_location, save_index
     from lockstep.index.vector_index import VectorIndex
     from lockstep.model.embedding import TextEmbedder
     from lockstep.ops.retention import compacted_through

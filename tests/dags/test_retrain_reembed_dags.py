@@ -106,7 +106,7 @@ def test_retrain_then_reembed_under_live_writes(demo_store, airflow_db, monkeypa
 
     # the index holds exactly the live records, each vector from its latest text
     loaded = load_index(slot.index_location, expected_fingerprint=v1.fingerprint)
-    from lockstep.index.storage import catch_up
+    from lockstep.index.catch_up import catch_up
 
     model = registry.load_embedder("1")
     catch_up(loaded.index, model, demo_store, loaded.applied_seq)  # writes after the run's validation
@@ -125,7 +125,8 @@ def test_retrain_then_reembed_under_live_writes(demo_store, airflow_db, monkeypa
 def test_library_build_in_worker_processes_equals_the_serial_build(demo_store):
     """``lockstep index build`` embeds shards in spawned processes; the index must not change."""
     from lockstep.index.build import reembed_version
-    from lockstep.index.storage import load_index, read_manifest
+    from lockstep.index.manifest import read_manifest
+    from lockstep.index.storage import load_index
     from lockstep.model.embedding import TextEmbedder
     from lockstep.model.registry import Registry
 

@@ -11,18 +11,13 @@ import time
 import numpy as np
 import pytest
 
-from lockstep.drift.statistics import (
-    ClickThroughDrift,
-    DriftError,
-    DriftThresholds,
-    assess,
-    click_through_drift,
-    embedding_drift,
-    plot_drift,
-    segment_drift,
-    tokenize,
-    vocabulary_drift,
-)
+from lockstep.drift.classifier import embedding_drift
+from lockstep.drift.click_through import ClickThroughDrift, click_through_drift
+from lockstep.drift.plots import plot_drift
+from lockstep.drift.segments import segment_drift
+from lockstep.drift.statistics import DriftError
+from lockstep.drift.verdict import DriftThresholds, assess
+from lockstep.drift.vocabulary import tokenize, vocabulary_drift
 
 # --- synthetic text -----------------------------------------------------------------------
 
@@ -363,7 +358,7 @@ def test_plot_drift_writes_a_png(tmp_path):
 
 
 def test_holm_rejects_step_down_and_the_day_budget_divides_the_level():
-    from lockstep.drift.statistics import holm
+    from lockstep.drift.verdict import holm
 
     # alpha 0.05 over 4: 0.01 <= 0.0125, 0.015 <= 0.0167, 0.03 > 0.025 stops there.
     assert holm([0.03, 0.01, 0.2, 0.015], 0.05) == [False, True, False, True]
@@ -379,7 +374,7 @@ def test_holm_rejects_step_down_and_the_day_budget_divides_the_level():
 def test_js_distance_is_scipys():
     from scipy.spatial.distance import jensenshannon
 
-    from lockstep.drift.statistics import _js_distance
+    from lockstep.drift.vocabulary import _js_distance
 
     p, q = np.array([3.0, 1.0, 0.0, 6.0]), np.array([1.0, 1.0, 2.0, 0.0])
     assert _js_distance(p, q) == pytest.approx(float(jensenshannon(p, q, base=2)))

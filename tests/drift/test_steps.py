@@ -214,7 +214,7 @@ def test_no_champion_means_nothing_to_compare(demo):
 
 @pytest.mark.slow
 def test_the_window_holds_new_live_records_once_in_their_last_version(demo):
-    from lockstep.drift.steps import current_window
+    from lockstep.drift.window import current_window
 
     arrived = posts(demo.old, 30, seed=3)
     store = stream(demo, "window", arrived)
@@ -238,7 +238,7 @@ def test_the_window_holds_new_live_records_once_in_their_last_version(demo):
 
 @pytest.mark.slow
 def test_the_reference_holds_only_texts_the_champion_was_not_fitted_on(demo):
-    from lockstep.drift.steps import reference
+    from lockstep.drift.window import reference
     from lockstep.training.fit import is_holdout
 
     store = demo.store  # the training load only
@@ -258,7 +258,8 @@ def test_the_reference_holds_only_texts_the_champion_was_not_fitted_on(demo):
 
 @pytest.mark.slow
 def test_a_drop_in_click_through_is_drift(demo):
-    from lockstep.drift.steps import click_through_counts, run_drift_check
+    from lockstep.drift.steps import run_drift_check
+    from lockstep.drift.window import click_through_counts
 
     store = stream(demo, "ctr", [])
     now = datetime.now(UTC)
@@ -396,7 +397,7 @@ def test_bad_parameters_are_refused_before_any_work(lockstep_home):
 
 def test_pinned_requests_are_neither_queries_nor_click_through(lockstep_home):
     """Any client can pin a version (X-Lockstep-Pin): its searches and clicks are not users' data."""
-    from lockstep.drift.steps import click_through_counts, current_window
+    from lockstep.drift.window import click_through_counts, current_window
 
     store = RecordStore()
     at = datetime.now(UTC) - timedelta(minutes=5)
@@ -440,7 +441,10 @@ def pools():
 
 
 def check_window(pools, texts: list[str], seed: int):
-    from lockstep.drift.statistics import assess, embedding_drift, segment_drift, vocabulary_drift
+    from lockstep.drift.classifier import embedding_drift
+    from lockstep.drift.segments import segment_drift
+    from lockstep.drift.verdict import assess
+    from lockstep.drift.vocabulary import vocabulary_drift
 
     vectors = pools.model.transform(texts)
     return assess(

@@ -15,6 +15,15 @@ from lockstep.core.errors import (
     LockstepError,
 )
 from lockstep.index import snapshot as snapshot_file
+from lockstep.index.catch_up import catch_up
+from lockstep.index.manifest import MANIFEST, read_manifest
+from lockstep.index.shards import (
+    build_index,
+    build_shard,
+    build_shard_columns,
+    merge_shards,
+    shard_bounds,
+)
 from lockstep.index.snapshot import (
     DEFAULT_TARGET_SHARDS,
     read_snapshot_shard,
@@ -22,19 +31,11 @@ from lockstep.index.snapshot import (
     write_snapshot,
 )
 from lockstep.index.storage import (
-    MANIFEST,
     UnsafeIndexPathError,
-    build_index,
-    build_shard,
-    build_shard_columns,
-    catch_up,
     delete_index_version,
     index_location,
     load_index,
-    merge_shards,
-    read_manifest,
     save_index,
-    shard_bounds,
     store_root,
     verify_index_files,
 )

@@ -163,7 +163,7 @@ def test_reembed_shards_spread_over_two_celery_workers(demo_world, redis_url, po
     hosts = {host for _, host, _ in shards}
     assert hosts == set(WORKERS), f"mapped shards ran on {sorted(hosts)}: {shards}"
 
-    from lockstep.index.storage import read_manifest
+    from lockstep.index.manifest import read_manifest
     from lockstep.store import routing
 
     slot = routing.read_table().slot(demo_world["version"])

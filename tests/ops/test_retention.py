@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import func, insert, select, update
 
 from lockstep.core.errors import ConfigurationError
-from lockstep.index.storage import catch_up, index_location, load_index, read_manifest, save_index
+from lockstep.index.catch_up import catch_up
+from lockstep.index.manifest import read_manifest
+from lockstep.index.storage import index_location, load_index, save_index
 from lockstep.index.vector_index import VectorIndex
 from lockstep.model.embedding import TextEmbedder
 from lockstep.ops import retention

@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from lockstep.index.storage import build_index, save_index
+from lockstep.index.shards import build_index
+from lockstep.index.storage import save_index
 from lockstep.model.embedding import TextEmbedder
 from lockstep.store import routing
 from lockstep.store.records import RecordStore

@@ -10,7 +10,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from lockstep.serving.app import FeedbackBody, RecordBody, SearchRequest
+from lockstep.serving.bodies import FeedbackBody, RecordBody, SearchRequest
 from lockstep.serving.inputs import (
     ID_PATTERN,
     MAX_METADATA_DEPTH,

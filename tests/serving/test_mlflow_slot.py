@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from lockstep.index.storage import build_index, save_index
+from lockstep.index.shards import build_index
+from lockstep.index.storage import save_index
 from lockstep.model.registry import Registry
 from lockstep.serving.cli import search_once
 from lockstep.store import routing

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from lockstep.core.errors import ConfigurationError
-from lockstep.serving.app import _workers_from_env
+from lockstep.serving.runner import _workers_from_env
 from lockstep.store import routing
 from tests.serving.harness import wait_for
 
@@ -27,7 +27,7 @@ def test_two_worker_processes_serve_one_port_as_two_replicas(deployment):
     routing.set_weights({"1": 100}, engine=d.engine)
     port = free_port()
     env = {**os.environ, "LOCKSTEP_DATABASE_URL": d.url, "LOCKSTEP_SERVING_WORKERS": "2"}
-    code = f"from lockstep.serving.app import run; run('127.0.0.1', {port}, log_level='warning')"
+    code = f"from lockstep.serving.runner import run; run('127.0.0.1', {port}, log_level='warning')"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     try:
         url = f"http://127.0.0.1:{port}"

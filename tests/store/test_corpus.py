@@ -25,9 +25,9 @@ from lockstep.store.corpus import (
     demo_corpus_files,
     demo_sample,
     install_demo_wheel,
-    load_corpus_file,
     load_demo_corpus,
 )
+from lockstep.store.corpus_file import load_corpus_file
 from lockstep.store.records import Record
 
 

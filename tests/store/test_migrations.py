@@ -193,6 +193,25 @@ def test_a_database_from_a_newer_lockstep_is_refused_with_a_clear_error(url):
     assert current_revision(engine) == "9999"  # left alone
 
 
+@pytest.mark.postgres
+def test_a_user_who_may_not_create_tables_gets_a_clear_error(postgres_server, postgres_url, lockstep_home):
+    """PostgreSQL 15 lets only the owner create tables in schema public; a plain role may not."""
+    import psycopg
+
+    admin = f"host=127.0.0.1 port={postgres_server.port} user={postgres_server.user}"
+    with psycopg.connect(f"{admin} dbname=postgres", autocommit=True) as conn:
+        conn.execute("DO $$ BEGIN CREATE ROLE reader LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    reader_url = postgres_url.replace(f"//{postgres_server.user}@", "//reader@")
+
+    with pytest.raises(ConfigurationError) as caught:
+        get_engine(reader_url)
+
+    message = str(caught.value)
+    assert f"to schema revision {head_revision()}" in message and "permission denied" in message
+    assert "its user may create and alter tables" in message
+    assert current_revision(get_engine(postgres_url, migrate=False)) is None  # nothing written
+
+
 def test_the_head_constant_is_alembics_head():
     """HEAD lets an up-to-date process skip loading Alembic; it must name the newest revision."""
     assert script().get_heads() == [head_revision()]
@@ -223,13 +242,17 @@ def test_the_migrations_ship_inside_the_package():
 
 # --- processes racing on a fresh database -----------------------------------------------------
 
+# A process that upgrades a fresh database and says when it reaches for the migration lock.
 CHILD = """
 import sys
 from lockstep.store.db import get_engine
-from lockstep.store.migrations import upgrade_database
-engine = get_engine(sys.argv[1], migrate=False)
-print("ready", flush=True)
-print(upgrade_database(engine).describe(), flush=True)
+from lockstep.store.migrations import runner
+take_lock = runner._migration_lock
+def announced(engine):
+    print("locking", flush=True)
+    return take_lock(engine)
+runner._migration_lock = announced
+print(runner.upgrade_database(get_engine(sys.argv[1], migrate=False)).describe(), flush=True)
 """
 
 
@@ -288,8 +311,8 @@ def test_processes_that_start_together_on_postgresql_migrate_once(postgres_url, 
 
 
 def test_processes_that_start_together_on_sqlite_migrate_once(tmp_path, lockstep_home):
-    """The test holds SQLite's write lock until every process is ready; whichever order they
-    then take it in, one migrates and the others find the work done."""
+    """The test holds SQLite's write lock until every process reaches for it (SQLite shows no
+    waiters, so each process says so); then one migrates and the others find the work done."""
     url = f"sqlite:///{tmp_path / 'race.db'}"
     holder = get_engine(url, migrate=False)
     children = []
@@ -298,8 +321,8 @@ def test_processes_that_start_together_on_sqlite_migrate_once(tmp_path, lockstep
             conn.execution_options(**{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
             with conn.begin():
                 children = _start_children(url, lockstep_home, 3)
-                ready = [child.stdout.readline().strip() for child in children]  # blocks until each is ready
-                assert ready == ["ready"] * 3
+                reaching = [child.stdout.readline().strip() for child in children]  # blocks until each says
+                assert reaching == ["locking"] * 3
         _assert_migrated_once(url, _outcomes(children))
     finally:
         _kill_leftovers(children)

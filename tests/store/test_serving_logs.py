@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import insert
 
-from lockstep.drift.steps import click_through_counts
+from lockstep.drift.window import click_through_counts
 from lockstep.store.db import dispose_engines, get_engine
 from lockstep.store.log_stats import ArmStats, ClickThrough, Window, is_impression, is_server_error
 from lockstep.store.schema import feedback_log, request_log, shadow_log

@@ -32,53 +32,48 @@ whole snapshot.
 What a DAG task calls (``run_drift_check``, ``log_drift_report``, ``alert_drift``,
 ``asset_extra``) takes and returns JSON-able values, and a rerun of a DAG run (same
 window end, same check id) gives the same answer and logs and alerts nothing twice.
+
+The pieces live beside it: ``window`` reads the two sides, ``signals`` measures them,
+``verdict`` decides, ``report`` writes and describes the result.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import random
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from sqlalchemy import Engine, func, select
-
 from lockstep.core import clock, jsonio
 from lockstep.core.config import run_folder  # noqa: F401  (re-exported: the drift DAG keeps its report there)
-from lockstep.core.errors import LockstepError
-from lockstep.drift.statistics import (
-    DriftError,
-    DriftReport,
-    DriftThresholds,
-    EmbeddingDrift,
-    Finding,
-    SegmentDrift,
-    VocabularyDrift,
-    assess,
-    click_through_drift,
-    embedding_drift,
-    embedding_findings,
-    plot_drift,
-    segment_drift,
-    segment_findings,
-    vocabulary_drift,
-    vocabulary_findings,
+from lockstep.drift.click_through import click_through_drift
+from lockstep.drift.report import (
+    REPORT_FILE,
+    finish_report,
+    flat_numbers,
+    metric_key,
+    run_params,
+    summary,
 )
-from lockstep.store import serving_logs
-from lockstep.store.records import UPSERT, RecordStore
-from lockstep.store.schema import changes
-from lockstep.training.fit import TrainConfig, is_holdout
+from lockstep.drift.signals import (
+    Embedder,
+    Sizes,
+    ctr_judged,
+    measure_records,
+    queries_judged,
+    with_accumulated,
+    with_queries,
+)
+from lockstep.drift.verdict import DriftReport, DriftThresholds, Finding, assess
+from lockstep.drift.window import DriftCheckError, click_through_counts, current_window, reference
+from lockstep.store.records import RecordStore
+from lockstep.training.fit import TrainConfig
 
 EXPERIMENT = "lockstep-drift"
-REPORT_FILE = "drift.json"
-PLOT_FILE = "drift.png"
 
 STATUS_NO_CHAMPION = "no_champion"  # nothing to compare with: not an error
 STATUS_INSUFFICIENT = "insufficient_data"  # no signal had enough data to be judged
@@ -87,177 +82,11 @@ STATUS_COMPARED = "compared"
 # The check's own defaults over ``DriftThresholds`` (none: 1 % false alarms per check;
 # the hourly DAG passes checks_per_day=24 so that 1 % holds per day).
 CHECK_THRESHOLDS: dict[str, Any] = {}
-ACCUMULATED = "accumulated_"  # figure prefix of the accumulated window's tests
-N_CLUSTERS = 10  # k-means clusters for the segment test
 
 TAG_CHECK_ID = "lockstep.check_id"
 TAG_CHAMPION = "lockstep.champion_version"
 TAG_DRIFTED = "lockstep.drifted"
 TAG_STATUS = "lockstep.drift_status"
-
-
-class DriftCheckError(LockstepError, ValueError):
-    """The check cannot run: bad parameters, or a champion without a training snapshot."""
-
-
-# --- the two sides ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reference:
-    """What the champion was trained on, split by whether it was fitted on it."""
-
-    version: str
-    snapshot_seq: int
-    held_out: list[str]  # texts training held out: the embedding reference
-    fitted_fill: list[str]  # training texts added because too few were held out
-    vocabulary: list[str]  # a sample of the whole snapshot: the vocabulary reference
-    snapshot_records: int
-    holdout_percent: int
-
-    @property
-    def embedding_texts(self) -> list[str]:
-        return self.held_out + self.fitted_fill
-
-    @property
-    def embedding_judged(self) -> bool:
-        """Only a reference free of fitted texts gives an unbiased AUC."""
-        return not self.fitted_fill
-
-
-@dataclass(frozen=True)
-class Window:
-    """What arrived between ``start`` and ``end`` (UTC)."""
-
-    start: datetime
-    end: datetime
-    records: list[str]  # texts, sampled down to max_samples
-    n_records: int  # before sampling
-    queries: list[str]
-    n_queries: int
-
-
-def reference(
-    store: RecordStore,
-    version: str,
-    snapshot_seq: int,
-    *,
-    holdout_percent: int = TrainConfig.holdout_percent,
-    label_key: str = TrainConfig.label_key,
-    min_records: int = 50,
-    max_samples: int = 2000,
-    seed: int = 0,
-) -> Reference:
-    """The champion's training snapshot as drift reference (see the module docstring).
-
-    Reads only ids, sequences and metadata of the whole snapshot, then the texts of the
-    sample, so a snapshot of millions of records costs memory for the ids alone.
-    """
-    head = store.head()
-    if snapshot_seq < 0 or snapshot_seq > head:
-        raise DriftCheckError(
-            f"champion version {version} was trained on snapshot {snapshot_seq}, but this record "
-            f"store's change log ends at {head}: LOCKSTEP_DATABASE_URL points at another store "
-            "than the one the champion was trained on"
-        )
-    rows = _snapshot_index(store.engine, snapshot_seq)
-    if not rows:
-        raise DriftCheckError(
-            f"champion version {version} was trained on snapshot {snapshot_seq}, which holds no "
-            "records; retrain on a loaded corpus (lockstep train)"
-        )
-    held = [
-        seq for rid, seq, meta in rows
-        if _labelled(meta, label_key) and is_holdout(rid, holdout_percent)
-    ]
-    held_set = set(held)
-    fitted = [seq for _, seq, _ in rows if seq not in held_set]
-    rng = random.Random(seed)
-    held = _sample(held, max_samples, rng)
-    fill: list[int] = []
-    if len(held) < min_records:
-        fill = _sample(fitted, max(0, max_samples - len(held)), rng)
-    vocab_seqs = _sample([seq for _, seq, _ in rows], max_samples, rng)
-    texts = _texts_by_seq(store.engine, set(held) | set(fill) | set(vocab_seqs))
-    return Reference(
-        version=str(version),
-        snapshot_seq=int(snapshot_seq),
-        held_out=[texts[s] for s in held],
-        fitted_fill=[texts[s] for s in fill],
-        vocabulary=[texts[s] for s in vocab_seqs],
-        snapshot_records=len(rows),
-        holdout_percent=int(holdout_percent),
-    )
-
-
-def current_window(
-    store: RecordStore,
-    end: datetime,
-    window_hours: float,
-    *,
-    after_seq: int = 0,
-    max_samples: int = 2000,
-    seed: int = 0,
-) -> Window:
-    """Records upserted and queries searched in ``[end - window_hours, end)``.
-
-    A record counts once, in its last version within the window, and only when that
-    version is an upsert (deleted records are gone) made after ``after_seq`` (the
-    champion's snapshot: records it was trained on are not new data).
-    """
-    end = clock.utc(end)
-    start = end - timedelta(hours=window_hours)
-    rng = random.Random(seed)
-    last = (
-        select(changes.c.record_id, func.max(changes.c.seq).label("seq"))
-        .where(changes.c.at >= start, changes.c.at < end, changes.c.seq > after_seq)
-        .group_by(changes.c.record_id)
-        .subquery()
-    )
-    live = (
-        select(changes.c.seq)
-        .join(last, changes.c.seq == last.c.seq)
-        .where(changes.c.op == UPSERT)
-        .order_by(changes.c.seq)
-    )
-    with store.engine.connect() as conn:
-        seqs = [int(s) for s in conn.execute(live).scalars()]
-    # Unpinned only: pinned traffic is any client's choice, not users'.
-    all_queries = serving_logs.queries(store.engine, serving_logs.Window(start, end))
-    sampled = _sample(seqs, max_samples, rng)
-    texts = _texts_by_seq(store.engine, set(sampled))
-    return Window(
-        start=start,
-        end=end,
-        records=[texts[s] for s in sampled],
-        n_records=len(seqs),
-        queries=_sample(all_queries, max_samples, rng),
-        n_queries=len(all_queries),
-    )
-
-
-def click_through_counts(
-    engine: Engine, model_version: str, end: datetime, window_hours: float
-) -> dict[str, int]:
-    """Impressions and clicks of one model version: the window and the period before it.
-
-    Impressions and clicks are those of ``lockstep.store.serving_logs`` (the rollout gates
-    count the same): an impression is a search answered with a result list, a click such
-    a search that got at least one click, so clicks never exceed impressions. Only the
-    champion's requests count: during a rollout the other versions' traffic says nothing
-    about whether the champion's data has moved.
-    """
-    end = clock.utc(end)
-    start = end - timedelta(hours=window_hours)
-    before = start - timedelta(hours=window_hours)
-    reference = serving_logs.click_through(engine, model_version, serving_logs.Window(before, start))
-    current = serving_logs.click_through(engine, model_version, serving_logs.Window(start, end))
-    return {
-        "reference_impressions": reference.impressions,
-        "reference_clicks": reference.clicks,
-        "current_impressions": current.impressions,
-        "current_clicks": current.clicks,
-    }
 
 
 # --- the check ----------------------------------------------------------------------------
@@ -343,7 +172,7 @@ def run_drift_check(
                 "train and roll out a first version (lockstep train, then lockstep_reembed)"
             ],
         )
-        return _finish(report, STATUS_NO_CHAMPION, {**context, "champion_version": None}, work_dir)
+        return finish_report(report, STATUS_NO_CHAMPION, {**context, "champion_version": None}, work_dir)
 
     if champion.snapshot_seq is None:
         raise DriftCheckError(
@@ -373,31 +202,26 @@ def run_drift_check(
         counts["current_impressions"],
     )
 
-    embed = _Embedder(registry.load_embedder(champion.version), ref)
-    sizes = _Sizes(min_records, max_samples, n_permutations, seed)
-    records = _measure_records(embed, ref, win, sizes)
+    embed = Embedder(registry.load_embedder(champion.version), ref)
+    sizes = Sizes(min_records, max_samples, n_permutations, seed)
+    records = measure_records(embed, ref, win, sizes)
     extra: list[Finding] = []
     if accumulate_hours > window_hours:
         long_win = current_window(
             store, end, accumulate_hours, after_seq=champion.snapshot_seq,
             max_samples=max_samples, seed=seed,
         )
-        extra, long_figures, long_notes = _accumulated_findings(embed, ref, long_win, sizes)
-        records = _RecordSignals(
-            records.vocabulary, records.embeddings, records.segment,
-            {**records.unjudged, **long_figures, f"{ACCUMULATED}window_records": float(long_win.n_records)},
-            records.notes + long_notes, records.reference_vectors, records.current_vectors,
-        )
+        records, extra = with_accumulated(records, embed, ref, long_win, sizes)
     report = assess(
         records.vocabulary, records.embeddings, ctr, limits, segment=records.segment, extra=extra
     )
-    report = _with_queries(report, ref, win, min_records, list(records.notes), records.unjudged, seed)
+    report = with_queries(report, ref, win, min_records, list(records.notes), records.unjudged, seed)
     judged = (
         records.vocabulary is not None
         or records.embeddings is not None
         or bool(extra)
-        or _queries_judged(win, min_records)
-        or _ctr_judged(ctr, limits)
+        or queries_judged(win, min_records)
+        or ctr_judged(ctr, limits)
     )
     context.update(
         {
@@ -418,7 +242,7 @@ def run_drift_check(
     )
     status = STATUS_COMPARED if judged else STATUS_INSUFFICIENT
     members = records.segment.current_members if records.segment is not None else ()
-    return _finish(
+    return finish_report(
         report, status, context, work_dir, records.reference_vectors, records.current_vectors,
         seed, members,
     )
@@ -462,7 +286,7 @@ def log_drift_report(
         TAG_CHAMPION: str(version) if version is not None else "none",
         TAG_DRIFTED: str(bool(report.get("drifted"))).lower(),
         TAG_STATUS: str(report.get("status")),
-        "mlflow.note.content": _summary(report),
+        "mlflow.note.content": summary(report),
     }
     if check_id:
         tags[TAG_CHECK_ID] = check_id
@@ -471,10 +295,10 @@ def log_drift_report(
     try:
         now_ms = int(clock.now().timestamp() * 1000)
         metrics = [
-            Metric(_metric_key(k), float(v), now_ms, 0)
-            for k, v in _flat_numbers(report).items()
+            Metric(metric_key(k), float(v), now_ms, 0)
+            for k, v in flat_numbers(report).items()
         ]
-        params = [Param(k, str(v)[:6000]) for k, v in _params(report).items()]
+        params = [Param(k, str(v)[:6000]) for k, v in run_params(report).items()]
         client.log_batch(
             run_id, metrics=metrics, params=params, tags=[RunTag(k, v) for k, v in tags.items()]
         )
@@ -545,202 +369,6 @@ def asset_extra(report: Mapping[str, Any], *, forced: bool = False) -> dict[str,
 # --- internals ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _RecordSignals:
-    """What the window's records showed; None where a signal could not be measured."""
-
-    vocabulary: VocabularyDrift | None = None
-    embeddings: EmbeddingDrift | None = None
-    segment: SegmentDrift | None = None
-    unjudged: dict[str, float] = field(default_factory=dict)  # reported, not judged
-    notes: tuple[str, ...] = ()
-    reference_vectors: np.ndarray | None = None
-    current_vectors: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class _Sizes:
-    min_records: int
-    max_samples: int
-    n_permutations: int
-    seed: int
-
-
-class _Embedder:
-    """The champion model, with the reference embedded once for both windows."""
-
-    def __init__(self, model: Any, ref: Reference) -> None:
-        self.model = model
-        self._ref_texts = ref.embedding_texts
-        self._ref_vectors: np.ndarray | None = None
-
-    @property
-    def reference_vectors(self) -> np.ndarray:
-        if self._ref_vectors is None:
-            self._ref_vectors = self.model.transform(self._ref_texts)
-        return self._ref_vectors
-
-    def transform(self, texts: list[str]) -> np.ndarray:
-        return self.model.transform(texts)
-
-
-def _measure_records(embed: _Embedder, ref: Reference, win: Window, sizes: _Sizes) -> _RecordSignals:
-    """Vocabulary, embedding and segment drift of the window's records, when there are
-    enough.
-
-    Embeddings against a reference that includes fitted texts are measured for the
-    report but left out of the verdict (see the module docstring).
-    """
-    if win.n_records < sizes.min_records:
-        return _RecordSignals(
-            notes=(
-                f"records not judged: {win.n_records} new or changed records in the window, "
-                f"fewer than {sizes.min_records}",
-            )
-        )
-    notes: list[str] = []
-    try:
-        vocab = vocabulary_drift(
-            ref.vocabulary, win.records, seed=sizes.seed, n_permutations=sizes.n_permutations
-        )
-    except DriftError as exc:
-        vocab = None
-        notes.append(f"vocabulary not measured: {exc}")
-    ref_vectors = embed.reference_vectors
-    cur_vectors = embed.transform(win.records)
-    try:
-        measured = embedding_drift(
-            ref_vectors, cur_vectors, n_permutations=sizes.n_permutations, seed=sizes.seed,
-            max_samples=sizes.max_samples,
-        )
-        segment = segment_drift(
-            ref_vectors, cur_vectors, win.records, ref.vocabulary, n_clusters=N_CLUSTERS,
-            seed=sizes.seed,
-        )
-    except DriftError as exc:
-        notes.append(f"embeddings not measured: {exc}")
-        return _RecordSignals(vocab, None, None, {}, tuple(notes), None, None)
-    if ref.embedding_judged:
-        return _RecordSignals(vocab, measured, segment, {}, tuple(notes), ref_vectors, cur_vectors)
-    notes.append(
-        f"embeddings reported, not judged: only {len(ref.held_out)} records of the champion's "
-        f"training snapshot were held out from training (fewer than {sizes.min_records}), so the "
-        f"reference includes {len(ref.fitted_fill)} texts the champion was fitted on, which "
-        "alone push the classifier's AUC to about 0.7; label more records (metadata "
-        "'category') or raise holdout_percent when training"
-    )
-    unjudged = {
-        "embedding_auc_unjudged": measured.auc,
-        "embedding_mean_cosine_distance_unjudged": measured.mean_cosine_distance,
-        "segment_current_share_unjudged": segment.current_share,
-    }
-    return _RecordSignals(vocab, None, None, unjudged, tuple(notes), ref_vectors, cur_vectors)
-
-
-def _accumulated_findings(
-    embed: _Embedder, ref: Reference, win: Window, sizes: _Sizes
-) -> tuple[list[Finding], dict[str, float], tuple[str, ...]]:
-    """The same record tests over the accumulated window, as extra findings."""
-    signals = _measure_records(embed, ref, win, sizes)
-    figures: dict[str, float] = {}
-    notes: list[str] = [f"{ACCUMULATED.rstrip('_')} window: {n}" for n in signals.notes]
-    findings: list[Finding] = []
-    if signals.vocabulary is not None:
-        findings += vocabulary_findings(signals.vocabulary, figures, notes, ACCUMULATED)
-    if signals.embeddings is not None:
-        findings += embedding_findings(signals.embeddings, figures, ACCUMULATED)
-    if signals.segment is not None:
-        findings += segment_findings(signals.segment, figures, ACCUMULATED)
-    return findings, figures, tuple(notes)
-
-
-def _with_queries(
-    report: DriftReport,
-    ref: Reference,
-    win: Window,
-    min_records: int,
-    notes: list[str],
-    unjudged: dict[str, float],
-    seed: int,
-) -> DriftReport:
-    """Add the query signal to the records' report: words the champion never saw."""
-    reasons = list(report.reasons)
-    figures = {**report.figures, **unjudged}
-    all_notes = notes + list(report.notes)
-    queries = None
-    if _queries_judged(win, min_records):
-        try:
-            # No permutation test: queries are not documents (see DriftThresholds).
-            queries = vocabulary_drift(ref.vocabulary, win.queries, seed=seed, n_permutations=0)
-        except DriftError as exc:
-            all_notes.append(f"queries not measured: {exc}")
-    else:
-        all_notes.append(
-            f"queries not judged: {win.n_queries} searches in the window, fewer than {min_records}"
-        )
-    if queries is not None:
-        figures.update(_query_figures(queries))
-        limit = report.thresholds.unseen_token_share_excess
-        if queries.unseen_token_share_excess > limit:
-            examples = ", ".join(word for word, _ in queries.top_unseen[:5])
-            reasons.append(
-                f"{queries.unseen_token_share:.1%} of search-query words never occur in the "
-                f"champion's training data ({queries.unseen_token_share_excess:+.1%} over a "
-                f"same-sized sample of it, threshold {limit:.1%})"
-                + (f"; most frequent: {examples}" if examples else "")
-            )
-    figures["drifted"] = 1.0 if reasons else 0.0
-    return DriftReport(
-        drifted=bool(reasons),
-        reasons=reasons,
-        figures=figures,
-        thresholds=report.thresholds,
-        notes=all_notes,
-        segment=report.segment,
-    )
-
-
-def _query_figures(queries: VocabularyDrift) -> dict[str, float]:
-    figures = {
-        "queries_unseen_token_share": queries.unseen_token_share,
-        "queries_unseen_token_share_excess": queries.unseen_token_share_excess,
-        "queries_js_distance": queries.js_distance,  # reported: queries are not documents
-        "queries_tokens": float(queries.n_current_tokens),
-    }
-    return figures
-
-
-def _queries_judged(win: Window, min_records: int) -> bool:
-    return win.n_queries >= min_records
-
-
-def _ctr_judged(ctr: Any, limits: DriftThresholds) -> bool:
-    return min(ctr.reference_impressions, ctr.current_impressions) >= limits.min_impressions
-
-
-def _finish(
-    report: DriftReport,
-    status: str,
-    context: dict[str, Any],
-    work_dir: str | Path | None,
-    ref_vectors: Any = None,
-    cur_vectors: Any = None,
-    seed: int = 0,
-    segment_members: tuple[int, ...] = (),
-) -> dict[str, Any]:
-    result = {**jsonio.plain(report.to_dict()), "status": status, **context}
-    if work_dir is not None:
-        folder = Path(work_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        plot = plot_drift(
-            report, ref_vectors, cur_vectors, folder / PLOT_FILE, seed=seed,
-            segment_members=segment_members,
-        )
-        result["files"] = {"report": str(folder / REPORT_FILE), "plot": str(plot)}
-        _atomic_write_json(folder / REPORT_FILE, result)
-    return result
-
-
 def _training_split_of(registry: Any, champion: Any) -> tuple[int, str]:
     """The champion's own holdout_percent and label key, from its training run's params."""
     default = (TrainConfig.holdout_percent, TrainConfig.label_key)
@@ -758,48 +386,6 @@ def _training_split_of(registry: Any, champion: Any) -> tuple[int, str]:
     return percent, params.get("label_key") or default[1]
 
 
-def _snapshot_index(engine: Engine, at_seq: int) -> list[tuple[str, int, dict | None]]:
-    """(id, seq, metadata) of every live record as of ``at_seq``, without the texts."""
-    last = (
-        select(changes.c.record_id, func.max(changes.c.seq).label("seq"))
-        .where(changes.c.seq <= at_seq)
-        .group_by(changes.c.record_id)
-        .subquery()
-    )
-    stmt = (
-        select(changes.c.record_id, changes.c.seq, changes.c.metadata)
-        .join(last, changes.c.seq == last.c.seq)
-        .where(changes.c.op == UPSERT)
-        .order_by(changes.c.record_id)
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(stmt).all()
-    return [(r.record_id, int(r.seq), json.loads(r.metadata) if r.metadata else None) for r in rows]
-
-
-def _texts_by_seq(engine: Engine, seqs: set[int]) -> dict[int, str]:
-    wanted = sorted(seqs)
-    found: dict[int, str] = {}
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        with engine.connect() as conn:
-            rows = conn.execute(select(changes.c.seq, changes.c.text).where(changes.c.seq.in_(chunk)))
-            found.update({int(seq): text for seq, text in rows})
-    return found
-
-
-def _labelled(meta: dict | None, key: str) -> bool:
-    return (meta or {}).get(key) not in (None, "")
-
-
-def _sample(items: list[Any], n: int, rng: random.Random) -> list[Any]:
-    """At most ``n`` items, in their original order."""
-    if len(items) <= n:
-        return list(items)
-    keep = sorted(rng.sample(range(len(items)), n))
-    return [items[i] for i in keep]
-
-
 def _parse_time(value: datetime | str) -> datetime:
     """The window's end as aware UTC (a naive time is UTC: the stores write UTC)."""
     try:
@@ -808,71 +394,8 @@ def _parse_time(value: datetime | str) -> datetime:
         raise DriftCheckError(f"now={value!r} is not an ISO date and time") from exc
 
 
-def _atomic_write_json(path: Path, value: Any) -> None:
-    from lockstep.core.atomic import atomic_write
-
-    atomic_write(path, jsonio.dumps(value, indent=2, sort_keys=True))
-
-
 def _existing(path: str | None) -> Path | None:
     return Path(path) if path and Path(path).exists() else None
-
-
-def _flat_numbers(report: Mapping[str, Any]) -> dict[str, float]:
-    """The figures and counts as MLflow metrics (finite numbers only)."""
-    numbers: dict[str, float] = {}
-    for key, value in (report.get("figures") or {}).items():
-        if isinstance(value, int | float) and math.isfinite(value):
-            numbers[key] = float(value)
-    for key, value in (report.get("counts") or {}).items():
-        if isinstance(value, int | float) and math.isfinite(value):
-            numbers[f"count_{key}"] = float(value)
-    numbers["drifted"] = 1.0 if report.get("drifted") else 0.0
-    return numbers
-
-
-def _params(report: Mapping[str, Any]) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "window_hours": (report.get("window") or {}).get("hours"),
-        "window_end": (report.get("window") or {}).get("end"),
-        "min_records": report.get("min_records"),
-        "max_samples": report.get("max_samples"),
-        "reference_snapshot_seq": report.get("reference_snapshot_seq"),
-        "accumulate_hours": report.get("accumulate_hours"),
-    }
-    for key, value in (report.get("thresholds") or {}).items():
-        params[f"threshold.{key}"] = value
-    return {k: v for k, v in params.items() if v is not None}
-
-
-def _metric_key(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
-
-
-def _summary(report: Mapping[str, Any]) -> str:
-    return describe(report)[:5000]
-
-
-def describe(report: Mapping[str, Any]) -> str:
-    """The report as a person reads it: verdict, reasons, the segment that moved, notes."""
-    verdict = "Drift" if report.get("drifted") else "No drift"
-    window = report.get("window") or {}
-    lines = [
-        f"{verdict} ({report.get('status')}), champion {report.get('champion_version')}, "
-        f"window {window.get('start', '?')} to {window.get('end', '?')}"
-    ]
-    lines += [f"- {r}" for r in report.get("reasons", [])]
-    segment = report.get("segment")
-    if segment:
-        words = ", ".join(str(w) for w, _ in segment.get("top_words", []))
-        lines.append(
-            f"Segment that moved most: {segment['current_share']:.1%} of the window vs "
-            f"{segment['reference_share']:.1%} of the reference ({segment['n_current']} records, "
-            f"chi-square p = {segment['p_value']:.2g})" + (f"; words: {words}" if words else "")
-        )
-        lines += [f"  e.g. {example}" for example in segment.get("examples", [])]
-    lines += [f"- note: {n}" for n in report.get("notes", [])]
-    return "\n".join(lines)
 
 
 def _quote(value: str) -> str:

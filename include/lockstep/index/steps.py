@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from lockstep.core.errors import LockstepError
+from lockstep.index.catch_up import catch_up
+from lockstep.index.manifest import Manifest
+from lockstep.index.shards import build_shard_columns, clear_shards, merge_shards
 from lockstep.index.snapshot import (
     DEFAULT_TARGET_SHARDS,
     read_snapshot_shard,
@@ -35,16 +38,7 @@ from lockstep.index.snapshot import (
     snapshot_name,
     write_snapshot,
 )
-from lockstep.index.storage import (
-    Manifest,
-    build_shard_columns,
-    catch_up,
-    clear_shards,
-    index_location,
-    merge_shards,
-    save_index,
-    update_manifest,
-)
+from lockstep.index.storage import index_location, save_index, update_manifest
 from lockstep.index.validation import IndexValidationError, validate_built_index
 from lockstep.index.vector_index import IndexSpec, VectorIndex, choose_spec
 from lockstep.store.records import RecordStore
@@ -165,7 +159,7 @@ def validate(plan: dict[str, Any], *, sample_size: int = 200, min_recall: float 
 
 def publish(plan: dict[str, Any], promote_if_first: bool = True, registry=None, engine=None) -> dict[str, Any]:
     """Mark the slot ready, tag the MLflow version, and make a first model the champion."""
-    from lockstep.index.storage import read_manifest
+    from lockstep.index.manifest import read_manifest
     from lockstep.model.registry import Registry
     from lockstep.store import routing
 

@@ -15,9 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from lockstep.core.errors import LockstepError
-from lockstep.index.storage import (
-    catch_up,
-)
+from lockstep.index.catch_up import catch_up
 from lockstep.index.vector_index import VectorIndex, measure_recall
 from lockstep.store.records import RecordStore, SnapshotChunk
 

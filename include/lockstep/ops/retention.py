@@ -125,7 +125,7 @@ def compaction_floor(
     ``snapshot_seqs`` names the past snapshots still needed ({"model v3": 1200});
     ``None`` reads them from the MLflow registry (see :func:`needed_snapshots`).
     """
-    from lockstep.index.storage import read_manifest
+    from lockstep.index.manifest import read_manifest
     from lockstep.store import routing
 
     now = now or clock.now()
@@ -321,7 +321,9 @@ def checkpoint_indexes(store: RecordStore | None = None, *, tracking_uri: str | 
     Only ``ready``/``live``/``draining`` slots; an index whose manifest changed while it
     was being caught up (a rebuild finished meanwhile) is left as the rebuild wrote it.
     """
-    from lockstep.index.storage import catch_up, load_index, read_manifest, save_index
+    from lockstep.index.catch_up import catch_up
+    from lockstep.index.manifest import read_manifest
+    from lockstep.index.storage import load_index, save_index
     from lockstep.serving.slots import load_model
     from lockstep.store import routing
 

@@ -6,7 +6,9 @@ slots loaded and current. See ``app.py`` for the request path.
 
 from __future__ import annotations
 
-from lockstep.serving.app import ServingConfig, ServingRuntime, create_app, run
+from lockstep.serving.app import create_app
+from lockstep.serving.runner import run
+from lockstep.serving.runtime import ServingConfig, ServingRuntime
 from lockstep.serving.slots import LoadedSlot, ServingView, SlotManager, load_slot
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 ``create_app`` builds a FastAPI app around a ``ServingRuntime`` (slot manager, shadow
 runner, log writer, metrics); the runtime's threads start and stop with the app's
-lifespan. ``run`` serves it with uvicorn. Several replicas may run against one
+lifespan. ``runner.run`` serves it with uvicorn. Several replicas may run against one
 database: every routing decision comes from the routing table, never from local state.
 
 Per search: read the replica's view once, pick a slot (pin, sticky user bucket, or
@@ -19,277 +19,56 @@ results, once -- see ``clicks``), smuggle control characters into ids or text (4
 naming the field -- see ``inputs``), or send a body over 1 MB, declared or streamed
 (413). An unexpected error answers 500 with a request id and no internals; the full
 error goes to the server log under that id.
+
+The bodies and limits are ``bodies``, the replica's state ``runtime``, the answers to
+what goes wrong ``errors``, and running it as a process ``runner``.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
-from starlette.convertors import PathConvertor, register_url_convertor
 
 from lockstep.core import clock
 from lockstep.core.config import Settings
-from lockstep.core.errors import ConfigurationError, InvalidRecordError, RecordNotFoundError
-from lockstep.serving.clicks import ClickJudge, RecentAnswers, Verdict
-from lockstep.serving.inputs import ID_PATTERN, TEXT_PATTERN, clean_id, clean_metadata, clean_text
-from lockstep.serving.logs import LogWriter, is_connection_error
-from lockstep.serving.metrics import NO_VERSION, ServingMetrics
-from lockstep.serving.outage import summary
-from lockstep.serving.shadow import ShadowRunner
-from lockstep.serving.slots import LoadedSlot, ServingView, SlotManager
+from lockstep.core.errors import InvalidRecordError, RecordNotFoundError
+from lockstep.serving.bodies import (
+    MAX_BODY_BYTES,
+    MAX_METADATA_BYTES,
+    MAX_RECORD_TEXT_BYTES,
+    MODEL_VERSION_HEADER,
+    PIN_HEADER,
+    REQUEST_ID_HEADER,
+    FeedbackAccepted,
+    FeedbackBody,
+    RecordBody,
+    RecordId,
+    RecordWritten,
+    SearchRequest,
+    SearchResponse,
+    error_responses,
+)
+from lockstep.serving.clicks import Verdict
+from lockstep.serving.errors import Guard, validation_error
+from lockstep.serving.metrics import NO_VERSION
+from lockstep.serving.runtime import ServingConfig, ServingRuntime
+from lockstep.serving.slots import LoadedSlot
 from lockstep.store.db import get_engine
-from lockstep.store.records import RecordStore
-from lockstep.store.schema import ID_LENGTH
 
 log = logging.getLogger("lockstep.serving")
-
-MAX_QUERY_CHARS = 2000
-MAX_K = 100
-MAX_USER_ID_CHARS = 256
-MAX_RECORD_TEXT_BYTES = 100_000
-MAX_METADATA_BYTES = 16_384
-MAX_BODY_BYTES = 1_000_000
-MODEL_VERSION_HEADER = "X-Lockstep-Model-Version"
-PIN_HEADER = "X-Lockstep-Pin"
-REQUEST_ID_HEADER = "X-Request-Id"
-UNLOADED_RETRY_AFTER = "5"  # seconds a client should wait when its share's version is not loaded
 _UNSET: Any = object()
-
-
-@dataclass(frozen=True)
-class ServingConfig:
-    """Timings and queue sizes of one replica (the limits on input are constants above)."""
-
-    poll_interval: float = 0.1
-    tail_interval: float = 0.2
-    load_retry_after: float = 30.0
-    shadow_queue_size: int = 1000
-    log_flush_interval: float = 0.5
-    log_batch_size: int = 500
-    listen: bool = True
-    feedback_wait: float | None = None  # how long a click may wait for its request; None: 2 flushes + 1 s
-    recent_answers: int = 20_000  # answers kept in memory to judge clicks (older ones: the database)
-    replica: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-
-
-# --- request and response bodies ------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _optional(check: Any) -> Any:
-    return lambda value: None if value is None else check(value)
-
-
-# The patterns document the rule in the OpenAPI document; the validators enforce it with
-# a message that names the character and its position.
-Id = AfterValidator(clean_id)
-Text = AfterValidator(clean_text)
-_ID_DOC = {"pattern": ID_PATTERN}
-_TEXT_DOC = {"pattern": TEXT_PATTERN}
-
-
-class SearchRequest(_Strict):
-    query: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, strict=True, json_schema_extra=_TEXT_DOC), Text]
-    k: Annotated[int, Field(ge=1, le=MAX_K, strict=True)] = 10
-    user_id: Annotated[
-        str | None,
-        Field(min_length=1, max_length=MAX_USER_ID_CHARS, strict=True, json_schema_extra=_ID_DOC),
-        AfterValidator(_optional(clean_id)),
-    ] = None
-
-
-class SearchResult(BaseModel):
-    id: str
-    score: float
-
-
-class SearchResponse(BaseModel):
-    request_id: str
-    model_version: str
-    index_version: str
-    fingerprint: str
-    routing_generation: int
-    results: list[SearchResult]
-
-
-class RecordBody(_Strict):
-    text: Annotated[str, Field(strict=True, json_schema_extra=_TEXT_DOC), Text]
-    metadata: Annotated[dict[str, Any] | None, AfterValidator(clean_metadata)] = None
-
-
-class RecordWritten(BaseModel):
-    id: str
-    seq: int
-
-
-class FeedbackBody(_Strict):
-    request_id: Annotated[str, Field(min_length=1, max_length=64, strict=True, json_schema_extra=_ID_DOC), Id]
-    record_id: Annotated[str, Field(min_length=1, max_length=ID_LENGTH, strict=True, json_schema_extra=_ID_DOC), Id]
-    event: Literal["click"]
-
-
-class FeedbackAccepted(BaseModel):
-    accepted: bool
-    counted: bool  # False for a click on a pinned request: logged, left out of statistics
-
-
-class ErrorBody(BaseModel):
-    """Every 4xx and 5xx answer: what is wrong, in words (and the request id of a 5xx)."""
-
-    detail: str
-    errors: list[dict[str, Any]] | None = None
-    request_id: str | None = None
-
-
-_STATUS_TEXT = {
-    400: "The body is not valid JSON.",
-    401: "Missing or wrong bearer token.",
-    403: "Writes are disabled: no API token is configured.",
-    404: "Not found (the message says what).",
-    413: "The body (declared or streamed) is larger than 1 MB, or a field is over its size limit.",
-    422: "A field is invalid (the message names it).",
-    500: "Unexpected error: the answer carries a request id; details are in the server log.",
-    503: "No version can answer on this replica, or the database cannot be reached, right now (the message says which); retry.",
-}
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The error answers an operation can give, for the OpenAPI document."""
-    return {code: {"model": ErrorBody, "description": _STATUS_TEXT[code]} for code in codes}
-
-
-class _AnyPath(PathConvertor):
-    """Starlette's ``path`` convertor stops at a line break ("a%0Ab" would be a bare 404);
-    this one matches every id, so a bad one gets the 422 that names it."""
-
-    regex = "[\\s\\S]*"
-
-
-register_url_convertor("record_id", _AnyPath())
-RecordId = Annotated[str, Path(min_length=1, max_length=ID_LENGTH, json_schema_extra=_ID_DOC), Id]
-
-
-# --- the runtime ------------------------------------------------------------------------------
-
-
-class ServingRuntime:
-    """Everything one replica holds; tests reach it as ``app.state.lockstep``."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        engine: Engine,
-        *,
-        api_token: str | None,
-        config: ServingConfig,
-    ) -> None:
-        self.settings = settings
-        self.engine = engine
-        self.api_token = api_token
-        self.config = config
-        self.store = RecordStore(engine)
-        self.metrics = ServingMetrics()
-        self.manager = SlotManager(
-            engine,
-            self.store,
-            tracking_uri=settings.mlflow_tracking_uri,
-            poll_interval=config.poll_interval,
-            tail_interval=config.tail_interval,
-            retry_after=config.load_retry_after,
-            listen=config.listen,
-        )
-        self.logs = LogWriter(
-            engine,
-            flush_interval=config.log_flush_interval,
-            batch_size=config.log_batch_size,
-            on_drop=self.metrics.log_drop,
-            on_reject=self.metrics.log_reject,
-        )
-        self.answers = RecentAnswers(config.recent_answers)
-        wait = config.feedback_wait if config.feedback_wait is not None else 2 * config.log_flush_interval + 1.0
-        self.clicks = ClickJudge(engine, self.answers, wait=wait)
-        self.shadow = ShadowRunner(
-            self.logs,
-            queue_size=config.shadow_queue_size,
-            on_result=self.metrics.shadow_result,
-            on_drop=self.metrics.shadow_drop,
-        )
-        self.metrics.attach(self.manager, self.shadow, self.logs, config.replica)
-
-    def start(self) -> None:
-        self.logs.start()
-        self.shadow.start()
-        self.manager.start()
-
-    def stop(self) -> None:
-        self.manager.stop()
-        self.shadow.stop()
-        self.logs.stop()
-
-    def lease(self, pin: str | None, user_id: str | None) -> tuple[ServingView, LoadedSlot]:
-        """Pick a slot from one view and take a lease on it (the caller must release it)."""
-        for _ in range(5):
-            view = self.manager.view
-            slot = self._pinned(view, pin) if pin is not None else self._routed(view, user_id)
-            if slot.acquire():
-                return view, slot
-        raise HTTPException(503, "the routing table is changing too fast to pick a version; retry")
-
-    def _pinned(self, view: ServingView, pin: str) -> LoadedSlot:
-        slot = view.pinned(pin)
-        if slot is None:
-            serving = ", ".join(view.slots) or "none"
-            raise HTTPException(
-                404,
-                f"model version {pin!r} ({PIN_HEADER}) is not serving on this replica; serving versions: {serving}",
-            )
-        return slot
-
-    def _routed(self, view: ServingView, user_id: str | None) -> LoadedSlot:
-        route = view.route(user_id)
-        if route is None:
-            raise HTTPException(
-                503,
-                "no live model version is loaded on this replica yet; see GET /routing "
-                "(a version gets traffic with `lockstep routing set VERSION=100`)",
-            )
-        if route.slot is None:  # its share is refused, never handed to another version
-            raise _Refused(
-                route.version,
-                503,
-                f"model version {route.version} has {route.weight} % of traffic but is not loaded on this replica "
-                "(see GET /routing); its share is refused rather than moved to another version; retry",
-                headers={"Retry-After": UNLOADED_RETRY_AFTER},
-            )
-        return route.slot
-
-
-class _Refused(HTTPException):
-    """A refusal on behalf of one version (counted against it in the metrics)."""
-
-    def __init__(self, model_version: str, status_code: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(status_code, detail, headers=headers)
-        self.model_version = model_version
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -327,8 +106,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.lockstep = rt
-    app.add_middleware(_Guard, limit=MAX_BODY_BYTES)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(Guard, limit=MAX_BODY_BYTES)
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
         if not rt.api_token:
@@ -346,7 +125,7 @@ def create_app(
         if not hmac.compare_digest(given.strip().encode(), rt.api_token.encode()):
             raise HTTPException(401, "wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    @app.post("/search", response_model=SearchResponse, responses=_errors(400, 404, 413, 422, 500, 503))
+    @app.post("/search", response_model=SearchResponse, responses=error_responses(400, 404, 413, 422, 500, 503))
     async def search(
         body: SearchRequest,
         x_lockstep_pin: Annotated[str | None, Header(alias=PIN_HEADER)] = None,
@@ -398,7 +177,7 @@ def create_app(
 
     @app.put(
         "/records/{record_id:record_id}", response_model=RecordWritten, dependencies=[Depends(require_token)],
-        responses=_errors(400, 401, 403, 413, 422, 500, 503),
+        responses=error_responses(400, 401, 403, 413, 422, 500, 503),
     )
     def put_record(record_id: RecordId, body: RecordBody) -> RecordWritten:
         """Insert or replace a record; every loaded version gets it before the answer."""
@@ -419,7 +198,7 @@ def create_app(
 
     @app.delete(
         "/records/{record_id:record_id}", response_model=RecordWritten, dependencies=[Depends(require_token)],
-        responses=_errors(401, 403, 404, 422, 500, 503),
+        responses=error_responses(401, 403, 404, 422, 500, 503),
     )
     def delete_record(record_id: RecordId) -> RecordWritten:
         """Delete a record (a tombstone in the change log); every loaded version drops it."""
@@ -431,7 +210,7 @@ def create_app(
         rt.manager.catch_up_all()
         return RecordWritten(id=record_id, seq=seq)
 
-    @app.post("/feedback", status_code=202, response_model=FeedbackAccepted, responses=_errors(400, 413, 422, 500, 503))
+    @app.post("/feedback", status_code=202, response_model=FeedbackAccepted, responses=error_responses(400, 413, 422, 500, 503))
     async def feedback(body: FeedbackBody) -> FeedbackAccepted:
         """Log a click on a search result: only a record among its request's results, once.
 
@@ -445,7 +224,7 @@ def create_app(
         rt.metrics.feedback.labels(body.event).inc()
         return FeedbackAccepted(accepted=True, counted=verdict is Verdict.COUNTED)
 
-    @app.get("/routing", responses=_errors(500))
+    @app.get("/routing", responses=error_responses(500))
     def routing() -> dict[str, Any]:
         """The routing table this replica serves, and what it holds for each slot.
 
@@ -486,33 +265,6 @@ def create_app(
 
     return app
 
-
-WORKERS_ENV = "LOCKSTEP_SERVING_WORKERS"
-
-
-def run(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", workers: int | None = None) -> None:
-    """Serve until interrupted (configuration from the environment).
-
-    One process serves on one core (the GIL); ``workers`` (or ``LOCKSTEP_SERVING_WORKERS``)
-    processes share the port, each a replica of its own with its own copy of the loaded
-    indexes and its own ``/metrics`` (scrape each, or run one worker per container).
-    """
-    import uvicorn
-
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    workers = workers if workers is not None else _workers_from_env()
-    if workers > 1:
-        uvicorn.run("lockstep.serving.app:create_app", factory=True, workers=workers, host=host, port=port,
-                    log_level=log_level, access_log=False)
-        return
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=False)
-
-
-def _workers_from_env() -> int:
-    raw = os.environ.get(WORKERS_ENV, "").strip() or "1"
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigurationError(f"{WORKERS_ENV}={raw!r} must be a whole number of processes, at least 1")
-    return int(raw)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -555,134 +307,3 @@ def _json_bytes(value: Any) -> bytes:
         return json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
         raise HTTPException(422, f"metadata is not plain JSON ({exc})") from exc
-
-
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    """Malformed JSON is 400, a well-formed body with wrong fields 422; both say what is wrong."""
-    assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        ctx = next((e.get("ctx", {}) for e in errors if e.get("type") == "json_invalid"), {})
-        message = f"request body is not valid JSON: {ctx.get('error', 'parse error')}"
-        status = 400
-    else:
-        message = "; ".join(_describe(e) for e in errors) or "invalid request"
-        status = 422
-    if request.url.path == "/search":
-        rt = request.app.state.lockstep
-        rt.metrics.errors.labels(NO_VERSION, str(status)).inc()
-    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
-    return JSONResponse({"detail": message, "errors": jsonable_encoder(details)}, status)
-
-
-def _describe(error: dict[str, Any]) -> str:
-    where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-    return f"{where}: {error.get('msg', 'invalid')}"
-
-
-class _Guard:
-    """Body limit for declared and streamed bodies; a 500 with a request id for any crash.
-
-    A body with ``Content-Length`` over the limit is refused before it is read. A body
-    without one (chunked transfer) is read here up to the limit and handed on from
-    memory, so the app never reads more than ``limit`` bytes of it. An exception that
-    escapes the app becomes a 500 whose body names a request id and nothing else; the
-    traceback goes to the server log under that id.
-    """
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _declared_length(scope)
-        if declared is not None and declared > self.limit:
-            await _too_large(f"request body is {declared} bytes; the limit is {self.limit}", scope, receive, send)
-            return
-        if declared is None and _may_stream(scope):
-            body = await _read_up_to(receive, self.limit)
-            if body is None:
-                await _too_large(f"request body is over the limit of {self.limit} bytes", scope, receive, send)
-                return
-            receive = _replay(body, receive)
-        await self._run(scope, receive, send)
-
-    async def _run(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        started = False
-
-        async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            request_id = uuid.uuid4().hex
-            if started:
-                log.error("request %s: %s %s failed", request_id, scope.get("method"), scope.get("path"), exc_info=exc)
-                raise
-            await _crash_response(exc, request_id, scope)(scope, receive, send)
-
-
-def _crash_response(exc: Exception, request_id: str, scope: dict[str, Any]) -> JSONResponse:
-    """503 when the database cannot be reached (retrying helps), else 500; never internals."""
-    where = f"{scope.get('method')} {scope.get('path')}"
-    headers = {REQUEST_ID_HEADER: request_id}
-    if is_connection_error(exc):
-        log.warning("request %s: %s: the database cannot be reached: %s", request_id, where, summary(exc))
-        detail = f"the database cannot be reached right now; retry (request id {request_id})"
-        return JSONResponse({"detail": detail, "request_id": request_id}, 503, headers={**headers, "Retry-After": "5"})
-    log.error("request %s: %s failed", request_id, where, exc_info=exc)
-    detail = f"internal error (request id {request_id}; the server log has the details)"
-    return JSONResponse({"detail": detail, "request_id": request_id}, 500, headers=headers)
-
-
-def _declared_length(scope: dict[str, Any]) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
-
-
-def _may_stream(scope: dict[str, Any]) -> bool:
-    """A request that may carry a body without declaring its length (chunked)."""
-    return any(name == b"transfer-encoding" for name, _ in scope.get("headers", ()))
-
-
-async def _read_up_to(receive: Any, limit: int) -> bytes | None:
-    """The whole body if it is at most ``limit`` bytes, else None (reading stops there)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return b"".join(chunks)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Any) -> Any:
-    sent = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # after the body: wait for the disconnect, as the server would
-
-    return replay
-
-
-async def _too_large(detail: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
-    response = JSONResponse({"detail": detail}, status_code=413, headers={"Connection": "close"})
-    await response(scope, receive, send)

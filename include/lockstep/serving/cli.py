@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from lockstep.core.config import Settings
 from lockstep.core.errors import LockstepError
 from lockstep.index.vector_index import SearchHits
-from lockstep.serving.app import MAX_K, MAX_QUERY_CHARS
+from lockstep.serving.bodies import MAX_K, MAX_QUERY_CHARS
 from lockstep.serving.slots import load_slot
 from lockstep.store.db import get_engine
 from lockstep.store.records import RecordStore
@@ -29,7 +29,7 @@ class SearchOutcome:
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run one serving replica in the foreground (configuration from the environment)."""
-    from lockstep.serving.app import run
+    from lockstep.serving.runner import run
 
     run(host, port)
 

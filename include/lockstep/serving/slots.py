@@ -48,7 +48,8 @@ from lockstep.core.errors import (
     RegistryError,
 )
 from lockstep.core.faults import maybe_fail
-from lockstep.index.storage import apply_changes, load_index
+from lockstep.index.catch_up import apply_changes
+from lockstep.index.storage import load_index
 from lockstep.index.vector_index import SearchHits
 from lockstep.model.embedding import TextEmbedder
 from lockstep.serving.outage import Outage, summary

@@ -16,10 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
 from lockstep.core.errors import ConfigurationError
-from lockstep.store.migrations.runner import SQLITE_BEGIN_OPTION, Upgrade, upgrade_database
+from lockstep.store.migrations.runner import (
+    SQLITE_BEGIN_OPTION,
+    Upgrade,
+    head_revision,
+    upgrade_database,
+)
 
 _engines: dict[str, Engine] = {}
 _migrated: set[str] = set()  # URLs this process has brought to the head revision
@@ -122,8 +127,12 @@ def _upgrade(engine: Engine, url: str) -> Upgrade:
     """Bring the database to the head revision (``lockstep.store.migrations.runner``)."""
     try:
         done = upgrade_database(engine)
-    except OperationalError as exc:
-        raise _unreachable(url, exc) from exc
+    except DBAPIError as exc:  # lost connection, no right to create tables, lock wait too long
+        raise ConfigurationError(
+            f"could not bring the Lockstep database at {_redact(url)!r} to schema revision "
+            f"{head_revision()}: {exc.orig}. Check LOCKSTEP_DATABASE_URL, that the server is "
+            "running and that its user may create and alter tables."
+        ) from exc
     _migrated.add(url)
     return done
 

@@ -1,0 +1,128 @@
+"""What a client sends and gets: request and response bodies, their limits, the headers.
+
+The bodies are strict pydantic models (unknown fields refused); ids and texts are checked
+by ``lockstep.serving.inputs``, whose patterns also document the rule in the OpenAPI
+document. Every error answer has the same shape (``ErrorBody``), described per status.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import Path
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.convertors import PathConvertor, register_url_convertor
+
+from lockstep.serving.inputs import ID_PATTERN, TEXT_PATTERN, clean_id, clean_metadata, clean_text
+from lockstep.store.schema import ID_LENGTH
+
+MAX_QUERY_CHARS = 2000
+MAX_K = 100
+MAX_USER_ID_CHARS = 256
+MAX_RECORD_TEXT_BYTES = 100_000
+MAX_METADATA_BYTES = 16_384
+MAX_BODY_BYTES = 1_000_000
+MODEL_VERSION_HEADER = "X-Lockstep-Model-Version"
+PIN_HEADER = "X-Lockstep-Pin"
+REQUEST_ID_HEADER = "X-Request-Id"
+UNLOADED_RETRY_AFTER = "5"  # seconds a client should wait when its share's version is not loaded
+
+
+# --- request and response bodies ------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _optional(check: Any) -> Any:
+    return lambda value: None if value is None else check(value)
+
+
+# The patterns document the rule in the OpenAPI document; the validators enforce it with
+# a message that names the character and its position.
+Id = AfterValidator(clean_id)
+Text = AfterValidator(clean_text)
+_ID_DOC = {"pattern": ID_PATTERN}
+_TEXT_DOC = {"pattern": TEXT_PATTERN}
+
+
+class SearchRequest(_Strict):
+    query: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, strict=True, json_schema_extra=_TEXT_DOC), Text]
+    k: Annotated[int, Field(ge=1, le=MAX_K, strict=True)] = 10
+    user_id: Annotated[
+        str | None,
+        Field(min_length=1, max_length=MAX_USER_ID_CHARS, strict=True, json_schema_extra=_ID_DOC),
+        AfterValidator(_optional(clean_id)),
+    ] = None
+
+
+class SearchResult(BaseModel):
+    id: str
+    score: float
+
+
+class SearchResponse(BaseModel):
+    request_id: str
+    model_version: str
+    index_version: str
+    fingerprint: str
+    routing_generation: int
+    results: list[SearchResult]
+
+
+class RecordBody(_Strict):
+    text: Annotated[str, Field(strict=True, json_schema_extra=_TEXT_DOC), Text]
+    metadata: Annotated[dict[str, Any] | None, AfterValidator(clean_metadata)] = None
+
+
+class RecordWritten(BaseModel):
+    id: str
+    seq: int
+
+
+class FeedbackBody(_Strict):
+    request_id: Annotated[str, Field(min_length=1, max_length=64, strict=True, json_schema_extra=_ID_DOC), Id]
+    record_id: Annotated[str, Field(min_length=1, max_length=ID_LENGTH, strict=True, json_schema_extra=_ID_DOC), Id]
+    event: Literal["click"]
+
+
+class FeedbackAccepted(BaseModel):
+    accepted: bool
+    counted: bool  # False for a click on a pinned request: logged, left out of statistics
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer: what is wrong, in words (and the request id of a 5xx)."""
+
+    detail: str
+    errors: list[dict[str, Any]] | None = None
+    request_id: str | None = None
+
+
+_STATUS_TEXT = {
+    400: "The body is not valid JSON.",
+    401: "Missing or wrong bearer token.",
+    403: "Writes are disabled: no API token is configured.",
+    404: "Not found (the message says what).",
+    413: "The body (declared or streamed) is larger than 1 MB, or a field is over its size limit.",
+    422: "A field is invalid (the message names it).",
+    500: "Unexpected error: the answer carries a request id; details are in the server log.",
+    503: "No version can answer on this replica, or the database cannot be reached, right now (the message says which); retry.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers an operation can give, for the OpenAPI document."""
+    return {code: {"model": ErrorBody, "description": _STATUS_TEXT[code]} for code in codes}
+
+
+class _AnyPath(PathConvertor):
+    """Starlette's ``path`` convertor stops at a line break ("a%0Ab" would be a bare 404);
+    this one matches every id, so a bad one gets the 422 that names it."""
+
+    regex = "[\\s\\S]*"
+
+
+register_url_convertor("record_id", _AnyPath())
+RecordId = Annotated[str, Path(min_length=1, max_length=ID_LENGTH, json_schema_extra=_ID_DOC), Id]

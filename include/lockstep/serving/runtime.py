@@ -1,0 +1,144 @@
+"""What one serving replica holds: its slots, log writer, shadow runner, metrics and
+click judge, started and stopped with the app, and how a request leases a slot.
+
+A request takes one routing view and a lease on one slot; a pin that is not serving is
+404, and a share whose version this replica could not load is refused (503), never moved
+to another version.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from fastapi import HTTPException
+from sqlalchemy import Engine
+
+from lockstep.core.config import Settings
+from lockstep.serving.bodies import PIN_HEADER, UNLOADED_RETRY_AFTER
+from lockstep.serving.clicks import ClickJudge, RecentAnswers
+from lockstep.serving.logs import LogWriter
+from lockstep.serving.metrics import ServingMetrics
+from lockstep.serving.shadow import ShadowRunner
+from lockstep.serving.slots import LoadedSlot, ServingView, SlotManager
+from lockstep.store.records import RecordStore
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Timings and queue sizes of one replica (the limits on input are in ``bodies``)."""
+
+    poll_interval: float = 0.1
+    tail_interval: float = 0.2
+    load_retry_after: float = 30.0
+    shadow_queue_size: int = 1000
+    log_flush_interval: float = 0.5
+    log_batch_size: int = 500
+    listen: bool = True
+    feedback_wait: float | None = None  # how long a click may wait for its request; None: 2 flushes + 1 s
+    recent_answers: int = 20_000  # answers kept in memory to judge clicks (older ones: the database)
+    replica: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+
+# --- the runtime ------------------------------------------------------------------------------
+
+
+class ServingRuntime:
+    """Everything one replica holds; tests reach it as ``app.state.lockstep``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        api_token: str | None,
+        config: ServingConfig,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.api_token = api_token
+        self.config = config
+        self.store = RecordStore(engine)
+        self.metrics = ServingMetrics()
+        self.manager = SlotManager(
+            engine,
+            self.store,
+            tracking_uri=settings.mlflow_tracking_uri,
+            poll_interval=config.poll_interval,
+            tail_interval=config.tail_interval,
+            retry_after=config.load_retry_after,
+            listen=config.listen,
+        )
+        self.logs = LogWriter(
+            engine,
+            flush_interval=config.log_flush_interval,
+            batch_size=config.log_batch_size,
+            on_drop=self.metrics.log_drop,
+            on_reject=self.metrics.log_reject,
+        )
+        self.answers = RecentAnswers(config.recent_answers)
+        wait = config.feedback_wait if config.feedback_wait is not None else 2 * config.log_flush_interval + 1.0
+        self.clicks = ClickJudge(engine, self.answers, wait=wait)
+        self.shadow = ShadowRunner(
+            self.logs,
+            queue_size=config.shadow_queue_size,
+            on_result=self.metrics.shadow_result,
+            on_drop=self.metrics.shadow_drop,
+        )
+        self.metrics.attach(self.manager, self.shadow, self.logs, config.replica)
+
+    def start(self) -> None:
+        self.logs.start()
+        self.shadow.start()
+        self.manager.start()
+
+    def stop(self) -> None:
+        self.manager.stop()
+        self.shadow.stop()
+        self.logs.stop()
+
+    def lease(self, pin: str | None, user_id: str | None) -> tuple[ServingView, LoadedSlot]:
+        """Pick a slot from one view and take a lease on it (the caller must release it)."""
+        for _ in range(5):
+            view = self.manager.view
+            slot = self._pinned(view, pin) if pin is not None else self._routed(view, user_id)
+            if slot.acquire():
+                return view, slot
+        raise HTTPException(503, "the routing table is changing too fast to pick a version; retry")
+
+    def _pinned(self, view: ServingView, pin: str) -> LoadedSlot:
+        slot = view.pinned(pin)
+        if slot is None:
+            serving = ", ".join(view.slots) or "none"
+            raise HTTPException(
+                404,
+                f"model version {pin!r} ({PIN_HEADER}) is not serving on this replica; serving versions: {serving}",
+            )
+        return slot
+
+    def _routed(self, view: ServingView, user_id: str | None) -> LoadedSlot:
+        route = view.route(user_id)
+        if route is None:
+            raise HTTPException(
+                503,
+                "no live model version is loaded on this replica yet; see GET /routing "
+                "(a version gets traffic with `lockstep routing set VERSION=100`)",
+            )
+        if route.slot is None:  # its share is refused, never handed to another version
+            raise _Refused(
+                route.version,
+                503,
+                f"model version {route.version} has {route.weight} % of traffic but is not loaded on this replica "
+                "(see GET /routing); its share is refused rather than moved to another version; retry",
+                headers={"Retry-After": UNLOADED_RETRY_AFTER},
+            )
+        return route.slot
+
+
+class _Refused(HTTPException):
+    """A refusal on behalf of one version (counted against it in the metrics)."""
+
+    def __init__(self, model_version: str, status_code: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code, detail, headers=headers)
+        self.model_version = model_version
