@@ -16,12 +16,10 @@ import time
 import numpy as np
 from scipy import stats
 
-from lockstep.rollout.gates import (
+from lockstep.rollout.gates import Verdict, error_rate_gate, latency_gate
+from lockstep.rollout.statistics import (
     DEFAULT_TAU2,
-    Verdict,
     always_valid_ci,
-    error_rate_gate,
-    latency_gate,
     msprt_p_value,
     required_sample_size,
 )

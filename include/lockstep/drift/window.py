@@ -33,9 +33,6 @@ class DriftCheckError(LockstepError, ValueError):
     """The check cannot run: bad parameters, or a champion without a training snapshot."""
 
 
-
-
-
 @dataclass(frozen=True)
 class Reference:
     """What the champion was trained on, split by whether it was fitted on it."""

@@ -241,7 +241,6 @@ def _write_faiss_file(index: VectorIndex, location: Path) -> tuple[str, str, dic
     return name, sha, mapping
 
 
-
 def _read_verified(path: Path, sha: str) -> bytes:
     try:
         data = path.read_bytes()

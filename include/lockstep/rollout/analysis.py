@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from lockstep.rollout.config import DEFAULTS
 from lockstep.rollout.gates import (
     GateResult,
     GateThresholds,
@@ -35,12 +36,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class GateSettings:
-    """The thresholds of one rollout's gates (all DAG Params)."""
+    """The thresholds of one rollout's gates (all DAG Params).
 
-    min_samples: int = 50
-    alpha: float = 0.05
+    The defaults are RolloutConfig's (``lockstep.rollout.config``), the one place a
+    rollout's defaults are written; ``RolloutConfig.gate_settings`` fills them in.
+    """
+
+    min_samples: int = DEFAULTS["min_samples"]
+    alpha: float = DEFAULTS["alpha"]
     thresholds: GateThresholds = field(default_factory=GateThresholds)
-    ctr_tau: float = 0.02  # the CTR difference the sequential test is tuned to detect
+    ctr_tau: float = DEFAULTS["ctr_tau"]  # the CTR difference the sequential test is tuned to detect
     overlap_metric: str = "overlap"
 
 

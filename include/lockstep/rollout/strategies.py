@@ -38,9 +38,8 @@ from lockstep.rollout.gates import (
     bandit_decision,
     combine,
     error_rate_gate,
-    thompson_weights,
-    to_percent_weights,
 )
+from lockstep.rollout.statistics import thompson_weights, to_percent_weights
 
 if TYPE_CHECKING:
     from lockstep.rollout.config import RolloutConfig

@@ -106,7 +106,6 @@ class ValidationConfig:
         return asdict(self)
 
 
-
 def expectations(gx: Any, config: ValidationConfig) -> list[Any]:
     """The expectations, each tagged with the check it implements."""
     e = gx.expectations
@@ -140,7 +139,6 @@ def expectations(gx: Any, config: ValidationConfig) -> list[Any]:
         tag("no_replacement_chars", e.ExpectColumnValuesToNotMatchRegex(column="text", regex=REPLACEMENT_CHAR)),
         tag("no_control_chars", e.ExpectColumnValuesToNotMatchRegex(column="text", regex=CONTROL_CHARS)),
     ]
-
 
 
 def expected_text(name: str, config: ValidationConfig) -> str:

@@ -119,7 +119,6 @@ def validate_snapshot(
     )
 
 
-
 def _import_gx() -> Any:
     """Import GX on first use: it costs seconds, and DAG files must parse fast."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -296,7 +295,6 @@ def _check_result(name: str, gx_result: Any, frame: Any, config: ValidationConfi
     success = bool(gx_result.success)
     message = "" if success else sentence(name, observed, details, config)
     return CheckResult(name, success, observed, expected, details, message)
-
 
 
 def _examples(name: str, result: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:

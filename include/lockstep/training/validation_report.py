@@ -142,7 +142,6 @@ class ValidationReport:
         return "\n".join(lines) + "\n"
 
 
-
 def raise_for_failures(report: ValidationReport) -> None:
     """Turn a failed report into a ``DataValidationError`` that lists every failure."""
     if report.success:
@@ -165,7 +164,6 @@ def write_report(report: ValidationReport, folder: str | Path) -> dict[str, Path
     atomic_write(paths["json"], report.to_json() + "\n")
     atomic_write(paths["markdown"], report.to_markdown())
     return paths
-
 
 
 def sentence(name: str, observed: Any, details: Mapping[str, Any], config: ValidationConfig) -> str:
