@@ -40,7 +40,6 @@ The pieces live beside it: ``window`` reads the two sides, ``signals`` measures 
 from __future__ import annotations
 
 import math
-import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import fields
@@ -50,6 +49,7 @@ from typing import Any
 
 from lockstep.core import clock, jsonio
 from lockstep.core.config import run_folder  # noqa: F401  (re-exported: the drift DAG keeps its report there)
+from lockstep.core.errors import RegistryError
 from lockstep.drift.click_through import click_through_drift
 from lockstep.drift.report import (
     REPORT_FILE,
@@ -262,23 +262,8 @@ def log_drift_report(
     run id) a finished run with the same id is found and returned instead of logging
     a second one, so a retried task does not duplicate the record.
     """
-    import mlflow
-    from mlflow.entities import Metric, Param, RunTag
-
     from lockstep.core.config import settings
-
-    conf = settings()
-    uri = tracking_uri or conf.mlflow_tracking_uri
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment_id = _experiment_id(client, experiment, uri, conf.artifact_root)
-    if check_id:
-        found = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{TAG_CHECK_ID}` = '{_quote(check_id)}' and attributes.status = 'FINISHED'",
-            max_results=1,
-        )
-        if found:
-            return {"run_id": found[0].info.run_id, "experiment_id": experiment_id, "reused": True}
+    from lockstep.model.registry import Registry
 
     plot_path = Path(plot) if plot else _existing(report.get("files", {}).get("plot"))
     version = report.get("champion_version")
@@ -288,31 +273,20 @@ def log_drift_report(
         TAG_STATUS: str(report.get("status")),
         "mlflow.note.content": summary(report),
     }
-    if check_id:
-        tags[TAG_CHECK_ID] = check_id
-    run = client.create_run(experiment_id, run_name=f"drift {report.get('window', {}).get('end', '')}")
-    run_id = run.info.run_id
-    try:
-        now_ms = int(clock.now().timestamp() * 1000)
-        metrics = [
-            Metric(metric_key(k), float(v), now_ms, 0)
-            for k, v in flat_numbers(report).items()
-        ]
-        params = [Param(k, str(v)[:6000]) for k, v in run_params(report).items()]
-        client.log_batch(
-            run_id, metrics=metrics, params=params, tags=[RunTag(k, v) for k, v in tags.items()]
+    with tempfile.TemporaryDirectory(prefix="lockstep-drift-") as tmp:
+        report_path = Path(tmp) / REPORT_FILE
+        report_path.write_text(jsonio.dumps(report, indent=2, sort_keys=True))
+        files = {"reports": report_path, **({"plots": plot_path} if plot_path is not None and plot_path.exists() else {})}
+        run_id, experiment_id, reused = Registry(tracking_uri=tracking_uri or settings().mlflow_tracking_uri).log_run(
+            experiment,
+            f"drift {report.get('window', {}).get('end', '')}",
+            tags=tags,
+            metrics={metric_key(k): float(v) for k, v in flat_numbers(report).items()},
+            params=run_params(report),
+            files=files,
+            once_per=(TAG_CHECK_ID, check_id) if check_id else None,
         )
-        with tempfile.TemporaryDirectory(prefix="lockstep-drift-") as tmp:
-            report_path = Path(tmp) / REPORT_FILE
-            report_path.write_text(jsonio.dumps(report, indent=2, sort_keys=True))
-            client.log_artifact(run_id, str(report_path), artifact_path="reports")
-        if plot_path is not None and plot_path.exists():
-            client.log_artifact(run_id, str(plot_path), artifact_path="plots")
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    client.set_terminated(run_id, status="FINISHED")
-    return {"run_id": run_id, "experiment_id": experiment_id, "reused": False}
+    return {"run_id": run_id, "experiment_id": experiment_id, "reused": reused}
 
 
 def alert_drift(report: Mapping[str, Any], *, check_id: str | None = None) -> dict[str, Any] | None:
@@ -372,14 +346,9 @@ def asset_extra(report: Mapping[str, Any], *, forced: bool = False) -> dict[str,
 def _training_split_of(registry: Any, champion: Any) -> tuple[int, str]:
     """The champion's own holdout_percent and label key, from its training run's params."""
     default = (TrainConfig.holdout_percent, TrainConfig.label_key)
-    if not champion.run_id:
-        return default
-    import mlflow
-
     try:
-        client = mlflow.MlflowClient(tracking_uri=registry.tracking_uri)
-        params = client.get_run(champion.run_id).data.params
-    except mlflow.MlflowException:
+        params = registry.run_params(champion.run_id)
+    except RegistryError:  # the training run is gone: the defaults it was trained with
         return default
     raw = params.get("holdout_percent")
     percent = int(raw) if raw is not None and raw.isdigit() else default[0]
@@ -396,27 +365,3 @@ def _parse_time(value: datetime | str) -> datetime:
 
 def _existing(path: str | None) -> Path | None:
     return Path(path) if path and Path(path).exists() else None
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
-def _experiment_id(client: Any, name: str, tracking_uri: str, artifact_root: Path) -> str:
-    """The experiment's id, created on first use; a database store keeps its files
-    under the Lockstep home (as the registry does), not in the working directory."""
-    import mlflow
-
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = None
-    if tracking_uri.split(":", 1)[0] not in ("http", "https", "databricks"):
-        location = (artifact_root / re.sub(r"[^A-Za-z0-9._-]+", "_", name)).resolve().as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except mlflow.MlflowException:  # created meanwhile by another process
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id

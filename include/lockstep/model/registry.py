@@ -822,6 +822,78 @@ class Registry:
                     else:
                         os.environ[key] = value
 
+    # --- other experiments (added for the rollout review, issue 11) ----------------------
+
+    def latest_run_tags(self, experiment: str) -> tuple[str, dict[str, str]] | None:
+        """The id and tags of the newest run of ``experiment``; None when it has no runs.
+
+        The rollout review shows the latest drift check (experiment ``lockstep-drift``)
+        beside the evaluation figures; it reads it here so MLflow is called in one module.
+        """
+        client = self._client()
+        try:
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                return None
+            runs = client.search_runs(
+                [found.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
+            )
+        except mlflow.MlflowException as exc:
+            raise self._failed(f"read the latest run of experiment {experiment!r}", exc) from exc
+        if not runs:
+            return None
+        return runs[0].info.run_id, dict(runs[0].data.tags)
+
+    def log_run(
+        self,
+        experiment: str,
+        run_name: str,
+        *,
+        tags: Mapping[str, str],
+        metrics: Mapping[str, float],
+        params: Mapping[str, Any],
+        files: Mapping[str, Path],
+        once_per: tuple[str, str] | None = None,
+    ) -> tuple[str, str, bool]:
+        """One finished run in ``experiment``: tags, metrics, params and files (artifact folder -> path).
+
+        ``once_per=(tag, value)``: a finished run already tagged so is returned instead of
+        logging a second one, so a retried Airflow task does not duplicate the record.
+        Returns (run id, experiment id, reused). A failure part-way marks the run FAILED.
+        """
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = self._client()
+        experiment_id = self._experiment_id(experiment)
+        try:
+            if once_per is not None:
+                tag, value = once_per
+                found = client.search_runs(
+                    [experiment_id],
+                    filter_string=f"tags.`{tag}` = '{_quote_value(value)}' and attributes.status = 'FINISHED'",
+                    max_results=1,
+                )
+                if found:
+                    return found[0].info.run_id, experiment_id, True
+            run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+        except mlflow.MlflowException as exc:
+            raise self._failed(f"start a run in experiment {experiment!r}", exc) from exc
+        try:
+            now_ms = int(clock.now().timestamp() * 1000)
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now_ms, 0) for k, v in metrics.items()],
+                params=[Param(k, _param_value(v)) for k, v in params.items()],
+                tags=[RunTag(k, v) for k, v in {**tags, **({once_per[0]: once_per[1]} if once_per else {})}.items()],
+            )
+            for folder, path in files.items():
+                client.log_artifact(run_id, str(path), artifact_path=folder)
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        client.set_terminated(run_id, status="FINISHED")
+        return run_id, experiment_id, False
+
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -941,3 +1013,8 @@ def requested_version(requested: str | int | None, asset_extra: Mapping[str, Any
             f"no model version to {purpose}: pass Param model_version, or train one first (alias 'challenger' is unset)"
         )
     return challenger.version
+
+
+def _quote_value(value: str) -> str:
+    """A value inside single quotes of an MLflow search filter."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")

@@ -14,6 +14,10 @@ from typing import Any
 from lockstep.rollout.plan import RolloutPlan, as_plan
 from lockstep.rollout.traffic import default_registry
 
+# The MLflow experiment the drift check logs to (``lockstep.drift.steps.EXPERIMENT``; the
+# rollout may not import the drift pipeline, a sibling layer).
+DRIFT_EXPERIMENT = "lockstep-drift"
+
 
 def review_markdown(candidate: Any, champion: Any, drift: Mapping[str, Any]) -> str:
     """What a reviewer sees (Airflow's Required Actions page): figures side by side, and drift."""
@@ -38,20 +42,14 @@ def review_markdown(candidate: Any, champion: Any, drift: Mapping[str, Any]) -> 
 def drift_context(registry: Any) -> dict[str, Any]:
     """The latest drift check logged to MLflow (``lockstep_drift``); {} when there is none."""
     try:
-        import mlflow
-
-        client = mlflow.MlflowClient(tracking_uri=registry.tracking_uri)
-        experiment = client.get_experiment_by_name("lockstep-drift")
-        if experiment is None:
-            return {}
-        runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
+        latest = registry.latest_run_tags(DRIFT_EXPERIMENT)
     except Exception as exc:  # the review must not fail because the drift record is unreadable
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
-    if not runs:
+    if latest is None:
         return {}
-    tags = runs[0].data.tags
+    run_id, tags = latest
     return {
-        "run_id": runs[0].info.run_id,
+        "run_id": run_id,
         "status": tags.get("lockstep.drift_status"),
         "drifted": tags.get("lockstep.drifted"),
         "champion_version": tags.get("lockstep.champion_version"),
