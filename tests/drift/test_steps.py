@@ -321,7 +321,8 @@ def test_a_store_that_is_not_the_champions_is_an_error(demo):
 def test_the_report_is_logged_to_mlflow_once_per_check(drifted, demo):
     import mlflow
 
-    from lockstep.drift.steps import EXPERIMENT, log_drift_report
+    from lockstep.drift.steps import DRIFT_EXPERIMENT as EXPERIMENT
+    from lockstep.drift.steps import log_drift_report
 
     logged = log_drift_report(drifted, check_id="scheduled__2026-01-01T10:00:00+00:00")
     again = log_drift_report(drifted, check_id="scheduled__2026-01-01T10:00:00+00:00")

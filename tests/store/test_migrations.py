@@ -112,6 +112,10 @@ def test_a_database_at_the_previous_revision_upgrades_with_its_rows(url):
         command.upgrade(alembic_config(conn), "0001")
     _write_rows(engine, _previous_release())
     assert current_revision(engine) == "0001"
+    with engine.connect() as conn:  # the comparison sees exactly what 0002 adds
+        missing = {(d[0], getattr(d[-1], "name", None) or d[-1]) for d in schema_differences(conn)}
+    assert missing == {("add_table", "lockstep_rollout_state"), ("add_index", "ix_lockstep_feedback_log_at"),
+                       ("add_column", "pinned")}, missing
 
     done = upgrade_database(engine)
 

@@ -66,6 +66,9 @@ class Settings:
         """Where the embedded MLflow store keeps artifacts (next to its SQLite file)."""
         return self.home / "mlartifacts"
 
+# The MLflow experiment the drift check logs to; the rollout review reads its latest run.
+DRIFT_EXPERIMENT = "lockstep-drift"
+
 
 def settings() -> Settings:
     return Settings.from_env()

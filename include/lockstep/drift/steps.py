@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from lockstep.core import clock, jsonio
-from lockstep.core.config import run_folder  # noqa: F401  (re-exported: the drift DAG keeps its report there)
+from lockstep.core.config import DRIFT_EXPERIMENT, run_folder  # noqa: F401  (run_folder re-exported: the drift DAG keeps its report there)
 from lockstep.core.errors import RegistryError
 from lockstep.drift.click_through import click_through_drift
 from lockstep.drift.report import (
@@ -72,8 +72,6 @@ from lockstep.drift.verdict import DriftReport, DriftThresholds, Finding, assess
 from lockstep.drift.window import DriftCheckError, click_through_counts, current_window, reference
 from lockstep.store.records import RecordStore
 from lockstep.training.fit import TrainConfig
-
-EXPERIMENT = "lockstep-drift"
 
 STATUS_NO_CHAMPION = "no_champion"  # nothing to compare with: not an error
 STATUS_INSUFFICIENT = "insufficient_data"  # no signal had enough data to be judged
@@ -254,7 +252,7 @@ def log_drift_report(
     *,
     check_id: str | None = None,
     tracking_uri: str | None = None,
-    experiment: str = EXPERIMENT,
+    experiment: str = DRIFT_EXPERIMENT,
 ) -> dict[str, Any]:
     """One MLflow run in ``experiment``: figures as metrics, the report and plot as files.
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from lockstep.core.errors import LockstepError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # include/lockstep/ops/stack.py -> the repository
 ADMIN_USER = "admin"
 # Rollout tasks run in this pool (their DAG says so); the stack creates it before any run.
 ROLLOUT_POOL = ("lockstep_rollout", 8, "Lockstep rollouts: each step's analysis and traffic change")

@@ -6,8 +6,9 @@ value. Everything else takes its defaults from here:
 
 - the Params of ``lockstep_rollout`` (``lockstep.rollout.operator.rollout_params``), so the
   trigger form shows these very titles, sections, descriptions and defaults;
-- the gate thresholds and the canary policy (``lockstep.rollout.gates.GateThresholds`` and
-  ``CanaryPolicy`` read ``DEFAULTS``);
+- the gate thresholds, the canary policy and the log analysis' settings
+  (``lockstep.rollout.gates.GateThresholds``, ``CanaryPolicy`` and
+  ``lockstep.rollout.analysis.GateSettings`` read ``DEFAULTS``);
 - the demo and ``LOCKSTEP_ROLLOUT_DEFAULTS``, which are validated as overrides of it
   (``overrides_from_json``).
 

@@ -11,12 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from lockstep.core.config import DRIFT_EXPERIMENT
 from lockstep.rollout.plan import RolloutPlan, as_plan
 from lockstep.rollout.traffic import default_registry
-
-# The MLflow experiment the drift check logs to (``lockstep.drift.steps.EXPERIMENT``; the
-# rollout may not import the drift pipeline, a sibling layer).
-DRIFT_EXPERIMENT = "lockstep-drift"
 
 
 def review_markdown(candidate: Any, champion: Any, drift: Mapping[str, Any]) -> str:
