@@ -359,7 +359,7 @@ class Registry:
         """All versions of the model (or the newest ``limit``), newest first; [] if none."""
         client = self._client()
         try:
-            found = client.search_model_versions(f"name = '{_quote(self.model_name)}'")
+            found = client.search_model_versions(f"name = '{_quote_value(self.model_name)}'")
         except mlflow.MlflowException as exc:
             raise self._failed("list the model versions", exc) from exc
         found = sorted(found, key=lambda mv: int(mv.version), reverse=True)[:limit]
@@ -982,10 +982,6 @@ def _parse_history(raw: str | None) -> list[dict[str, str]]:
     except json.JSONDecodeError:
         return []
     return [dict(e) for e in history if isinstance(e, dict)] if isinstance(history, list) else []
-
-
-def _quote(name: str) -> str:
-    return name.replace("'", "\\'")
 
 
 def _redact(uri: str) -> str:
