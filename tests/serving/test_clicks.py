@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
@@ -15,16 +14,13 @@ import pytest
 from lockstep.serving.clicks import Answer, ClickJudge, RecentAnswers, Verdict
 from lockstep.serving.logs import LogWriter
 from lockstep.store.db import get_engine
+from tests.serving.harness import wait_for
 
 TIMEOUT = 30.0
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+    wait_for(condition, TIMEOUT, what, interval=0.005)
 
 
 # --- the recent answers ----------------------------------------------------------------------------

@@ -6,7 +6,6 @@ shows the copies of a running app reach the shadow log; here each rule is driven
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
@@ -18,16 +17,13 @@ from lockstep.serving.shadow import ShadowRunner
 from lockstep.serving.slots import LoadedSlot, load_slot
 from lockstep.store import routing
 from lockstep.store.schema import shadow_log
+from tests.serving.harness import wait_for
 
 TIMEOUT = 30.0
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+    wait_for(condition, TIMEOUT, what, interval=0.005)
 
 
 class Recorder:

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, func, select
 from lockstep.core import clock
 from lockstep.core.errors import LockstepError
 from lockstep.store import serving_logs
-from lockstep.store.records import UPSERT, RecordStore
+from lockstep.store.records import UPSERT, RecordStore, last_change_seqs
 from lockstep.store.schema import changes
 from lockstep.training.fit import TrainConfig, is_holdout
 
@@ -192,12 +192,7 @@ def click_through_counts(
 
 def _snapshot_index(engine: Engine, at_seq: int) -> list[tuple[str, int, dict | None]]:
     """(id, seq, metadata) of every live record as of ``at_seq``, without the texts."""
-    last = (
-        select(changes.c.record_id, func.max(changes.c.seq).label("seq"))
-        .where(changes.c.seq <= at_seq)
-        .group_by(changes.c.record_id)
-        .subquery()
-    )
+    last = last_change_seqs(at_seq)
     stmt = (
         select(changes.c.record_id, changes.c.seq, changes.c.metadata)
         .join(last, changes.c.seq == last.c.seq)

@@ -146,16 +146,19 @@ class DemoRun:
         from lockstep.ops.stack import StackConfig, start
 
         o = self.options
+        serving_port = o.serving_port or free_port()
+        # the demo's shorter bakes reach the DAG files the stack parses, not this process
+        rollout_defaults = {**o.rollout, "serving_url": f"http://127.0.0.1:{serving_port}"}
         config = StackConfig(
             home=o.home,
             airflow_port=o.airflow_port or free_port(),
             mlflow_port=o.mlflow_port or free_port(),
-            serving_port=o.serving_port or free_port(),
+            serving_port=serving_port,
             metadata_url=o.metadata_url,
             api_token=self.token,
             time_schedules=o.time_schedules,
+            extra_env={"LOCKSTEP_ROLLOUT_DEFAULTS": json.dumps(rollout_defaults)},
         )
-        os.environ["LOCKSTEP_ROLLOUT_DEFAULTS"] = json.dumps({**o.rollout, "serving_url": config.serving_url})
         self.stack = start(config, self.say)
         self.client = self.stack.client()
         self.client.wait_for_dags(list(DAG_IDS))

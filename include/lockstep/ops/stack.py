@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ class StackConfig:
     with_serving: bool = True
     api_token: str | None = None
     time_schedules: bool = True  # False: no weekly retrain / hourly drift run (LOCKSTEP_SCHEDULES=off)
+    extra_env: Mapping[str, str] = field(default_factory=dict)  # more variables for the child processes only
 
     @property
     def airflow_home(self) -> Path:
@@ -133,6 +134,7 @@ def airflow_env(config: StackConfig, password: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         LOCKSTEP_SCHEDULES="on" if config.time_schedules else "off",
     )
+    env.update(config.extra_env)
     if config.metadata_url:
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = config.metadata_url
         if config.metadata_url.startswith("postgresql"):

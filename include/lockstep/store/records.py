@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, select, update
+from sqlalchemy import Connection, Engine, Subquery, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lockstep.core import clock
@@ -261,12 +261,7 @@ class RecordStore:
         head = self.head()
         if at_seq < 0 or at_seq > head:
             raise ValueError(f"sequence {at_seq} is outside the change log (0..{head})")
-        last = (
-            select(changes.c.record_id, func.max(changes.c.seq).label("seq"))
-            .where(changes.c.seq <= at_seq)
-            .group_by(changes.c.record_id)
-            .subquery()
-        )
+        last = last_change_seqs(at_seq)
         stmt = (
             select(changes)
             .join(last, changes.c.seq == last.c.seq)
@@ -399,6 +394,16 @@ def _row_to_record(row: Any) -> Record:
 
 def _load_meta(raw: str | None) -> dict[str, Any] | None:
     return None if raw is None else json.loads(raw)
+
+
+def last_change_seqs(at_seq: int) -> Subquery:
+    """Each record's last change at or before ``at_seq`` (record_id, seq): a past snapshot's rows."""
+    return (
+        select(changes.c.record_id, func.max(changes.c.seq).label("seq"))
+        .where(changes.c.seq <= at_seq)
+        .group_by(changes.c.record_id)
+        .subquery()
+    )
 
 
 _SNAPSHOT_SQL = "SELECT id{text} FROM lockstep_records WHERE NOT deleted ORDER BY id"
