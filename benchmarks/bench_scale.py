@@ -203,7 +203,7 @@ def bench_size(n: int, args: argparse.Namespace, work: Path, airflow_home: Path)
 
     # flat, like the raw baseline (the default at this size is HNSW: its graph build is
     # extra work the raw floor does not do; docs/benchmarks.md measures it on its own)
-    build_cmd = [cli, "index", "build", "--model-version", "1", "--index-type", "flat"]
+    build_cmd = [cli, "index", "build", "--model-version", "1", "--index-type", args.index_type]
     if args.profile and n == max(args.sizes):
         build_cmd = [str(BIN / "py-spy"), "record", "--subprocesses", "--rate", "20", "--format", "raw",
                      "-o", str(work / f"profile-{n}.txt"), "--", *build_cmd]
@@ -554,6 +554,8 @@ def main() -> None:
     parser.add_argument("--train", choices=["cli", "sample"], default="cli")
     parser.add_argument("--dag", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--writes", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--index-type", default="flat", choices=["flat", "auto", "hnsw", "ivf"],
+                        help="index of the library build (flat: like the raw floor; auto: the default at N)")
     parser.add_argument("--profile", action="store_true", help="py-spy the library build at the largest size")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lockstep-bench-scale")
     parser.add_argument("--results", type=Path, default=None, help="JSON figures (default: WORK/results.json)")

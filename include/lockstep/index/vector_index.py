@@ -52,7 +52,7 @@ class IndexSpec:
     nlist: int | None = None  # IVF cells; None: about 4*sqrt(n)
     nprobe: int = 16  # IVF cells visited per query
     hnsw_m: int = 32
-    ef_construction: int = 80
+    ef_construction: int = 40  # 1M x 256: 110 s to build instead of 139 s at 80, same recall (docs/benchmarks.md)
     ef_search: int = 96
     max_dead_fraction: float = 0.25  # HNSW: rebuild the graph when more labels are dead
 
@@ -444,7 +444,8 @@ def choose_spec(n_records: int, dim: int) -> IndexSpec:
 
     HNSW with M=32 and efSearch=128 measured recall@10 0.989 (stored vectors as queries)
     and 0.969 (fragments of records) on 1M real 256-d embeddings, where efSearch=64 fell
-    to 0.948 (docs/benchmarks.md); every build is checked again at validation
+    to 0.948; efConstruction 40 builds in 110 s where 80 took 139 s, at the same recall,
+    while M=24 or 16 built faster but fell to 0.95-0.96 (docs/benchmarks.md); every build is checked again at validation
     (``measure_recall`` >= 0.95), so a corpus where it falls short fails visibly. Its
     memory is the vectors plus ~M*2*4 bytes each for the graph. Wider vectors get a
     wider beam.
@@ -453,7 +454,7 @@ def choose_spec(n_records: int, dim: int) -> IndexSpec:
         raise LockstepError(f"choose_spec needs n_records >= 0 and dim >= 1, got {n_records} and {dim}")
     if n_records < ann_threshold():
         return IndexSpec(kind="flat")
-    return IndexSpec(kind="hnsw", hnsw_m=32, ef_construction=80, ef_search=128 if dim <= 256 else 192)
+    return IndexSpec(kind="hnsw", hnsw_m=32, ef_construction=40, ef_search=128 if dim <= 256 else 192)
 
 
 def spec_for(index_type: str, n_records: int, dim: int) -> IndexSpec:
