@@ -13,9 +13,13 @@ WAITING = {"review": "review", "shadow": "shadow", "canary": "canary", "ab_test"
 
 @pytest.fixture(scope="module")
 def dag():
+    """A freshly parsed DAG: runs in other modules (``dag.test(run_conf=...)``) change the
+    params of the module's DAG object in place, and this module reads its defaults."""
+    import importlib
+
     import lockstep_rollout
 
-    return lockstep_rollout.dag
+    return importlib.reload(lockstep_rollout).dag
 
 
 def test_finalize_waits_only_on_the_promoting_strategies(dag):
