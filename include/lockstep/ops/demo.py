@@ -22,6 +22,7 @@ steps 1-3 and keeps the stack running until Ctrl-C.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -146,19 +147,18 @@ class DemoRun:
         from lockstep.ops.stack import StackConfig, start
 
         o = self.options
-        serving_port = o.serving_port or free_port()
-        # the demo's shorter bakes reach the DAG files the stack parses, not this process
-        rollout_defaults = {**o.rollout, "serving_url": f"http://127.0.0.1:{serving_port}"}
         config = StackConfig(
             home=o.home,
             airflow_port=o.airflow_port or free_port(),
             mlflow_port=o.mlflow_port or free_port(),
-            serving_port=serving_port,
+            serving_port=o.serving_port or free_port(),
             metadata_url=o.metadata_url,
             api_token=self.token,
             time_schedules=o.time_schedules,
-            extra_env={"LOCKSTEP_ROLLOUT_DEFAULTS": json.dumps(rollout_defaults)},
         )
+        # the demo's shorter bakes reach the DAG files the stack parses, not this process
+        rollout_defaults = json.dumps({**o.rollout, "serving_url": config.serving_url})
+        config = dataclasses.replace(config, extra_env={"LOCKSTEP_ROLLOUT_DEFAULTS": rollout_defaults})
         self.stack = start(config, self.say)
         self.client = self.stack.client()
         self.client.wait_for_dags(list(DAG_IDS))
