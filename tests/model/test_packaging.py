@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from lockstep.model.embedding import TextEmbedder
-from lockstep.model.registry import MODEL_REQUIREMENTS, ModelVersionInfo, Registry
+from lockstep.model.registry import ModelVersionInfo, Registry
 from tests.model.test_registry import synthetic_texts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def test_the_model_declares_pinned_requirements_and_not_lockstep(requirements):
         for line in (ROOT / "requirements.txt").read_text().splitlines()
         if re.fullmatch(r"[A-Za-z0-9_.-]+==\S+", line.strip())
     )
-    assert sorted(declared) == sorted(f"{name}=={pins[name]}" for name in MODEL_REQUIREMENTS)
+    assert sorted(declared) == sorted(f"{name}=={pins[name]}" for name in TextEmbedder.MODEL_REQUIREMENTS)
     assert not any("lockstep" in line for line in declared)
 
 

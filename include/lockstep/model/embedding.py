@@ -56,6 +56,10 @@ class TextEmbedder(TransformerMixin, BaseEstimator):
     """
 
     FAMILY = "TF-IDF + TruncatedSVD + L2 norm (TextEmbedder)"  # how the model is named to a reviewer
+    FILE_FORMAT = FILE_FORMAT  # what ``save`` writes; ``families.load_model_file`` dispatches on it
+    PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")  # the MLflow model, logged as code
+    # What the logged model needs to load and predict (pinned to the installed versions).
+    MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "scipy", "joblib", "pandas")
 
     def __init__(
         self,
@@ -233,27 +237,16 @@ class TextEmbedder(TransformerMixin, BaseEstimator):
         ``expected_sha256`` ('sha256:<hex>' or bare hex) is the hash the caller trusts,
         e.g. the registry tag; without it the ``.sha256`` sidecar ``save`` wrote is used.
         """
-        import joblib
+        from lockstep.model.families import load_model_file
 
-        path = Path(path)
-        # Read once, check, then unpickle those same bytes: the file cannot be swapped
-        # between the check and the load.
-        data = read_verified_model(path, expected_sha256)
-        model = cls._from_file_object(joblib.load(io.BytesIO(data)), path)
-        del data
-        if model._compute_fingerprint() != model.fingerprint_:
-            raise NotFittedError(
-                f"{path}: the stored fingerprint does not match the model's weights; "
-                "the file is corrupt or was written by different library versions"
-            )
+        model = load_model_file(Path(path), expected_sha256)
+        if not isinstance(model, cls):
+            raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
         return model
 
     @classmethod
     def _from_file_object(cls, obj: Any, path: Path) -> TextEmbedder:
         """The model from what a file held: the current dict, or an older pickled model."""
-        if isinstance(obj, cls):  # written before FILE_FORMAT 2
-            obj._prepare_fast_path()
-            return obj
         if not isinstance(obj, dict) or obj.get("format") != FILE_FORMAT:
             found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
             raise TypeError(f"{path} holds {found!r}, not a {cls.__name__} file ({FILE_FORMAT})")

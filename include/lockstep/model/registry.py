@@ -66,6 +66,7 @@ from lockstep.core import clock, jsonio
 from lockstep.core.config import alert_settings, settings
 from lockstep.core.errors import FingerprintMismatchError, RegistryError
 from lockstep.model.embedding import TextEmbedder, file_sha256
+from lockstep.model.families import Embedder, family_name, load_model_file
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -110,10 +111,7 @@ _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<v
 _URI_LOCK = threading.RLock()
 
 
-PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
-# What the logged model needs to load and predict; pinned to the versions installed here
-# (those of requirements.txt). Lockstep itself is not among them: the model carries its code.
-MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "scipy", "joblib", "pandas")
+TAG_FAMILY = "lockstep.family"  # a built-in family's name (families.families()) or "imported"
 DATASET_DIGEST_CHARS = 16  # MLflow keeps dataset digests in a 36-character column
 
 
@@ -262,7 +260,7 @@ class Registry:
 
     def log_and_register(
         self,
-        embedder: TextEmbedder,
+        embedder: Embedder,
         *,
         params: Mapping[str, Any],
         metrics: Mapping[str, float],
@@ -292,6 +290,7 @@ class Registry:
             TAG_FINGERPRINT: fingerprint,
             TAG_SNAPSHOT_SEQ: str(int(snapshot_seq)),
             TAG_DIM: str(embedder.dim_),
+            TAG_FAMILY: family_name(embedder),
             **{f"{EVAL_TAG_PREFIX}{k}": _tag_value(v) for k, v in metrics.items()},
         }
         run_params = {
@@ -317,12 +316,12 @@ class Registry:
                     mlflow.log_artifacts(_stage_files(extra_files, Path(tmp) / "extra"))
                 info = mlflow.pyfunc.log_model(
                     name=MODEL_NAME_IN_RUN,
-                    python_model=str(PYFUNC_CODE),
+                    python_model=str(type(embedder).PYFUNC_CODE),
                     artifacts={ARTIFACT_KEY: str(model_file)},
                     model_config={"model_sha256": model_sha256},
                     signature=signature,
                     input_example=examples,
-                    pip_requirements=pip_requirements(),
+                    pip_requirements=pip_requirements(type(embedder).MODEL_REQUIREMENTS),
                 )
                 # log_model gave the LoggedModel the run's params; the metrics go to both.
                 if metrics:
@@ -433,8 +432,8 @@ class Registry:
 
     # --- loading -----------------------------------------------------------------------
 
-    def load_embedder(self, version: str | int) -> TextEmbedder:
-        """Download the version's ``TextEmbedder`` and check it is the registered space.
+    def load_embedder(self, version: str | int) -> Embedder:
+        """Download the version's model and check it is the registered space.
 
         The downloaded file must hash to the ``lockstep.model_sha256`` tag before joblib
         opens it (ModelIntegrityError otherwise: nothing is unpickled). The
@@ -466,7 +465,7 @@ class Registry:
                     )
             except mlflow.MlflowException as exc:
                 raise self._failed(f"download version {info.version}", exc) from exc
-            embedder = TextEmbedder.load(local / _embedder_path_in(local), expected_sha256=expected_sha256)
+            embedder = load_model_file(local / _embedder_path_in(local), expected_sha256=expected_sha256)
         if embedder.fingerprint != info.fingerprint:
             raise FingerprintMismatchError(
                 f"version {info.version} of {self.model_name!r} is tagged {TAG_FINGERPRINT}="
@@ -923,7 +922,7 @@ def _stage_files(files: dict[str, Path], folder: Path) -> str:
     return str(folder)
 
 
-def pip_requirements() -> list[str]:
+def pip_requirements(distributions: tuple[str, ...] = TextEmbedder.MODEL_REQUIREMENTS) -> list[str]:
     """The logged model's requirements, pinned to the installed versions.
 
     Declared rather than inferred: inference takes seconds and would add ``lockstep``,
@@ -931,7 +930,7 @@ def pip_requirements() -> list[str]:
     """
     from importlib.metadata import version
 
-    return [f"{dist}=={version(dist)}" for dist in MODEL_REQUIREMENTS]
+    return [f"{dist}=={version(dist)}" for dist in distributions]
 
 
 def _snapshot_dataset(snapshot: TrainingSnapshot) -> Any:
