@@ -252,7 +252,7 @@ def _snapshot_path(plan: SlotPlan, snap: dict[str, Any]) -> Path:
 
 
 def _model_file(plan: SlotPlan) -> Path:
-    return Path(plan.location) / "shards" / "model.joblib"
+    return Path(plan.location) / "shards" / "model"  # a built-in family's file, or an imported model's directory
 
 
 def load_embedder(plan: SlotPlan):
@@ -264,11 +264,11 @@ def load_embedder(plan: SlotPlan):
     cached = _EMBEDDERS.get(key)
     if cached is not None:
         return cached
-    from lockstep.model.embedding import TextEmbedder
+    from lockstep.model.families import load_model_file
     from lockstep.model.registry import Registry
 
     path = _model_file(plan)
-    model = TextEmbedder.load(path) if path.exists() else None
+    model = load_model_file(path) if path.exists() else None
     if model is None or model.fingerprint != plan.fingerprint:
         model = Registry().load_embedder(plan.model_version)
     _EMBEDDERS.clear()

@@ -112,6 +112,7 @@ _URI_LOCK = threading.RLock()
 
 
 TAG_FAMILY = "lockstep.family"  # a built-in family's name (families.families()) or "imported"
+IMPORTED = "imported"  # the family of a pyfunc model trained elsewhere (lockstep model import)
 DATASET_DIGEST_CHARS = 16  # MLflow keeps dataset digests in a 36-character column
 
 
@@ -453,19 +454,14 @@ class Registry:
                 "(it was registered before model files were checksummed), so its model file "
                 "cannot be verified before loading; register the model again (lockstep train)"
             )
-        client = self._client()
-        with tempfile.TemporaryDirectory(prefix="lockstep-model-") as tmp:
-            try:
-                download_uri = client.get_model_version_download_uri(self.model_name, info.version)
-                with self._scoped():
-                    local = Path(
-                        mlflow.artifacts.download_artifacts(
-                            artifact_uri=download_uri, dst_path=tmp, tracking_uri=self.tracking_uri
-                        )
-                    )
-            except mlflow.MlflowException as exc:
-                raise self._failed(f"download version {info.version}", exc) from exc
-            embedder = load_model_file(local / _embedder_path_in(local), expected_sha256=expected_sha256)
+        if info.tags.get(TAG_FAMILY) == IMPORTED:
+            from lockstep.model.importing import load_imported
+
+            embedder = load_imported(self, info, expected_sha256)
+        else:
+            with tempfile.TemporaryDirectory(prefix="lockstep-model-") as tmp:
+                local = self.download_version(info, Path(tmp))
+                embedder = load_model_file(local / _embedder_path_in(local), expected_sha256=expected_sha256)
         if embedder.fingerprint != info.fingerprint:
             raise FingerprintMismatchError(
                 f"version {info.version} of {self.model_name!r} is tagged {TAG_FINGERPRINT}="
@@ -473,6 +469,20 @@ class Registry:
                 "the tag or the artifact was changed after registration: register the model again"
             )
         return embedder
+
+    def download_version(self, info: ModelVersionInfo, folder: Path) -> Path:
+        """Download a version's MLflow model directory into ``folder``; its local path."""
+        client = self._client()
+        try:
+            download_uri = client.get_model_version_download_uri(self.model_name, info.version)
+            with self._scoped():
+                return Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=download_uri, dst_path=str(folder), tracking_uri=self.tracking_uri
+                    )
+                )
+        except mlflow.MlflowException as exc:
+            raise self._failed(f"download version {info.version}", exc) from exc
 
     def load_pyfunc(self, version: str | int) -> Any:
         """The version as ``mlflow.pyfunc.load_model("models:/<name>/<version>")`` gives it."""

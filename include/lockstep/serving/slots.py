@@ -51,7 +51,7 @@ from lockstep.core.faults import maybe_fail
 from lockstep.index.catch_up import apply_changes
 from lockstep.index.storage import load_index
 from lockstep.index.vector_index import SearchHits
-from lockstep.model.embedding import TextEmbedder
+from lockstep.model.families import Embedder, load_model_file
 from lockstep.serving.outage import Outage, summary
 from lockstep.store.records import RecordStore
 from lockstep.store.routing import (
@@ -87,11 +87,11 @@ class LoadedSlot:
     that is about to be unloaded; the last ``release`` after ``retire`` unloads it.
     """
 
-    def __init__(self, row: SlotRow, embedder: TextEmbedder, loaded: Any) -> None:
+    def __init__(self, row: SlotRow, embedder: Embedder, loaded: Any) -> None:
         self.version = row.model_version
         self.identity = row.identity
         self.model_uri = row.model_uri
-        self.embedder: TextEmbedder | None = embedder
+        self.embedder: Embedder | None = embedder
         self.index = loaded.index
         self.index_version = str(loaded.manifest.model_version)
         self.fingerprint = embedder.fingerprint
@@ -185,8 +185,8 @@ def _one_openmp_thread() -> None:
         _thread_state.single = True
 
 
-def load_model(model_uri: str, tracking_uri: str | None = None) -> TextEmbedder:
-    """A slot's model: ``models:/<name>/<version>`` from MLflow, or a ``TextEmbedder.save`` file."""
+def load_model(model_uri: str, tracking_uri: str | None = None) -> Embedder:
+    """A slot's model: ``models:/<name>/<version>`` from MLflow, or a local model file or directory."""
     match = _MODELS_URI.match(model_uri.strip())
     if match:
         from lockstep.model.registry import Registry
@@ -198,9 +198,9 @@ def load_model(model_uri: str, tracking_uri: str | None = None) -> TextEmbedder:
             "an alias could move under a running replica"
         )
     path = Path(model_uri.removeprefix("file://")).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise SlotLoadError(f"model file {path} does not exist")
-    return TextEmbedder.load(path)
+    return load_model_file(path)
 
 
 def load_slot(row: SlotRow, store: RecordStore, tracking_uri: str | None = None) -> LoadedSlot:

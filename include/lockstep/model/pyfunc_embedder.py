@@ -1,0 +1,265 @@
+"""Any MLflow pyfunc model as a Lockstep model: the contract, its check, and its fingerprint.
+
+The contract (shared/interfaces.md, "Any embedding model"): ``predict(list of texts)``
+returns a 2-D float array, one row per text, of one fixed dimension. Whoever trained the
+model (a sentence-transformer, an ONNX export, an in-house model), Lockstep needs nothing
+else: ``check_contract`` proves it on a fixed probe set before a version is registered,
+and ``PyfuncEmbedder`` embeds through ``predict`` in batches, checking every answer, so a
+model that returns the wrong shape, NaNs or a changing dimension is refused with a
+message instead of poisoning an index.
+
+Identity. A vector space is named by its fingerprint, made of three parts:
+- the digest of the model directory's content (every file, by relative path);
+- the dimension;
+- the sha256 of the model's embeddings of ``PROBE_TEXTS``, kept beside the model
+  (``PROBE_FILE``).
+Two different spaces never share one: a changed artifact changes the digest, and the
+same artifact under another library version that embeds differently is caught when the
+probe set is embedded again at every load and compared with the stored embeddings
+(within ``PROBE_TOLERANCE``: float noise between machines must not refuse a good model,
+so the comparison is by tolerance, and the stored, exact values enter the hash).
+
+Nothing runs before the check: loading a pyfunc model unpickles and imports its code,
+so the directory's digest is compared with the trusted one (the registry's
+``lockstep.model_sha256`` tag, or the ``lockstep.json`` Lockstep wrote beside it) first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lockstep.core.errors import FingerprintMismatchError, LockstepError
+from lockstep.model.embedding import ModelIntegrityError
+
+PROBE_FILE = "lockstep_probe.npy"  # the probe set's embeddings at import, inside the model directory
+META_FILE = "lockstep.json"  # Lockstep's note beside a local copy: digest, fingerprint, dimension
+FINGERPRINT_FORMAT = "lockstep.pyfunc/1"
+PREDICT_BATCH = 256  # texts per predict call in bulk embedding
+PROBE_TOLERANCE = 1e-4  # max abs difference of a probe embedding between import and a later load
+PROBE_TEXTS = (
+    "how do I reset my password",
+    "shipping times for international orders",
+    "the quick brown fox jumps over the lazy dog",
+    "graphics card drivers crash after the update",
+    "which telescope should a beginner buy",
+    "hockey playoffs schedule and results",
+    "is there life on other planets",
+    "encryption keys and government access",
+    "a",
+    "1234567890",
+    "Ünïcödé text, punctuation; and MIXED case!",
+)
+
+
+class ModelContractError(LockstepError):
+    """A model does not meet the embedding contract (predict(list of texts) -> 2-D float array)."""
+
+
+class PyfuncEmbedder:
+    """An MLflow pyfunc model that meets the contract, with Lockstep's ``Embedder`` API."""
+
+    FAMILY = "imported MLflow pyfunc model"
+
+    def __init__(self, model: Any, model_dir: Path, *, dim: int, probe: np.ndarray, digest: str) -> None:
+        self.model = model
+        self.model_dir = Path(model_dir)
+        self.dim = int(dim)
+        self.probe = probe
+        self.digest = digest  # of the whole directory, the probe file included
+        self.fingerprint_ = fingerprint_of(artifact_digest(self.model_dir), self.dim, probe)
+
+    def __repr__(self) -> str:
+        return f"PyfuncEmbedder({self.model_dir}, dim={self.dim})"
+
+    @property
+    def dim_(self) -> int:
+        return self.dim
+
+    @property
+    def fingerprint(self) -> str:
+        return self.fingerprint_
+
+    def get_params(self) -> dict[str, Any]:
+        return {"model_dir": str(self.model_dir), "dim": self.dim}
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed many texts through ``predict``, ``PREDICT_BATCH`` at a time, checking each answer."""
+        texts = list(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), PREDICT_BATCH):
+            batch = texts[start : start + PREDICT_BATCH]
+            out[start : start + len(batch)] = checked_embeddings(self.model, batch, self.dim)
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """One query: a predict call of one text (imported models have no faster path)."""
+        return checked_embeddings(self.model, [text], self.dim)[0]
+
+    def save(self, path: str | Path) -> Path:
+        """Copy the model directory to ``path`` with a ``lockstep.json`` that vouches for it."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(self.model_dir, tmp, ignore=shutil.ignore_patterns(META_FILE))
+        meta = {"digest": self.digest, "fingerprint": self.fingerprint_, "dim": self.dim}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, expected_sha256: str | None = None) -> PyfuncEmbedder:
+        """Load a model directory after checking its digest, then check its probe embeddings.
+
+        ``expected_sha256`` is the digest the caller trusts (the registry tag); without it
+        the ``lockstep.json`` that ``save`` wrote is used. Refused (nothing imported or
+        unpickled) when neither is there or the content differs.
+        """
+        path = Path(path)
+        expected = expected_sha256 or _meta_digest(path)
+        digest = directory_digest(path)
+        if digest != "sha256:" + expected.lower().removeprefix("sha256:"):
+            raise ModelIntegrityError(
+                f"model directory {path} fails its checksum: its content digest is {digest}, "
+                f"the trusted one is {expected}; it was changed after registration, so it was not loaded"
+            )
+        probe_path = path / PROBE_FILE
+        if not probe_path.is_file():
+            raise ModelIntegrityError(f"model directory {path} has no {PROBE_FILE}; import it with `lockstep model import`")
+        stored = np.load(probe_path, allow_pickle=False)
+        model = _load_pyfunc(path)
+        again = checked_embeddings(model, list(PROBE_TEXTS), stored.shape[1])
+        worst = float(np.max(np.abs(again - stored))) if stored.size else 0.0
+        if not worst <= PROBE_TOLERANCE:
+            raise FingerprintMismatchError(
+                f"the model in {path} embeds the probe set differently from when it was imported "
+                f"(max difference {worst:.3g} > {PROBE_TOLERANCE}): its vector space changed, e.g. a "
+                "library version differs; import it again as a new version"
+            )
+        return cls(model, path, dim=stored.shape[1], probe=stored, digest=digest)
+
+
+def check_contract(model: Any) -> np.ndarray:
+    """Prove the contract on the probe set; return its embeddings (n_probe, dim) float32.
+
+    Checked: the answer is a 2-D numeric array with one row per text, finite, of one
+    dimension whether the texts come in one batch or one by one, and the same texts give
+    the same vectors (a model that samples at query time cannot pair with an index).
+    """
+    texts = list(PROBE_TEXTS)
+    whole = checked_embeddings(model, texts, None)
+    dim = whole.shape[1]
+    if not np.allclose(checked_embeddings(model, texts, dim), whole, atol=PROBE_TOLERANCE):
+        raise ModelContractError("predict gives different vectors for the same texts on a second call; it must be deterministic")
+    for i, text in enumerate(texts[:3]):
+        single = checked_embeddings(model, [text], dim)
+        if not np.allclose(single[0], whole[i], atol=PROBE_TOLERANCE):
+            raise ModelContractError(
+                f"predict gives a different vector for {text!r} alone than in a batch "
+                f"(max difference {float(np.max(np.abs(single[0] - whole[i]))):.3g}); the embedding of a "
+                "text must not depend on the other texts in its batch"
+            )
+    return whole
+
+
+def checked_embeddings(model: Any, texts: list[str], dim: int | None) -> np.ndarray:
+    """``model.predict(texts)`` as a C-contiguous float32 (len(texts), dim) array, or a clear error."""
+    try:
+        raw = model.predict(texts)
+    except Exception as exc:  # the model's own failure: name it, keep its cause
+        raise ModelContractError(f"predict failed on {len(texts)} text(s): {type(exc).__name__}: {exc}") from exc
+    if hasattr(raw, "to_numpy"):  # a DataFrame or Series
+        raw = raw.to_numpy()
+    try:
+        arr = np.asarray(raw)
+    except (TypeError, ValueError) as exc:
+        raise ModelContractError(f"predict returned {type(raw).__name__}, which is not an array: {exc}") from exc
+    if arr.dtype == object and arr.ndim == 1 and len(arr) and np.ndim(arr[0]) == 1:
+        arr = np.stack(arr)  # a Series of vectors
+    if arr.ndim != 2:
+        raise ModelContractError(f"predict must return a 2-D array (one row per text); it returned shape {arr.shape}")
+    if arr.shape[0] != len(texts):
+        raise ModelContractError(f"predict returned {arr.shape[0]} rows for {len(texts)} texts; it must return one row per text")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ModelContractError(f"predict returned dtype {arr.dtype}; embeddings must be real numbers")
+    if arr.shape[1] == 0:
+        raise ModelContractError("predict returned rows of dimension 0")
+    if dim is not None and arr.shape[1] != dim:
+        raise ModelContractError(
+            f"predict returned dimension {arr.shape[1]} where the model's dimension is {dim}; it must not change"
+        )
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ModelContractError(
+            f"predict returned NaN or infinite values for {int(bad.sum())} text(s), first {texts[row]!r}"
+        )
+    return out
+
+
+def directory_digest(path: str | Path) -> str:
+    """'sha256:<hex>' over every file in a directory (relative path and bytes), ``lockstep.json`` left out."""
+    return _digest(Path(path), exclude={META_FILE})
+
+
+def artifact_digest(path: str | Path) -> str:
+    """The digest of the model alone: as ``directory_digest`` without the probe file."""
+    return _digest(Path(path), exclude={META_FILE, PROBE_FILE})
+
+
+def fingerprint_of(artifact: str, dim: int, probe: np.ndarray) -> str:
+    """The vector space's name: artifact digest, dimension and the probe embeddings' hash."""
+    header = {
+        "format": FINGERPRINT_FORMAT,
+        "artifact": artifact,
+        "dim": int(dim),
+        "probe": hashlib.sha256(np.ascontiguousarray(probe, dtype=np.float32).tobytes()).hexdigest(),
+    }
+    return "sha256:" + hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
+
+
+def write_probe(model_dir: Path, probe: np.ndarray) -> None:
+    np.save(model_dir / PROBE_FILE, np.ascontiguousarray(probe, dtype=np.float32), allow_pickle=False)
+
+
+def _digest(root: Path, exclude: set[str]) -> str:
+    if not root.is_dir():
+        raise ModelIntegrityError(f"model directory {root} does not exist")
+    h = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = file.relative_to(root).as_posix()
+        if rel in exclude:
+            continue
+        h.update(rel.encode() + b"\0")
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return "sha256:" + h.hexdigest()
+
+
+def _meta_digest(path: Path) -> str:
+    meta = path / META_FILE
+    if not meta.is_file():
+        raise ModelIntegrityError(
+            f"model directory {path} has no trusted digest: no expected sha256 was given and it has "
+            f"no {META_FILE}, so it was not loaded"
+        )
+    return str(json.loads(meta.read_text(encoding="utf-8"))["digest"])
+
+
+def _load_pyfunc(path: Path) -> Any:
+    import mlflow
+
+    try:
+        return mlflow.pyfunc.load_model(str(path))
+    except Exception as exc:  # MLflow raises many kinds; the message says which model
+        raise ModelContractError(f"the model in {path} does not load as an MLflow pyfunc model: {exc}") from exc
