@@ -102,7 +102,11 @@ def create_app(
     app = FastAPI(
         title="Lockstep serving API",
         version="1",
-        description="Semantic search served by exactly one (model version, index version) pair per request.",
+        description=(
+            "Recommendations served by exactly one (user-vector store, item index) version pair per request."
+            if settings.system == "recommender"
+            else "Semantic search served by exactly one (model version, index version) pair per request."
+        ),
         lifespan=lifespan,
     )
     app.state.lockstep = rt
@@ -124,6 +128,75 @@ def create_app(
             )
         if not hmac.compare_digest(given.strip().encode(), rt.api_token.encode()):
             raise HTTPException(401, "wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    if settings.system == "recommender":
+        from lockstep.serving.recommend import add_recommender_routes
+
+        add_recommender_routes(app, rt, require_token)
+    else:
+        _add_search_routes(app, rt, require_token)
+
+    @app.post("/feedback", status_code=202, response_model=FeedbackAccepted, responses=error_responses(400, 413, 422, 500, 503))
+    async def feedback(body: FeedbackBody) -> FeedbackAccepted:
+        """Log a click on a search result: only a record among its request's results, once.
+
+        A click whose request is pinned is logged but not counted (``counted: false``).
+        """
+        verdict = await rt.clicks.judge(body.request_id, body.record_id)
+        if verdict not in (Verdict.COUNTED, Verdict.PINNED):
+            rt.metrics.feedback_rejected.labels(verdict.value).inc()
+            raise HTTPException(422, _click_refusal(verdict, body))
+        rt.logs.feedback(request_id=body.request_id, record_id=body.record_id, event=body.event)
+        rt.metrics.feedback.labels(body.event).inc()
+        return FeedbackAccepted(accepted=True, counted=verdict is Verdict.COUNTED)
+
+    @app.get("/routing", responses=error_responses(500))
+    def routing() -> dict[str, Any]:
+        """The routing table this replica serves, and what it holds for each slot.
+
+        ``error`` is a short category (``index_integrity``, ``fingerprint_mismatch``,
+        ``model_unavailable``, ...): this endpoint is open, so paths and messages stay in
+        the server log.
+        """
+        view = rt.manager.view
+        held = {s.model_version: s for s in rt.manager.status()}
+        out = view.table.to_dict()
+        for slot in out["slots"]:
+            status = held.get(slot["model_version"])
+            slot["loaded"] = slot["model_version"] in view.slots
+            slot["error"] = status.error_category if status else None
+            slot["applied_seq"] = status.applied_seq if status else None
+        out["replica"] = rt.config.replica
+        return out
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "No live model version is loaded on this replica yet."}})
+    def readyz() -> JSONResponse:
+        """Ready when at least one live version is loaded; ``unloaded`` names live versions it lacks."""
+        view = rt.manager.view
+        live = [slot.version for slot, _ in view.live]
+        if live:
+            return JSONResponse({"ready": True, "live": live, "unloaded": list(view.unloaded), "generation": view.generation})
+        return JSONResponse(
+            {"ready": False, "reason": "no live model version is loaded yet", "generation": view.generation},
+            status_code=503,
+        )
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    def metrics() -> Response:
+        return Response(rt.metrics.render(), media_type=rt.metrics.content_type)
+
+    return app
+
+
+# --- the search system's endpoints ------------------------------------------------------------
+
+
+def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> None:
+    """``/search`` and the record writes, on a replica of the search system."""
 
     @app.post("/search", response_model=SearchResponse, responses=error_responses(400, 404, 413, 422, 500, 503))
     async def search(
@@ -209,61 +282,6 @@ def create_app(
         rt.metrics.writes.labels("delete").inc()
         rt.manager.catch_up_all()
         return RecordWritten(id=record_id, seq=seq)
-
-    @app.post("/feedback", status_code=202, response_model=FeedbackAccepted, responses=error_responses(400, 413, 422, 500, 503))
-    async def feedback(body: FeedbackBody) -> FeedbackAccepted:
-        """Log a click on a search result: only a record among its request's results, once.
-
-        A click whose request is pinned is logged but not counted (``counted: false``).
-        """
-        verdict = await rt.clicks.judge(body.request_id, body.record_id)
-        if verdict not in (Verdict.COUNTED, Verdict.PINNED):
-            rt.metrics.feedback_rejected.labels(verdict.value).inc()
-            raise HTTPException(422, _click_refusal(verdict, body))
-        rt.logs.feedback(request_id=body.request_id, record_id=body.record_id, event=body.event)
-        rt.metrics.feedback.labels(body.event).inc()
-        return FeedbackAccepted(accepted=True, counted=verdict is Verdict.COUNTED)
-
-    @app.get("/routing", responses=error_responses(500))
-    def routing() -> dict[str, Any]:
-        """The routing table this replica serves, and what it holds for each slot.
-
-        ``error`` is a short category (``index_integrity``, ``fingerprint_mismatch``,
-        ``model_unavailable``, ...): this endpoint is open, so paths and messages stay in
-        the server log.
-        """
-        view = rt.manager.view
-        held = {s.model_version: s for s in rt.manager.status()}
-        out = view.table.to_dict()
-        for slot in out["slots"]:
-            status = held.get(slot["model_version"])
-            slot["loaded"] = slot["model_version"] in view.slots
-            slot["error"] = status.error_category if status else None
-            slot["applied_seq"] = status.applied_seq if status else None
-        out["replica"] = rt.config.replica
-        return out
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", responses={503: {"description": "No live model version is loaded on this replica yet."}})
-    def readyz() -> JSONResponse:
-        """Ready when at least one live version is loaded; ``unloaded`` names live versions it lacks."""
-        view = rt.manager.view
-        live = [slot.version for slot, _ in view.live]
-        if live:
-            return JSONResponse({"ready": True, "live": live, "unloaded": list(view.unloaded), "generation": view.generation})
-        return JSONResponse(
-            {"ready": False, "reason": "no live model version is loaded yet", "generation": view.generation},
-            status_code=503,
-        )
-
-    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-    def metrics() -> Response:
-        return Response(rt.metrics.render(), media_type=rt.metrics.content_type)
-
-    return app
 
 
 # --- helpers ----------------------------------------------------------------------------------

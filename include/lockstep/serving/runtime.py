@@ -64,6 +64,7 @@ class ServingRuntime:
         self.manager = SlotManager(
             engine,
             self.store,
+            system=_slot_system(settings, engine),
             tracking_uri=settings.mlflow_tracking_uri,
             poll_interval=config.poll_interval,
             tail_interval=config.tail_interval,
@@ -134,6 +135,16 @@ class ServingRuntime:
                 headers={"Retry-After": UNLOADED_RETRY_AFTER},
             )
         return route.slot
+
+
+def _slot_system(settings: Settings, engine: Engine) -> object | None:
+    """The recommender's slots on a recommender deployment; None: the search system's (the default)."""
+    if settings.system != "recommender":
+        return None
+    from lockstep.serving.recommend import RecommenderSlots
+    from lockstep.store.interactions import InteractionStore
+
+    return RecommenderSlots(InteractionStore(engine))
 
 
 class _Refused(HTTPException):

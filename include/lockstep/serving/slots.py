@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
@@ -80,25 +80,24 @@ class SlotLoadError(LockstepError):
 # --- one slot in memory ---------------------------------------------------------------------
 
 
-class LoadedSlot:
-    """A model version and its index in memory, with in-flight accounting.
+class ServingSlot:
+    """One version in memory with in-flight accounting: what every system's slot shares.
 
     ``acquire`` fails once the slot is retiring, so no request can start on a slot
-    that is about to be unloaded; the last ``release`` after ``retire`` unloads it.
+    that is about to be unloaded; the last ``release`` after ``retire`` unloads it
+    (``_drop`` lets go of the version's data). ``applied_seq`` is the last change-log
+    sequence the slot has applied, under ``apply_lock``.
     """
 
-    def __init__(self, row: SlotRow, embedder: Embedder, loaded: Any) -> None:
+    def __init__(self, row: SlotRow, *, fingerprint: str, index_version: str, applied_seq: int) -> None:
         self.version = row.model_version
         self.identity = row.identity
         self.model_uri = row.model_uri
-        self.embedder: Embedder | None = embedder
-        self.index = loaded.index
-        self.index_version = str(loaded.manifest.model_version)
-        self.fingerprint = embedder.fingerprint
-        self.applied_seq = int(loaded.applied_seq)
+        self.fingerprint = fingerprint
+        self.index_version = index_version
+        self.applied_seq = int(applied_seq)
         self.loaded_at = time.time()
-        spec = getattr(self.index, "spec", None)
-        self.fast = getattr(spec, "kind", "flat") != "flat" or len(self.index) <= FAST_FLAT_RECORDS
+        self.fast = True
         self.apply_lock = threading.Lock()
         self.unloaded = threading.Event()
         self._lock = threading.Lock()
@@ -106,7 +105,12 @@ class LoadedSlot:
         self._retiring = False
 
     def __repr__(self) -> str:
-        return f"LoadedSlot(v{self.version}, applied_seq={self.applied_seq}, inflight={self._inflight})"
+        return f"{type(self).__name__}(v{self.version}, applied_seq={self.applied_seq}, inflight={self._inflight})"
+
+    @property
+    def size(self) -> int:
+        """How many items the slot serves (records, or a recommender's items), for the log."""
+        return 0
 
     @property
     def inflight(self) -> int:
@@ -151,10 +155,36 @@ class LoadedSlot:
             self._unload()
 
     def _unload(self) -> None:
-        self.embedder = None
-        self.index = None
+        self._drop()
         self.unloaded.set()
         log.info("slot v%s unloaded", self.version)
+
+    def _drop(self) -> None:
+        """Let go of the version's data (the model, the index)."""
+
+
+class LoadedSlot(ServingSlot):
+    """A search version in memory: its embedding model and its index, always used together."""
+
+    def __init__(self, row: SlotRow, embedder: Embedder, loaded: Any) -> None:
+        super().__init__(
+            row,
+            fingerprint=embedder.fingerprint,
+            index_version=str(loaded.manifest.model_version),
+            applied_seq=int(loaded.applied_seq),
+        )
+        self.embedder: Embedder | None = embedder
+        self.index = loaded.index
+        spec = getattr(self.index, "spec", None)
+        self.fast = getattr(spec, "kind", "flat") != "flat" or len(self.index) <= FAST_FLAT_RECORDS
+
+    @property
+    def size(self) -> int:
+        return len(self.index) if self.index is not None else 0
+
+    def _drop(self) -> None:
+        self.embedder = None
+        self.index = None
 
     def search(self, query: str, k: int) -> SearchHits:
         """Embed with this slot's model, search this slot's index (call while holding a lease)."""
@@ -345,6 +375,33 @@ class _Threads:
         self.items.clear()
 
 
+class SlotSystem(Protocol):
+    """What the slot manager needs of a system: load a slot, apply its change log, the log's head."""
+
+    def load(self, row: SlotRow) -> ServingSlot: ...
+
+    def catch_up(self, slot: Any) -> int | None: ...
+
+    def head(self) -> int: ...
+
+
+class SearchSlots:
+    """The search system: a slot is an embedding model and its index; the log is the record store's."""
+
+    def __init__(self, store: RecordStore, tracking_uri: str | None = None) -> None:
+        self.store = store
+        self.tracking_uri = tracking_uri
+
+    def load(self, row: SlotRow) -> LoadedSlot:
+        return load_slot(row, self.store, self.tracking_uri)
+
+    def catch_up(self, slot: LoadedSlot) -> int | None:
+        return catch_up_slot(slot, self.store)
+
+    def head(self) -> int:
+        return self.store.head()
+
+
 class SlotManager:
     """Keeps the slots of the routing table loaded and the replica's view current."""
 
@@ -358,10 +415,12 @@ class SlotManager:
         tail_interval: float = 0.2,
         retry_after: float = 30.0,
         listen: bool = True,
+        system: SlotSystem | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         self.tracking_uri = tracking_uri
+        self.system = system or SearchSlots(store, tracking_uri)
         self.poll_interval = poll_interval
         self.tail_interval = tail_interval
         self.retry_after = retry_after
@@ -468,7 +527,7 @@ class SlotManager:
     def _load_and_install(self, row: SlotRow) -> bool:
         try:
             started = time.perf_counter()
-            slot = load_slot(row, self.store, self.tracking_uri)
+            slot = self.system.load(row)
         except Exception as exc:  # a broken slot must never take the replica down
             self._failed(row, exc)
             return False
@@ -483,8 +542,8 @@ class SlotManager:
             self._failures.pop(row.model_version, None)
             self._publish()
         log.info(
-            "slot v%s in service: %d records, applied_seq %d, loaded in %.2f s",
-            row.model_version, len(slot.index), slot.applied_seq, time.perf_counter() - started,
+            "slot v%s in service: %d items, applied_seq %d, loaded in %.2f s",
+            row.model_version, slot.size, slot.applied_seq, time.perf_counter() - started,
         )
         return True
 
@@ -560,7 +619,7 @@ class SlotManager:
         failure: Exception | None = None
         for version, slot in self.loaded().items():
             try:
-                seq = catch_up_slot(slot, self.store)
+                seq = self.system.catch_up(slot)
             except Exception as exc:  # the sequence stays put: the next catch-up repairs it
                 self.apply_errors += 1
                 failure = exc
@@ -579,7 +638,7 @@ class SlotManager:
         delay = self.tail_interval
         while not self._stop.wait(delay):
             try:
-                head = self.store.head()
+                head = self.system.head()
                 if any(slot.applied_seq < head for slot in self.loaded().values()):
                     self.catch_up_all()
             except Exception as exc:

@@ -1,0 +1,243 @@
+"""The recommender's serving: ``POST /recommend`` and ``POST /interactions`` (``LOCKSTEP_SYSTEM=recommender``).
+
+A recommender slot is one fit as serving needs it (``recommender.live_version``): the
+user-vector store (the generator) and the item index (the server) of the same version.
+``/recommend`` leases one slot exactly as ``/search`` does (pin header, sticky user
+bucket, weights from the recommender's routing table) and answers with that slot's user
+vector and that slot's items only, so user vectors of one version never meet items of
+another. A result's ``score`` is ``user . item`` under that version.
+
+``/interactions`` writes the interaction to the recommender's log (one transaction; an
+item missing from the catalogue is a 422 and nothing is written), then every slot
+loaded on this replica folds the user in again from the user's whole history before
+the answer; other replicas do so from the log within their tail interval. New items
+(in the catalogue, unknown to a fit) join a version's index after their first
+interactions.
+
+The slot's ``search(user_id, k)`` has the search slot's signature so the shadow runner,
+the request log and the click judge serve both systems unchanged: the request log's
+``query`` column holds the user id.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi.responses import JSONResponse, Response
+from pydantic import AfterValidator, BaseModel, Field
+
+from lockstep.core import clock
+from lockstep.index.vector_index import SearchHits
+from lockstep.recommender.build import read_slot_files
+from lockstep.recommender.fold_in import UnknownIdError
+from lockstep.recommender.live_version import LiveVersion
+from lockstep.serving.bodies import (
+    _ID_DOC,
+    MAX_K,
+    MAX_USER_ID_CHARS,
+    MODEL_VERSION_HEADER,
+    PIN_HEADER,
+    Id,
+    _Strict,
+    error_responses,
+)
+from lockstep.serving.metrics import NO_VERSION
+from lockstep.serving.slots import ServingSlot
+from lockstep.store.interactions import InteractionStore, InvalidInteractionError, UnknownItemError
+from lockstep.store.routing import SlotRow
+from lockstep.store.schema import ID_LENGTH
+
+CATCH_UP_PAGE = 5000
+
+
+# --- bodies -----------------------------------------------------------------------------------
+
+
+class RecommendRequest(_Strict):
+    user_id: Annotated[str, Field(min_length=1, max_length=MAX_USER_ID_CHARS, strict=True, json_schema_extra=_ID_DOC), Id]
+    k: Annotated[int, Field(ge=1, le=MAX_K, strict=True)] = 10
+
+
+class Recommendation(BaseModel):
+    id: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    request_id: str
+    model_version: str
+    fingerprint: str
+    routing_generation: int
+    results: list[Recommendation]
+
+
+def _finite(value: float) -> float:
+    import math
+
+    if not math.isfinite(value):
+        raise ValueError("value must be a finite number")
+    return value
+
+
+class InteractionBody(_Strict):
+    user_id: Annotated[str, Field(min_length=1, max_length=MAX_USER_ID_CHARS, strict=True, json_schema_extra=_ID_DOC), Id]
+    item_id: Annotated[str, Field(min_length=1, max_length=ID_LENGTH, strict=True, json_schema_extra=_ID_DOC), Id]
+    value: Annotated[float, Field(gt=0, le=1e6), AfterValidator(_finite)] = 1.0
+
+
+class InteractionWritten(BaseModel):
+    seq: int
+
+
+# --- one recommender version in memory -----------------------------------------------------------
+
+
+class RecommenderSlot(ServingSlot):
+    """One fit's user vectors and item index, always used together, plus what each user has seen."""
+
+    def __init__(self, row: SlotRow, live: LiveVersion, *, snapshot_seq: int, seen: dict[str, set[str]]) -> None:
+        super().__init__(row, fingerprint=live.fingerprint, index_version=row.model_version, applied_seq=snapshot_seq)
+        self.live: LiveVersion | None = live
+        self.seen = seen
+
+    @property
+    def size(self) -> int:
+        return len(self.live.index) if self.live is not None else 0
+
+    def _drop(self) -> None:
+        self.live = None
+
+    def search(self, user_id: str, k: int) -> SearchHits:
+        """The user's top ``k`` unseen items under this version (``KeyError`` for an unknown user)."""
+        try:
+            hits = self.live.recommend(user_id, k, exclude=self.seen.get(user_id, ()))
+        except UnknownIdError as exc:
+            raise KeyError(user_id) from exc
+        return SearchHits([item for item, _ in hits], [score for _, score in hits])
+
+    def apply(self, store: InteractionStore, changes: Any, until: int) -> None:
+        """Fold in every user (and new item) the interactions touched, from their whole history up to ``until``."""
+        live = self.live
+        for item in sorted(set(changes["item_id"])):
+            if item not in live.index:
+                users, values = store.users_of(item, until=until)
+                live.fold_in_item(item, users, values)
+        for user in sorted(set(changes["user_id"])):
+            items, values = store.interactions_of(user, until=until)
+            live.fold_in_user(user, items, values)
+            self.seen[user] = set(items)
+
+
+class RecommenderSlots:
+    """The recommender system for the slot manager: load a fit, fold in the interaction log."""
+
+    def __init__(self, store: InteractionStore) -> None:
+        self.store = store
+
+    def load(self, row: SlotRow) -> RecommenderSlot:
+        model, manifest = read_slot_files(row.index_location, row.fingerprint)
+        seen: dict[str, set[str]] = {}
+        for chunk in self.store.iter_snapshot(manifest.snapshot_seq):
+            for user, item in zip(chunk["user_id"], chunk["item_id"], strict=True):
+                seen.setdefault(user, set()).add(item)
+        slot = RecommenderSlot(row, LiveVersion(model, row.model_version), snapshot_seq=manifest.snapshot_seq, seen=seen)
+        self.catch_up(slot)
+        return slot
+
+    def catch_up(self, slot: RecommenderSlot) -> int | None:
+        """Apply the interactions after the slot's sequence, page by page, in order."""
+        with slot.lease() as ok:
+            if not ok:
+                return None
+            with slot.apply_lock:
+                while True:
+                    changes = self.store.changes_since(slot.applied_seq, limit=CATCH_UP_PAGE)
+                    if changes.empty:
+                        break
+                    last = int(changes["seq"].max())
+                    slot.apply(self.store, changes, last)
+                    slot.applied_seq = last
+                    if len(changes) < CATCH_UP_PAGE:
+                        break
+                return slot.applied_seq
+
+    def head(self) -> int:
+        return self.store.max_seq()
+
+
+# --- the endpoints ------------------------------------------------------------------------------
+
+
+def add_recommender_routes(app: FastAPI, rt: Any, require_token: Callable[..., None]) -> None:
+    """``/recommend`` and ``/interactions`` on a replica of the recommender system."""
+    store: InteractionStore = rt.manager.system.store
+
+    @app.post("/recommend", response_model=RecommendResponse, responses=error_responses(400, 404, 413, 422, 500, 503))
+    async def recommend(
+        body: RecommendRequest,
+        x_lockstep_pin: Annotated[str | None, Header(alias=PIN_HEADER)] = None,
+    ) -> Response:
+        """The user's top ``k`` items under the version routing assigns (or the pinned one).
+
+        The user vector and the items come from that one version; items the user has
+        interacted with are left out. An unknown user is a 404 (no cold-start fallback).
+        """
+        started = time.perf_counter()
+        at = clock.now()
+        pinned = x_lockstep_pin is not None
+        try:
+            view, slot = rt.lease(x_lockstep_pin, body.user_id)
+        except HTTPException as exc:
+            rt.metrics.errors.labels(getattr(exc, "model_version", NO_VERSION), str(exc.status_code)).inc()
+            raise
+        request_id = uuid.uuid4().hex
+        try:
+            hits = slot.search(body.user_id, body.k)
+        except KeyError:
+            rt.metrics.errors.labels(slot.version, "404").inc()
+            raise HTTPException(
+                404,
+                f"user {body.user_id!r} is unknown to model version {slot.version}: it has no interactions yet "
+                "(POST /interactions first; there is no cold-start fallback)",
+            ) from None
+        finally:
+            slot.release()
+        elapsed = time.perf_counter() - started
+        rt.metrics.requests.labels(slot.version).inc()
+        rt.metrics.latency.labels(slot.version).observe(elapsed)
+        rt.answers.remember(request_id, hits.ids, pinned)
+        rt.logs.request(
+            request_id=request_id, model_version=slot.version, query=body.user_id, k=body.k,
+            latency_ms=elapsed * 1000.0, status=200, top_ids=hits.ids, user_id=body.user_id,
+            replica=rt.config.replica, at=at, pinned=pinned,
+        )
+        if not pinned and view.shadows:
+            rt.shadow.submit(request_id, body.user_id, body.k, slot.version, hits.ids, view.shadows)
+        payload = {
+            "request_id": request_id,
+            "model_version": slot.version,
+            "fingerprint": slot.fingerprint,
+            "routing_generation": view.generation,
+            "results": [{"id": i, "score": s} for i, s in zip(hits.ids, hits.scores, strict=True)],
+        }
+        return JSONResponse(payload, headers={MODEL_VERSION_HEADER: slot.version})
+
+    @app.post(
+        "/interactions", response_model=InteractionWritten, dependencies=[Depends(require_token)],
+        responses=error_responses(400, 401, 403, 413, 422, 500, 503),
+    )
+    def interactions(body: InteractionBody) -> InteractionWritten:
+        """Log an interaction; every version loaded here refolds the user before the answer."""
+        try:
+            seq = store.add(body.user_id, body.item_id, body.value)
+        except UnknownItemError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        except InvalidInteractionError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        rt.metrics.writes.labels("interaction").inc()
+        rt.manager.catch_up_all()
+        return InteractionWritten(seq=seq)
