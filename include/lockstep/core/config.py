@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "lockstep-embedder"
+DEFAULT_RECOMMENDER_MODEL_NAME = "lockstep-recommender"  # the recommender system's registered model
+SYSTEMS = ("search", "recommender")  # LOCKSTEP_SYSTEM: what one deployment runs
 DEFAULT_MLFLOW_UI_URL = "http://127.0.0.1:5000"
 DEFAULT_AIRFLOW_UI_URL = "http://127.0.0.1:8080"
 # PostgreSQL only (SQLite has its own busy timeout): seconds; 0 turns a limit off.
@@ -33,21 +35,41 @@ class Settings:
     mlflow_ui_url: str = DEFAULT_MLFLOW_UI_URL  # where a browser opens MLflow (links on the UI page)
     db_connect_timeout: float = DEFAULT_DB_CONNECT_TIMEOUT  # seconds to reach PostgreSQL
     db_statement_timeout: float = DEFAULT_DB_STATEMENT_TIMEOUT  # seconds one statement may run
+    recommender_model_name: str = DEFAULT_RECOMMENDER_MODEL_NAME  # LOCKSTEP_RECOMMENDER_MODEL_NAME
+    system: str = "search"  # LOCKSTEP_SYSTEM: "recommender" switches the database and the model name
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """The settings of the environment's system (``LOCKSTEP_SYSTEM``, default ``search``).
+
+        The recommender system is a deployment of its own beside the search system: its
+        own database (``LOCKSTEP_RECOMMENDER_DATABASE_URL``, default ``recommender.db`` in
+        the same home: routing table, logs, interactions, rollouts) and its own registered
+        model, sharing the MLflow store and the index store. So every part of Lockstep
+        (routing, the rollout's gates, serving logs) works for it unchanged.
+        """
         env = dict(os.environ if env is None else env)
         home = Path(env.get("LOCKSTEP_HOME") or "./.lockstep").expanduser().resolve()
+        system = system_setting(env)
+        recommender_model = env.get("LOCKSTEP_RECOMMENDER_MODEL_NAME") or DEFAULT_RECOMMENDER_MODEL_NAME
+        if system == "recommender":
+            database_url = env.get("LOCKSTEP_RECOMMENDER_DATABASE_URL") or f"sqlite:///{home / 'recommender.db'}"
+            model_name = recommender_model
+        else:
+            database_url = env.get("LOCKSTEP_DATABASE_URL") or f"sqlite:///{home / 'lockstep.db'}"
+            model_name = env.get("LOCKSTEP_MODEL_NAME") or DEFAULT_MODEL_NAME
         return cls(
             home=home,
-            database_url=env.get("LOCKSTEP_DATABASE_URL") or f"sqlite:///{home / 'lockstep.db'}",
+            database_url=database_url,
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
             index_store=env.get("LOCKSTEP_INDEX_STORE") or str(home / "indexes"),
-            model_name=env.get("LOCKSTEP_MODEL_NAME") or DEFAULT_MODEL_NAME,
+            model_name=model_name,
             api_token=env.get("LOCKSTEP_API_TOKEN") or None,
             mlflow_ui_url=env.get("LOCKSTEP_MLFLOW_UI_URL") or DEFAULT_MLFLOW_UI_URL,
             db_connect_timeout=seconds_setting(env, "LOCKSTEP_DB_CONNECT_TIMEOUT", DEFAULT_DB_CONNECT_TIMEOUT),
             db_statement_timeout=seconds_setting(env, "LOCKSTEP_DB_STATEMENT_TIMEOUT", DEFAULT_DB_STATEMENT_TIMEOUT),
+            recommender_model_name=recommender_model,
+            system=system,
         )
 
     def ensure_home(self) -> Path:
@@ -72,6 +94,16 @@ DRIFT_EXPERIMENT = "lockstep-drift"
 
 def settings() -> Settings:
     return Settings.from_env()
+
+
+def system_setting(env: dict[str, str]) -> str:
+    """``LOCKSTEP_SYSTEM``: ``search`` (default) or ``recommender``; anything else is an error."""
+    raw = (env.get("LOCKSTEP_SYSTEM") or "search").strip().lower()
+    if raw not in SYSTEMS:
+        from lockstep.core.errors import ConfigurationError
+
+        raise ConfigurationError(f"LOCKSTEP_SYSTEM={raw!r} is not a system; use one of: {', '.join(SYSTEMS)}")
+    return raw
 
 
 def seconds_setting(env: dict[str, str], name: str, default: float) -> float:
