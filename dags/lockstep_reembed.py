@@ -5,6 +5,9 @@ Plan of a run: resolve the version -> register its slot as a write target (loadi
 (mapped; each reads only its row group) -> merge shard by shard and catch up
 every change after S -> validate against the record store -> publish (slot ready,
 MLflow tag) -> emit the index-ready asset, which starts ``lockstep_rollout``.
+On a recommender deployment (``LOCKSTEP_SYSTEM=recommender``) the run branches at the
+start to one step: write the fit's serving files and register its slot (serving folds
+in the interactions logged after the fit), then emit the same asset.
 
 Live writes never stop: the slot is registered before the snapshot, and every write
 lands in the change log the merge and validation steps catch up from. A half-built or
@@ -22,6 +25,7 @@ from lockstep.ops.dag_support import (
     DEFAULT_ARGS,
     INDEX_READY,
     NO_RETRY,
+    deployment_system,
     latest_extra,
     on_failure,
 )
@@ -60,6 +64,18 @@ from lockstep.ops.dag_support import (
     },
 )
 def lockstep_reembed():
+    @task.branch
+    def which_system() -> str:
+        return "build_recommender" if deployment_system() == "recommender" else "prepare"
+
+    @task(outlets=[INDEX_READY])
+    def build_recommender(params=None, triggering_asset_events=None):
+        from lockstep.recommender import steps as recommender
+
+        ready = recommender.build_requested(params["model_version"], latest_extra(triggering_asset_events, CHALLENGER))
+        yield Metadata(INDEX_READY, ready)
+        return ready
+
     @task
     def prepare(params=None, triggering_asset_events=None) -> dict:
         from lockstep.index import steps as reembed
@@ -102,7 +118,10 @@ def lockstep_reembed():
         yield Metadata(INDEX_READY, ready)
         return ready
 
+    system = which_system()
+    system >> build_recommender()
     plan = prepare()
+    system >> plan
     snap = snapshot(plan)
     results = embed.partial(plan=plan, snap=snap).expand(shard=shards(snap))
     merged = merge(plan, snap, results)

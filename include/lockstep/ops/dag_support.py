@@ -51,6 +51,17 @@ def latest_extra(triggering_asset_events, asset: Asset) -> dict:
     return dict(events[-1].extra or {}) if events else {}
 
 
+def deployment_system() -> str:
+    """The system this Airflow deployment runs (``LOCKSTEP_SYSTEM``): ``search`` or ``recommender``.
+
+    One deployment per system: the recommender's Airflow has ``LOCKSTEP_SYSTEM=recommender``
+    in its environment, and the DAGs branch on it at the start of a run.
+    """
+    from lockstep.core.config import settings
+
+    return settings().system
+
+
 def time_schedules_on() -> bool:
     """False when ``LOCKSTEP_SCHEDULES=off``: the weekly retrain and hourly drift check are left
     out (asset triggers stay), as ``lockstep demo`` does so that no clock-driven run interferes."""

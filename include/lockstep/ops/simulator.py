@@ -318,9 +318,17 @@ class Simulator:
                 user = f"{self.user_prefix}-{rng.randrange(self.users)}"
                 self._one(client, rng, query, user)
 
+    def _ask(self, client: Any, query: SimQuery, user: str) -> Any:
+        """One request of a simulated user (a search here; a recommendation in ``RecommenderSimulator``)."""
+        return client.post("/search", json={"query": query.text, "k": self.k, "user_id": user})
+
+    def _relevance(self, query: SimQuery, results: list[dict[str, Any]]) -> list[bool]:
+        """Which results the user finds relevant: records of the query's category."""
+        return [query.category is not None and self.categories.get(r["id"]) == query.category for r in results]
+
     def _one(self, client: Any, rng: random.Random, query: SimQuery, user: str) -> None:
         try:
-            response = client.post("/search", json={"query": query.text, "k": self.k, "user_id": user})
+            response = self._ask(client, query, user)
         except Exception as exc:  # the server did not answer: a failed search
             self._failed("none", f"no answer: {type(exc).__name__}: {exc}", "exception")
             return
@@ -331,7 +339,7 @@ class Simulator:
         body = response.json()
         version = str(body.get("model_version"))
         results = body.get("results") or []
-        relevance = [query.category is not None and self.categories.get(r["id"]) == query.category for r in results]
+        relevance = self._relevance(query, results)
         clicked = self.click_model.choose(rng, relevance)
         with self._lock:
             self._sent += 1

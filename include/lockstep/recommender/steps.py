@@ -90,3 +90,28 @@ def _verdict(figures: dict[str, float], champion: str | None, margin: float) -> 
     if high < -margin:
         return False, f"worse than the champion: {text}"
     return True, text
+
+
+def build_requested(requested: str | None, asset_extra: dict[str, Any] | None, registry: Registry | None = None) -> dict[str, Any]:
+    """The reembed DAG's step on a recommender deployment: build the version a run asks for.
+
+    Same resolution as search (Param, else the challenger asset's event, else alias
+    challenger); the answer is the index-ready asset's extra.
+    """
+    from lockstep.model.registry import requested_version
+    from lockstep.recommender.build import build_version
+
+    registry = registry or recommender_registry()
+    version = requested_version(requested, asset_extra, registry, purpose="build")
+    became = registry.version_for_alias("champion") is None
+    manifest = build_version(version, registry=registry)
+    location = registry.get_version(version).tags.get("lockstep.index_location")
+    return {
+        "model_version": manifest.model_version,
+        "fingerprint": manifest.fingerprint,
+        "index_location": location,
+        "users": manifest.users,
+        "items": manifest.items,
+        "applied_seq": manifest.snapshot_seq,
+        "became_champion": became,
+    }

@@ -3,6 +3,8 @@
 Used after a rollout's final traffic update (``steps.verify``) and after a manual
 rollback (``lockstep_rollback``): a replica must report the routing generation written
 (or a newer one) and answer plain searches with the version several times in a row.
+A recommender replica is probed with ``POST /recommend`` for users it does not know: the
+404 still names the version that answered (header ``X-Lockstep-Model-Version``).
 """
 
 from __future__ import annotations
@@ -48,16 +50,31 @@ def verify_serving(
     took: dict[str, float] = {}
     import httpx
 
+    from lockstep.core.config import settings
+
+    ask = _recommend_probe if settings().system == "recommender" else _search_probe
     with httpx.Client(timeout=5.0) as client:
         for url in urls:
-            seconds, problem = _probe(client, url, version, max(generation, 0), deadline, poll)
+            seconds, problem = _probe(client, url, version, max(generation, 0), deadline, poll, ask)
             if problem:
                 raise VerificationFailed(f"{url} did not serve v{version} within {timeout:.0f} s: {problem}", phase="verify")
             took[url] = seconds
     return took
 
 
-def _probe(client: Any, url: str, version: str, generation: int, deadline: float, poll: float) -> tuple[float, str | None]:
+def _search_probe(client: Any, url: str, i: int) -> str:
+    response = client.post(f"{url}/search", json={"query": PROBE_QUERY, "k": 1, "user_id": f"lockstep-verify-{i}"})
+    return response.json().get("model_version") if response.status_code == 200 else f"HTTP {response.status_code}"
+
+
+def _recommend_probe(client: Any, url: str, i: int) -> str:
+    response = client.post(f"{url}/recommend", json={"user_id": f"lockstep-verify-{i}", "k": 1})
+    return response.headers.get("X-Lockstep-Model-Version") or f"HTTP {response.status_code}"
+
+
+def _probe(
+    client: Any, url: str, version: str, generation: int, deadline: float, poll: float, ask: Any = _search_probe
+) -> tuple[float, str | None]:
     """Seconds until ``url`` serves ``version``, or the last problem seen when time ran out."""
     started = time.monotonic()
     problem = "no answer yet"
@@ -70,13 +87,10 @@ def _probe(client: Any, url: str, version: str, generation: int, deadline: float
             elif slot is None or slot.get("weight") != 100 or slot.get("loaded") is False:
                 problem = f"replica holds v{version} as {slot}"
             else:
-                answered = []
-                for i in range(PROBE_ANSWERS):
-                    response = client.post(f"{url}/search", json={"query": PROBE_QUERY, "k": 1, "user_id": f"lockstep-verify-{i}"})
-                    answered.append(response.json().get("model_version") if response.status_code == 200 else f"HTTP {response.status_code}")
+                answered = [ask(client, url, i) for i in range(PROBE_ANSWERS)]
                 if all(a == version for a in answered):
                     return time.monotonic() - started, None
-                problem = f"searches answered by {answered}, not v{version}"
+                problem = f"requests answered by {answered}, not v{version}"
         except Exception as exc:  # connection refused, bad JSON: keep probing until the deadline
             problem = f"{type(exc).__name__}: {exc}"
         if time.monotonic() >= deadline:

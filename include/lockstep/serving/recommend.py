@@ -70,6 +70,7 @@ class Recommendation(BaseModel):
 class RecommendResponse(BaseModel):
     request_id: str
     model_version: str
+    index_version: str  # the version whose item index answered: always model_version
     fingerprint: str
     routing_generation: int
     results: list[Recommendation]
@@ -203,6 +204,7 @@ def add_recommender_routes(app: FastAPI, rt: Any, require_token: Callable[..., N
                 404,
                 f"user {body.user_id!r} is unknown to model version {slot.version}: it has no interactions yet "
                 "(POST /interactions first; there is no cold-start fallback)",
+                headers={MODEL_VERSION_HEADER: slot.version},
             ) from None
         finally:
             slot.release()
@@ -220,6 +222,7 @@ def add_recommender_routes(app: FastAPI, rt: Any, require_token: Callable[..., N
         payload = {
             "request_id": request_id,
             "model_version": slot.version,
+            "index_version": slot.index_version,
             "fingerprint": slot.fingerprint,
             "routing_generation": view.generation,
             "results": [{"id": i, "score": s} for i, s in zip(hits.ids, hits.scores, strict=True)],
