@@ -18,6 +18,10 @@ figure against its threshold), tagged with the champion version. A retry reuses 
 schedules `lockstep_retrain`; the event's extra holds the champion version, the reasons
 and the figures. Param `force` emits it even without drift (demos).
 
+On a recommender deployment (``LOCKSTEP_SYSTEM=recommender``) **check** compares the
+interactions since the champion's fit with those before it instead: the share on items
+the fit does not know, and the shift of item popularity (``lockstep.drift.interactions``).
+
 Runs at the top of every hour. A new install does not catch up the last hour (no start
 date, and the timetable does not run immediately); ``LOCKSTEP_SCHEDULES=off`` leaves the
 hourly run out (trigger it yourself).
@@ -68,7 +72,7 @@ def lockstep_drift():
         from lockstep.drift import steps as drift_check
 
         end = data_interval_end or getattr(dag_run, "run_after", None)
-        return drift_check.run_drift_check(
+        return drift_check.run_check(
             window_hours=float(params["window_hours"]),
             thresholds={k: params[k] for k in THRESHOLD_KEYS},
             min_records=int(params["min_records"]),

@@ -157,3 +157,26 @@ def test_rollback_dag_returns_recommender_traffic_to_the_previous_champion(world
         assert run.state == "success", states
         assert read_table().weights == {"1": 100}
         assert world["registry"].version_for_alias("champion").version == "1"
+
+
+def test_drift_dag_sees_new_items_in_the_interactions_and_emits_the_drift_asset(world):
+    import pandas as pd
+    from lockstep_drift import lockstep_drift_dag
+
+    from lockstep.core.alerts import recent_alerts
+
+    store = world["store"]
+    new_items = pd.DataFrame({"item_id": [f"new-film-{i}" for i in range(20)], "title": [f"New film {i}" for i in range(20)]})
+    store.upsert_items(new_items)
+    users = sorted(world["future"])[:200]
+    rows = [{"user_id": u, "item_id": f"new-film-{i % 20}", "value": 4.0, "timestamp": 2_000_000_000 + i} for i, u in enumerate(users)]
+    rows += [{"user_id": u, "item_id": sorted(world["future"][u])[0], "value": 4.0, "timestamp": 2_000_000_500 + i} for i, u in enumerate(users)]
+    store.add_many(pd.DataFrame(rows))
+    run = lockstep_drift_dag.test(run_conf={"min_records": 50})
+    states = task_states(run)
+    assert run.state == "success" and states["emit_drift"] == "success", states
+    report = run.get_task_instance("log_report").xcom_pull(task_ids="log_report")
+    assert report["system"] == "recommender" and report["champion_version"] == "1"
+    assert report["figures"]["new_item_share"] >= 0.5  # the new films, and any future item the v1 fit never saw
+    assert any("items it does not know" in r for r in report["reasons"])
+    assert any(a["event"] == "drift_detected" for a in recent_alerts(20))

@@ -92,6 +92,11 @@ class Settings:
 DRIFT_EXPERIMENT = "lockstep-drift"
 
 
+def drift_experiment() -> str:
+    """The drift experiment of this deployment's system (the recommender keeps its own)."""
+    return DRIFT_EXPERIMENT if settings().system == "search" else f"{DRIFT_EXPERIMENT}-{settings().system}"
+
+
 def settings() -> Settings:
     return Settings.from_env()
 

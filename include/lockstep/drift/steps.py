@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from lockstep.core import clock, jsonio
-from lockstep.core.config import DRIFT_EXPERIMENT, run_folder  # noqa: F401  (run_folder re-exported: the drift DAG keeps its report there)
+from lockstep.core.config import DRIFT_EXPERIMENT, drift_experiment, run_folder  # noqa: F401  (run_folder re-exported: the drift DAG keeps its report there)
 from lockstep.core.errors import RegistryError
 from lockstep.drift.click_through import click_through_drift
 from lockstep.drift.report import (
@@ -101,6 +101,25 @@ def thresholds_from(values: Mapping[str, Any] | None) -> DriftThresholds:
             f"unknown drift thresholds {unknown}; known ones: {', '.join(sorted(known))}"
         )
     return DriftThresholds(**{**CHECK_THRESHOLDS, **given})
+
+
+def run_check(*, thresholds: Mapping[str, Any] | None = None, min_records: int = 50, max_samples: int = 2000,
+              work_dir: str | None = None, **search_options: Any) -> dict[str, Any]:
+    """The drift check of this deployment's system (what the drift DAG's ``check`` task runs).
+
+    A recommender deployment (``LOCKSTEP_SYSTEM=recommender``) checks its interactions
+    since the champion's fit (``drift.interactions``: new items, popularity shift);
+    ``window_hours`` and the text-only thresholds do not apply there.
+    """
+    from lockstep.core.config import settings
+
+    if settings().system == "recommender":
+        from lockstep.drift.interactions import run_interaction_drift_check
+
+        return run_interaction_drift_check(
+            thresholds_from(thresholds), min_interactions=min_records, max_samples=max_samples, work_dir=work_dir
+        )
+    return run_drift_check(thresholds=thresholds, min_records=min_records, max_samples=max_samples, work_dir=work_dir, **search_options)
 
 
 def run_drift_check(
@@ -252,9 +271,9 @@ def log_drift_report(
     *,
     check_id: str | None = None,
     tracking_uri: str | None = None,
-    experiment: str = DRIFT_EXPERIMENT,
+    experiment: str | None = None,
 ) -> dict[str, Any]:
-    """One MLflow run in ``experiment``: figures as metrics, the report and plot as files.
+    """One MLflow run in ``experiment`` (default: the system's drift experiment): figures as metrics, the report and plot as files.
 
     ``plot`` defaults to the one ``run_drift_check`` wrote. With a ``check_id`` (a DAG
     run id) a finished run with the same id is found and returned instead of logging
@@ -276,7 +295,7 @@ def log_drift_report(
         report_path.write_text(jsonio.dumps(report, indent=2, sort_keys=True))
         files = {"reports": report_path, **({"plots": plot_path} if plot_path is not None and plot_path.exists() else {})}
         run_id, experiment_id, reused = Registry(tracking_uri=tracking_uri or settings().mlflow_tracking_uri).log_run(
-            experiment,
+            experiment or drift_experiment(),
             f"drift {report.get('window', {}).get('end', '')}",
             tags=tags,
             metrics={metric_key(k): float(v) for k, v in flat_numbers(report).items()},

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from lockstep.core.config import DRIFT_EXPERIMENT
+from lockstep.core.config import drift_experiment
 from lockstep.rollout.plan import RolloutPlan, as_plan
 from lockstep.rollout.traffic import default_registry
 
@@ -39,7 +39,7 @@ def review_markdown(candidate: Any, champion: Any, drift: Mapping[str, Any]) -> 
 def drift_context(registry: Any) -> dict[str, Any]:
     """The latest drift check logged to MLflow (``lockstep_drift``); {} when there is none."""
     try:
-        latest = registry.latest_run_tags(DRIFT_EXPERIMENT)
+        latest = registry.latest_run_tags(drift_experiment())
     except Exception as exc:  # the review must not fail because the drift record is unreadable
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
     if latest is None:
