@@ -180,3 +180,19 @@ def test_drift_dag_sees_new_items_in_the_interactions_and_emits_the_drift_asset(
     assert report["figures"]["new_item_share"] >= 0.5  # the new films, and any future item the v1 fit never saw
     assert any("items it does not know" in r for r in report["reasons"])
     assert any(a["event"] == "drift_detected" for a in recent_alerts(20))
+
+
+def test_retrain_dag_fits_a_recommender_judged_against_the_champion_and_names_the_challenger(world):
+    import lockstep_retrain
+
+    run = lockstep_retrain.dag.test(run_conf={"factors": 16, "iterations": 5, "margin": 0.0})
+    states = task_states(run)
+    assert run.state == "success", states
+    assert states["train_recommender"] == "success" and states["accept_recommender"] == "success", states
+    assert states["snapshot"] == "skipped" and states["reject_recommender"] == "skipped"
+    registry = world["registry"]
+    challenger = registry.version_for_alias("challenger")
+    figures = challenger.eval_figures
+    assert figures["ndcg_at_10"] > figures["champion_ndcg_at_10"]  # 16 factors against the 1-factor champion's parameters
+    assert figures["delta_ndcg_at_10_ci_low"] > 0
+    assert challenger.snapshot_seq == world["store"].max_seq()

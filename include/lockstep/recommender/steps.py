@@ -56,8 +56,11 @@ class TrainOutcome:
 
 
 def train(config: RecommenderTrainConfig | None = None, *, store: InteractionStore | None = None,
-          registry: Registry | None = None) -> TrainOutcome:
-    """One training run (see the module docstring); the registered version and the verdict."""
+          registry: Registry | None = None, set_challenger: bool = True) -> TrainOutcome:
+    """One training run (see the module docstring); the registered version and the verdict.
+
+    ``set_challenger`` False leaves the alias to the caller (the retrain DAG's accept step).
+    """
     config = config or RecommenderTrainConfig()
     store = store or InteractionStore()
     registry = registry or recommender_registry()
@@ -76,9 +79,26 @@ def train(config: RecommenderTrainConfig | None = None, *, store: InteractionSto
     model = config.model().fit(snapshot)
     tags = {**config.extra_tags, "lockstep.accepted": str(accepted).lower(), "lockstep.reason": reason}
     info = register_fit(model, figures, registry=registry, snapshot_seq=int(snapshot.attrs["seq"]), tags=tags)
-    if accepted:
+    if accepted and set_challenger:
         registry.set_alias(CHALLENGER, info.version)
     return TrainOutcome(info.version, accepted, reason, figures, info.fingerprint)
+
+
+def train_for_dag(params: dict[str, Any], drift: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The retrain DAG's step on a recommender deployment: train, register, no alias yet.
+
+    A run started by the drift asset tags the version with the drift that triggered it.
+    """
+    tags = {"lockstep.trigger": "drift" if drift else "manual"}
+    if drift:
+        tags["lockstep.drift_run_id"] = str(drift.get("mlflow_run_id") or "")
+        tags["lockstep.drift_reasons"] = "; ".join(map(str, drift.get("reasons") or []))[:5000]
+    config = RecommenderTrainConfig(
+        factors=int(params["factors"]), iterations=int(params["iterations"]), margin=float(params["margin"]), extra_tags=tags
+    )
+    outcome = train(config, set_challenger=False)
+    return {"version": outcome.version, "accepted": outcome.accepted, "reason": outcome.reason,
+            "fingerprint": outcome.fingerprint, "figures": outcome.figures}
 
 
 def _verdict(figures: dict[str, float], champion: str | None, margin: float) -> tuple[bool, str]:
