@@ -535,14 +535,20 @@ def demo(
     per_category: Annotated[int, typer.Option(help="Demo posts per newsgroup and phase (0: all).")] = 150,
     airflow_db: Annotated[str | None, typer.Option(help="Airflow metadata DB URL (default: SQLite in LOCKSTEP_HOME).")] = None,
     no_drift: Annotated[bool, typer.Option(help="Stop after the first model (skip the drift-driven retrain and rollout).")] = False,
+    system: SystemOption = None,
 ) -> None:
-    """One complete lifecycle headless (first model, drift, retrain, canary rollout); non-zero exit if a step failed."""
+    """One complete lifecycle headless (first model, drift, retrain, canary rollout); non-zero exit if a step failed.
+
+    --system recommender tells the story with MovieLens-100k on a recommender deployment.
+    """
     from lockstep.ops.demo import DemoRun
+    from lockstep.ops.recommender_demo import RecommenderDemoRun
     from lockstep.ops.stack import stop_on_sigterm
 
     stop_on_sigterm()
+    story = RecommenderDemoRun if _use_system(system) == "recommender" else DemoRun
     options = _demo_options(per_category, 0, 0, 0, metadata_url=airflow_db, drift_phase=not no_drift)
-    report = DemoRun(options, lambda msg: typer.echo(msg, err=True)).run_demo()
+    report = story(options, lambda msg: typer.echo(msg, err=True)).run_demo()
     typer.echo(report.summary())
     raise typer.Exit(0 if report.ok else 1)
 

@@ -139,6 +139,7 @@ def test_a_new_user_is_folded_in_from_its_first_interactions(deployment, server)
     with httpx.Client(base_url=server.url) as client:
         unknown = client.post("/recommend", json={"user_id": "newcomer-1"})
         assert unknown.status_code == 404 and "newcomer-1" in unknown.json()["detail"]
+        assert unknown.headers["X-Lockstep-Model-Version"] == "1"  # the version that answered
         for item in ("50", "181", "100"):  # Star Wars, Return of the Jedi, Fargo
             assert client.post("/interactions", json={"user_id": "newcomer-1", "item_id": item}, headers=auth()).status_code == 200
         body = client.post("/recommend", json={"user_id": "newcomer-1", "k": 10}).json()
@@ -183,3 +184,23 @@ def test_a_click_on_a_recommendation_counts_once(deployment, server):
         click = {"request_id": body["request_id"], "record_id": body["results"][0]["id"], "event": "click"}
         assert client.post("/feedback", json=click).json() == {"accepted": True, "counted": True}
         wait_for(lambda: client.post("/feedback", json=click).status_code == 422, 10, "the repeated click to be refused")
+
+
+@pytest.mark.parametrize("mode", ["valid", "invalid"])
+def test_every_recommender_operation_answers_only_documented_statuses_and_never_a_5xx(deployment, server, mode):
+    """Schemathesis over the recommender deployment's own OpenAPI document (last: it writes interactions)."""
+    import schemathesis
+    from schemathesis import GenerationMode
+
+    from tests.serving.test_fuzz import fuzz, takes_input
+
+    generation = GenerationMode.POSITIVE if mode == "valid" else GenerationMode.NEGATIVE
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    names = {f"{op.method.upper()} {op.path}" for op in operations}
+    assert names >= {"POST /recommend", "POST /interactions", "POST /feedback", "GET /routing", "GET /readyz", "GET /metrics"}
+    assert "POST /search" not in names and "PUT /records/{record_id}" not in names
+    for operation in operations:
+        if generation is GenerationMode.NEGATIVE and not takes_input(operation):
+            continue
+        fuzz(operation, server.url, generation)

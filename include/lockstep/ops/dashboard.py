@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lockstep.core import clock, jsonio
 from lockstep.core.alerts import recent_alerts
+from lockstep.core.config import settings
 from lockstep.rollout import record
 from lockstep.store import schema
 from lockstep.store.db import get_engine
@@ -142,6 +143,7 @@ class Dashboard:
     alerts: tuple[dict[str, Any], ...]
     history: tuple[WeightPoint, ...]  # oldest first, the most recent changes
     problems: tuple[str, ...] = field(default=())  # parts that could not be read, said plainly
+    system: str = "search"  # the deployment's system (LOCKSTEP_SYSTEM): search or recommender
 
     @property
     def history_svg(self) -> str:
@@ -208,6 +210,7 @@ def load_dashboard(
         alerts=alerts,
         history=points,
         problems=tuple(problems),
+        system=settings().system,
     )
 
 

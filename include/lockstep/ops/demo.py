@@ -262,8 +262,8 @@ class DemoRun:
         if report.mixed:
             raise RuntimeError(f"{report.mixed} responses mixed model and index versions")
         if report.errors:
-            raise RuntimeError(f"{report.errors} of {report.requests} searches failed: {report.error_samples[:3]}")
-        return f"{report.requests} searches, no errors, no mixed versions"
+            raise RuntimeError(f"{report.errors} of {report.requests} requests failed: {report.error_samples[:3]}")
+        return f"{report.requests} requests, no errors, no mixed versions"
 
     def clean_run(self) -> str:
         """Nothing went red: no failed DAG run in Airflow, no alert but the drift and the promotion."""
@@ -321,18 +321,20 @@ class DemoRun:
     # --- the stories ---------------------------------------------------------------------------
 
     def run_demo(self) -> LifecycleReport:
-        steps = [
+        return self._story([
             ("load 10 newsgroups", self.load_first_half),  # before the scheduler starts
             ("start the stack", self.start_stack),
             ("first model", self.first_model),
             ("start traffic", self.start_traffic),
-        ]
-        if self.options.drift_phase:
-            steps += [
-                ("stream 10 new newsgroups", self.stream_second_half),
-                ("drift -> retrain", self.drift_and_retrain),
-                ("re-embed + canary rollout", self.reembed_and_rollout),
-            ]
+        ], [
+            ("stream 10 new newsgroups", self.stream_second_half),
+            ("drift -> retrain", self.drift_and_retrain),
+            ("re-embed + canary rollout", self.reembed_and_rollout),
+        ])
+
+    def _story(self, first: list[tuple[str, Callable[[], str]]], drift: list[tuple[str, Callable[[], str]]]) -> LifecycleReport:
+        """Run the steps in order until one fails (the drift phase only if asked), then stop everything."""
+        steps = first + (drift if self.options.drift_phase else [])
         steps += [("traffic summary", self.traffic_summary), ("clean run", self.clean_run)]
         try:
             for name, fn in steps:

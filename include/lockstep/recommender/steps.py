@@ -74,8 +74,10 @@ def train(config: RecommenderTrainConfig | None = None, *, store: InteractionSto
     if champion_info is not None:
         champion_model, _ = load_version(champion_info.version, registry)
         champion = ALSRecommender(**champion_model.get_params()).fit(split.train)
-    figures = evaluate(candidate, split, champion)
+    figures = _degenerate_ci_as_zero(evaluate(candidate, split, champion))
     accepted, reason = _verdict(figures, champion_info.version if champion_info else None, config.margin)
+    if champion is not None and champion.get_params() == candidate.get_params():
+        reason += " (the champion's parameters: offline the two are the same model; the new data is judged online)"
     model = config.model().fit(snapshot)
     tags = {**config.extra_tags, "lockstep.accepted": str(accepted).lower(), "lockstep.reason": reason}
     info = register_fit(model, figures, registry=registry, snapshot_seq=int(snapshot.attrs["seq"]), tags=tags)
@@ -97,8 +99,25 @@ def train_for_dag(params: dict[str, Any], drift: dict[str, Any] | None = None) -
         factors=int(params["factors"]), iterations=int(params["iterations"]), margin=float(params["margin"]), extra_tags=tags
     )
     outcome = train(config, set_challenger=False)
-    return {"version": outcome.version, "accepted": outcome.accepted, "reason": outcome.reason,
-            "fingerprint": outcome.fingerprint, "figures": outcome.figures}
+    from lockstep.core import jsonio
+
+    return jsonio.plain({"version": outcome.version, "accepted": outcome.accepted, "reason": outcome.reason,
+                         "fingerprint": outcome.fingerprint, "figures": outcome.figures})
+
+
+def _degenerate_ci_as_zero(figures: dict[str, float]) -> dict[str, float]:
+    """A bootstrap of differences that are all zero has no BCa interval (NaN): the interval is [0, 0].
+
+    That happens when the candidate has the champion's parameters: refitted on the same
+    training part, the two give the same lists to every user.
+    """
+    out = dict(figures)
+    for key, value in figures.items():
+        if key.endswith(("_ci_low", "_ci_high")) and value != value:  # NaN
+            delta = out.get(key.rsplit("_ci_", 1)[0])
+            if delta == 0.0:
+                out[key] = 0.0
+    return out
 
 
 def _verdict(figures: dict[str, float], champion: str | None, margin: float) -> tuple[bool, str]:

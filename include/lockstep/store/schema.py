@@ -198,3 +198,44 @@ rollout_state = Table(
     Column("state", JSON, nullable=False),  # {"generation": last routing generation written, "<phase>": {...}}
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# --- recommender: interactions, the item catalogue and users (issue 12, migration 0003) ---
+# The interactions table is the recommender's change log: ``seq`` is taken from the
+# counter row "interactions" of lockstep_sequences (not an autoincrement), so sequences
+# commit in order and a fold-in catching up on "interactions after N" never skips one.
+
+interactions = Table(
+    "lockstep_interactions",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("user_id", String(ID_LENGTH), nullable=False),
+    Column("item_id", String(ID_LENGTH), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("timestamp", BigInteger, nullable=False),  # event time, seconds since the epoch (UTC)
+    Column("recorded_at", DateTime(timezone=True), nullable=False),  # when the store wrote it
+    # Who sent it and under which id (a file row's content hash, a message id): a second
+    # write with the same id is the same event and is not stored twice.
+    Column("source_message_id", String(128), nullable=True),
+)
+Index("ix_lockstep_interactions_user", interactions.c.user_id, interactions.c.seq)
+Index("ix_lockstep_interactions_item", interactions.c.item_id, interactions.c.seq)
+Index("ux_lockstep_interactions_source", interactions.c.source_message_id, unique=True)
+
+items = Table(
+    "lockstep_items",
+    metadata,
+    Column("item_id", String(ID_LENGTH), primary_key=True),
+    Column("title", Text, nullable=True),
+    Column("metadata", Text, nullable=True),  # JSON as text, as in records
+    Column("first_seen_seq", BigInteger, nullable=True),  # its first interaction; None: none yet
+    Column("added_at", DateTime(timezone=True), nullable=False),
+)
+
+users = Table(
+    "lockstep_users",
+    metadata,
+    Column("user_id", String(ID_LENGTH), primary_key=True),
+    Column("metadata", Text, nullable=True),  # JSON as text
+    Column("first_seen_seq", BigInteger, nullable=True),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+)

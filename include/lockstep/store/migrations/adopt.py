@@ -1,13 +1,14 @@
-"""Operations for the first two revisions that also adopt a database made by ``create_all``.
+"""Operations for the revisions that also adopt a database made by ``create_all``.
 
 Before migrations, every first use of a database ran ``metadata.create_all`` (tables that
 were missing, with their indexes) and then added columns newer than the table. Such a
 database has Lockstep's tables but no version row, and any mix of the objects of
-revisions 0001 and 0002, depending on the releases that touched it. Adopting it means
-running those two revisions with each object created only when it is missing; the
+revisions 0001 to 0003, depending on the releases that touched it. Adopting it means
+running those revisions with each object created only when it is missing; the
 runner sets ``ADOPT`` for exactly that case. A fresh database, or one already under
 migrations, runs them as plain operations (an object that is unexpectedly there is an
-error, as it should be). Revisions after 0002 use ``op`` directly.
+error, as it should be). 0003 (the recommender's tables) only creates tables, so it
+uses these operations too; later revisions that alter objects use ``op`` directly.
 """
 
 from __future__ import annotations
