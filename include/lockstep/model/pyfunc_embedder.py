@@ -66,6 +66,7 @@ class PyfuncEmbedder:
     """An MLflow pyfunc model that meets the contract, with Lockstep's ``Embedder`` API."""
 
     FAMILY = "imported MLflow pyfunc model"
+    FAST_QUERY = False  # one query is a whole predict call: serving batches concurrent queries (serving.batching)
 
     def __init__(self, model: Any, model_dir: Path, *, dim: int, probe: np.ndarray, digest: str) -> None:
         self.model = model

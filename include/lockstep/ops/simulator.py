@@ -123,7 +123,7 @@ class SimReport:
 
     def summary(self) -> str:
         lines = [
-            f"{self.requests} searches in {self.seconds:.1f} s ({self.rate:.0f}/s); "
+            f"{self.requests} requests in {self.seconds:.1f} s ({self.rate:.0f}/s); "
             f"{self.errors} failed, {self.mixed} mixed versions, {self.feedback_errors} feedback errors",
             "version  requests  clicks  errors     CTR",
         ]

@@ -222,7 +222,11 @@ def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> 
             raise
         request_id = uuid.uuid4().hex
         try:
-            hits = slot.search(body.query, body.k) if slot.fast else await run_in_threadpool(slot.search, body.query, body.k)
+            if slot.batcher is not None:  # an imported model: this query joins the next predict call
+                vector = await slot.batcher.embed(body.query)
+                hits = slot.search_vector(vector, body.k) if slot.fast else await run_in_threadpool(slot.search_vector, vector, body.k)
+            else:
+                hits = slot.search(body.query, body.k) if slot.fast else await run_in_threadpool(slot.search, body.query, body.k)
         except Exception as exc:  # counted and logged against the version, so gates see it
             return _search_failed(rt, slot, body, request_id, at, started, exc, pinned)
         finally:

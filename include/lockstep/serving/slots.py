@@ -52,6 +52,7 @@ from lockstep.index.catch_up import apply_changes
 from lockstep.index.storage import load_index
 from lockstep.index.vector_index import SearchHits
 from lockstep.model.families import Embedder, load_model_file
+from lockstep.serving.batching import QueryBatcher
 from lockstep.serving.outage import Outage, summary
 from lockstep.store.records import RecordStore
 from lockstep.store.routing import (
@@ -175,6 +176,8 @@ class LoadedSlot(ServingSlot):
         )
         self.embedder: Embedder | None = embedder
         self.index = loaded.index
+        # A model without a fast single-query path (an imported pyfunc) embeds concurrent queries together.
+        self.batcher = None if getattr(embedder, "FAST_QUERY", True) else QueryBatcher(embedder.transform)
         spec = getattr(self.index, "spec", None)
         self.fast = getattr(spec, "kind", "flat") != "flat" or len(self.index) <= FAST_FLAT_RECORDS
 
@@ -188,9 +191,12 @@ class LoadedSlot(ServingSlot):
 
     def search(self, query: str, k: int) -> SearchHits:
         """Embed with this slot's model, search this slot's index (call while holding a lease)."""
+        return self.search_vector(self.embedder.embed_query(query), k)
+
+    def search_vector(self, vector: Any, k: int) -> SearchHits:
+        """Search this slot's index with a query this slot's model embedded (``batcher`` or ``search``)."""
         maybe_fail("serving.search", self.version)  # LOCKSTEP_FAULTS="serving.search:<version>*" breaks a version
         _one_openmp_thread()
-        vector = self.embedder.embed_query(query)
         if not vector.any():  # no known term: every score would be 0, an arbitrary list
             return SearchHits()
         return self.index.search(vector, k)[0]
