@@ -45,6 +45,15 @@ def test_an_empty_store_says_so(lockstep_home):
     assert "No routing changes yet." in page
 
 
+def test_the_page_names_the_system_of_the_deployment(lockstep_home, monkeypatch):
+    assert load_dashboard().system == "search"
+    assert '<span id="system">search system</span>' in render_page(load_dashboard())
+    monkeypatch.setenv("LOCKSTEP_SYSTEM", "recommender")  # the recommender's own database, empty here
+    d = load_dashboard()
+    assert d.system == "recommender" and d.model_name == "lockstep-recommender" and d.to_dict()["system"] == "recommender"
+    assert '<span id="system">recommender system</span>' in render_page(d)
+
+
 def test_slots_show_state_weight_shadow_fingerprint_index_and_mlflow_link(lockstep_home, monkeypatch):
     monkeypatch.setenv("LOCKSTEP_MLFLOW_UI_URL", "https://mlflow.example.com/")
     routing.register_slot(1, "models:/my-embedder/1", "/idx/v1", "sha256:" + "a" * 64, routing.READY)
