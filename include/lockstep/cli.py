@@ -559,16 +559,19 @@ def up(
     airflow_port: Annotated[int, typer.Option(help="Airflow UI and API port.")] = 8080,
     mlflow_port: Annotated[int, typer.Option(help="MLflow UI port.")] = 5000,
     serving_port: Annotated[int, typer.Option(help="Serving API port.")] = 8000,
+    system: SystemOption = None,
 ) -> None:
     """The embedded stack: Airflow, MLflow UI, serving app, simulator; runs the first lifecycle; Ctrl-C stops all."""
     import threading
 
     from lockstep.ops.demo import DemoRun
+    from lockstep.ops.recommender_demo import RecommenderDemoRun
     from lockstep.ops.stack import stop_on_sigterm
 
     stop_on_sigterm()
+    story = RecommenderDemoRun if _use_system(system) == "recommender" else DemoRun
     options = _demo_options(per_category, airflow_port, mlflow_port, serving_port, time_schedules=True)
-    run = DemoRun(options, lambda msg: typer.echo(msg, err=True))
+    run = story(options, lambda msg: typer.echo(msg, err=True))
 
     def wait() -> None:
         c = run.stack.config

@@ -320,17 +320,25 @@ class DemoRun:
 
     # --- the stories ---------------------------------------------------------------------------
 
-    def run_demo(self) -> LifecycleReport:
-        return self._story([
+    def first_steps(self) -> list[tuple[str, Callable[[], str]]]:
+        """Data, stack, first model, traffic: what ``up`` and ``demo`` both run."""
+        return [
             ("load 10 newsgroups", self.load_first_half),  # before the scheduler starts
             ("start the stack", self.start_stack),
             ("first model", self.first_model),
             ("start traffic", self.start_traffic),
-        ], [
+        ]
+
+    def drift_steps(self) -> list[tuple[str, Callable[[], str]]]:
+        """The world changes, drift is flagged, the retrained model is rolled out."""
+        return [
             ("stream 10 new newsgroups", self.stream_second_half),
             ("drift -> retrain", self.drift_and_retrain),
             ("re-embed + canary rollout", self.reembed_and_rollout),
-        ])
+        ]
+
+    def run_demo(self) -> LifecycleReport:
+        return self._story(self.first_steps(), self.drift_steps())
 
     def _story(self, first: list[tuple[str, Callable[[], str]]], drift: list[tuple[str, Callable[[], str]]]) -> LifecycleReport:
         """Run the steps in order until one fails (the drift phase only if asked), then stop everything."""
@@ -347,8 +355,7 @@ class DemoRun:
     def run_up(self, wait: Callable[[], None]) -> LifecycleReport:
         """Start, run the first lifecycle, keep serving with traffic until ``wait`` returns."""
         try:
-            for name, fn in (("load 10 newsgroups", self.load_first_half), ("start the stack", self.start_stack),
-                             ("first model", self.first_model), ("start traffic", self.start_traffic)):
+            for name, fn in self.first_steps():
                 if not self.step(name, fn):
                     return self.report
             wait()

@@ -79,14 +79,17 @@ class RecommenderDemoRun(DemoRun):
         return (f"{len(films)} films of {NEW_RELEASE_YEAR} added to the catalogue; {len(ratings):,} ratings of them "
                 "written through POST /interactions")
 
-    def run_demo(self):
-        return self._story([
+    def first_steps(self):
+        return [
             ("load MovieLens (without 1998)", self.load_first_half),
             ("start the stack", self.start_stack),
             ("first model", self.first_model),
             ("start traffic", self.start_traffic),
-        ], [
+        ]
+
+    def drift_steps(self):
+        return [
             ("stream the films of 1998", self.stream_second_half),
             ("drift -> retrain", self.drift_and_retrain),
             ("build + canary rollout", self.reembed_and_rollout),
-        ])
+        ]
