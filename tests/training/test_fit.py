@@ -64,8 +64,45 @@ def test_a_config_round_trips_through_a_dict_and_builds_its_embedder():
 
 
 def test_unknown_parameters_are_named():
-    with pytest.raises(TrainingError, match=r"unknown training parameters: \['dimension', 'epochs'\]"):
-        TrainConfig.from_dict({"dim": 8, "epochs": 3, "dimension": 8})
+    with pytest.raises(TrainingError, match=r"unknown training parameters: \['dimension', 'epoch'\]"):
+        TrainConfig.from_dict({"dim": 8, "epoch": 3, "dimension": 8})
+
+
+def test_the_family_picks_the_estimator_and_its_parameters():
+    from lockstep.model.embedding import TextEmbedder
+    from lockstep.model.word_vectors import WordVectorEmbedder
+
+    assert type(TrainConfig().embedder()) is TextEmbedder  # the default family is tfidf_svd
+    config = TrainConfig(family="word_vectors", dim=24, max_features=900, window=3, min_count=4, epochs=2, sif_a=0.01, seed=5)
+    embedder = config.embedder()
+    assert type(embedder) is WordVectorEmbedder
+    assert embedder.get_params() == {
+        **WordVectorEmbedder().get_params(),
+        "dim": 24, "max_vocab": 900, "window": 3, "min_count": 4, "epochs": 2, "sif_a": 0.01, "seed": 5,
+    }
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_an_unknown_family_is_refused_with_the_families_there_are():
+    with pytest.raises(TrainingError, match=r"unknown model family 'bert'; choose one of: tfidf_svd, word_vectors"):
+        TrainConfig.from_dict({"family": "bert"})
+
+
+def test_a_word_vector_model_is_fitted_reproducibly_and_retrieves_its_topics():
+    config = TrainConfig(family="word_vectors", dim=16, min_count=1, epochs=5, window=4, holdout_percent=20, n_boot=200)
+    holdout = split_holdout(corpus(), config)
+    texts = fit_texts(holdout.train, config)
+    model = fit_embedder(texts, config)
+    assert fit_embedder(texts, config).fingerprint == model.fingerprint
+    assert model.dim_ == 16
+    result = evaluate_embedder(model, holdout, config)
+    assert result.n_queries == len(holdout.queries) and result.mean_ndcg > 0.9
+
+
+def test_a_parameter_the_family_cannot_fit_with_is_a_training_error():
+    config = TrainConfig(family="word_vectors", dim=8, min_count=10_000)
+    with pytest.raises(TrainingError, match="cannot fit the word_vectors model: no word occurs at least min_count=10000"):
+        fit_embedder([r.text for r in corpus(60)], config)
 
 
 @pytest.mark.parametrize("fit_sample", [1, 0, -5, True])

@@ -127,3 +127,33 @@ def test_a_retried_register_reuses_the_version_and_writes_the_description_again(
     assert again == {**registered, "reused": True}
     assert [v.version for v in registry.latest_versions()] == ["1"]
     assert registry.version_description("1").startswith("## Version 1")
+
+
+def test_a_word_vector_challenger_is_judged_against_a_tfidf_champion_and_named_for_its_reviewer(loaded, tmp_path):
+    from lockstep.model.word_vectors import WordVectorEmbedder
+
+    first, _ = retrain("run-1", tmp_path)
+    registry = Registry()
+    registry.promote_champion(first["version"], "first model")
+    switch = {**CONFIG, "family": "word_vectors", "min_count": 1, "epochs": 5, "window": 4}
+
+    second, evaluation = retrain("run-2", tmp_path, config=switch)
+    info = registry.get_version(second["version"])
+    assert info.tags["lockstep.family"] == "word_vectors"
+    assert registry.get_version(first["version"]).tags["lockstep.family"] == "tfidf_svd"
+    assert evaluation["champion_version"] == "1"
+    assert {"ndcg_at_10", "delta_ndcg_at_10"} <= set(evaluation["figures"])
+    assert float(info.tags["eval.ndcg_at_10"]) == pytest.approx(evaluation["figures"]["ndcg_at_10"])
+    assert type(registry.load_embedder(info.version)) is WordVectorEmbedder
+
+    text = registry.version_description(info.version)
+    assert f"- **Model family:** {WordVectorEmbedder.FAMILY}" in text
+    assert "| `family` | word_vectors | tfidf_svd |" in text
+    assert "| `embedder.sif_a` | 0.001 |  |" in text  # a parameter the champion's family does not have
+
+
+def test_a_retrain_with_an_unknown_family_names_the_families(loaded, tmp_path):
+    from lockstep.training.fit import TrainingError
+
+    with pytest.raises(TrainingError, match="unknown model family 'glove'; choose one of: tfidf_svd, word_vectors"):
+        retrain("run-1", tmp_path, config={**CONFIG, "family": "glove"})

@@ -320,7 +320,13 @@ def checkpoint_indexes(store: RecordStore | None = None, *, tracking_uri: str | 
 
     Only ``ready``/``live``/``draining`` slots; an index whose manifest changed while it
     was being caught up (a rebuild finished meanwhile) is left as the rebuild wrote it.
+    A recommender deployment has no index to checkpoint (serving builds the item index
+    from the fit and folds in the interaction log, which is never compacted): [].
     """
+    from lockstep.core.config import settings
+
+    if settings().system == "recommender":
+        return []
     from lockstep.index.catch_up import catch_up
     from lockstep.index.manifest import read_manifest
     from lockstep.index.storage import load_index, save_index

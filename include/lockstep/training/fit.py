@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lockstep.core.errors import LockstepError
-from lockstep.model.embedding import TextEmbedder
+from lockstep.model.families import Embedder, families, family_class
 from lockstep.store.records import Record
 
 
@@ -30,8 +30,15 @@ class TrainingError(LockstepError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What defines a training run; every field is a DAG Param and a CLI option."""
+    """What defines a training run; the retrain DAG's Params set the model's fields.
 
+    ``family`` picks the built-in model family (``families.families()``); ``dim``, the
+    vocabulary size ``max_features`` and ``seed`` apply to every family, ``min_df``,
+    ``max_df`` and ``ngram_max`` to ``tfidf_svd``, ``window``, ``min_count``, ``epochs``
+    and ``sif_a`` to ``word_vectors``.
+    """
+
+    family: str = "tfidf_svd"
     dim: int = 256
     max_features: int | None = 50_000
     min_df: int = 2
@@ -48,8 +55,17 @@ class TrainConfig:
     # The vocabulary and the SVD are learned on at most this many training records (a
     # seeded sample; None: all). At a million records the full fit peaked near 9 GB.
     fit_sample: int | None = 200_000
+    # word_vectors: Word2Vec's context window, least word count, passes, and SIF's a
+    window: int = 10
+    min_count: int = 2
+    epochs: int = 10
+    sif_a: float = 1e-3
 
     def __post_init__(self) -> None:
+        if self.family not in families():
+            raise TrainingError(
+                f"unknown model family {self.family!r}; choose one of: {', '.join(sorted(families()))}"
+            )
         if self.fit_sample is not None and (
             isinstance(self.fit_sample, bool) or not isinstance(self.fit_sample, numbers.Integral) or self.fit_sample < 2
         ):
@@ -66,8 +82,15 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def embedder(self) -> TextEmbedder:
-        return TextEmbedder(
+    def embedder(self) -> Embedder:
+        """The family's unfitted estimator, built from this config's fields."""
+        cls = family_class(self.family)
+        if self.family == "word_vectors":
+            return cls(
+                dim=self.dim, window=self.window, min_count=self.min_count, epochs=self.epochs,
+                max_vocab=self.max_features, sif_a=self.sif_a, seed=self.seed,
+            )
+        return cls(
             dim=self.dim,
             max_features=self.max_features,
             min_df=self.min_df,
@@ -177,16 +200,20 @@ def fit_texts(train: Sequence[Record], config: TrainConfig) -> list[str]:
     return [train[i].text for i in rows.tolist()]
 
 
-def fit_embedder(texts: Sequence[str], config: TrainConfig) -> TextEmbedder:
+def fit_embedder(texts: Sequence[str], config: TrainConfig) -> Embedder:
+    """The config's family fitted on the texts; a bad parameter is a TrainingError naming it."""
     if len(texts) < 2:
         raise TrainingError(f"need at least 2 training texts, got {len(texts)}")
-    return config.embedder().fit(list(texts))
+    try:
+        return config.embedder().fit(list(texts))
+    except ValueError as exc:
+        raise TrainingError(f"cannot fit the {config.family} model: {exc}") from exc
 
 
-def evaluate_embedder(embedder: TextEmbedder, holdout: Holdout | EvalSet, config: TrainConfig):
+def evaluate_embedder(embedder: Embedder, holdout: Holdout | EvalSet, config: TrainConfig):
     """Precision@k and nDCG@k per held-out query; relevance is "same label".
 
-    The documents are embedded in batches (``TextEmbedder.transform``) and searched
+    The documents are embedded in batches (the model's ``transform``) and searched
     exactly in bounded blocks (``evaluate_retrieval``).
     """
     from lockstep.model.evaluation import evaluate_retrieval

@@ -88,7 +88,10 @@ def train(seq: int, run_dir: str, config: dict[str, Any] | None = None) -> dict[
     embedder = fit_embedder(texts, cfg)
     path = embedder.save(Path(run_dir) / MODEL_FILE)
     atomic_write(Path(run_dir) / SNAPSHOT_FILE, jsonio.dumps({**described, **summary, "fit_texts": len(texts)}))
-    return {"model_path": str(path), "fingerprint": embedder.fingerprint, **summary, "fit_texts": len(texts)}
+    return {
+        "model_path": str(path), "family": cfg.family, "fingerprint": embedder.fingerprint, **summary,
+        "fit_texts": len(texts),
+    }
 
 
 def evaluate(seq: int, model_path: str, run_dir: str, config: dict[str, Any] | None = None, registry=None) -> dict[str, Any]:
@@ -97,13 +100,13 @@ def evaluate(seq: int, model_path: str, run_dir: str, config: dict[str, Any] | N
     The snapshot is reduced to the texts and labels evaluation reads before either
     model embeds anything, and the two models are evaluated one after the other.
     """
-    from lockstep.model.embedding import TextEmbedder
+    from lockstep.model.families import load_model_file
     from lockstep.model.registry import Registry
 
     cfg = TrainConfig.from_dict(config)
     registry = registry or Registry()
     data = EvalSet.from_holdout(split_holdout(RecordStore().snapshot(at_seq=seq).records, cfg), cfg.label_key)
-    challenger = evaluate_embedder(TextEmbedder.load(model_path), data, cfg)
+    challenger = evaluate_embedder(load_model_file(model_path), data, cfg)
     champion = registry.version_for_alias("champion")
     champion_eval = evaluate_embedder(registry.load_embedder(champion.version), data, cfg) if champion else None
     report = judge(challenger, champion_eval, cfg, champion.version if champion else None, data)
@@ -155,9 +158,9 @@ def _log_and_register(
 ) -> Any:
     import math
 
-    from lockstep.model.embedding import TextEmbedder
+    from lockstep.model.families import load_model_file
 
-    embedder = TextEmbedder.load(model_path)
+    embedder = load_model_file(model_path)
     artifacts = {k: Path(v) for k, v in evaluation.get("artifacts", {}).items()}
     validation_dir = Path(run_dir) / "validation"
     if validation_dir.exists():
@@ -193,18 +196,17 @@ def describe(
     table compares like with like; the training figures from the run folder's snapshot file.
     """
     from lockstep.model.description import VersionStory, version_description
-    from lockstep.model.embedding import TextEmbedder
     from lockstep.model.registry import Registry
 
     registry = registry or Registry()
     info = registry.get_version(version)
-    keys = {f"embedder.{k}" for k in TextEmbedder().get_params()} | set(TrainConfig.__dataclass_fields__)
+    keys = _param_keys()
     champion = evaluation.get("champion_version")
     champion_run = registry.get_version(champion).run_id if champion else None
     plots = sorted(k for k in evaluation.get("artifacts", {}) if k.startswith(PLOTS_PREFIX))
     story = VersionStory(
         version=info.version,
-        family=TextEmbedder.FAMILY,
+        family=_family_title(info.tags.get("lockstep.family")),
         params={k: v for k, v in registry.run_params(info.run_id).items() if k in keys},
         champion_params={k: v for k, v in registry.run_params(champion_run).items() if k in keys},
         training=_read_snapshot_file(run_dir) or {"seq": info.snapshot_seq, **evaluation.get("holdout", {})},
@@ -216,6 +218,22 @@ def describe(
     text = version_description(story)
     registry.describe_version(info.version, text)
     return text
+
+
+def _param_keys() -> set[str]:
+    """The run params a description compares: every family's ``embedder.*`` and the config's."""
+    from lockstep.model.families import families
+
+    embedder_keys = {f"embedder.{k}" for cls in families().values() for k in cls().get_params()}
+    return embedder_keys | set(TrainConfig.__dataclass_fields__)
+
+
+def _family_title(name: str | None) -> str:
+    """How a version's family is named to its reviewer, from its ``lockstep.family`` tag."""
+    from lockstep.model.families import families
+
+    known = families()
+    return known[name].FAMILY if name in known else f"{name or 'unknown'} (not a built-in family)"
 
 
 def _training_snapshot(seq: int, run_dir: str) -> Any:
