@@ -71,6 +71,19 @@ def test_one_lifecycle_through_the_command_line(tmp_path, corpus_file):
     assert _lockstep(home, "db", "current").stdout == f"{head_revision()} (head)\n"
 
 
+def test_train_takes_a_model_family(tmp_path, corpus_file):
+    from lockstep.model.registry import Registry
+
+    home = tmp_path / "home"
+    _lockstep(home, "corpus", "load", "--path", str(corpus_file))
+    trained = _lockstep(home, "train", "--family", "word_vectors", "--dim", "32", "--fit-sample", "300")
+    assert "registered lockstep-embedder v1 (challenger)" in trained.stdout
+    version = Registry(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_root=home / "mlartifacts").get_version("1")
+    assert version.tags["lockstep.family"] == "word_vectors" and version.dim == 32
+    unknown = _lockstep(home, "train", "--family", "bert", check=False)
+    assert unknown.returncode == 1 and "unknown model family 'bert'; choose one of: tfidf_svd, word_vectors" in unknown.stderr
+
+
 def test_usage_errors_are_one_clear_line_and_exit_code_2(tmp_path):
     home = tmp_path / "home"
     both = _lockstep(home, "corpus", "load", check=False)

@@ -253,6 +253,9 @@ def train(
     fit_sample: Annotated[
         int, typer.Option(min=0, help="Records the vocabulary and SVD are fitted on (seeded sample); 0: all.")
     ] = 200_000,
+    family: Annotated[
+        str, typer.Option(help="Search: the model family, tfidf_svd (TF-IDF + SVD) or word_vectors (Word2Vec + SIF).")
+    ] = "tfidf_svd",
     system: SystemOption = None,
     factors: Annotated[int, typer.Option(min=1, help="Recommender: ALS factors (the embedding dimension).")] = 64,
     iterations: Annotated[int, typer.Option(min=1, help="Recommender: ALS iterations.")] = 15,
@@ -273,8 +276,11 @@ def train(
     if reason := nothing_to_train():
         typer.echo(f"skipped: {reason}")
         raise typer.Exit(1)
+    from lockstep.model.families import family_class
+
+    family_class(family)  # an unknown family is refused here, naming the ones there are
     config = TrainConfig(
-        dim=dim, max_features=max_features, min_df=min_df, margin=margin, fit_sample=fit_sample or None
+        family=family, dim=dim, max_features=max_features, min_df=min_df, margin=margin, fit_sample=fit_sample or None
     ).to_dict()
     outcome = run_all(
         config,
