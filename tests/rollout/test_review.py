@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 
+from lockstep.core.config import DRIFT_EXPERIMENT
 from lockstep.model.registry import Registry
-from lockstep.rollout.review import DRIFT_EXPERIMENT, drift_context, review_markdown
+from lockstep.rollout.review import drift_context, review_markdown
 
 
 @pytest.fixture(scope="module")
