@@ -7,7 +7,7 @@ import pytest
 
 from lockstep.recommender.fold_in import UnknownIdError
 from lockstep.recommender.item_index import exact_score
-from lockstep.recommender.live_version import LiveVersion
+from lockstep.recommender.live_version import LiveVersion, single_thread_blas
 from tests.recommender import ml100k
 
 
@@ -65,3 +65,15 @@ def test_a_new_item_joins_after_its_first_interactions(live):
     assert scores["sequel"] == exact_score(live.user_vector("1"), sequel)
     live.fold_in_item("sequel", ["1", "2"], [1.0, 1.0])
     assert len(live.index) == 1683 and not np.allclose(live.index.vectors_of(["sequel"])[0], sequel)
+
+
+def test_serving_can_limit_blas_to_one_thread_and_undo_it():
+    from threadpoolctl import threadpool_info
+
+    before = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    limiter = single_thread_blas()
+    try:
+        assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == {1}
+    finally:
+        limiter.restore_original_limits()
+    assert [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"] == before

@@ -15,7 +15,8 @@ Modules, each one concept:
   and loaded back;
 - ``interactions_file``: users' own interaction files.
 
-How serving uses it, per live version::
+How serving uses it: once per process ``live_version.single_thread_blas()`` (fold-in's
+tail latency), then per live version::
 
     model, info = registration.load_version(version)          # sha256 + fingerprint checked
     live = LiveVersion(model, info.version)                   # user store + item index

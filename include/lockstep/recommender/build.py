@@ -4,7 +4,7 @@ The recommender's counterpart of the re-embed: a version is one fit (user and it
 factors from the same solve), so "building" it writes the fit beside a manifest in the
 version's folder of the index store and registers the slot. Serving builds the item
 index and the user-vector store from that file when it loads the slot (at MovieLens
-scale in milliseconds; an HNSW graph over a million items takes about a minute), then
+scale in milliseconds; an HNSW graph over a million items takes about five minutes), then
 folds in every interaction logged after the fit's snapshot, so no interaction is lost
 between the fit and the version going live (the recommender's catch-up).
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ from lockstep.recommender.factorization import ALSRecommender
 from lockstep.recommender.fold_in import UnknownIdError
 from lockstep.recommender.item_index import ItemIndex
 
-__all__ = ["FoldInResult", "LiveVersion"]
+__all__ = ["FoldInResult", "LiveVersion", "single_thread_blas"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,18 @@ class LiveVersion:
         else:
             self.index.add([item_id], vector[None, :])
         return FoldInResult(vector, sorted({u for u, ok in zip(user_ids, known, strict=True) if not ok}))
+
+
+def single_thread_blas() -> Any:
+    """Limit BLAS to one thread in this process; call once when a serving process starts.
+
+    A fold-in is a 64 x 64 solve: BLAS's thread pool adds only wake-ups, which under load
+    put its p99 at 30-40 ms instead of under 1 ms (docs/benchmarks.md, "Recommender").
+    Returns threadpoolctl's limiter (``restore_original_limits()`` undoes it).
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, "blas")
 
 
 def _values(values: Sequence[float] | None, count: int) -> np.ndarray:

@@ -90,6 +90,11 @@ class ServingRuntime:
         self.metrics.attach(self.manager, self.shadow, self.logs, config.replica)
 
     def start(self) -> None:
+        self._blas = None
+        if self.settings.system == "recommender":  # a fold-in is a 64 x 64 solve: BLAS threads only add wake-ups
+            from lockstep.recommender.live_version import single_thread_blas
+
+            self._blas = single_thread_blas()
         self.logs.start()
         self.shadow.start()
         self.manager.start()
@@ -98,6 +103,8 @@ class ServingRuntime:
         self.manager.stop()
         self.shadow.stop()
         self.logs.stop()
+        if getattr(self, "_blas", None) is not None:
+            self._blas.restore_original_limits()
 
     def lease(self, pin: str | None, user_id: str | None) -> tuple[ServingView, LoadedSlot]:
         """Pick a slot from one view and take a lease on it (the caller must release it)."""
