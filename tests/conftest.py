@@ -24,6 +24,9 @@ def lockstep_home(tmp_path, monkeypatch):
     for var in ("LOCKSTEP_DATABASE_URL", "MLFLOW_TRACKING_URI", "LOCKSTEP_INDEX_STORE", "LOCKSTEP_API_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("LOCKSTEP_CACHE_DIR", str(DEMO_CACHE))
+    # setenv, not delenv: monkeypatch undoes only what it recorded, and `--system` (a CLI call
+    # in this process) sets LOCKSTEP_SYSTEM itself; restored to unset after the test.
+    monkeypatch.setenv("LOCKSTEP_SYSTEM", "search")
     dispose_engines()
     yield home
     dispose_engines()

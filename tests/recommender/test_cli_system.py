@@ -26,7 +26,7 @@ def _ok(runner: CliRunner, *args: str) -> str:
 def test_train_build_and_route_the_recommender_from_the_cli(lockstep_home, monkeypatch):
     from tests.conftest import DEMO_CACHE
 
-    monkeypatch.delenv("LOCKSTEP_SYSTEM", raising=False)  # restored after the test: --system sets it
+    monkeypatch.setenv("LOCKSTEP_SYSTEM", "search")  # recorded, so undone after the test: --system sets it
     monkeypatch.setenv("LOCKSTEP_CACHE_DIR", str(DEMO_CACHE))
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as `lockstep` sets it (main)
     runner = CliRunner()
@@ -61,7 +61,7 @@ def test_train_build_and_route_the_recommender_from_the_cli(lockstep_home, monke
 
 
 def test_a_wrong_system_is_a_usage_error(lockstep_home, monkeypatch):
-    monkeypatch.delenv("LOCKSTEP_SYSTEM", raising=False)
+    monkeypatch.setenv("LOCKSTEP_SYSTEM", "search")  # recorded, so undone after the test
     result = CliRunner().invoke(app, ["routing", "show", "--system", "books"])
     assert result.exit_code == 2 and "'books' is not a system" in result.output
 
@@ -69,7 +69,7 @@ def test_a_wrong_system_is_a_usage_error(lockstep_home, monkeypatch):
 def test_training_without_interactions_says_what_to_do(lockstep_home, monkeypatch):
     from lockstep.core.errors import LockstepError
 
-    monkeypatch.delenv("LOCKSTEP_SYSTEM", raising=False)
+    monkeypatch.setenv("LOCKSTEP_SYSTEM", "search")  # recorded, so undone after the test
     result = CliRunner().invoke(app, ["train", "--system", "recommender"])
     assert result.exit_code == 1 and isinstance(result.exception, LockstepError)
     assert "lockstep interactions load --demo" in str(result.exception)
