@@ -177,6 +177,19 @@ def test_bad_interactions_are_refused_and_change_nothing(deployment, server):
     assert store.count() == before
 
 
+def test_a_failing_version_answers_500_and_is_counted_against_that_version(deployment, server, monkeypatch):
+    from tests.serving.test_api import metric
+
+    user = sorted(deployment["fits"]["1"].user_ids_)[30]
+    monkeypatch.setenv("LOCKSTEP_FAULTS", "serving.recommend:2*")  # every request on v2 fails
+    with httpx.Client(base_url=server.url) as client:
+        broken = client.post("/recommend", json={"user_id": user}, headers={"X-Lockstep-Pin": "2"})
+        assert broken.status_code == 500 and broken.headers["X-Lockstep-Model-Version"] == "2"
+        assert broken.json()["request_id"] == broken.headers["X-Request-Id"] and "recommend on model version 2 failed" in broken.json()["detail"]
+        assert client.post("/recommend", json={"user_id": user}, headers={"X-Lockstep-Pin": "1"}).status_code == 200
+        assert metric(client.get("/metrics").text, "lockstep_search_errors_total", model_version="2", status="500") == 1.0  # the metric names predate the recommender
+
+
 def test_a_click_on_a_recommendation_counts_once(deployment, server):
     user = sorted(deployment["fits"]["1"].user_ids_)[20]
     with httpx.Client(base_url=server.url) as client:

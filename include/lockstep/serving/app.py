@@ -28,11 +28,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException
@@ -41,16 +38,13 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from lockstep.core import clock
 from lockstep.core.config import Settings
 from lockstep.core.errors import InvalidRecordError, RecordNotFoundError
 from lockstep.serving.bodies import (
     MAX_BODY_BYTES,
     MAX_METADATA_BYTES,
     MAX_RECORD_TEXT_BYTES,
-    MODEL_VERSION_HEADER,
     PIN_HEADER,
-    REQUEST_ID_HEADER,
     FeedbackAccepted,
     FeedbackBody,
     RecordBody,
@@ -63,8 +57,7 @@ from lockstep.serving.bodies import (
 from lockstep.serving.clicks import Verdict
 from lockstep.serving.errors import Guard, validation_error
 from lockstep.serving.metrics import NO_VERSION
-from lockstep.serving.runtime import ServingConfig, ServingRuntime
-from lockstep.serving.slots import LoadedSlot
+from lockstep.serving.runtime import Asked, ServingConfig, ServingRuntime
 from lockstep.store.db import get_engine
 
 log = logging.getLogger("lockstep.serving")
@@ -212,15 +205,12 @@ def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> 
         and the GIL hand-overs it causes, were most of the cost; docs/benchmarks.md,
         "Serving at scale"). A slow one (a large flat index) runs in the thread pool.
         """
-        started = time.perf_counter()
-        at = clock.now()
-        pinned = x_lockstep_pin is not None
+        asked = Asked(body.query, body.k, body.user_id, pinned=x_lockstep_pin is not None)
         try:
             view, slot = rt.lease(x_lockstep_pin, body.user_id)
         except HTTPException as exc:
             rt.metrics.errors.labels(getattr(exc, "model_version", NO_VERSION), str(exc.status_code)).inc()
             raise
-        request_id = uuid.uuid4().hex
         try:
             if slot.batcher is not None:  # an imported model: this query joins the next predict call
                 vector = await slot.batcher.embed(body.query)
@@ -228,29 +218,10 @@ def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> 
             else:
                 hits = slot.search(body.query, body.k) if slot.fast else await run_in_threadpool(slot.search, body.query, body.k)
         except Exception as exc:  # counted and logged against the version, so gates see it
-            return _search_failed(rt, slot, body, request_id, at, started, exc, pinned)
+            return rt.failed(slot, asked, exc, "search")
         finally:
             slot.release()
-        elapsed = time.perf_counter() - started
-        rt.metrics.requests.labels(slot.version).inc()
-        rt.metrics.latency.labels(slot.version).observe(elapsed)
-        rt.answers.remember(request_id, hits.ids, pinned)
-        rt.logs.request(
-            request_id=request_id, model_version=slot.version, query=body.query, k=body.k,
-            latency_ms=elapsed * 1000.0, status=200, top_ids=hits.ids, user_id=body.user_id,
-            replica=rt.config.replica, at=at, pinned=pinned,
-        )
-        if not pinned and view.shadows:
-            rt.shadow.submit(request_id, body.query, body.k, slot.version, hits.ids, view.shadows)
-        payload = {
-            "request_id": request_id,
-            "model_version": slot.version,
-            "index_version": slot.index_version,
-            "fingerprint": slot.fingerprint,
-            "routing_generation": view.generation,
-            "results": [{"id": i, "score": s} for i, s in zip(hits.ids, hits.scores, strict=True)],
-        }
-        return JSONResponse(payload, headers={MODEL_VERSION_HEADER: slot.version})
+        return rt.answered(view, slot, hits, asked)
 
     @app.put(
         "/records/{record_id:record_id}", response_model=RecordWritten, dependencies=[Depends(require_token)],
@@ -289,27 +260,6 @@ def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> 
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _search_failed(
-    rt: ServingRuntime, slot: LoadedSlot, body: SearchRequest, request_id: str, at: datetime, started: float,
-    exc: Exception, pinned: bool,
-) -> JSONResponse:
-    log.error("request %s: search on model version %s failed", request_id, slot.version, exc_info=exc)
-    elapsed = time.perf_counter() - started
-    rt.metrics.errors.labels(slot.version, "500").inc()
-    rt.answers.remember(request_id, [], pinned)
-    rt.logs.request(
-        request_id=request_id, model_version=slot.version, query=body.query, k=body.k,
-        latency_ms=elapsed * 1000.0, status=500, top_ids=[], user_id=body.user_id,
-        replica=rt.config.replica, at=at, pinned=pinned,
-    )
-    return JSONResponse(
-        {"detail": f"search on model version {slot.version} failed (request id {request_id}; the server log has the details)",
-         "request_id": request_id},
-        status_code=500,
-        headers={MODEL_VERSION_HEADER: slot.version, REQUEST_ID_HEADER: request_id},
-    )
 
 
 def _click_refusal(verdict: Verdict, body: FeedbackBody) -> str:

@@ -21,16 +21,14 @@ the request log and the click judge serve both systems unchanged: the request lo
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, Field
 
-from lockstep.core import clock
+from lockstep.core.faults import maybe_fail
 from lockstep.index.vector_index import SearchHits
 from lockstep.recommender.build import read_slot_files
 from lockstep.recommender.fold_in import UnknownIdError
@@ -46,6 +44,7 @@ from lockstep.serving.bodies import (
     error_responses,
 )
 from lockstep.serving.metrics import NO_VERSION
+from lockstep.serving.runtime import Asked
 from lockstep.serving.slots import ServingSlot
 from lockstep.store.interactions import InteractionStore, InvalidInteractionError, UnknownItemError
 from lockstep.store.routing import SlotRow
@@ -114,6 +113,7 @@ class RecommenderSlot(ServingSlot):
 
     def search(self, user_id: str, k: int) -> SearchHits:
         """The user's top ``k`` unseen items under this version (``KeyError`` for an unknown user)."""
+        maybe_fail("serving.recommend", self.version)  # LOCKSTEP_FAULTS="serving.recommend:<version>*" breaks a version
         try:
             hits = self.live.recommend(user_id, k, exclude=self.seen.get(user_id, ()))
         except UnknownIdError as exc:
@@ -187,15 +187,12 @@ def add_recommender_routes(app: FastAPI, rt: Any, require_token: Callable[..., N
         The user vector and the items come from that one version; items the user has
         interacted with are left out. An unknown user is a 404 (no cold-start fallback).
         """
-        started = time.perf_counter()
-        at = clock.now()
-        pinned = x_lockstep_pin is not None
+        asked = Asked(body.user_id, body.k, body.user_id, pinned=x_lockstep_pin is not None)
         try:
             view, slot = rt.lease(x_lockstep_pin, body.user_id)
         except HTTPException as exc:
             rt.metrics.errors.labels(getattr(exc, "model_version", NO_VERSION), str(exc.status_code)).inc()
             raise
-        request_id = uuid.uuid4().hex
         try:
             hits = slot.search(body.user_id, body.k)
         except KeyError:
@@ -206,28 +203,11 @@ def add_recommender_routes(app: FastAPI, rt: Any, require_token: Callable[..., N
                 "(POST /interactions first; there is no cold-start fallback)",
                 headers={MODEL_VERSION_HEADER: slot.version},
             ) from None
+        except Exception as exc:  # counted and logged against the version, so gates see it
+            return rt.failed(slot, asked, exc, "recommend")
         finally:
             slot.release()
-        elapsed = time.perf_counter() - started
-        rt.metrics.requests.labels(slot.version).inc()
-        rt.metrics.latency.labels(slot.version).observe(elapsed)
-        rt.answers.remember(request_id, hits.ids, pinned)
-        rt.logs.request(
-            request_id=request_id, model_version=slot.version, query=body.user_id, k=body.k,
-            latency_ms=elapsed * 1000.0, status=200, top_ids=hits.ids, user_id=body.user_id,
-            replica=rt.config.replica, at=at, pinned=pinned,
-        )
-        if not pinned and view.shadows:
-            rt.shadow.submit(request_id, body.user_id, body.k, slot.version, hits.ids, view.shadows)
-        payload = {
-            "request_id": request_id,
-            "model_version": slot.version,
-            "index_version": slot.index_version,
-            "fingerprint": slot.fingerprint,
-            "routing_generation": view.generation,
-            "results": [{"id": i, "score": s} for i, s in zip(hits.ids, hits.scores, strict=True)],
-        }
-        return JSONResponse(payload, headers={MODEL_VERSION_HEADER: slot.version})
+        return rt.answered(view, slot, hits, asked)
 
     @app.post(
         "/interactions", response_model=InteractionWritten, dependencies=[Depends(require_token)],

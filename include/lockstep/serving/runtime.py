@@ -8,21 +8,35 @@ to another version.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import time
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from fastapi import HTTPException
+from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
+from lockstep.core import clock
 from lockstep.core.config import Settings
-from lockstep.serving.bodies import PIN_HEADER, UNLOADED_RETRY_AFTER
+from lockstep.serving.bodies import (
+    MODEL_VERSION_HEADER,
+    PIN_HEADER,
+    REQUEST_ID_HEADER,
+    UNLOADED_RETRY_AFTER,
+)
 from lockstep.serving.clicks import ClickJudge, RecentAnswers
 from lockstep.serving.logs import LogWriter
 from lockstep.serving.metrics import ServingMetrics
 from lockstep.serving.shadow import ShadowRunner
 from lockstep.serving.slots import LoadedSlot, ServingView, SlotManager
 from lockstep.store.records import RecordStore
+
+log = logging.getLogger("lockstep.serving")
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,19 @@ class ServingConfig:
     feedback_wait: float | None = None  # how long a click may wait for its request; None: 2 flushes + 1 s
     recent_answers: int = 20_000  # answers kept in memory to judge clicks (older ones: the database)
     replica: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One request as the logs record it: what was asked (a query, or a user id), by whom, when."""
+
+    query: str
+    k: int
+    user_id: str | None
+    pinned: bool
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    at: datetime = field(default_factory=clock.now)
+    started: float = field(default_factory=time.perf_counter)
 
 
 # --- the runtime ------------------------------------------------------------------------------
@@ -114,6 +141,46 @@ class ServingRuntime:
             if slot.acquire():
                 return view, slot
         raise HTTPException(503, "the routing table is changing too fast to pick a version; retry")
+
+    def answered(self, view: ServingView, slot: LoadedSlot, hits: Any, asked: Asked) -> JSONResponse:
+        """Count, log, mirror to the shadows and answer a request ``slot`` served (search or recommend)."""
+        elapsed = time.perf_counter() - asked.started
+        self.metrics.requests.labels(slot.version).inc()
+        self.metrics.latency.labels(slot.version).observe(elapsed)
+        self.answers.remember(asked.request_id, hits.ids, asked.pinned)
+        self._log(slot, asked, elapsed, 200, hits.ids)
+        if not asked.pinned and view.shadows:
+            self.shadow.submit(asked.request_id, asked.query, asked.k, slot.version, hits.ids, view.shadows)
+        payload = {
+            "request_id": asked.request_id,
+            "model_version": slot.version,
+            "index_version": slot.index_version,
+            "fingerprint": slot.fingerprint,
+            "routing_generation": view.generation,
+            "results": [{"id": i, "score": s} for i, s in zip(hits.ids, hits.scores, strict=True)],
+        }
+        return JSONResponse(payload, headers={MODEL_VERSION_HEADER: slot.version})
+
+    def failed(self, slot: LoadedSlot, asked: Asked, exc: Exception, what: str) -> JSONResponse:
+        """A 500 counted and logged against the version (the gates see it), details only in the server log."""
+        log.error("request %s: %s on model version %s failed", asked.request_id, what, slot.version, exc_info=exc)
+        self.metrics.errors.labels(slot.version, "500").inc()
+        self.answers.remember(asked.request_id, [], asked.pinned)
+        self._log(slot, asked, time.perf_counter() - asked.started, 500, [])
+        return JSONResponse(
+            {"detail": f"{what} on model version {slot.version} failed (request id {asked.request_id}; "
+                       "the server log has the details)",
+             "request_id": asked.request_id},
+            status_code=500,
+            headers={MODEL_VERSION_HEADER: slot.version, REQUEST_ID_HEADER: asked.request_id},
+        )
+
+    def _log(self, slot: LoadedSlot, asked: Asked, elapsed: float, status: int, top_ids: list[str]) -> None:
+        self.logs.request(
+            request_id=asked.request_id, model_version=slot.version, query=asked.query, k=asked.k,
+            latency_ms=elapsed * 1000.0, status=status, top_ids=top_ids, user_id=asked.user_id,
+            replica=self.config.replica, at=asked.at, pinned=asked.pinned,
+        )
 
     def _pinned(self, view: ServingView, pin: str) -> LoadedSlot:
         slot = view.pinned(pin)
