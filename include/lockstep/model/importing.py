@@ -101,7 +101,7 @@ def load_imported(registry: Registry, info: ModelVersionInfo, expected_sha256: s
     """The imported version from the local cache (downloaded once), checked on every load."""
     folder = settings().cache_dir / "models" / expected_sha256.removeprefix("sha256:")[:32]
     if not folder.is_dir() or directory_digest(folder) != expected_sha256:
-        _download_into(registry, info, folder)
+        _download_into(registry, info, folder, expected_sha256)
     return PyfuncEmbedder.load(folder, expected_sha256=expected_sha256)
 
 
@@ -146,13 +146,22 @@ def _register(registry: Registry, local: Path, tags: dict[str, str]) -> str:
     return str(mv.version)
 
 
-def _download_into(registry: Registry, info: Any, folder: Path) -> None:
-    """Download beside ``folder`` and rename into place, so a reader never sees half a model."""
+def _download_into(registry: Registry, info: Any, folder: Path, expected_sha256: str) -> None:
+    """Download beside ``folder`` and rename into place, so a reader never sees half a model.
+
+    Two processes may download at once: the first rename wins, and a folder already in
+    place that matches the digest is never removed (another process may be loading it).
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}"
     try:
         local = registry.download_version(info, staging)
-        shutil.rmtree(folder, ignore_errors=True)
-        local.rename(folder)
+        if folder.is_dir() and directory_digest(folder) != expected_sha256:
+            shutil.rmtree(folder, ignore_errors=True)  # a stale or damaged copy
+        try:
+            local.rename(folder)
+        except OSError:  # another process put a copy in place meanwhile
+            if directory_digest(folder) != expected_sha256:
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
