@@ -72,7 +72,8 @@ def lockstep_reembed():
     def build_recommender(params=None, triggering_asset_events=None):
         from lockstep.recommender import steps as recommender
 
-        ready = recommender.build_requested(params["model_version"], latest_extra(triggering_asset_events, CHALLENGER))
+        extra = latest_extra(triggering_asset_events, CHALLENGER)
+        ready = recommender.build_requested(params["model_version"], extra, promote_if_first=params["promote_if_first"])
         yield Metadata(INDEX_READY, ready)
         return ready
 

@@ -131,7 +131,8 @@ def _verdict(figures: dict[str, float], champion: str | None, margin: float) -> 
     return True, text
 
 
-def build_requested(requested: str | None, asset_extra: dict[str, Any] | None, registry: Registry | None = None) -> dict[str, Any]:
+def build_requested(requested: str | None, asset_extra: dict[str, Any] | None, registry: Registry | None = None,
+                    *, promote_if_first: bool = True) -> dict[str, Any]:
     """The reembed DAG's step on a recommender deployment: build the version a run asks for.
 
     Same resolution as search (Param, else the challenger asset's event, else alias
@@ -142,8 +143,8 @@ def build_requested(requested: str | None, asset_extra: dict[str, Any] | None, r
 
     registry = registry or recommender_registry()
     version = requested_version(requested, asset_extra, registry, purpose="build")
-    became = registry.version_for_alias("champion") is None
-    manifest = build_version(version, registry=registry)
+    became = promote_if_first and registry.version_for_alias("champion") is None
+    manifest = build_version(version, registry=registry, promote_if_first=promote_if_first)
     location = registry.get_version(version).tags.get("lockstep.index_location")
     return {
         "model_version": manifest.model_version,
