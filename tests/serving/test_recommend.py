@@ -158,8 +158,19 @@ def test_a_new_catalogue_item_joins_every_version_after_its_first_interactions(d
         for user in users:
             assert client.post("/interactions", json={"user_id": user, "item_id": "new-movie"}, headers=auth()).status_code == 200
     loaded = server.runtime.manager.loaded()
+    first = {}
     for version in ("1", "2"):
         assert "new-movie" in loaded[version].live.index
+        first[version] = loaded[version].live.index.vectors_of(["new-movie"])[0].copy()
+    with httpx.Client(base_url=server.url) as client:  # more users: the new item is placed again from all of them
+        for user in sorted(deployment["fits"]["1"].user_ids_)[3:6]:
+            assert client.post("/interactions", json={"user_id": user, "item_id": "new-movie"}, headers=auth()).status_code == 200
+    for version in ("1", "2"):
+        model = deployment["fits"][version]
+        users, values = store.users_of("new-movie")
+        expected = model.item_fold_in().vector(users, values)
+        now = loaded[version].live.index.vectors_of(["new-movie"])[0]
+        assert not np.allclose(now, first[version]) and np.allclose(now, expected, atol=1e-4)
 
 
 def test_bad_interactions_are_refused_and_change_nothing(deployment, server):

@@ -56,6 +56,10 @@ class LiveVersion:
         self._item_fold_in = model.item_fold_in()
         self._lock = threading.Lock()  # one writer at a time for the user store
 
+    def fitted_item(self, item_id: str) -> bool:
+        """Whether the item has a vector from the fit itself (not one folded in after it)."""
+        return item_id in self._user_fold_in.row_of
+
     def user_vector(self, user_id: str) -> np.ndarray:
         """The user's current vector; an unknown user raises (serving answers 404)."""
         vector = self.users.get(user_id)

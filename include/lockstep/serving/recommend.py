@@ -121,10 +121,14 @@ class RecommenderSlot(ServingSlot):
         return SearchHits([item for item, _ in hits], [score for _, score in hits])
 
     def apply(self, store: InteractionStore, changes: Any, until: int) -> None:
-        """Fold in every user (and new item) the interactions touched, from their whole history up to ``until``."""
+        """Fold in every user (and new item) the interactions touched, from their whole history up to ``until``.
+
+        An item of the fit keeps its fitted vector; an item that joined after the fit is
+        placed again from all its users on each of its interactions.
+        """
         live = self.live
         for item in sorted(set(changes["item_id"])):
-            if item not in live.index:
+            if not live.fitted_item(item):  # a new item: placed again from all its users so far
                 users, values = store.users_of(item, until=until)
                 live.fold_in_item(item, users, values)
         for user in sorted(set(changes["user_id"])):
