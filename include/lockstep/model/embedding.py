@@ -207,28 +207,17 @@ class TextEmbedder(TransformerMixin, BaseEstimator):
     # --- persistence -------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write the fitted model atomically, then its ``.sha256`` sidecar.
-
-        The sidecar is written second: a crash in between leaves a model without a
-        checksum (refused by ``load``), never a checksum that vouches for a torn file.
-        """
+        """Write the fitted model atomically, then its ``.sha256`` sidecar (``write_checksummed``)."""
         import joblib
 
         self._check_fitted()
-        from lockstep.core.atomic import atomic_path, atomic_write
-
-        path = Path(path)
         payload = {
             "format": FILE_FORMAT,
             "params": self.get_params(),
             "fingerprint": self.fingerprint_,
             "pipeline": self.to_pipeline(),
         }
-        with atomic_path(path) as tmp:
-            joblib.dump(payload, tmp)
-        digest = file_sha256(path)
-        atomic_write(checksum_path(path), f"{digest.removeprefix('sha256:')}  {path.name}\n")
-        return path
+        return write_checksummed(path, lambda tmp: joblib.dump(payload, tmp))
 
     @classmethod
     def load(cls, path: str | Path, expected_sha256: str | None = None) -> TextEmbedder:
@@ -237,12 +226,9 @@ class TextEmbedder(TransformerMixin, BaseEstimator):
         ``expected_sha256`` ('sha256:<hex>' or bare hex) is the hash the caller trusts,
         e.g. the registry tag; without it the ``.sha256`` sidecar ``save`` wrote is used.
         """
-        from lockstep.model.families import load_model_file
+        from lockstep.model.families import load_as
 
-        model = load_model_file(Path(path), expected_sha256)
-        if not isinstance(model, cls):
-            raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
+        return load_as(cls, path, expected_sha256)
 
     @classmethod
     def _from_file_object(cls, obj: Any, path: Path) -> TextEmbedder:
@@ -297,6 +283,23 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return "sha256:" + h.hexdigest()
+
+
+def write_checksummed(path: str | Path, write: Any) -> Path:
+    """``write(tmp_path)`` a model file atomically, then its ``.sha256`` sidecar.
+
+    The sidecar is written second: a crash in between leaves a model without a checksum
+    (refused by the loaders), never a checksum that vouches for a torn file. Every model
+    file (each built-in family's, the recommender's fit) is written through here.
+    """
+    from lockstep.core.atomic import atomic_path, atomic_write
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        write(tmp)
+    digest = file_sha256(path)
+    atomic_write(checksum_path(path), f"{digest.removeprefix('sha256:')}  {path.name}\n")
+    return path
 
 
 def checksum_path(path: str | Path) -> Path:

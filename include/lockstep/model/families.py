@@ -108,6 +108,14 @@ def load_model_file(path: str | Path, expected_sha256: str | None = None) -> Emb
     return model
 
 
+def load_as(cls: type, path: str | Path, expected_sha256: str | None = None) -> Any:
+    """``load_model_file``, refused unless the file holds a ``cls`` (each family's ``load``)."""
+    model = load_model_file(Path(path), expected_sha256)
+    if not isinstance(model, cls):
+        raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
+    return model
+
+
 def _class_for_format(obj: Any, path: Path) -> type:
     formats = {cls.FILE_FORMAT: cls for cls in families().values()}
     found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__

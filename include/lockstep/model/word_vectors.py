@@ -43,8 +43,7 @@ from lockstep.model.embedding import (
     _as_text_list,
     _jsonable,
     _l2_normalise,
-    checksum_path,
-    file_sha256,
+    write_checksummed,
 )
 
 if importlib.util.find_spec("gensim") is None:  # families() then leaves this family out
@@ -239,10 +238,7 @@ class WordVectorEmbedder(TransformerMixin, BaseEstimator):
         """Write the fitted model atomically, then its ``.sha256`` sidecar (as TextEmbedder does)."""
         import joblib
 
-        from lockstep.core.atomic import atomic_path, atomic_write
-
         self._check_fitted()
-        path = Path(path)
         payload = {
             "format": FILE_FORMAT,
             "params": self.get_params(),
@@ -254,21 +250,14 @@ class WordVectorEmbedder(TransformerMixin, BaseEstimator):
             "weights": self.weights_,
             "component": self.component_,
         }
-        with atomic_path(path) as tmp:
-            joblib.dump(payload, tmp)
-        digest = file_sha256(path)
-        atomic_write(checksum_path(path), f"{digest.removeprefix('sha256:')}  {path.name}\n")
-        return path
+        return write_checksummed(path, lambda tmp: joblib.dump(payload, tmp))
 
     @classmethod
     def load(cls, path: str | Path, expected_sha256: str | None = None) -> WordVectorEmbedder:
         """Load a model file after checking its sha256 (or its sidecar's); nothing is unpickled before."""
-        from lockstep.model.families import load_model_file
+        from lockstep.model.families import load_as
 
-        model = load_model_file(Path(path), expected_sha256)
-        if not isinstance(model, cls):
-            raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
+        return load_as(cls, path, expected_sha256)
 
     @classmethod
     def _from_file_object(cls, obj: Any, path: Path) -> WordVectorEmbedder:

@@ -41,9 +41,8 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 
-from lockstep.core.atomic import atomic_path, atomic_write
 from lockstep.core.errors import NotFittedError
-from lockstep.model.embedding import checksum_path, file_sha256, read_verified_model
+from lockstep.model.embedding import read_verified_model, write_checksummed
 from lockstep.recommender.fold_in import FoldIn, UnknownIdError, check_values, confidence
 
 __all__ = ["FILE_FORMAT", "ALSRecommender", "interaction_matrix"]
@@ -157,14 +156,9 @@ class ALSRecommender(BaseEstimator):
         """Write the model as one ``.npz`` atomically, then its ``.sha256`` sidecar (second:
         a crash in between leaves a file without checksum, refused by ``load``)."""
         self._check_fitted()
-        path = Path(path)
         buffer = io.BytesIO()
         np.savez(buffer, **self._arrays())
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(buffer.getvalue())
-        digest = file_sha256(path)
-        atomic_write(checksum_path(path), f"{digest.removeprefix('sha256:')}  {path.name}\n")
-        return path
+        return write_checksummed(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
     @classmethod
     def load(cls, path: str | Path, expected_sha256: str | None = None) -> ALSRecommender:
