@@ -36,6 +36,27 @@ def airflow_db():
     return _HOME
 
 
+def point_at_fresh_home(mp: pytest.MonkeyPatch, home: Path, **env: str) -> None:
+    """Point every Lockstep setting of this process at ``home`` (a module's world), plus ``env``.
+
+    The settings a deployment may have set are cleared, the demo download cache is the
+    tests' shared one, and cached database engines are dropped so the next use opens the
+    new home's databases.
+    """
+    from lockstep.store.db import dispose_engines
+    from tests.conftest import DEMO_CACHE
+
+    mp.setenv("LOCKSTEP_HOME", str(home))
+    for var in ("LOCKSTEP_DATABASE_URL", "LOCKSTEP_RECOMMENDER_DATABASE_URL", "MLFLOW_TRACKING_URI",
+                "LOCKSTEP_INDEX_STORE", "LOCKSTEP_API_TOKEN", "LOCKSTEP_FAULTS"):
+        mp.delenv(var, raising=False)
+    mp.setenv("LOCKSTEP_CACHE_DIR", str(DEMO_CACHE))
+    mp.setenv("LOCKSTEP_SYSTEM", env.pop("LOCKSTEP_SYSTEM", "search"))
+    for name, value in env.items():
+        mp.setenv(name, value)
+    dispose_engines()
+
+
 def task_states(dagrun) -> dict[str, str]:
     """task_id (with map index for mapped tasks) -> final state of one DAG run."""
     states = {}

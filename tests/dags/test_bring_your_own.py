@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.dags.conftest import task_states
+from tests.dags.conftest import point_at_fresh_home, task_states
 from tests.dags.test_rollout_dags import _assert_promoted, _params, _run, replica
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.timeout(900, method="thread")]
@@ -24,17 +24,9 @@ pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.timeout(900, me
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, airflow_db):
     """Demo records, a weak built-in champion (v1, dim 8) with its index, and the team's model imported as v2."""
-    from tests.conftest import DEMO_CACHE
-
     home = tmp_path_factory.mktemp("byo-home")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOCKSTEP_HOME", str(home))
-        for var in ("LOCKSTEP_DATABASE_URL", "MLFLOW_TRACKING_URI", "LOCKSTEP_INDEX_STORE", "LOCKSTEP_API_TOKEN", "LOCKSTEP_FAULTS"):
-            mp.delenv(var, raising=False)
-        mp.setenv("LOCKSTEP_CACHE_DIR", str(DEMO_CACHE))
-        from lockstep.store.db import dispose_engines
-
-        dispose_engines()
+        point_at_fresh_home(mp, home)
         from typer.testing import CliRunner
 
         from lockstep.cli import app
@@ -43,6 +35,7 @@ def world(tmp_path_factory, airflow_db):
         from lockstep.model.registry import Registry
         from lockstep.ops.simulator import held_out_queries, record_categories
         from lockstep.store.corpus import demo_sample
+        from lockstep.store.db import dispose_engines
         from lockstep.store.records import RecordStore
         from tests.model.byo_models import fit_pipeline, log_team_model
 

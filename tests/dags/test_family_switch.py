@@ -20,7 +20,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from tests.dags.conftest import DAGS, task_states
+from tests.dags.conftest import DAGS, point_at_fresh_home, task_states
 from tests.dags.test_rollout_dags import _assert_promoted, _params, _run, replica
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.timeout(900, method="thread")]
@@ -43,22 +43,15 @@ def fresh_dag(name: str):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, airflow_db):
     """Demo records and a weak TF-IDF champion (v1, dim 2) serving at 100 % from its index."""
-    from tests.conftest import DEMO_CACHE
-
     home = tmp_path_factory.mktemp("family-switch-home")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOCKSTEP_HOME", str(home))
-        for var in ("LOCKSTEP_DATABASE_URL", "MLFLOW_TRACKING_URI", "LOCKSTEP_INDEX_STORE", "LOCKSTEP_API_TOKEN", "LOCKSTEP_FAULTS"):
-            mp.delenv(var, raising=False)
-        mp.setenv("LOCKSTEP_CACHE_DIR", str(DEMO_CACHE))
-        from lockstep.store.db import dispose_engines
-
-        dispose_engines()
+        point_at_fresh_home(mp, home)
         from lockstep.index.build import reembed_version
         from lockstep.model.embedding import TextEmbedder
         from lockstep.model.registry import Registry
         from lockstep.ops.simulator import held_out_queries, record_categories
         from lockstep.store.corpus import demo_sample
+        from lockstep.store.db import dispose_engines
         from lockstep.store.records import RecordStore
 
         store = RecordStore()

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from tests.dags.conftest import task_states
+from tests.dags.conftest import point_at_fresh_home, task_states
 from tests.dags.test_rollout_dags import (
     _assert_promoted,
     _assert_rolled_back,
@@ -35,22 +35,15 @@ pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.timeout(900, me
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, airflow_db):
-    from tests.conftest import DEMO_CACHE
-
     home = tmp_path_factory.mktemp("recommender-dags")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOCKSTEP_HOME", str(home))
-        mp.setenv("LOCKSTEP_SYSTEM", "recommender")
-        for var in ("LOCKSTEP_RECOMMENDER_DATABASE_URL", "MLFLOW_TRACKING_URI", "LOCKSTEP_INDEX_STORE", "LOCKSTEP_API_TOKEN", "LOCKSTEP_FAULTS"):
-            mp.delenv(var, raising=False)
-        mp.setenv("LOCKSTEP_CACHE_DIR", str(DEMO_CACHE))
-        from lockstep.store.db import dispose_engines
-
-        dispose_engines()
+        point_at_fresh_home(mp, home, LOCKSTEP_SYSTEM="recommender")
         from lockstep.ops.recommender_simulator import split_future
         from lockstep.recommender import movielens
         from lockstep.recommender.registration import recommender_registry
+        from lockstep.store.db import dispose_engines
         from lockstep.store.interactions import InteractionStore
+        from tests.conftest import DEMO_CACHE
 
         store = InteractionStore()
         store.upsert_items(movielens.items(DEMO_CACHE))

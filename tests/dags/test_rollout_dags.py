@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dags.conftest import task_states
+from tests.dags.conftest import point_at_fresh_home, task_states
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.timeout(600, method="thread")]
 
@@ -90,22 +90,15 @@ def _params(url: str, strategy: str = "canary", **extra) -> dict:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, airflow_db):
     """Demo records, the versions of the ladder with built indexes, and a serving replica on loopback."""
-    from tests.conftest import DEMO_CACHE
-
     home = tmp_path_factory.mktemp("rollout-home")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOCKSTEP_HOME", str(home))
-        for var in ("LOCKSTEP_DATABASE_URL", "MLFLOW_TRACKING_URI", "LOCKSTEP_INDEX_STORE", "LOCKSTEP_API_TOKEN", "LOCKSTEP_FAULTS"):
-            mp.delenv(var, raising=False)
-        mp.setenv("LOCKSTEP_CACHE_DIR", str(DEMO_CACHE))
-        from lockstep.store.db import dispose_engines
-
-        dispose_engines()
+        point_at_fresh_home(mp, home)
         from lockstep.index.build import reembed_version
         from lockstep.model.embedding import TextEmbedder
         from lockstep.model.registry import Registry
         from lockstep.ops.simulator import held_out_queries, record_categories
         from lockstep.store.corpus import DEMO_CATEGORIES, demo_sample
+        from lockstep.store.db import dispose_engines
         from lockstep.store.records import RecordStore
 
         store = RecordStore()
