@@ -37,6 +37,13 @@ app.add_typer(index_app, name="index")
 app.add_typer(routing_app, name="routing")
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
+# Issue 13's commands: each group's commands are at the end of this file.
+holdback_app = typer.Typer(help="The long-term holdback group: users frozen on a version; its lift.", no_args_is_help=True)
+stream_app = typer.Typer(help="The streaming loader: record changes from a broker stream.", no_args_is_help=True)
+batch_app = typer.Typer(help="Batch serving: precomputed top-k per key in the operational table.", no_args_is_help=True)
+app.add_typer(holdback_app, name="holdback")
+app.add_typer(stream_app, name="stream")
+app.add_typer(batch_app, name="batch")
 
 
 def main() -> None:

@@ -259,8 +259,8 @@ def test_a_database_at_0002_upgrades_to_0003_with_its_rows(database_url, lockste
 
     done = upgrade_database(engine)
 
-    assert (done.before, done.after) == ("0002", "0003") and head_revision() == "0003"
-    assert current_revision(engine) == "0003"
+    assert (done.before, done.after) == ("0002", head_revision())
+    assert current_revision(engine) == head_revision()
     with engine.connect() as conn:
         assert schema_differences(conn) == []
     assert RecordStore(engine).get("r1").text == "kept"

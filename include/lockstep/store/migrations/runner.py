@@ -12,7 +12,7 @@ processes that start together migrate once and the second finds the work done:
   (a deferred transaction that read first could not take it later in WAL mode).
 
 A database made before migrations (tables from ``create_all``, no version row) is adopted:
-revisions 0001 to 0003 run with each object created only when missing, and a check after
+revisions 0001 to the head run with each object created only when missing, and a check after
 them refuses to commit if a table, column or index of ``schema.py`` is still missing.
 
 The version table is ``lockstep_alembic_version``, not Alembic's default, so Lockstep's
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 # The newest revision in versions/ (a test checks it against Alembic's own view). Known
 # without loading Alembic, so a process whose database is up to date never imports it.
-HEAD = "0003"
+HEAD = "0006"
 VERSION_TABLE = "lockstep_alembic_version"
 TABLE_PREFIX = "lockstep_"
 ADOPT = "lockstep_adopt"  # Config attribute read by lockstep.store.migrations.adopt
