@@ -29,12 +29,9 @@ hourly run out (trigger it yourself).
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import Metadata, Param, dag, task
-from airflow.timetables.trigger import CronTriggerTimetable
 
-from lockstep.ops.dag_support import DEFAULT_ARGS, DRIFT, NO_RETRY, on_failure, time_schedules_on
+from lockstep.ops.dag_support import DEFAULT_ARGS, DRIFT, NO_RETRY, on_failure, schedule
 
 THRESHOLD_KEYS = (
     "false_alarm_rate",
@@ -48,7 +45,7 @@ THRESHOLD_KEYS = (
     dag_id="lockstep_drift",
     description="Compare recent records, queries and click-through with the champion's training data; emit the drift asset.",
     # run_immediately=timedelta(0): the first run is at the next full hour, never the last one.
-    schedule=CronTriggerTimetable("0 * * * *", timezone="UTC", run_immediately=timedelta(0)) if time_schedules_on() else None,
+    schedule=schedule("0 * * * *"),
     catchup=False,
     max_active_runs=1,
     default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},

@@ -23,19 +23,16 @@ Retentions default to `LOCKSTEP_CHANGE_LOG_RETENTION_DAYS` (7) and
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import Param, dag, task
-from airflow.timetables.trigger import CronTriggerTimetable
 
-from lockstep.ops.dag_support import DEFAULT_ARGS, on_failure, time_schedules_on
+from lockstep.ops.dag_support import DEFAULT_ARGS, on_failure, schedule
 
 
 @dag(
     dag_id="lockstep_maintenance",
     description="Checkpoint served indexes, compact the change log, purge old request/shadow/feedback logs.",
     # Daily at 03:30 UTC, never a catch-up run on a new install; LOCKSTEP_SCHEDULES=off leaves it out.
-    schedule=CronTriggerTimetable("30 3 * * *", timezone="UTC", run_immediately=timedelta(0)) if time_schedules_on() else None,
+    schedule=schedule("30 3 * * *"),
     catchup=False,
     max_active_runs=1,
     default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},

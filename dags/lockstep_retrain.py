@@ -19,11 +19,7 @@ timetable does not run immediately), so nothing runs before a corpus is loaded.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import Metadata, Param, dag, task
-from airflow.timetables.assets import AssetOrTimeSchedule
-from airflow.timetables.trigger import CronTriggerTimetable
 
 from lockstep.ops.dag_support import (
     CHALLENGER,
@@ -33,7 +29,7 @@ from lockstep.ops.dag_support import (
     deployment_system,
     latest_extra,
     on_failure,
-    time_schedules_on,
+    schedule,
 )
 
 TRAIN_KEYS = (
@@ -45,20 +41,11 @@ TRAIN_KEYS = (
 FAMILIES = ["tfidf_svd", "word_vectors"]
 
 
-def weekly_or_on_drift():
-    """Monday 03:00 UTC or the drift asset; the drift asset alone when LOCKSTEP_SCHEDULES=off."""
-    if not time_schedules_on():
-        return DRIFT
-    # run_immediately=timedelta(0): a new install waits for the next Monday. (False would still
-    # run the last Monday when less than a tenth of a week has passed since it.)
-    weekly = CronTriggerTimetable("0 3 * * 1", timezone="UTC", run_immediately=timedelta(0))
-    return AssetOrTimeSchedule(timetable=weekly, assets=DRIFT)
-
 
 @dag(
     dag_id="lockstep_retrain",
     description="Validate data, train, evaluate against the champion, register in MLflow.",
-    schedule=weekly_or_on_drift(),
+    schedule=schedule("0 3 * * 1", DRIFT),  # Monday 03:00 UTC, or a drift
     catchup=False,
     max_active_runs=1,
     default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},

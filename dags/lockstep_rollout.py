@@ -69,6 +69,7 @@ from lockstep.ops.dag_support import (
     DEFAULT_ARGS,
     INDEX_READY,
     NO_RETRY,
+    PROMOTED,
     latest_extra,
     on_failure,
     serving_url_default,
@@ -161,7 +162,7 @@ def lockstep_rollout():
 
         return rollout.shadow_only(plan)
 
-    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[PROMOTED])  # PROMOTED starts lockstep_batch
     def finalize(ti=None) -> dict:
         """Upstream: the promoting strategies only (never start or shadow_only), so shadow never promotes."""
         from lockstep.rollout import steps as rollout

@@ -628,5 +628,183 @@ def simulate(
     raise typer.Exit(0 if report.errors == 0 and report.mixed == 0 else 1)
 
 
+# --- stream (the streaming loader, issue 13) ------------------------------------------------
+
+
+def _stream_source_url(value: str) -> str:
+    from lockstep.streaming.sources import SourceURLError, parse_source_url
+
+    try:
+        parse_source_url(value)
+    except SourceURLError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    return value
+
+
+@stream_app.command("consume")
+def stream_consume(
+    source: Annotated[str, typer.Option("--source", callback=_stream_source_url,
+                                        help="redis://HOST[:PORT]/STREAM or kafka://HOST[:PORT]/TOPIC.")],
+    group: Annotated[str, typer.Option(help="Consumer group (Redis: made when missing; Kafka: group.id).")] = "lockstep",
+    consumer: Annotated[str | None, typer.Option(
+        help="This consumer's name in the group (default: the host name). Keep it across restarts: "
+             "a restarted consumer first takes back what it was given before.")] = None,
+    batch: Annotated[int, typer.Option(min=1, max=10_000, help="Messages per read and per transaction.")] = 500,
+    dead_letter: Annotated[str | None, typer.Option(
+        help="Dead-letter stream (default: STREAM:dead on Redis, TOPIC.dead on Kafka).")] = None,
+    field: Annotated[str, typer.Option(help="Redis: the entry field that holds the JSON message.")] = "data",
+    max_messages: Annotated[int | None, typer.Option(min=1, help="Stop after this many messages.")] = None,
+    until_idle: Annotated[bool, typer.Option(help="Stop when a read finds nothing new (batch runs, tests).")] = False,
+    block_ms: Annotated[int, typer.Option(min=1, help="How long one read waits for new messages (ms).")] = 1000,
+    claim_idle_ms: Annotated[int, typer.Option(
+        min=0, help="Redis: take over entries another consumer left unacknowledged this long (ms).")] = 60_000,
+) -> None:
+    """Apply record changes from a stream ({op: upsert|delete, id, text?, metadata?} as JSON) to the record store.
+
+    At least once and idempotent: each message's id is stored with its change, in the
+    same transaction, and the message is acknowledged only after that commits. Bad
+    messages go to the dead-letter stream with the reason. SIGINT/SIGTERM finish the
+    current batch and stop.
+    """
+    import signal
+    import socket
+    import threading
+
+    from lockstep.store.records import RecordStore
+    from lockstep.streaming.consumer import ConsumeOptions, StreamLoader
+    from lockstep.streaming.sources import open_source
+
+    name = consumer or socket.gethostname()
+    store = RecordStore()  # the database first: a wrong LOCKSTEP_DATABASE_URL fails before the broker is touched
+    stream = open_source(source, group=group, consumer=name, dead_letter=dead_letter, field=field,
+                         claim_idle_ms=claim_idle_ms)
+    stop = threading.Event()
+
+    def request_stop(signum, _frame) -> None:
+        typer.echo(f"{signal.Signals(signum).name}: finishing the current batch, then stopping", err=True)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, request_stop)
+    typer.echo(f"consuming {stream.key} as {name!r} of group {group!r}; dead letters to {stream.dead_letter_name!r}",
+               err=True)
+    loader = StreamLoader(stream, store, group=group, consumer=name, field=field)
+    options = ConsumeOptions(batch=batch, max_messages=max_messages, until_idle=until_idle, block_ms=block_ms)
+    try:
+        report = loader.run(options, stop, _stream_progress())
+    finally:
+        stream.close()
+    typer.echo(f"{report.describe()}; last sequence {report.last_seq if report.last_seq is not None else '-'} "
+               f"({report.stopped})")
+
+
+def _stream_progress(every_s: float = 2.0):
+    """Print the running figures at most every ``every_s`` seconds (one line each, to stderr)."""
+    next_print = time.monotonic() + every_s
+
+    def show(report) -> None:
+        nonlocal next_print
+        if time.monotonic() >= next_print:
+            typer.echo(f"  {report.describe()}", err=True)
+            next_print = time.monotonic() + every_s
+
+    return show
+
+
+@stream_app.command("status")
+def stream_status_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """Per source and consumer group: applied, duplicates, dead letters, last message and sequence, pending, lag."""
+    from lockstep.streaming.status import stream_status
+
+    rows = stream_status()
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        typer.echo("no stream consumed yet")
+    for r in rows:
+        typer.echo(f"{r['source']} group {r['group']} ({r['consumer']}): {r['applied']:,} applied, "
+                   f"{r['duplicates']:,} already applied, {r['dead_lettered']:,} dead-lettered; last "
+                   f"{r['last_message_id'] or '-'} -> seq {r['last_seq'] if r['last_seq'] is not None else '-'} "
+                   f"at {r['last_applied_at'] or '-'}; pending {r['pending']}, lag {r['lag']}")
+
+
+# --- holdback (issue 13) ------------------------------------------------------------------------
+
+
+@holdback_app.command("set")
+def holdback_set(
+    version: Annotated[str, typer.Argument(help="The model version to freeze users on: a ready or live slot.")],
+    percent: Annotated[float, typer.Argument(help="Share of users (with a user id) held back: above 0, at most 50.")],
+    system: SystemOption = None,
+) -> None:
+    """Freeze a sticky share of users on VERSION: rollouts never move them, retention keeps the version."""
+    _use_system(system)
+    from lockstep.store import routing
+
+    generation = routing.set_holdback(version, percent, actor="lockstep holdback set")
+    typer.echo(f"holdback: {percent:g} % of users on version {version} (routing generation {generation})")
+
+
+@holdback_app.command("show")
+def holdback_show(
+    days: Annotated[int, typer.Option(min=1, help="How many days back the report goes (today included).")] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    system: SystemOption = None,
+) -> None:
+    """The holdback and the lift of each day's champion over it, with a confidence interval."""
+    _use_system(system)
+    from lockstep.holdback.steps import format_table, report
+
+    lift = report(days=days)
+    if as_json:
+        _echo_json(lift.to_dict())
+        return
+    typer.echo(format_table(lift))
+
+
+@holdback_app.command("clear")
+def holdback_clear(system: SystemOption = None) -> None:
+    """End the holdback: its users are routed by the weights again."""
+    _use_system(system)
+    from lockstep.store import routing
+
+    cleared = routing.clear_holdback(actor="lockstep holdback clear")
+    if cleared is None:
+        typer.echo("no holdback was set; nothing changed")
+    else:
+        typer.echo(f"holdback on version {cleared.model_version} ({cleared.percent:g} % of users) cleared")
+
+
+# --- batch serving (issue 13) -------------------------------------------------------------------
+
+
+@batch_app.command("run")
+def batch_run(
+    system: SystemOption = None,
+    model_version: Annotated[list[str] | None, typer.Option("--model-version", help="A serving version to compute (repeat for more). Default: every serving version.")] = None,
+    k: Annotated[int, typer.Option(min=1, max=100, help="Results kept per key (another k recomputes in full).")] = 10,
+    full: Annotated[bool, typer.Option("--full", help="Recompute every key instead of only those whose inputs changed.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Precompute top-k per key for the serving versions (what lockstep_batch runs), incrementally."""
+    _use_system(system)
+    from lockstep.batch.steps import run
+
+    summary = run(k=k, versions=list(model_version) if model_version else None, full=full)
+    if as_json:
+        _echo_json(summary)
+        return
+    if not summary["versions"]:
+        typer.echo("no serving version: nothing computed")
+    for v in summary["versions"]:
+        typer.echo(f"{summary['kind']} v{v['model_version']}: {v['mode']}, {v['computed']:,} keys computed, "
+                   f"{v['removed']:,} removed; {v['rows']:,} rows complete through seq {v['through_seq']} ({v['reason']})")
+    for name, rows in summary["dropped"].items():
+        typer.echo(f"retired {name}: {rows:,} rows removed")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -7,7 +7,7 @@ import pytest
 from tests.dags.conftest import DAGS
 
 DAG_FILES = sorted(p.stem for p in DAGS.glob("lockstep_*.py") if p.stem != "lockstep_common")
-EXPECTED = {"lockstep_retrain", "lockstep_drift", "lockstep_reembed", "lockstep_rollout", "lockstep_rollback"}
+EXPECTED = {"lockstep_retrain", "lockstep_drift", "lockstep_reembed", "lockstep_rollout", "lockstep_rollback", "lockstep_holdback", "lockstep_batch"}
 HEAVY = ("sklearn", "mlflow", "faiss", "pandas", "great_expectations", "torch")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.redis_harness import running_redis
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.airflow, pytest.mark.timeout(900)]
 
@@ -46,51 +47,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _redis_server_binary() -> str:
-    """redis-server, installed with apt-get when missing (as ./dev test does)."""
-    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"],
-                       env=env, capture_output=True)
-        found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
-    if found is None:
-        reason = "redis-server is not installed and could not be installed (needs root and apt-get: apt-get install redis-server)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; in CI the Celery test must run, not skip")
-        pytest.skip(reason)
-    return found
-
-
 @pytest.fixture
 def redis_url(tmp_path) -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, no persistence."""
-    import redis
-
-    port = _free_port()
-    log = tmp_path / "redis.log"
-    process = subprocess.Popen(
-        [_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path), "--logfile", str(log)],
-        start_new_session=True,
-    )
-    try:
-        client = redis.Redis(host="127.0.0.1", port=port)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not answer on port {port}: {log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.2)
+    """A throwaway redis-server on a free loopback port, no persistence (tests/redis_harness.py)."""
+    with running_redis(tmp_path) as port:
         yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 @pytest.fixture

@@ -238,3 +238,83 @@ def test_app_answers_html_json_and_refuses_without_login(lockstep_home):
     reply = down.get("/", headers={"x-user": "admin"})
     assert reply.status_code == 503 and "cannot reach the Lockstep database" in reply.text
     assert down.get("/api/state", headers={"x-user": "admin"}).json()["detail"].startswith("cannot reach")
+
+
+def _answered(conn, request_id: str, version: str, user: str, at: datetime, *, holdback: bool) -> None:
+    conn.execute(schema.request_log.insert().values(
+        request_id=request_id, at=at, model_version=version, user_id=user, query="q", k=10, latency_ms=1.0,
+        status=200, top_ids=["r1", "r2"], replica="test", pinned=False, holdback=holdback))
+
+
+def test_the_holdback_lift_and_the_streaming_loader_are_on_the_page(lockstep_home):
+    from lockstep.store.db import get_engine
+    from lockstep.streaming.status import record_backlog, record_batch
+
+    routing.register_slot(1, "models:/e/1", "/idx/v1", "sha256:" + "a" * 64, routing.READY)
+    routing.register_slot(2, "models:/e/2", "/idx/v2", "sha256:" + "b" * 64, routing.READY)
+    routing.set_weights({2: 100}, reason="version 2 is champion")
+    routing.set_holdback(1, 10.0)
+    engine = get_engine()
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    with engine.begin() as conn:
+        # champion: 4 user-days, 3 clicked (one user with 3 requests and 2 clicks counts once);
+        # holdback: 4 user-days, 1 clicked.
+        for n, (user, clicks) in enumerate([("c1", 2), ("c1", 0), ("c1", 0), ("c2", 1), ("c3", 1), ("c4", 0)]):
+            _answered(conn, f"c-{n}", "2", user, day + timedelta(hours=1, minutes=n), holdback=False)
+            for _ in range(clicks):
+                conn.execute(schema.feedback_log.insert().values(request_id=f"c-{n}", record_id="r1", event="click",
+                                                                 at=day + timedelta(hours=2)))
+        for n, (user, clicks) in enumerate([("h1", 1), ("h2", 0), ("h3", 0), ("h4", 0)]):
+            _answered(conn, f"h-{n}", "1", user, day + timedelta(hours=1, minutes=n), holdback=True)
+            for _ in range(clicks):
+                conn.execute(schema.feedback_log.insert().values(request_id=f"h-{n}", record_id="r1", event="click",
+                                                                 at=day + timedelta(hours=2)))
+        record_batch(conn, source="redis://127.0.0.1:6379/changes", group="lockstep", consumer="c-1", applied=120,
+                     duplicates=3, dead=2, last_message_id="1700000000000-7", last_seq=120)
+    record_backlog(engine, source="redis://127.0.0.1:6379/changes", group="lockstep", consumer="c-1", pending=4, lag=37)
+
+    d = load_dashboard()
+    assert d.holdback["holdback"]["model_version"] == "1" and d.holdback["holdback"]["percent"] == 10.0
+    assert "salt" not in json.dumps(d.to_dict())
+    (past,) = [x for x in d.holdback["days"] if x["day"] == day.date().isoformat()]
+    assert (past["champion_version"], past["champion_user_days"], past["champion_clicked"]) == ("2", 4, 3)
+    assert (past["holdback_user_days"], past["holdback_clicked"]) == (4, 1)
+    assert past["lift"] == pytest.approx((3 / 4) / (1 / 4) - 1)
+    (stream,) = d.streams
+    assert (stream["applied"], stream["duplicates"], stream["dead_lettered"], stream["lag"], stream["pending"]) == (120, 3, 2, 37, 4)
+
+    page = render_page(d)
+    assert "10% of users frozen on <strong>v1</strong>" in page
+    assert f'data-day="{day.date().isoformat()}" data-lift="{past["lift"]}"' in page and "+200.0%" in page
+    ET.fromstring(d.holdback_chart)  # the chart is well-formed SVG
+    assert 'data-source="redis://127.0.0.1:6379/changes" data-lag="37"' in page
+
+
+def test_without_holdback_or_loader_the_page_says_how_to_start_them(lockstep_home):
+    d = load_dashboard()
+    assert d.holdback["holdback"] is None and d.streams == ()
+    page = render_page(d)
+    assert "No holdback group" in page and "No streaming loader has run" in page
+
+
+def test_batch_freshness_shows_complete_and_computing_versions_and_how_far_behind(lockstep_home):
+    from lockstep.store.batch_results import BatchResultStore
+    from lockstep.store.records import RecordStore
+
+    records = RecordStore()
+    records.upsert("a", "first text")
+    records.upsert("b", "second text")
+    head = records.head()
+    batch = BatchResultStore()
+    batch.start_full("related", "1", fingerprint="sha256:" + "a" * 64, k=2, through_seq=head)
+    batch.write_rows("related", "1", [("a", [("b", 0.5)]), ("b", [("a", 0.5)])], input_seq=head)
+    batch.finish("related", "1", fingerprint="sha256:" + "a" * 64, k=2, through_seq=head)
+    batch.start_full("related", "2", fingerprint="sha256:" + "b" * 64, k=2, through_seq=head)
+    records.upsert("c", "a third text")  # one change since both versions' rows
+    records.delete("a")  # and a second
+
+    d = load_dashboard()
+    assert [(b["model_version"], b["complete"], b["rows"], b["behind"]) for b in d.batch] == [("2", False, 0, 2), ("1", True, 2, 2)]
+    page = render_page(d)
+    assert 'data-version="1" data-kind="related" data-complete="true" data-behind="2"' in page
+    assert 'data-version="2" data-kind="related" data-complete="false"' in page and "takes no batch traffic" in page

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi import checks
 
+from lockstep.batch import steps as batch
 from lockstep.serving import ServingConfig
 from lockstep.store import routing
 from tests.serving.conftest import deploy
@@ -38,12 +39,16 @@ def test_every_operation_answers_only_documented_statuses_and_never_a_5xx(backen
     url = f"sqlite:///{tmp_path / 'lockstep.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
     d = deploy(url, tmp_path)
     routing.set_weights({"1": 90, "2": 10}, engine=d.engine)
+    with pytest.MonkeyPatch.context() as mp:  # batch rows for both versions: GET /related answers, never a 503
+        mp.setenv("LOCKSTEP_DATABASE_URL", url)
+        batch.run()
     with serve(d.app(config=FUZZ_CONFIG)) as s:
         schema = schemathesis.openapi.from_url(f"{s.url}/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]
         assert {f"{op.method.upper()} {op.path}" for op in operations} >= {
             "POST /search", "PUT /records/{record_id}", "DELETE /records/{record_id}", "POST /feedback",
             "GET /routing", "GET /healthz", "GET /readyz", "GET /metrics",
+            "GET /related/{record_id}",  # batch serving
         }
         for operation in operations:
             if mode is GenerationMode.NEGATIVE and not takes_input(operation):

@@ -44,6 +44,15 @@ REVISION_0003_TABLES = ("lockstep_interactions", "lockstep_items", "lockstep_use
 REVISION_0003_OBJECTS = {("add_table", t) for t in REVISION_0003_TABLES} | {
     ("add_index", i) for i in ("ix_lockstep_interactions_user", "ix_lockstep_interactions_item",
                                "ux_lockstep_interactions_source")}
+# Revision 0004 (batch serving): two tables.
+REVISION_0004_TABLES = ("lockstep_batch_results", "lockstep_batch_state")
+REVISION_0004_OBJECTS = {("add_table", t) for t in REVISION_0004_TABLES}
+# Revision 0005 (the holdback group): a table and the request log's ``holdback`` column.
+REVISION_0005_TABLES = ("lockstep_holdback",)
+REVISION_0005_OBJECTS = {("add_table", "lockstep_holdback"), ("add_column", "holdback")}
+# Revision 0006 (the streaming loader): two tables.
+REVISION_0006_TABLES = ("lockstep_stream_messages", "lockstep_stream_consumers")
+REVISION_0006_OBJECTS = {("add_table", t) for t in REVISION_0006_TABLES}
 
 
 @pytest.fixture
@@ -57,10 +66,10 @@ def _previous_release() -> MetaData:
     no feedback age index, no rollout state)."""
     old = MetaData()
     for table in metadata.sorted_tables:
-        if table.name == "lockstep_rollout_state" or table.name in REVISION_0003_TABLES:
+        if table.name == "lockstep_rollout_state" or table.name in REVISION_0003_TABLES + REVISION_0004_TABLES + REVISION_0005_TABLES + REVISION_0006_TABLES:
             continue
         columns = [Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable, autoincrement=c.autoincrement)
-                   for c in table.columns if c.name != "pinned"]
+                   for c in table.columns if c.name not in ("pinned", "holdback")]
         copy = Table(table.name, old, *columns)
         for index in table.indexes:
             if index.name != "ix_lockstep_feedback_log_at":
@@ -120,7 +129,7 @@ def test_a_database_at_the_previous_revision_upgrades_with_its_rows(url):
     with engine.connect() as conn:  # the comparison sees exactly what 0002 adds
         missing = {(d[0], getattr(d[-1], "name", None) or d[-1]) for d in schema_differences(conn)}
     assert missing == {("add_table", "lockstep_rollout_state"), ("add_index", "ix_lockstep_feedback_log_at"),
-                       ("add_column", "pinned")} | REVISION_0003_OBJECTS, missing
+                       ("add_column", "pinned")} | REVISION_0003_OBJECTS | REVISION_0004_OBJECTS | REVISION_0005_OBJECTS | REVISION_0006_OBJECTS, missing
 
     done = upgrade_database(engine)
 

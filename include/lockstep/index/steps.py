@@ -9,6 +9,9 @@ The order is what makes it safe (issue: no write lost, no delete resurrected):
 3. ``embed`` for each shard (the DAG maps over shards): reads only its row group,
    embeds in batches straight into a partial index, reused on retry when its key
    (fingerprint, S, ids and texts) matches. Cost grows with records, not shards x records.
+   With ``first_slice_share`` (the DAG), the last shards hold a uniform sample that is
+   embedded first and judged against the champion (``early_verdict``, which may
+   ``stop_load``) before the rest is embedded (``lockstep.index.early_verdict``).
 4. ``merge``: add the partial indexes one at a time (never two full copies), then
    apply every change after S in order; the last change of each record wins, so a
    delete after S stays deleted.
@@ -97,15 +100,20 @@ def snapshot(
     store: RecordStore | None = None,
     *,
     target_shards: int = DEFAULT_TARGET_SHARDS,
+    first_slice_share: float | None = None,
 ) -> dict[str, Any]:
     """Snapshot at sequence S into a parquet file beside the shards: one row group per shard.
 
     The store is streamed (never a list of every record), and each shard task later
     reads only its own row group. ``shard_size`` None: chosen from the record count.
+    ``first_slice_share``: the last shards hold a uniform sample of that share, the
+    early verdict's first slice (``early_verdict.write_sliced_snapshot``).
     """
     store = store or RecordStore()
     size = shard_size or shard_size_for(store.count(), target_shards)
     shards_dir = Path(plan["location"]) / "shards"
+    if first_slice_share is not None:
+        return _sliced_snapshot(store, shards_dir, size, first_slice_share)
     counts, seq = write_snapshot(store, shards_dir, size)
     return {
         "seq": seq,
@@ -113,6 +121,23 @@ def snapshot(
         "shards": list(range(len(counts))),
         "shard_size": size,
         "file": snapshot_name(seq, size),
+    }
+
+
+def _sliced_snapshot(store: RecordStore, shards_dir: Path, size: int, share: float) -> dict[str, Any]:
+    from lockstep.index.early_verdict import write_sliced_snapshot
+
+    sliced = write_sliced_snapshot(store, shards_dir, size, share)
+    return {
+        "seq": sliced.seq,
+        "records": sum(sliced.counts),
+        "shards": list(range(len(sliced.counts))),
+        "shard_size": size,
+        "file": sliced.file,
+        "first_slice": sliced.first_slice,
+        "rest": sliced.rest,
+        "first_slice_share": share,
+        "first_slice_records": sum(sliced.counts[i] for i in sliced.first_slice),
     }
 
 
@@ -136,11 +161,29 @@ def embed(plan: dict[str, Any], snap: dict[str, Any], shard: int, embedder=None)
     return asdict(result)
 
 
+def early_verdict(plan: dict[str, Any], snap: dict[str, Any], first: list[dict[str, Any]], *, margin: float,
+                  action: str) -> dict[str, Any]:
+    """Judge the candidate on its first slice against the champion (``lockstep.index.early_verdict``)."""
+    from lockstep.index.early_verdict import judge_first_slice
+
+    return judge_first_slice(plan, snap, first, margin=margin, action=action)
+
+
+def stop_load(plan: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
+    """Stop a load the early verdict judged worse: slot retired, version rejected, files freed."""
+    from lockstep.index.early_verdict import stop_load as stop
+
+    return stop(plan, verdict)
+
+
 def merge(plan: dict[str, Any], snap: dict[str, Any], shards: list[dict[str, Any]], spec: dict[str, Any] | None = None,
-          store: RecordStore | None = None, embedder=None) -> dict[str, Any]:
-    """Merge the partial indexes, catch up every change after S, save (slot stays ``loading``)."""
+          store: RecordStore | None = None, embedder=None, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge the partial indexes, catch up every change after S, save (slot stays ``loading``).
+
+    ``extra`` goes into the manifest (the early verdict's figures).
+    """
     p = SlotPlan(**plan)
-    _, manifest = merge_and_save(p, snap, shards, spec, store or RecordStore(), embedder or load_embedder(p))
+    _, manifest = merge_and_save(p, snap, shards, spec, store or RecordStore(), embedder or load_embedder(p), extra=extra)
     return {"applied_seq": manifest.applied_seq, "records": manifest.record_count, "index_sha256": manifest.index_sha256}
 
 
@@ -203,7 +246,7 @@ def resolve_spec(spec: dict[str, Any] | None, n_records: int, dim: int) -> Index
 
 def merge_and_save(
     p: SlotPlan, snap: dict[str, Any], shards: list[dict[str, Any]], spec: dict[str, Any] | None,
-    store: RecordStore, embedder,
+    store: RecordStore, embedder, *, extra: dict[str, Any] | None = None,
 ) -> tuple[VectorIndex, Manifest]:
     expected = set(snap["shards"])
     got = {s["shard"] for s in shards}
@@ -213,7 +256,7 @@ def merge_and_save(
     applied = catch_up(index, embedder, store, snap["seq"])
     manifest = save_index(
         index, p.location, model_name=p.model_name, model_version=p.model_version,
-        fingerprint=p.fingerprint, applied_seq=max(applied, snap["seq"]),
+        fingerprint=p.fingerprint, applied_seq=max(applied, snap["seq"]), extra=extra,
     )
     return index, manifest
 
@@ -233,7 +276,7 @@ def validate_and_save(
         note = "validation failed: " + "; ".join(result.problems)
         routing.set_state(p.model_version, "loading", note=note[:2000], engine=engine)
         raise IndexValidationError(f"index of {p.model_name} v{p.model_version} failed validation: " + "; ".join(result.problems))
-    extra = {"validation": result.figures}
+    extra = {**_manifest_extra(p.location), "validation": result.figures}  # keeps the early verdict
     if applied != applied_seq:
         save_index(
             index, p.location, model_name=p.model_name, model_version=p.model_version,
@@ -242,6 +285,12 @@ def validate_and_save(
     else:
         update_manifest(p.location, extra=extra)
     return {"ok": True, "applied_seq": applied, "figures": result.figures, "checks": result.checks}
+
+
+def _manifest_extra(location: str) -> dict[str, Any]:
+    from lockstep.index.manifest import MANIFEST, read_manifest
+
+    return dict(read_manifest(location).extra) if (Path(location) / MANIFEST).exists() else {}
 
 
 def _snapshot_path(plan: SlotPlan, snap: dict[str, Any]) -> Path:

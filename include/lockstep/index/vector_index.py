@@ -29,7 +29,7 @@ together but never beside an add or remove.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -217,6 +217,76 @@ class VectorIndex:
                         hits.scores.append(s)
                 out.append(hits)
             return out
+
+    def search_within(
+        self, queries: np.ndarray, ids: Iterable[str], k: int = 10, *, ef_search: int | None = None,
+        gather_below: float = 0.5,
+    ) -> list[SearchHits]:
+        """The ``k`` nearest records of each query among ``ids`` only (others are never returned).
+
+        Added for the early verdict (issue 14): a champion's index searched as if it held
+        only the records a candidate has loaded so far. The filter runs inside FAISS (an
+        ``IDSelectorBitmap`` over the allowed labels in the search parameters), so all
+        ``k`` places go to allowed records; ids not in the index are ignored, and
+        tombstoned HNSW labels are never allowed (they are not in the id map).
+        ``ef_search`` widens an HNSW beam, which a selective filter needs.
+
+        A flat index whose filter admits fewer than ``gather_below`` of its vectors is
+        searched exactly over just those rows instead (copied from its storage, one matrix
+        product per batch): FAISS's filtered flat scan tests every stored vector one by one
+        without BLAS, 40 s for 2,000 queries at 1M vectors where the gathered 10 % takes 2 s.
+        """
+        queries = _as_matrix(queries, self.dim)
+        with self._lock.read():
+            labels = np.fromiter((self._label_of[i] for i in set(ids) if i in self._label_of), dtype=np.int64)
+            if self._faiss is None or len(labels) == 0:
+                return [SearchHits() for _ in range(len(queries))]
+            k_eff = min(k, len(labels))
+            if self.spec.kind == "flat" and len(labels) < gather_below * self._faiss.ntotal:
+                scores, found = self._gathered_search(queries, np.sort(labels), k_eff)
+            else:
+                scores, found = self._selected_search(queries, labels, k_eff, ef_search)
+            return [self._hits(row_scores, row_labels) for row_scores, row_labels in zip(scores, found, strict=True)]
+
+    def _selected_search(self, queries: np.ndarray, labels: np.ndarray, k: int, ef_search: int | None):
+        """FAISS's own search with an IDSelectorBitmap of ``labels`` (read lock held)."""
+        import faiss
+
+        bitmap = np.zeros(self._next_label // 8 + 1, dtype=np.uint8)
+        _set_bits(bitmap, labels)
+        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+        params = self._search_params() or faiss.SearchParameters()
+        if self.spec.kind == "hnsw" and ef_search:
+            params.efSearch = max(params.efSearch, int(ef_search))
+        params.sel = selector  # replaces the tombstone filter: dead labels are not in ``labels``
+        result = self._faiss.search(queries, k, params=params)
+        del bitmap, selector
+        return result
+
+    def _gathered_search(self, queries: np.ndarray, labels: np.ndarray, k: int, batch: int = 256):
+        """Exact top-k over the stored rows of ``labels`` only (flat; read lock held); ties by label."""
+        stored_labels, matrix = self._storage_view()
+        rows = np.flatnonzero(np.isin(stored_labels, labels))
+        vectors, row_labels = matrix[rows], stored_labels[rows]
+        out_scores = np.empty((len(queries), k), dtype=np.float32)
+        out_labels = np.empty((len(queries), k), dtype=np.int64)
+        for start in range(0, len(queries), batch):
+            scores = queries[start : start + batch] @ vectors.T
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.argsort(-scores, axis=1)
+            top_scores = np.take_along_axis(scores, top, axis=1)
+            order = np.lexsort((row_labels[top], -top_scores), axis=1)
+            out_labels[start : start + batch] = row_labels[np.take_along_axis(top, order, axis=1)]
+            out_scores[start : start + batch] = np.take_along_axis(top_scores, order, axis=1)
+        return out_scores, out_labels
+
+    def _hits(self, scores: np.ndarray, labels: np.ndarray) -> SearchHits:
+        hits = SearchHits()
+        for s, label in zip(scores.tolist(), labels.tolist(), strict=True):
+            rid = self._id_of.get(label)
+            if label >= 0 and rid is not None:
+                hits.ids.append(rid)
+                hits.scores.append(s)
+        return hits
 
     def _search_params(self):
         import faiss

@@ -903,6 +903,25 @@ class Registry:
         client.set_terminated(run_id, status="FINISHED")
         return run_id, experiment_id, False
 
+    def log_version_metrics(self, version: str | int, metrics: Mapping[str, float]) -> str | None:
+        """Metrics on the run that registered ``version``; its run id, or None when it has no run.
+
+        Added for the early verdict (issue 14): figures measured after registration (during
+        the re-embed) belong beside the version's training figures. A finished run takes
+        metrics too; logging again (a retried task) adds a later value under the same key.
+        """
+        from mlflow.entities import Metric
+
+        info = self.get_version(version)
+        if not info.run_id or not metrics:
+            return info.run_id
+        now_ms = int(clock.now().timestamp() * 1000)
+        try:
+            self._client().log_batch(info.run_id, metrics=[Metric(k, float(v), now_ms, 0) for k, v in metrics.items()])
+        except mlflow.MlflowException as exc:
+            raise self._failed(f"log metrics on the run of version {info.version}", exc) from exc
+        return info.run_id
+
 
 # --- helpers ---------------------------------------------------------------------------
 

@@ -73,6 +73,24 @@ def time_schedules_on() -> bool:
     return setting == "on"
 
 
+def schedule(cron: str, asset: Asset | None = None):
+    """A DAG's schedule: the cron (UTC) or, with ``asset``, whichever comes first.
+
+    With ``LOCKSTEP_SCHEDULES=off`` the clock is left out and only the asset (or nothing)
+    triggers a run. ``run_immediately=timedelta(0)``: a new install waits for the next
+    cron time (False would still run the last one when it is recent enough).
+    """
+    from datetime import timedelta
+
+    from airflow.timetables.assets import AssetOrTimeSchedule
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    if not time_schedules_on():
+        return asset
+    clock_schedule = CronTriggerTimetable(cron, timezone="UTC", run_immediately=timedelta(0))
+    return clock_schedule if asset is None else AssetOrTimeSchedule(timetable=clock_schedule, assets=asset)
+
+
 def serving_url_default() -> str:
     """Default of the rollout and rollback DAGs' Param ``serving_url``: the replicas to verify.
 
@@ -83,3 +101,8 @@ def serving_url_default() -> str:
     import os
 
     return os.environ.get("LOCKSTEP_SERVING_URLS", "").strip() or "http://127.0.0.1:8000"
+
+
+# Emitted by lockstep_rollout's finalize when a version reaches 100 % (extra: {"model_version", ...}):
+# lockstep_batch recomputes the operational table for the new champion right away.
+PROMOTED = Asset(name="lockstep_promoted", uri="lockstep://models/promoted")

@@ -33,10 +33,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from lockstep.core import clock, jsonio
 from lockstep.core.alerts import recent_alerts
 from lockstep.core.config import settings
+from lockstep.holdback.chart import lift_chart_svg
+from lockstep.holdback.report import lift_report
+from lockstep.index.early_verdict import early_verdict_of
+from lockstep.model.registry import Registry
 from lockstep.rollout import record
 from lockstep.store import schema
+from lockstep.store.batch_results import BatchResultStore
 from lockstep.store.db import get_engine
+from lockstep.store.interactions import InteractionStore
+from lockstep.store.records import RecordStore
 from lockstep.store.routing import HistoryEntry, history, read_table, version_key
+from lockstep.streaming.status import stream_status
 
 FINGERPRINT_CHARS = 12
 # An alert of a rollback that names no rollout id is the same rollback as a record
@@ -144,6 +152,15 @@ class Dashboard:
     history: tuple[WeightPoint, ...]  # oldest first, the most recent changes
     problems: tuple[str, ...] = field(default=())  # parts that could not be read, said plainly
     system: str = "search"  # the deployment's system (LOCKSTEP_SYSTEM): search or recommender
+    # Issue 13: the holdback's daily lift (``LiftReport.to_dict``: never the salt) and its chart,
+    # the streaming loader's progress per (source, group).
+    holdback: dict[str, Any] | None = None
+    holdback_chart: str = ""
+    streams: tuple[dict[str, Any], ...] = ()
+    # Batch serving's freshness per version: its state row, and how many input changes it is behind.
+    batch: tuple[dict[str, Any], ...] = ()
+    # Issue 14: the early verdict of the newest versions (``early_verdict_of``), newest first.
+    early_verdicts: tuple[dict[str, Any], ...] = ()
 
     @property
     def history_svg(self) -> str:
@@ -165,6 +182,7 @@ def load_dashboard(
     rollout_limit: int = 10,
     history_limit: int = 500,
     alert_limit: int = 50,
+    verdict_limit: int = 10,
 ) -> Dashboard:
     """Read the page's data; parts that fail (alert file, rollout tables) become ``problems``.
 
@@ -199,6 +217,11 @@ def load_dashboard(
         problems.append(f"the alert log could not be read: {exc}")
         alerts = ()
 
+    holdback, holdback_chart = _holdback(eng, problems)
+    streams = _streams(eng, problems)
+    batch = _batch_freshness(eng, problems)
+    verdicts = _early_verdicts(slots, problems, verdict_limit)
+
     return Dashboard(
         generated_at=clock.now(),
         generation=table.generation,
@@ -211,7 +234,63 @@ def load_dashboard(
         history=points,
         problems=tuple(problems),
         system=settings().system,
+        holdback=holdback,
+        holdback_chart=holdback_chart,
+        streams=streams,
+        batch=batch,
+        early_verdicts=verdicts,
     )
+
+
+def _holdback(eng: Engine, problems: list[str]) -> tuple[dict[str, Any] | None, str]:
+    """The lift report of the last days and its chart; (None, "") with a problem when unreadable."""
+    try:
+        report = lift_report(eng)
+    except (SQLAlchemyError, ValueError) as exc:
+        problems.append(f"the holdback report could not be read: {exc}")
+        return None, ""
+    return report.to_dict(), lift_chart_svg(report)
+
+
+def _early_verdicts(slots: Sequence[SlotView], problems: list[str], limit: int) -> tuple[dict[str, Any], ...]:
+    """The early verdicts of the newest ``limit`` slots' versions, read from their MLflow tags.
+
+    The tags outlive a stopped load (its files are deleted), so a version stopped early
+    still shows why. The recommender system has no early verdict (its fit is judged whole).
+    """
+    if settings().system != "search" or limit < 1:
+        return ()
+    try:
+        registry = Registry()
+        registered = {v.version for v in registry.latest_versions(limit)}  # a slot may name another model
+        newest = sorted({s.model_version for s in slots} & registered, key=version_key, reverse=True)
+        found = [early_verdict_of(version, registry) for version in newest]
+    except Exception as exc:  # noqa: BLE001 - the registry may be down; the rest of the page still helps
+        problems.append(f"early verdicts could not be read from MLflow: {type(exc).__name__}: {exc}")
+        return ()
+    return tuple(v for v in found if v is not None)
+
+
+def _batch_freshness(eng: Engine, problems: list[str]) -> tuple[dict[str, Any], ...]:
+    """Each version's batch rows: complete or not, how many, through which input sequence, and
+    ``behind``: the input changes (record changes, or interactions) committed since then."""
+    try:
+        states = BatchResultStore(eng).states()
+        head = RecordStore(eng).head() if settings().system == "search" else InteractionStore(eng).max_seq()
+    except SQLAlchemyError as exc:
+        problems.append(f"batch serving's table could not be read: {exc}")
+        return ()
+    newest_first = sorted(states, key=lambda st: version_key(st.model_version), reverse=True)
+    return tuple({**st.to_dict(), "behind": max(0, head - st.through_seq)} for st in newest_first)
+
+
+def _streams(eng: Engine, problems: list[str]) -> tuple[dict[str, Any], ...]:
+    """The streaming loader's progress rows (empty: no loader has run against this database)."""
+    try:
+        return tuple(stream_status(eng))
+    except SQLAlchemyError as exc:
+        problems.append(f"the streaming loader's progress could not be read: {exc}")
+        return ()
 
 
 def configured_mlflow_ui_url() -> str:

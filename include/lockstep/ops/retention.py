@@ -397,3 +397,13 @@ def _ensure_at_indexes(engine: Engine) -> None:
         if index.name == "ix_lockstep_feedback_log_at":
             index.create(engine, checkfirst=True)
 
+
+# --- batch serving's operational table (issue 13) ----------------------------------------------
+
+
+def drop_retired_batch_results() -> dict[str, int]:
+    """Remove the precomputed rows of versions whose slot is retired or gone (rows removed per
+    ``kind/version``); the holdback version's rows stay. ``lockstep_batch`` runs it last."""
+    from lockstep.batch.steps import drop_retired
+
+    return drop_retired()

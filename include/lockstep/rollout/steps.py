@@ -344,9 +344,14 @@ def retire_previous(plan: Plan, final: Mapping[str, Any], *, engine: Engine | No
     if not previous or previous == plan.model_version:
         return {"retired": None, "reason": "no previous champion"}
     champion = registry.version_for_alias("champion")
-    slot = routing.read_table(engine).slot(previous)
+    table = routing.read_table(engine)
+    slot = table.slot(previous)
     if (champion is not None and champion.version == previous) or (slot is not None and slot.weight > 0):
         reason = f"v{previous} serves again (rolled back during the window); kept"
+        record.record_step(rid, "retention", "retention", "info", reason=reason, engine=engine)
+        return {"retired": None, "reason": reason}
+    if table.holdback is not None and table.holdback.model_version == previous:  # issue 13: never retired
+        reason = f"v{previous} serves the holdback group ({table.holdback.percent:g} % of users); kept"
         record.record_step(rid, "retention", "retention", "info", reason=reason, engine=engine)
         return {"retired": None, "reason": reason}
     if slot is None or slot.state == routing.RETIRED:

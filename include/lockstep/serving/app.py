@@ -40,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lockstep.core.config import Settings
 from lockstep.core.errors import InvalidRecordError, RecordNotFoundError
+from lockstep.serving.batch_reads import batch_router
 from lockstep.serving.bodies import (
     MAX_BODY_BYTES,
     MAX_METADATA_BYTES,
@@ -128,6 +129,7 @@ def create_app(
         add_recommender_routes(app, rt, require_token)
     else:
         _add_search_routes(app, rt, require_token)
+    app.include_router(batch_router(settings.system))  # GET /related or /recommendations (batch serving)
 
     @app.post("/feedback", status_code=202, response_model=FeedbackAccepted, responses=error_responses(400, 413, 422, 500, 503))
     async def feedback(body: FeedbackBody) -> FeedbackAccepted:
@@ -143,9 +145,20 @@ def create_app(
         rt.metrics.feedback.labels(body.event).inc()
         return FeedbackAccepted(accepted=True, counted=verdict is Verdict.COUNTED)
 
-    @app.get("/routing", responses=error_responses(500))
+    @app.get("/routing", responses={**error_responses(500), 200: {"description": "The routing table", "content": {
+        "application/json": {"example": {
+            "generation": 12,
+            "slots": [{"model_version": "3", "state": "live", "weight": 100, "shadow": False, "loaded": True,
+                       "error": None, "applied_seq": 5120}],
+            "holdback": {"model_version": "1", "percent": 5.0, "set_at": "2026-11-30T07:00:00+00:00",
+                         "set_by": "lockstep holdback set"},
+            "replica": "host:1234"}}}}})
     def routing() -> dict[str, Any]:
         """The routing table this replica serves, and what it holds for each slot.
+
+        ``holdback`` (null when none is set) is the long-term holdback group: ``percent``
+        of users with a user id are always served by its ``model_version``, whatever the
+        weights (``lockstep holdback set VERSION PERCENT``).
 
         ``error`` is a short category (``index_integrity``, ``fingerprint_mismatch``,
         ``model_unavailable``, ...): this endpoint is open, so paths and messages stay in

@@ -104,6 +104,8 @@ def search_once(
 
 def format_table(table: RoutingTable) -> str:
     lines = [f"routing generation {table.generation}"]
+    if table.holdback is not None:  # issue 13: these users are served by it whatever the weights
+        lines.append(f"holdback: {table.holdback.percent:g} % of users on version {table.holdback.model_version}")
     if not table.slots:
         lines.append("no slots registered yet (lockstep index build --model-version N registers one)")
         return "\n".join(lines)

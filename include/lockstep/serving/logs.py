@@ -82,6 +82,7 @@ class LogWriter:
         replica: str | None = None,
         at: datetime | None = None,
         pinned: bool = False,
+        holdback: bool = False,
     ) -> None:
         self._put(
             request_log,
@@ -97,6 +98,7 @@ class LogWriter:
                 "top_ids": top_ids,
                 "replica": replica,
                 "pinned": pinned,
+                "holdback": holdback,
             },
         )
 

@@ -23,6 +23,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from lockstep.serving.logs import LogWriter
     from lockstep.serving.shadow import ShadowRunner
     from lockstep.serving.slots import SlotManager
@@ -81,6 +83,7 @@ class ServingMetrics:
 
     def attach(self, manager: SlotManager, shadow: ShadowRunner, logs: LogWriter, replica: str) -> None:
         self.registry.register(_StateCollector(manager, shadow, logs, replica))
+        self.registry.register(StreamLagCollector(manager.engine))  # the streaming loader (issue 13)
 
     # callbacks for the shadow runner and log writer
     def shadow_result(self, version: str, seconds: float, ok: bool) -> None:
@@ -149,3 +152,40 @@ class _StateCollector(Collector):
         pending = GaugeMetricFamily("lockstep_log_rows_pending", "Log rows waiting to be written.")
         pending.add_metric([], self.logs.pending)
         yield pending
+
+
+class StreamLagCollector(Collector):
+    """The streaming loader's backlog per (source, group), read from its table at scrape time.
+
+    The loader runs in its own process and writes what the broker reported after each batch
+    to ``lockstep_stream_consumers``; every replica exports it, labelled by source and group.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        from sqlalchemy import select
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from lockstep.store.schema import stream_consumers as t
+
+        lag = GaugeMetricFamily(
+            "lockstep_stream_lag", "Stream messages not yet delivered to the loader's group (the broker's figure).",
+            labels=["source", "group"],
+        )
+        pending = GaugeMetricFamily(
+            "lockstep_stream_pending", "Stream messages delivered to the loader and not yet acknowledged.",
+            labels=["source", "group"],
+        )
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(t.c.source, t.c.group_name, t.c.lag, t.c.pending)).all()
+        except SQLAlchemyError:
+            rows = []  # a scrape must not fail because the database is away; the gauges are absent then
+        for row in rows:
+            if row.lag is not None:
+                lag.add_metric([row.source, row.group_name], row.lag)
+            if row.pending is not None:
+                pending.add_metric([row.source, row.group_name], row.pending)
+        yield from (lag, pending)

@@ -148,8 +148,8 @@ class ServingRuntime:
         self.metrics.requests.labels(slot.version).inc()
         self.metrics.latency.labels(slot.version).observe(elapsed)
         self.answers.remember(asked.request_id, hits.ids, asked.pinned)
-        self._log(slot, asked, elapsed, 200, hits.ids)
-        if not asked.pinned and view.shadows:
+        held = self._log(slot, asked, elapsed, 200, hits.ids)
+        if not asked.pinned and not held and view.shadows:  # holdback answers are no live traffic to compare
             self.shadow.submit(asked.request_id, asked.query, asked.k, slot.version, hits.ids, view.shadows)
         payload = {
             "request_id": asked.request_id,
@@ -175,12 +175,15 @@ class ServingRuntime:
             headers={MODEL_VERSION_HEADER: slot.version, REQUEST_ID_HEADER: asked.request_id},
         )
 
-    def _log(self, slot: LoadedSlot, asked: Asked, elapsed: float, status: int, top_ids: list[str]) -> None:
+    def _log(self, slot: LoadedSlot, asked: Asked, elapsed: float, status: int, top_ids: list[str]) -> bool:
+        """Log the request; returns whether the holdback rule answered it (flagged, left out of statistics)."""
+        held = not asked.pinned and self.manager.view.table.held_back(asked.user_id) == slot.version
         self.logs.request(
             request_id=asked.request_id, model_version=slot.version, query=asked.query, k=asked.k,
             latency_ms=elapsed * 1000.0, status=status, top_ids=top_ids, user_id=asked.user_id,
-            replica=self.config.replica, at=asked.at, pinned=asked.pinned,
+            replica=self.config.replica, at=asked.at, pinned=asked.pinned, holdback=held,
         )
+        return held
 
     def _pinned(self, view: ServingView, pin: str) -> LoadedSlot:
         slot = view.pinned(pin)

@@ -310,7 +310,14 @@ class ServingView:
         return self.table.generation
 
     def route(self, user_id: str | None) -> Route | None:
-        """The live version this request goes to (None if nothing is live)."""
+        """The version this request goes to (None if nothing is live).
+
+        A holdback user goes to the holdback version (loaded even at weight 0), or is
+        refused when this replica does not hold it: never to another version.
+        """
+        held = self.table.held_back(user_id)
+        if held is not None:
+            return Route(held, int(self.table.holdback.percent), self.slots.get(held))
         return pick(self.routes, user_id, self.table.salt)
 
     def choose(self, user_id: str | None) -> LoadedSlot | None:

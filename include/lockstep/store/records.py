@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import groupby
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Subquery, and_, func, select, update
@@ -450,3 +451,66 @@ def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+# --- writes in the caller's transaction (the streaming loader, issue 13) ----------------------
+
+_TOMBSTONE_SQL = {
+    "sqlite": "UPDATE lockstep_records SET text = NULL, metadata = NULL, deleted = 1, seq = ?, updated_at = ? WHERE id = ?",
+    "postgresql": "UPDATE lockstep_records SET text = NULL, metadata = NULL, deleted = true, seq = %s, updated_at = %s "
+    "WHERE id = %s",
+}
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """One checked write for ``write_changes``: metadata already JSON text (``validate_record``)."""
+
+    op: str  # UPSERT | DELETE
+    record_id: str
+    text: str | None = None
+    metadata_json: str | None = None
+
+
+def lock_change_log(conn: Connection) -> int:
+    """Take the change-log counter's lock in this transaction; returns the head sequence.
+
+    Every writer takes this lock, so what the caller reads after it (which records are live,
+    which messages were applied) stays true until its transaction commits.
+    """
+    return _next_seqs(conn, 0)
+
+
+def write_changes(conn: Connection, writes: list[PendingWrite]) -> list[int]:
+    """Write upserts and deletes in the caller's transaction, in order; one sequence each.
+
+    The rows ``upsert_many`` and ``delete`` write (the record's state, a tombstone for a
+    delete, one change-log entry per write), for a writer that must commit something else
+    with its changes: the streaming loader stores each message's id in the same
+    transaction. The caller validated each record and checked that a delete names a live
+    record (``lock_change_log`` first, so the check holds until commit).
+    """
+    if not writes:
+        return []
+    dialect = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
+    upsert_sql, change_sql = _BULK_SQL[dialect]
+    last = _next_seqs(conn, len(writes))
+    seqs = list(range(last - len(writes) + 1, last + 1))
+    now = clock.now()
+    stamp = now if dialect == "postgresql" else now.strftime("%Y-%m-%d %H:%M:%S.%f")
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        # consecutive writes of one kind go together; the runs keep the stream's order per record
+        for op, group in groupby(zip(seqs, writes, strict=True), key=lambda pair: pair[1].op):
+            run = list(group)
+            if op == UPSERT:
+                cursor.executemany(upsert_sql, [(w.record_id, w.text, w.metadata_json, stamp, s) for s, w in run])
+            else:
+                cursor.executemany(_TOMBSTONE_SQL[dialect], [(s, stamp, w.record_id) for s, w in run])
+        cursor.executemany(change_sql, [
+            (s, w.record_id, w.op, w.text if w.op == UPSERT else None, w.metadata_json if w.op == UPSERT else None, stamp)
+            for s, w in zip(seqs, writes, strict=True)
+        ])
+    finally:
+        cursor.close()
+    return seqs

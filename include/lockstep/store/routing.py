@@ -16,6 +16,13 @@ Traffic is split into 100 buckets. A request with a user id hashes ``salt:user_i
 a bucket, and buckets are laid out by cumulative weight over the live slots sorted by
 version: a user keeps their version while the weights hold, and a new salt (a new
 rollout) reshuffles who lands where.
+
+The long-term holdback group (issue 13) comes first: a user whose hash with the
+holdback's *own* salt falls under its percent is always served by the holdback version,
+whatever the weights, so re-salting a rollout never moves them and rollouts never see
+them. Everybody else is routed by the weights as above; requests without a user id are
+never held back. The holdback version stays loaded (it cannot be drained, retired or
+registered again while it is the holdback) even at weight 0.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from lockstep.core import clock
 from lockstep.core.errors import LockstepError
 from lockstep.store.db import get_engine, is_postgres
+from lockstep.store.schema import holdback as holdback_table
 from lockstep.store.schema import routing_history, routing_state, slots
 
 LOADING, READY, LIVE, DRAINING, RETIRED = "loading", "ready", "live", "draining", "retired"
@@ -43,6 +51,9 @@ SERVING_STATES = frozenset({READY, LIVE})
 # States that may receive traffic weight: loaded ones, and a draining slot called back.
 WEIGHTABLE_STATES = frozenset({READY, LIVE, DRAINING})
 BUCKETS = 100
+# The holdback share is drawn in basis points, so 2.5 % is exactly 250 of 10,000 buckets.
+HOLDBACK_BUCKETS = 10_000
+HOLDBACK_MAX_PERCENT = 50.0
 NOTIFY_CHANNEL = "lockstep_routing"
 _STATE_ROW = 1
 
@@ -87,12 +98,39 @@ class SlotRow:
 
 
 @dataclass(frozen=True)
+class Holdback:
+    """The long-term holdback: ``percent`` of users (by their own salt) frozen on one version."""
+
+    model_version: str
+    percent: float
+    salt: str
+    set_at: datetime | None = None
+    set_by: str | None = None
+
+    def holds(self, user_id: str | None) -> bool:
+        """Whether this user is in the holdback: sticky for the salt, never without a user id."""
+        if user_id is None:
+            return False
+        return bucket_of(user_id, self.salt, HOLDBACK_BUCKETS) < round(self.percent * HOLDBACK_BUCKETS / 100)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``GET /routing`` shows (not the salt: the endpoint is open)."""
+        return {
+            "model_version": self.model_version,
+            "percent": self.percent,
+            "set_at": self.set_at.isoformat() if self.set_at else None,
+            "set_by": self.set_by,
+        }
+
+
+@dataclass(frozen=True)
 class RoutingTable:
     """The whole table at one generation; replicas route only from such a snapshot."""
 
     generation: int
     salt: str
     slots: tuple[SlotRow, ...] = ()
+    holdback: Holdback | None = None
 
     def slot(self, model_version: str | int) -> SlotRow | None:
         version = str(model_version)
@@ -111,9 +149,25 @@ class RoutingTable:
     def weights(self) -> dict[str, int]:
         return {s.model_version: s.weight for s in self.live}
 
+    def held_back(self, user_id: str | None) -> str | None:
+        """The holdback version when this user is in the holdback, else None."""
+        if self.holdback is None or not self.holdback.holds(user_id):
+            return None
+        return self.holdback.model_version
+
     def choose(self, user_id: str | None, available: Iterable[str] | None = None) -> SlotRow | None:
-        """The live slot a request goes to (restricted to ``available`` versions if given)."""
+        """The slot a request goes to (restricted to ``available`` versions if given).
+
+        A holdback user gets the holdback version or nothing (None when it is not serving
+        or not among ``available``): the holdback is never handed to another version.
+        """
         allowed = None if available is None else set(available)
+        held = self.held_back(user_id)
+        if held is not None:
+            slot = self.slot(held)
+            if slot is None or slot.state not in SERVING_STATES or (allowed is not None and held not in allowed):
+                return None
+            return slot
         candidates = [(s, s.weight) for s in self.live if allowed is None or s.model_version in allowed]
         return pick(candidates, user_id, self.salt)
 
@@ -125,6 +179,7 @@ class RoutingTable:
                 {"model_version": s.model_version, "state": s.state, "weight": s.weight, "shadow": s.shadow}
                 for s in self.slots
             ],
+            "holdback": self.holdback.to_dict() if self.holdback else None,
         }
 
 
@@ -195,7 +250,14 @@ def read_table(engine: Engine | str | None = None) -> RoutingTable:
                 select(routing_state.c.generation, routing_state.c.salt).where(routing_state.c.id == _STATE_ROW)
             ).first()
             rows = conn.execute(select(slots)).all()
-    return _table(state, rows)
+            held = conn.execute(select(holdback_table)).first()
+    return _table(state, rows, held)
+
+
+def read_holdback(engine: Engine | str | None = None) -> Holdback | None:
+    """The holdback, or None when none is set."""
+    with _engine(engine).connect() as conn:
+        return _holdback(conn.execute(select(holdback_table)).first())
 
 
 def history(limit: int | None = None, engine: Engine | str | None = None) -> list[HistoryEntry]:
@@ -243,6 +305,7 @@ def register_slot(
                 f"slot {version} is live with weight {current.weight}; move its traffic away with "
                 "set_weights before registering it again"
             )
+        _refuse_if_holdback(conn, version, "registered again")
         now = clock.now()
         values = {
             "model_uri": model_uri,
@@ -289,6 +352,8 @@ def set_state(
                 f"slot {version} is live with weight {current.weight}; move its traffic away with "
                 f"set_weights before setting it {state}"
             )
+        if state not in SERVING_STATES:
+            _refuse_if_holdback(conn, version, f"set {state}")
         conn.execute(
             update(slots)
             .where(slots.c.model_version == version)
@@ -351,6 +416,59 @@ def set_weights(
                 )
         _record(conn, generation, reason=reason, actor=actor)
     return generation
+
+
+def set_holdback(
+    model_version: str | int,
+    percent: float,
+    *,
+    actor: str | None = None,
+    engine: Engine | str | None = None,
+) -> int:
+    """Freeze ``percent`` of users (0 < percent <= 50) on a serving version; returns the generation.
+
+    The version must be a registered slot that replicas load (ready or live). Setting the
+    same version again keeps its salt, so a larger percent keeps everyone already held
+    back; another version draws a new population. The weights are not touched, and the
+    history row has no actor, so a rollout in flight does not read it as an override.
+    """
+    version = _version(model_version)
+    share = _validate_percent(percent)
+    with _engine(engine).begin() as conn:
+        generation = _bump(conn)
+        rows = _slot_rows(conn)
+        row = rows.get(version)
+        if row is None:
+            known = ", ".join(sorted(rows, key=version_key)) or "none"
+            raise RoutingError(f"no slot for model version {version} (registered slots: {known}); "
+                               "the holdback version must be a serving slot")
+        if row.state not in SERVING_STATES:
+            raise RoutingError(f"slot {version} is {row.state}; the holdback version must be ready or live "
+                               "(a slot the replicas keep loaded)")
+        current = _holdback(conn.execute(select(holdback_table)).first())
+        salt = current.salt if current is not None and current.model_version == version else secrets.token_hex(8)
+        values = {"model_version": version, "percent": share, "salt": salt, "set_at": clock.now(),
+                  "set_by": actor[:128] if actor else None}
+        if current is None:
+            conn.execute(holdback_table.insert().values(id=_STATE_ROW, **values))
+        else:
+            conn.execute(update(holdback_table).where(holdback_table.c.id == _STATE_ROW).values(**values))
+        who = f" by {actor}" if actor else ""
+        _record(conn, generation, reason=f"holdback: {share:g} % of users on version {version}{who}", actor=None)
+    return generation
+
+
+def clear_holdback(*, actor: str | None = None, engine: Engine | str | None = None) -> Holdback | None:
+    """End the holdback (its users go back to the weights); returns the one cleared, None if none."""
+    with _engine(engine).begin() as conn:
+        current = _holdback(conn.execute(select(holdback_table)).first())
+        if current is None:
+            return None
+        generation = _bump(conn)
+        conn.execute(holdback_table.delete())
+        who = f" by {actor}" if actor else ""
+        _record(conn, generation, reason=f"holdback on version {current.model_version} cleared{who}", actor=None)
+    return current
 
 
 def foreign_changes(
@@ -423,6 +541,27 @@ def _version(value: Any) -> str:
     if not version or len(version) > 64:
         raise RoutingError(f"model version {value!r} must be 1 to 64 characters")
     return version
+
+
+def _validate_percent(percent: Any) -> float:
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)):
+        raise RoutingError(f"the holdback percent must be a number, got {percent!r}")
+    share = float(percent)
+    if not 0 < share <= HOLDBACK_MAX_PERCENT or round(share * 100) != share * 100:
+        raise RoutingError(
+            f"the holdback percent is {percent}; it must be above 0 and at most {HOLDBACK_MAX_PERCENT:g}, "
+            "in steps of 0.01"
+        )
+    return share
+
+
+def _refuse_if_holdback(conn: Connection, version: str, what: str) -> None:
+    held = _holdback(conn.execute(select(holdback_table)).first())
+    if held is not None and held.model_version == version:
+        raise RoutingError(
+            f"slot {version} is the holdback version ({held.percent:g} % of users) and cannot be {what}; "
+            "clear the holdback first (lockstep holdback clear)"
+        )
 
 
 def _validate_weights(weights: Mapping[str | int, int]) -> dict[str, int]:
@@ -520,8 +659,15 @@ def _slot(row: Any) -> SlotRow:
     )
 
 
-def _table(state: Any, rows: Sequence[Any]) -> RoutingTable:
+def _holdback(row: Any) -> Holdback | None:
+    if row is None:
+        return None
+    return Holdback(model_version=row.model_version, percent=float(row.percent), salt=row.salt,
+                    set_at=clock.utc_or_none(row.set_at), set_by=row.set_by)
+
+
+def _table(state: Any, rows: Sequence[Any], held: Any = None) -> RoutingTable:
     ordered = sorted((_slot(r) for r in rows), key=lambda s: version_key(s.model_version))
     if state is None:
-        return RoutingTable(generation=0, salt="", slots=tuple(ordered))
-    return RoutingTable(generation=int(state.generation), salt=state.salt, slots=tuple(ordered))
+        return RoutingTable(generation=0, salt="", slots=tuple(ordered), holdback=_holdback(held))
+    return RoutingTable(generation=int(state.generation), salt=state.salt, slots=tuple(ordered), holdback=_holdback(held))

@@ -239,3 +239,95 @@ users = Table(
     Column("first_seen_seq", BigInteger, nullable=True),
     Column("added_at", DateTime(timezone=True), nullable=False),
 )
+
+# --- holdback (issue 13, migration 0005) ---
+# The long-term holdback group: one row (id 1) while a holdback is set. A user whose hash
+# with the holdback's own salt falls under ``percent`` is always served by ``model_version``;
+# the salt is not the routing salt, so a rollout that re-salts the routing never moves them.
+
+holdback = Table(
+    "lockstep_holdback",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("model_version", String(64), nullable=False),
+    Column("percent", Float, nullable=False),  # share of users with a user id, 0 < percent <= 50
+    Column("salt", String(64), nullable=False),
+    Column("set_at", DateTime(timezone=True), nullable=False),
+    Column("set_by", String(128), nullable=True),
+)
+
+# A request the holdback rule answered (a holdback user on the holdback version): logged,
+# left out of gate, drift and bandit statistics, counted only by the holdback's lift report.
+request_log.append_column(
+    Column("holdback", Boolean, nullable=False, default=False, server_default=false())
+)
+
+# --- streaming loader (issue 13, migration 0006) ---
+# One row per message the loader applied, written in the same transaction as its change:
+# a redelivered message finds its row and changes nothing (at least once, applied once).
+# The key is the source (broker and stream, not the consumer group) and the broker's id
+# of the message, so two groups reading one stream into one database apply it once.
+
+stream_messages = Table(
+    "lockstep_stream_messages",
+    metadata,
+    Column("source", String(256), primary_key=True),  # e.g. redis://host:6379/records
+    Column("message_id", String(128), primary_key=True),  # Redis entry id, Kafka partition-offset
+    Column("seq", BigInteger, nullable=False),  # the change-log sequence the message made
+    Column("record_id", String(ID_LENGTH), nullable=False),
+    Column("op", String(8), nullable=False),  # "upsert" | "delete"
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+# Per (source, consumer group): what the loader applied last and how far behind it is.
+# Counters and the last message are written with each batch's transaction; pending and
+# lag are read from the broker after the batch is acknowledged. Read by the serving
+# app's /metrics (lockstep_stream_lag) and the Lockstep UI page.
+stream_consumers = Table(
+    "lockstep_stream_consumers",
+    metadata,
+    Column("source", String(256), primary_key=True),
+    Column("group_name", String(128), primary_key=True),
+    Column("consumer", String(128), nullable=False),  # the consumer that wrote last
+    Column("applied", BigInteger, nullable=False),
+    Column("duplicates", BigInteger, nullable=False),  # redeliveries found already applied
+    Column("dead_lettered", BigInteger, nullable=False),
+    Column("last_message_id", String(128), nullable=True),
+    Column("last_seq", BigInteger, nullable=True),
+    Column("last_applied_at", DateTime(timezone=True), nullable=True),
+    Column("pending", BigInteger, nullable=True),  # delivered, not yet acknowledged
+    Column("lag", BigInteger, nullable=True),  # not yet delivered to the group (None: unknown)
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# --- batch serving (issue 13, migration 0004) ---
+# Top-k per key precomputed by lockstep_batch for each serving version (the operational
+# table other systems read through GET /related and GET /recommendations). ``kind`` is
+# "related" (search: key = record id) or "recommendations" (recommender: key = user id).
+# One state row per (kind, version) says whether its rows are complete and through which
+# input sequence (change-log seq for search, interaction seq for the recommender): a
+# version takes batch traffic only while its state is complete.
+
+batch_results = Table(
+    "lockstep_batch_results",
+    metadata,
+    Column("kind", String(32), primary_key=True),
+    Column("model_version", String(64), primary_key=True),
+    Column("key", String(ID_LENGTH), primary_key=True),
+    Column("results", Text, nullable=False),  # JSON text: [{"id": str, "score": float}, ...], best first
+    Column("computed_at", DateTime(timezone=True), nullable=False),
+    Column("input_seq", BigInteger, nullable=False),  # the inputs were read through this sequence
+)
+
+batch_state = Table(
+    "lockstep_batch_state",
+    metadata,
+    Column("kind", String(32), primary_key=True),
+    Column("model_version", String(64), primary_key=True),
+    Column("fingerprint", String(128), nullable=False),  # a re-registered version with another space starts over
+    Column("k", Integer, nullable=False),
+    Column("complete", Boolean, nullable=False, default=False),
+    Column("through_seq", BigInteger, nullable=False),  # every row reflects the inputs through this sequence
+    Column("rows", BigInteger, nullable=False),
+    Column("computed_at", DateTime(timezone=True), nullable=False),
+)

@@ -9,6 +9,9 @@ one click event). Three rules hold for every reader here:
 
 - Pinned requests never count: any client can pin a version (``X-Lockstep-Pin``), so
   pinned traffic would let a client steer a gate or the drift check.
+- Holdback requests never count either (the long-term holdback group, issue 13): they are
+  frozen on an old version and belong to no rollout. Only ``user_days`` reads them, for
+  the holdback's lift report.
 - Clicks arrive after their request: a request in the window counts its clicks up to
   ``clicks_until`` (the moment of the analysis), not just up to the window's end.
 - Windows are half-open, ``[start, end)``, in UTC.
@@ -19,7 +22,8 @@ Everything here reads; nothing writes (``lockstep.serving.logs`` writes the logs
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, and_, distinct, false, func, select
@@ -37,8 +41,8 @@ from lockstep.store.log_stats import (
 from lockstep.store.schema import feedback_log, request_log, shadow_log
 
 __all__ = [
-    "ArmStats", "ClickThrough", "ShadowStats", "Window",
-    "arm_stats", "click_through", "impression", "queries", "shadow_stats", "unpinned",
+    "ArmStats", "ClickThrough", "ShadowStats", "UserDay", "Window",
+    "arm_stats", "click_through", "counted", "impression", "queries", "shadow_stats", "unpinned", "user_days",
 ]
 
 CHUNK = 500  # request ids per IN (...) list: well under every driver's parameter limit
@@ -47,6 +51,11 @@ CHUNK = 500  # request ids per IN (...) list: well under every driver's paramete
 def unpinned() -> ColumnElement[bool]:
     """The request-log rows that may count in statistics: not pinned by the client."""
     return request_log.c.pinned == false()
+
+
+def counted() -> ColumnElement[bool]:
+    """The request-log rows that count in gate, drift and bandit statistics: not pinned, not holdback."""
+    return and_(unpinned(), request_log.c.holdback == false())
 
 
 def impression() -> ColumnElement[bool]:
@@ -149,12 +158,52 @@ def shadow_stats(engine: Engine, window: Window, version: str) -> ShadowStats:
     )
 
 
+@dataclass(frozen=True)
+class UserDay:
+    """One user's impressions on one UTC day in one arm: the holdback's unit of click-through."""
+
+    day: date
+    user_id: str
+    model_version: str
+    holdback: bool
+    impressions: int
+    clicked: bool
+
+
+def user_days(engine: Engine, window: Window, *, clicks_until: datetime | None = None) -> list[UserDay]:
+    """Every (UTC day, user, version, holdback flag) with impressions in the window, unpinned.
+
+    A user-day is clicked when any of its impressions got a click (up to
+    ``clicks_until``): a user who searched five times that day counts once. Requests
+    without a user id are left out (they cannot be counted per user). Rows are read in
+    pages and folded as they come, so memory follows user-days, not requests.
+    """
+    on_click = [feedback_log.c.request_id == request_log.c.request_id, feedback_log.c.event == "click"]
+    if clicks_until is not None:
+        on_click.append(feedback_log.c.at <= utc(clicks_until))
+    stmt = select(
+        request_log.c.at, request_log.c.user_id, request_log.c.model_version, request_log.c.holdback,
+        select(feedback_log.c.id).where(*on_click).exists().label("clicked"),
+    ).where(
+        request_log.c.at >= window.start, request_log.c.at < window.end, unpinned(), impression(),
+        request_log.c.user_id.is_not(None),
+    )
+    folded: dict[tuple[date, str, str, bool], list[int]] = {}
+    with engine.connect() as conn:
+        for at, user, version, held, clicked in conn.execution_options(yield_per=CHUNK).execute(stmt):
+            key = (utc(at).date(), user, version, bool(held))
+            unit = folded.setdefault(key, [0, 0])
+            unit[0] += 1
+            unit[1] |= bool(clicked)
+    return [UserDay(day, user, version, held, n, bool(c)) for (day, user, version, held), (n, c) in sorted(folded.items())]
+
+
 # --- internals --------------------------------------------------------------------------------
 
 
 def _requests_in(window: Window, *more: ColumnElement[bool]) -> ColumnElement[bool]:
-    """The unpinned request-log rows of the window (and ``more`` conditions)."""
-    return and_(request_log.c.at >= window.start, request_log.c.at < window.end, unpinned(), *more)
+    """The counted (unpinned, not holdback) request-log rows of the window (and ``more`` conditions)."""
+    return and_(request_log.c.at >= window.start, request_log.c.at < window.end, counted(), *more)
 
 
 def _clicked_by_version(in_window: ColumnElement[bool], clicks_until: datetime | None) -> Any:
@@ -178,7 +227,7 @@ def _live_answers(conn: Any, request_ids: Sequence[str]) -> dict[str, tuple[int,
             (rid, (int(status), float(latency)))
             for rid, status, latency in conn.execute(
                 select(request_log.c.request_id, request_log.c.status, request_log.c.latency_ms).where(
-                    request_log.c.request_id.in_(chunk), unpinned()
+                    request_log.c.request_id.in_(chunk), counted()
                 )
             )
         )

@@ -1,0 +1,88 @@
+"""lockstep_batch: precompute top-k per key for every serving version into the operational table.
+
+Plan of a run (the library calls are in ``lockstep.batch.steps``)::
+
+    plan ── jobs ── compute (mapped: one task per shard of keys) ── finish ── drop_retired
+
+- **plan** reads the routing table and the input head T once (the change-log sequence on
+  a search deployment, the interaction sequence on a recommender one). The versions are
+  the live slots with weight plus a holdback version. Per version: **full** (no complete
+  rows yet, another vector space, another k, the change log compacted past its last
+  run, or Param ``full``): its rows are cleared and it takes no batch traffic until
+  **finish**; **incremental**: only the keys whose inputs changed after its last run's
+  sequence (the rules are in ``lockstep.batch.related`` and
+  ``lockstep.batch.recommendations``); **unchanged**: nothing to do.
+- **compute** takes one shard of a version's keys: related records per record (search:
+  each record's stored vector searched in the version's own FAISS index, itself left
+  out) or recommendations per user (recommender: the user's vector against the version's
+  item index, seen items left out), and replaces their rows.
+- **finish** removes deleted records' rows, checks that each version holds exactly one
+  row per key it has at T, and marks it complete through T: from then on
+  ``GET /related`` and ``GET /recommendations`` may route to it.
+- **drop_retired** removes the rows of versions whose slot is retired or gone.
+
+Runs hourly (at 30 minutes past; ``LOCKSTEP_SCHEDULES=off`` leaves that out) and whenever
+``lockstep_rollout`` promotes a version (the promoted asset).
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Param, TriggerRule, dag, task
+
+from lockstep.ops.dag_support import DEFAULT_ARGS, NO_RETRY, PROMOTED, on_failure, schedule
+
+
+@dag(
+    dag_id="lockstep_batch",
+    description="Precompute top-k related records / recommendations per key for the serving versions, incrementally.",
+    schedule=schedule("30 * * * *", PROMOTED),  # hourly at :30, or a promotion
+    catchup=False,
+    max_active_runs=1,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    tags=["lockstep", "batch"],
+    doc_md=__doc__,
+    params={
+        "k": Param(10, type="integer", minimum=1, maximum=100, title="Results per key", section="Run", description="Top-k kept per key. Changing it recomputes every version in full."),
+        "shard_size": Param(50_000, type="integer", minimum=100, maximum=1_000_000, title="Keys per shard", section="Run", description="Keys per mapped compute task."),
+        "full": Param(False, type="boolean", title="Full recompute", section="Run", description="Recompute every key of every version (each takes no batch traffic until its run finishes)."),
+        "model_versions": Param(None, type=["null", "string"], title="Model versions", section="Run", description="Comma-separated serving versions to compute. Empty: every serving version."),
+    },
+)
+def lockstep_batch():
+    @task
+    def plan(params=None) -> dict:
+        from lockstep.batch import steps as batch
+
+        versions = [v.strip() for v in (params["model_versions"] or "").split(",") if v.strip()] or None
+        return batch.plan(k=params["k"], shard_size=params["shard_size"], versions=versions, full=params["full"])
+
+    @task(**NO_RETRY)
+    def jobs(run: dict) -> list[dict]:
+        from lockstep.batch import steps as batch
+
+        return batch.jobs(run)
+
+    @task(map_index_template="v{{ task.op_kwargs['job']['model_version'] }} shard {{ task.op_kwargs['job']['shard'] }}")
+    def compute(run: dict, job: dict) -> dict:
+        from lockstep.batch import steps as batch
+
+        return batch.compute(run, job)
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def finish(run: dict, computed: list[dict]) -> dict:
+        from lockstep.batch import steps as batch
+
+        return batch.finish(run, list(computed or []))
+
+    @task
+    def drop_retired() -> dict:
+        from lockstep.ops import retention
+
+        return retention.drop_retired_batch_results()
+
+    run = plan()
+    computed = compute.partial(run=run).expand(job=jobs(run))
+    finish(run, computed) >> drop_retired()
+
+
+dag = lockstep_batch()
