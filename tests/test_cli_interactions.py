@@ -18,7 +18,7 @@ import pytest
 from alembic import command
 
 from lockstep.store.db import dispose_engines, get_engine
-from lockstep.store.migrations.runner import alembic_config
+from lockstep.store.migrations.runner import HEAD, alembic_config
 from lockstep.store.records import RecordStore
 from tests.conftest import DEMO_CACHE
 
@@ -135,7 +135,7 @@ def test_usage_errors_exit_2_with_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("system", ["search", "recommender"])
-def test_db_upgrade_brings_a_database_from_before_the_interactions_to_0003(tmp_path, monkeypatch, system):
+def test_db_upgrade_brings_a_database_from_before_the_interactions_to_the_head(tmp_path, monkeypatch, system):
     """A database left at 0002 by the previous release, with a record in it."""
     home = tmp_path / "home"
     home.mkdir()
@@ -146,12 +146,12 @@ def test_db_upgrade_brings_a_database_from_before_the_interactions_to_0003(tmp_p
         command.upgrade(alembic_config(conn), "0002")
     RecordStore(engine).upsert("r1", "kept")
     dispose_engines()
-    assert _lockstep(home, "db", "current", LOCKSTEP_SYSTEM=system).stdout == "0002 (head is 0003; lockstep db upgrade)\n"
+    assert _lockstep(home, "db", "current", LOCKSTEP_SYSTEM=system).stdout == f"0002 (head is {HEAD}; lockstep db upgrade)\n"
 
     done = _lockstep(home, "db", "upgrade", LOCKSTEP_SYSTEM=system)
 
-    assert done.stdout == "upgraded from 0002 to revision 0003 (head)\n"
-    assert _lockstep(home, "db", "current", LOCKSTEP_SYSTEM=system).stdout == "0003 (head)\n"
+    assert done.stdout == f"upgraded from 0002 to revision {HEAD} (head)\n"
+    assert _lockstep(home, "db", "current", LOCKSTEP_SYSTEM=system).stdout == f"{HEAD} (head)\n"
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT count(*) FROM lockstep_records").fetchone()[0] == 1
         assert db.execute("SELECT count(*) FROM lockstep_interactions").fetchone()[0] == 0
