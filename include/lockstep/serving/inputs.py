@@ -16,12 +16,10 @@ ends up in the 422 body next to the field's location.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-# C0 and C1 controls, DEL, and UTF-16 surrogates (a JSON "\ud800" escape parses to one).
-_BAD_IN_ID = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_BAD_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+from lockstep.core.characters import bad_character
+
 MAX_METADATA_DEPTH = 32
 # The same rules as JSON-schema patterns, for the OpenAPI document (surrogates cannot be
 # written in a pattern portably; the validators refuse them).
@@ -31,11 +29,8 @@ TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*
 
 def problem(value: str, *, text: bool) -> str | None:
     """What is wrong with ``value`` (an identifier, or free text if ``text``), or None."""
-    found = (_BAD_IN_TEXT if text else _BAD_IN_ID).search(value)
-    if found is None:
-        return None
-    kind = "a lone surrogate" if "\ud800" <= found.group() <= "\udfff" else "control character"
-    return f"contains {kind} U+{ord(found.group()):04X} at position {found.start()}; this field may not hold control characters"
+    found = bad_character(value, text=text)
+    return None if found is None else f"{found}; this field may not hold control characters"
 
 
 def clean_id(value: str) -> str:

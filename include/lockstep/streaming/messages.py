@@ -3,7 +3,7 @@
 A message carries ``{"op": "upsert"|"delete", "id": ..., "text": ..., "metadata": ...}``
 as JSON. It is checked here as ``PUT``/``DELETE /records`` check their input (the
 store's ``validate_record``, and no control characters in ids, text or metadata, the
-rules of ``lockstep.serving.inputs``, which this layer may not import), so a message the
+rules of ``lockstep.core.characters``, as the API's), so a message the
 API would refuse goes to the dead-letter stream with the same reason, before anything
 is written.
 """
@@ -11,18 +11,16 @@ is written.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from lockstep.core.characters import bad_character
 from lockstep.core.errors import InvalidRecordError, LockstepError
 from lockstep.store.records import DELETE, UPSERT, PendingWrite, validate_record
 from lockstep.store.schema import ID_LENGTH
 
 KEYS = {"op", "id", "text", "metadata"}
 MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
-_BAD_IN_ID = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_BAD_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class BadMessage(LockstepError, ValueError):
@@ -81,12 +79,12 @@ def _record_id(value: Any) -> str:
         raise BadMessage(f"id must be a non-empty string, got {value!r}")
     if len(value) > ID_LENGTH:
         raise BadMessage(f"id {value[:40]!r}... is {len(value)} characters; the limit is {ID_LENGTH}")
-    _check(value, _BAD_IN_ID, "id")
+    _check(value, "id", text=False)
     return value
 
 
 def _check_text(value: str, where: str) -> None:
-    _check(value, _BAD_IN_TEXT, where)
+    _check(value, where, text=True)
 
 
 def _check_metadata(value: Any, where: str) -> None:
@@ -95,15 +93,14 @@ def _check_metadata(value: Any, where: str) -> None:
         _check_text(value, where)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check(key, _BAD_IN_ID, f"{where}: key {key!r}")
+            _check(key, f"{where}: key {key!r}", text=False)
             _check_metadata(item, f"{where}.{key}")
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _check_metadata(item, f"{where}[{i}]")
 
 
-def _check(value: str, pattern: re.Pattern[str], where: str) -> None:
-    found = pattern.search(value)
+def _check(value: str, where: str, *, text: bool) -> None:
+    found = bad_character(value, text=text)
     if found is not None:
-        kind = "a lone surrogate" if "\ud800" <= found.group() <= "\udfff" else "control character"
-        raise BadMessage(f"{where} contains {kind} U+{ord(found.group()):04X} at position {found.start()}")
+        raise BadMessage(f"{where} {found}")
