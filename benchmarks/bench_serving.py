@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -299,7 +300,7 @@ def measure_follow(database_url: str, env: dict[str, str], changes: int) -> list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20_000)
-    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--dim", type=int, help="embedding dimension (default 64; --scale with the posts corpus: 256, the product's)")
     parser.add_argument("--requests", type=int, default=3000, help="searches per run")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per endpoint (median counts)")
@@ -307,6 +308,8 @@ def main() -> None:
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--scale", type=int, help="wrk at this many records with an HNSW index (issue 10)")
+    parser.add_argument("--corpus", choices=["posts", "synthetic"], default="posts",
+                        help="--scale: windows of the demo posts (default), or the older bag-of-words records")
     parser.add_argument("--workers", type=int, default=2, help="--scale: worker processes of the multi-process runs")
     parser.add_argument("--duration", type=int, default=15, help="--scale: seconds per wrk run")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "lockstep-bench-scale")
@@ -325,6 +328,7 @@ def main() -> None:
         scale_main(args)
         return
 
+    args.dim = args.dim or 64
     tmp = Path(tempfile.mkdtemp(prefix="lockstep-bench-serving-"))
     home = tmp / "home"
     home.mkdir()
@@ -416,33 +420,72 @@ def postgres_follow(args, env: dict[str, str]) -> list[float] | None:
 # --- serving at scale (wrk) -----------------------------------------------------------------------
 
 
-def scale_index(cache: Path, n: int, dim: int) -> dict[str, str]:
-    """A model and an HNSW index over ``n`` generated records, built once per (n, dim)."""
+def scale_index(cache: Path, n: int, dim: int, corpus_kind: str) -> dict[str, Any]:
+    """A model and an HNSW index over ``n`` records, built once per (corpus, n, dim).
+
+    ``posts`` (the default): 30-60-word windows of the demo posts (``bench_scale``'s
+    generator), the index the production path builds (``choose_spec``) with the beam its
+    validation chooses (``beam.choose_ef_search`` for recall@10 >= 0.96 on stored records
+    and on 3-8-word fragments); the wrk bodies are such fragments. ``synthetic``: the
+    earlier 17-word bag-of-topic-words records, whose near-duplicates HNSW cannot rank
+    (recall@10 ~0.5 at efSearch 96: such an index would fail validation); kept to compare.
+    """
+    from lockstep.index.beam import TUNING_MARGIN, choose_ef_search, fragment_queries
     from lockstep.index.storage import save_index
-    from lockstep.index.vector_index import IndexSpec, VectorIndex, all_cores
+    from lockstep.index.vector_index import IndexSpec, VectorIndex, all_cores, choose_spec
     from lockstep.model.embedding import TextEmbedder
 
-    folder = cache / f"n{n}-d{dim}"
-    model_path, location = folder / "model.joblib", folder / "index"
-    if (location / "manifest.json").exists():
-        return {"model": str(model_path), "index": str(location)}
+    folder = cache / f"{corpus_kind}-n{n}-d{dim}"
+    model_path, location, facts = folder / "model.joblib", folder / "index", folder / "facts.json"
+    if facts.exists():
+        return json.loads(facts.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    docs = corpus(n)
-    ids, texts = [d["id"] for d in docs], [d["text"] for d in docs]
-    del docs
-    sample = random.Random(1).sample(texts, min(n, 50_000))
-    model = TextEmbedder(dim=dim, min_df=2, max_df=0.5, stop_words=None, random_state=1).fit(sample)
+    ids, texts = _scale_records(cache, n, corpus_kind)
+    sample = random.Random(1).sample(texts, min(n, 100_000))
+    model = TextEmbedder(dim=dim, random_state=1).fit(sample) if corpus_kind == "posts" else \
+        TextEmbedder(dim=dim, min_df=2, max_df=0.5, stop_words=None, random_state=1).fit(sample)
     model.save(model_path)
     vectors = np.vstack([model.transform(texts[i : i + 50_000]) for i in range(0, n, 50_000)]).astype(np.float32)
-    del texts
     print(f"  embedded {n} records in {time.perf_counter() - t:.0f} s", flush=True)
     t = time.perf_counter()
+    spec = choose_spec(n, dim) if corpus_kind == "posts" else IndexSpec(kind="hnsw")
+    if spec.kind != "hnsw":
+        spec = IndexSpec(kind="hnsw", hnsw_m=32, ef_construction=40, ef_search=128)
     with all_cores():
-        index = VectorIndex.build(ids, vectors, IndexSpec(kind="hnsw"))
+        index = VectorIndex.build(ids, vectors, spec)
     print(f"  HNSW built in {time.perf_counter() - t:.0f} s", flush=True)
+    rows = random.Random(2).sample(range(n), 200)
+    fragments = fragment_queries([texts[i] for i in rows], seed=3)
+    with all_cores():
+        choice = choose_ef_search(index, vectors[rows], model.transform(fragments), target=0.95 + TUNING_MARGIN)
+    if corpus_kind == "posts":
+        index.set_ef_search(choice.ef_search)
+    print(f"  beam: efSearch {index.spec.ef_search} (walk {choice.walk})", flush=True)
+    queries = fragment_queries([texts[i] for i in random.Random(4).sample(range(n), 200)], seed=5) \
+        if corpus_kind == "posts" else []
+    del texts, vectors
     save_index(index, location, model_name="bench", model_version="1", fingerprint=model.fingerprint, applied_seq=0)
-    return {"model": str(model_path), "index": str(location)}
+    served = next(w for w in choice.walk if w[0] == index.spec.ef_search) if any(
+        w[0] == index.spec.ef_search for w in choice.walk) else None
+    out = {"model": str(model_path), "index": str(location), "ef_search": index.spec.ef_search, "spec": index.spec.to_dict(),
+           "recall_records": served[1] if served else None, "recall_queries": served[2] if served else None,
+           "walk": choice.walk, "queries": queries}
+    facts.write_text(json.dumps(out))
+    return out
+
+
+def _scale_records(cache: Path, n: int, corpus_kind: str) -> tuple[list[str], list[str]]:
+    if corpus_kind == "synthetic":
+        docs = corpus(n)
+        return [d["id"] for d in docs], [d["text"] for d in docs]
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_scale import generate_corpus
+
+    table = pq.read_table(generate_corpus(n, cache / "corpus" / f"corpus-{n}-seed0-v2.parquet", 0), columns=["id", "text"])
+    return table.column("id").to_pylist(), table.column("text").to_pylist()
 
 
 WRK_SCRIPT = """
@@ -493,8 +536,11 @@ def scale_main(args) -> None:
     env = {**os.environ, "LOCKSTEP_HOME": str(home), "LOCKSTEP_DATABASE_URL": database_url, "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "include"), env.get("PYTHONPATH")) if p)
     os.environ.update({k: env[k] for k in ("LOCKSTEP_HOME", "LOCKSTEP_DATABASE_URL")})
-    print(f"python {platform.python_version()}, {os.cpu_count()} cores, {args.scale} records, dim {args.dim}, HNSW")
-    paths = scale_index(args.cache, args.scale, args.dim)
+    args.dim = args.dim or (256 if args.corpus == "posts" else 64)
+    print(f"python {platform.python_version()}, {os.cpu_count()} cores, {args.scale} records ({args.corpus}), dim {args.dim}, HNSW")
+    paths = scale_index(args.cache, args.scale, args.dim, args.corpus)
+    print(f"index: {paths['spec']}; recall@10 at the served beam: records {paths['recall_records']}, "
+          f"3-8-word fragments {paths['recall_queries']}")
 
     from lockstep.model.embedding import TextEmbedder
     from lockstep.store import routing
@@ -503,7 +549,8 @@ def scale_main(args) -> None:
     routing.register_slot("1", paths["model"], paths["index"], fingerprint, state="ready")
     routing.set_weights({"1": 100}, reason="bench")
     rng = random.Random(0)
-    bodies = [json.dumps({"query": " ".join(rng.sample(VOCAB, 3)), "k": 10}) for _ in range(200)]
+    texts = paths["queries"] or [" ".join(rng.sample(VOCAB, 3)) for _ in range(200)]
+    bodies = [json.dumps({"query": q, "k": 10}) for q in texts]
     script = home / "search.lua"
     script.write_text(WRK_SCRIPT % ", ".join(json.dumps(b) for b in bodies))
 

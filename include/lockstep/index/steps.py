@@ -283,7 +283,7 @@ def validate_and_save(
             fingerprint=p.fingerprint, applied_seq=applied, extra=extra,
         )
     else:
-        update_manifest(p.location, extra=extra)
+        update_manifest(p.location, extra=extra, spec=index.spec.to_dict())  # the beam validation chose
     return {"ok": True, "applied_seq": applied, "figures": result.figures, "checks": result.checks}
 
 

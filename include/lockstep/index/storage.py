@@ -178,13 +178,19 @@ def save_index(
     return manifest
 
 
-def update_manifest(location: str | Path, *, applied_seq: int | None = None, extra: dict[str, Any] | None = None) -> Manifest:
-    """Rewrite only the manifest (same data files): a validation that changed no vector."""
+def update_manifest(location: str | Path, *, applied_seq: int | None = None, extra: dict[str, Any] | None = None,
+                    spec: dict[str, Any] | None = None) -> Manifest:
+    """Rewrite only the manifest (same data files): a validation that changed no vector.
+
+    ``spec`` may change search-time settings only (the HNSW beam validation chose);
+    ``load_index`` applies them over what the data files were built with.
+    """
     previous = read_manifest(location)
     manifest = replace(
         previous,
         applied_seq=previous.applied_seq if applied_seq is None else int(applied_seq),
         extra=dict(previous.extra if extra is None else extra),
+        spec=dict(previous.spec if spec is None else spec),
         updated_at=clock.now_iso(),
     )
     write_manifest(Path(location), manifest)
@@ -212,6 +218,9 @@ def load_index(location: str | Path, *, expected_fingerprint: str | None = None,
             index = VectorIndex.from_state(blob, mapping)
         except Exception as exc:
             raise IndexIntegrityError(f"index at {location} cannot be read: {exc}") from exc
+    beam = manifest.spec.get("ef_search")
+    if index.spec.kind == "hnsw" and beam and int(beam) != index.spec.ef_search:
+        index.set_ef_search(int(beam))  # the beam validation chose after the files were written
     return LoadedIndex(index=index, manifest=manifest, applied_seq=manifest.applied_seq, location=location)
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -198,14 +198,17 @@ class VectorIndex:
 
     # --- queries ---------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int = 10) -> list[SearchHits]:
-        """The ``k`` nearest records of each query by inner product."""
+    def search(self, queries: np.ndarray, k: int = 10, *, ef_search: int | None = None) -> list[SearchHits]:
+        """The ``k`` nearest records of each query by inner product.
+
+        ``ef_search`` overrides the HNSW beam for this call only (``beam`` tries several).
+        """
         queries = _as_matrix(queries, self.dim)
         with self._lock.read():
             if self._faiss is None or len(self._label_of) == 0:
                 return [SearchHits() for _ in range(len(queries))]
             k_eff = min(k, len(self._label_of))
-            scores, labels = self._faiss.search(queries, k_eff, params=self._search_params())
+            scores, labels = self._faiss.search(queries, k_eff, params=self._search_params(ef_search))
             id_of = self._id_of
             out = []
             for row_scores, row_labels in zip(scores, labels, strict=True):
@@ -288,14 +291,23 @@ class VectorIndex:
                 hits.scores.append(s)
         return hits
 
-    def _search_params(self):
+    def set_ef_search(self, ef_search: int) -> None:
+        """Set the HNSW beam of later searches (the one validation chose: ``beam``)."""
+        if self.spec.kind != "hnsw":
+            raise LockstepError(f"efSearch is a setting of HNSW indexes; this index is {self.spec.kind}")
+        if int(ef_search) < 1:
+            raise LockstepError(f"efSearch must be at least 1, got {ef_search}")
+        with self._lock.write():
+            self.spec = replace(self.spec, ef_search=int(ef_search))
+
+    def _search_params(self, ef_search: int | None = None):
         import faiss
 
         if self.spec.kind == "ivf":
             return faiss.SearchParametersIVF(nprobe=self.spec.nprobe)
         if self.spec.kind == "hnsw":
             params = faiss.SearchParametersHNSW()
-            params.efSearch = self.spec.ef_search
+            params.efSearch = int(ef_search or self.spec.ef_search)
             if self._dead:
                 params.sel = self._live_selector()
             return params
@@ -556,19 +568,27 @@ def measure_recall(index: VectorIndex, vectors_sample: np.ndarray, k: int = 10, 
     vectors (identical texts) do not read as misses. Returns the mean over queries.
     """
     queries = _as_matrix(vectors_sample, index.dim)
+    return recall_given_kth(index, queries, exact_kth_scores(index, queries, k, chunk), k)
+
+
+def recall_given_kth(index: VectorIndex, queries: np.ndarray, kth: np.ndarray, k: int = 10, *,
+                     ef_search: int | None = None) -> float:
+    """Recall@k of ``index.search`` given each query's exact k-th score (``exact_kth_scores``)."""
+    queries = _as_matrix(queries, index.dim)
     if len(queries) == 0 or len(index) == 0:
         return 1.0
     k_eff = min(k, len(index))
-    kth = _exact_kth_scores(index, queries, k_eff, chunk)
-    hits = index.search(queries, k_eff)
+    hits = index.search(queries, k_eff, ef_search=ef_search)
     found = [
         min(k_eff, sum(1 for s in h.scores if s >= t - 1e-5)) / k_eff for h, t in zip(hits, kth.tolist(), strict=True)
     ]
     return float(np.mean(found))
 
 
-def _exact_kth_scores(index: VectorIndex, queries: np.ndarray, k: int, chunk: int) -> np.ndarray:
+def exact_kth_scores(index: VectorIndex, queries: np.ndarray, k: int = 10, chunk: int = 50_000) -> np.ndarray:
     """The k-th best exact inner product of each query over the index's live vectors."""
+    queries = _as_matrix(queries, index.dim)
+    k = max(1, min(k, len(index)))
     best = np.full((len(queries), k), -np.inf, dtype=np.float32)
     for _, vectors in index.iter_stored(chunk):
         scores = queries @ vectors.T
