@@ -14,7 +14,7 @@ served index's applied sequence and every in-use model's training snapshot; and 
 tombstones every index has applied, once nothing older of their record is left (a
 delete never comes back). A re-embed in flight holds compaction back.
 
-**purge_logs** deletes request, shadow and feedback log rows older than the retention.
+**purge_logs** deletes request, shadow and feedback log rows, and the streaming loader's applied-message ids, older than the retention.
 
 Retentions default to `LOCKSTEP_CHANGE_LOG_RETENTION_DAYS` (7) and
 `LOCKSTEP_LOG_RETENTION_DAYS` (30); the Params override them for one run.

@@ -21,7 +21,7 @@ from lockstep.model.embedding import TextEmbedder
 from lockstep.ops import retention
 from lockstep.store import routing
 from lockstep.store.records import RecordStore
-from lockstep.store.schema import changes, feedback_log, request_log, shadow_log
+from lockstep.store.schema import changes, feedback_log, request_log, shadow_log, stream_messages
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau"]
 LATER = datetime.now(UTC) + timedelta(days=30)  # "now" for compaction runs: every change is past retention
@@ -215,7 +215,7 @@ def test_a_restarting_replica_replays_only_the_tail_after_its_index(store, embed
 # --- logs --------------------------------------------------------------------------------------
 
 
-def test_purge_logs_keeps_the_configured_days(store):
+def test_purge_logs_keeps_the_configured_days(store, monkeypatch):
     now = datetime.now(UTC)
     old, new = now - timedelta(days=31), now - timedelta(days=29)
     with store.engine.begin() as conn:
@@ -225,12 +225,19 @@ def test_purge_logs_keeps_the_configured_days(store):
             conn.execute(insert(shadow_log).values(
                 request_id=f"q{n}", at=at, live_version="1", shadow_version="2", live_top_ids=[]))
             conn.execute(insert(feedback_log).values(request_id=f"q{n}", record_id="r1", event="click", at=at))
+            for source in ("redis://a:6379/s", "redis://b:6379/s"):  # the same message id from two streams
+                conn.execute(insert(stream_messages).values(
+                    source=source, message_id=f"1-{n}", seq=n, record_id="r1", op="upsert", applied_at=at))
 
+    monkeypatch.setattr(retention, "PURGE_BATCH", 2)  # several batches per table
     deleted = retention.purge_logs(store.engine, days=30, now=now)
-    assert deleted == {"lockstep_request_log": 3, "lockstep_shadow_log": 3, "lockstep_feedback_log": 3}
+    assert deleted == {"lockstep_request_log": 3, "lockstep_shadow_log": 3, "lockstep_feedback_log": 3,
+                       "lockstep_stream_messages": 6}
     with store.engine.connect() as conn:
         for table in (request_log, shadow_log, feedback_log):
             assert {r.request_id for r in conn.execute(select(table.c.request_id))} == {"q3", "q4"}
+        kept = {(r.source, r.message_id) for r in conn.execute(select(stream_messages.c.source, stream_messages.c.message_id))}
+    assert kept == {(s, f"1-{n}") for s in ("redis://a:6379/s", "redis://b:6379/s") for n in (3, 4)}
 
 
 def test_retention_settings_name_what_is_wrong():

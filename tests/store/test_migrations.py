@@ -53,6 +53,7 @@ REVISION_0005_OBJECTS = {("add_table", "lockstep_holdback"), ("add_column", "hol
 # Revision 0006 (the streaming loader): two tables.
 REVISION_0006_TABLES = ("lockstep_stream_messages", "lockstep_stream_consumers")
 REVISION_0006_OBJECTS = {("add_table", t) for t in REVISION_0006_TABLES}
+REVISION_0007_OBJECTS = {("add_index", "ix_lockstep_stream_messages_applied_at")}
 
 
 @pytest.fixture
@@ -129,7 +130,8 @@ def test_a_database_at_the_previous_revision_upgrades_with_its_rows(url):
     with engine.connect() as conn:  # the comparison sees exactly what 0002 adds
         missing = {(d[0], getattr(d[-1], "name", None) or d[-1]) for d in schema_differences(conn)}
     assert missing == {("add_table", "lockstep_rollout_state"), ("add_index", "ix_lockstep_feedback_log_at"),
-                       ("add_column", "pinned")} | REVISION_0003_OBJECTS | REVISION_0004_OBJECTS | REVISION_0005_OBJECTS | REVISION_0006_OBJECTS, missing
+                       ("add_column", "pinned")} | REVISION_0003_OBJECTS | REVISION_0004_OBJECTS | REVISION_0005_OBJECTS | REVISION_0006_OBJECTS \
+        | REVISION_0007_OBJECTS, missing
 
     done = upgrade_database(engine)
 

@@ -30,7 +30,8 @@ advance: each served index is loaded, caught up and saved again (new content-nam
 files, manifest replaced atomically, so a replica loading at the same time sees the
 old version or the new one).
 
-Request, shadow and feedback logs keep ``log_days`` days. The ``lockstep_maintenance``
+Request, shadow and feedback logs, and the streaming loader's applied-message ids, keep
+``log_days`` days. The ``lockstep_maintenance``
 DAG runs all three every day.
 """
 
@@ -43,13 +44,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, exists, func, select, update
+from sqlalchemy import Engine, delete, exists, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lockstep.core import clock
 from lockstep.core.errors import ConfigurationError, LockstepError
 from lockstep.store.records import DELETE, RecordStore
-from lockstep.store.schema import changes, feedback_log, request_log, sequences, shadow_log
+from lockstep.store.schema import (
+    changes,
+    feedback_log,
+    request_log,
+    sequences,
+    shadow_log,
+    stream_messages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -376,6 +384,7 @@ def purge_logs(
     deleted = {}
     for table, key in _LOGS:
         deleted[table.name] = _purge_table(engine, table, key, cutoff)
+    deleted[stream_messages.name] = _purge_stream_messages(engine, cutoff)
     log.info("logs older than %s deleted: %s", cutoff.isoformat(), deleted)
     return deleted
 
@@ -388,6 +397,24 @@ def _purge_table(engine: Engine, table, key, cutoff: datetime) -> int:
             n = conn.execute(delete(table).where(key.in_(batch))).rowcount or 0
         total += n
         if n < PURGE_BATCH:
+            return total
+
+
+def _purge_stream_messages(engine: Engine, cutoff: datetime) -> int:
+    """Applied-message rows older than the cutoff (the loader's duplicate check needs a row
+    only while its message may be redelivered: while it is pending, minutes at most)."""
+    total = 0
+    pk = tuple_(stream_messages.c.source, stream_messages.c.message_id)
+    while True:
+        with engine.begin() as conn:
+            keys = conn.execute(
+                select(stream_messages.c.source, stream_messages.c.message_id)
+                .where(stream_messages.c.applied_at < cutoff).limit(PURGE_BATCH)
+            ).all()
+            if keys:
+                conn.execute(delete(stream_messages).where(pk.in_([tuple(k) for k in keys])))
+        total += len(keys)
+        if len(keys) < PURGE_BATCH:
             return total
 
 

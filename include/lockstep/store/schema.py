@@ -278,6 +278,7 @@ stream_messages = Table(
     Column("op", String(8), nullable=False),  # "upsert" | "delete"
     Column("applied_at", DateTime(timezone=True), nullable=False),
 )
+Index("ix_lockstep_stream_messages_applied_at", stream_messages.c.applied_at)  # retention (migration 0007)
 
 # Per (source, consumer group): what the loader applied last and how far behind it is.
 # Counters and the last message are written with each batch's transaction; pending and
