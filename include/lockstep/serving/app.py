@@ -231,7 +231,7 @@ def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> 
             else:
                 hits = slot.search(body.query, body.k) if slot.fast else await run_in_threadpool(slot.search, body.query, body.k)
         except Exception as exc:  # counted and logged against the version, so gates see it
-            return rt.failed(slot, asked, exc, "search")
+            return rt.failed(view, slot, asked, exc, "search")
         finally:
             slot.release()
         return rt.answered(view, slot, hits, asked)

@@ -208,7 +208,7 @@ def add_recommender_routes(app: FastAPI, rt: Any, require_token: Callable[..., N
                 headers={MODEL_VERSION_HEADER: slot.version},
             ) from None
         except Exception as exc:  # counted and logged against the version, so gates see it
-            return rt.failed(slot, asked, exc, "recommend")
+            return rt.failed(view, slot, asked, exc, "recommend")
         finally:
             slot.release()
         return rt.answered(view, slot, hits, asked)

@@ -148,7 +148,7 @@ class ServingRuntime:
         self.metrics.requests.labels(slot.version).inc()
         self.metrics.latency.labels(slot.version).observe(elapsed)
         self.answers.remember(asked.request_id, hits.ids, asked.pinned)
-        held = self._log(slot, asked, elapsed, 200, hits.ids)
+        held = self._log(view, slot, asked, elapsed, 200, hits.ids)
         if not asked.pinned and not held and view.shadows:  # holdback answers are no live traffic to compare
             self.shadow.submit(asked.request_id, asked.query, asked.k, slot.version, hits.ids, view.shadows)
         payload = {
@@ -161,12 +161,12 @@ class ServingRuntime:
         }
         return JSONResponse(payload, headers={MODEL_VERSION_HEADER: slot.version})
 
-    def failed(self, slot: LoadedSlot, asked: Asked, exc: Exception, what: str) -> JSONResponse:
+    def failed(self, view: ServingView, slot: LoadedSlot, asked: Asked, exc: Exception, what: str) -> JSONResponse:
         """A 500 counted and logged against the version (the gates see it), details only in the server log."""
         log.error("request %s: %s on model version %s failed", asked.request_id, what, slot.version, exc_info=exc)
         self.metrics.errors.labels(slot.version, "500").inc()
         self.answers.remember(asked.request_id, [], asked.pinned)
-        self._log(slot, asked, time.perf_counter() - asked.started, 500, [])
+        self._log(view, slot, asked, time.perf_counter() - asked.started, 500, [])
         return JSONResponse(
             {"detail": f"{what} on model version {slot.version} failed (request id {asked.request_id}; "
                        "the server log has the details)",
@@ -175,9 +175,14 @@ class ServingRuntime:
             headers={MODEL_VERSION_HEADER: slot.version, REQUEST_ID_HEADER: asked.request_id},
         )
 
-    def _log(self, slot: LoadedSlot, asked: Asked, elapsed: float, status: int, top_ids: list[str]) -> bool:
-        """Log the request; returns whether the holdback rule answered it (flagged, left out of statistics)."""
-        held = not asked.pinned and self.manager.view.table.held_back(asked.user_id) == slot.version
+    def _log(self, view: ServingView, slot: LoadedSlot, asked: Asked, elapsed: float, status: int,
+             top_ids: list[str]) -> bool:
+        """Log the request; returns whether the holdback rule answered it (flagged, left out of statistics).
+
+        Decided from the view that routed the request, so a holdback set or cleared while
+        it ran cannot flag it differently from how it was routed.
+        """
+        held = not asked.pinned and view.table.held_back(asked.user_id) == slot.version
         self.logs.request(
             request_id=asked.request_id, model_version=slot.version, query=asked.query, k=asked.k,
             latency_ms=elapsed * 1000.0, status=status, top_ids=top_ids, user_id=asked.user_id,
