@@ -425,12 +425,12 @@ def scale_index(cache: Path, n: int, dim: int, corpus_kind: str) -> dict[str, An
 
     ``posts`` (the default): 30-60-word windows of the demo posts (``bench_scale``'s
     generator), the index the production path builds (``choose_spec``) with the beam its
-    validation chooses (``beam.choose_ef_search`` for recall@10 >= 0.96 on stored records
+    validation chooses (``beam.choose_ef_search`` for recall@10 >= 0.955 on stored records
     and on 3-8-word fragments); the wrk bodies are such fragments. ``synthetic``: the
     earlier 17-word bag-of-topic-words records, whose near-duplicates HNSW cannot rank
     (recall@10 ~0.5 at efSearch 96: such an index would fail validation); kept to compare.
     """
-    from lockstep.index.beam import TUNING_MARGIN, choose_ef_search, fragment_queries
+    from lockstep.index.beam import choose_for_records, fragment_queries
     from lockstep.index.storage import save_index
     from lockstep.index.vector_index import IndexSpec, VectorIndex, all_cores, choose_spec
     from lockstep.model.embedding import TextEmbedder
@@ -456,9 +456,8 @@ def scale_index(cache: Path, n: int, dim: int, corpus_kind: str) -> dict[str, An
         index = VectorIndex.build(ids, vectors, spec)
     print(f"  HNSW built in {time.perf_counter() - t:.0f} s", flush=True)
     rows = random.Random(2).sample(range(n), 200)
-    fragments = fragment_queries([texts[i] for i in rows], seed=3)
-    with all_cores():
-        choice = choose_ef_search(index, vectors[rows], model.transform(fragments), target=0.95 + TUNING_MARGIN)
+    with all_cores():  # as validation chooses it
+        choice = choose_for_records(index, vectors[rows], [texts[i] for i in rows], model, min_recall=0.95, seed=3)
     if corpus_kind == "posts":
         index.set_ef_search(choice.ef_search)
     print(f"  beam: efSearch {index.spec.ef_search} (walk {choice.walk})", flush=True)

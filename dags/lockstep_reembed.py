@@ -8,12 +8,13 @@ loaded records (held-out queries: nDCG@10 with a paired bootstrap CI; logged que
 top-10 overlap, latency), logged to the MLflow version -> stop (only with
 ``early_verdict_action`` stop and the CI's upper bound below ``-early_verdict_margin``:
 slot retired, version rejected, its files deleted; the champion untouched) or continue
--> embed the other shards in parallel (mapped; each reads only its row group) -> merge
+-> embed the other shards in parallel (mapped; each reads only its row group; at most
+``LOCKSTEP_REEMBED_WORKERS`` at once, default the core count, about 4 rounds of them) -> merge
 shard by shard and catch up every change after S -> validate against the record store
 -> publish (slot ready, MLflow tag) -> emit the index-ready asset, which starts
 ``lockstep_rollout``. With no champion the verdict is "no baseline" and the load continues.
-On a recommender deployment (``LOCKSTEP_SYSTEM=recommender``) the run branches at the
-start to one step: write the fit's serving files and register its slot (serving folds
+On a recommender deployment (``LOCKSTEP_SYSTEM=recommender``) ``prepare`` is skipped
+(``run_if``) and the run is one step instead: write the fit's serving files and register its slot (serving folds
 in the interactions logged after the fit), then emit the same asset.
 
 Live writes never stop: the slot is registered before the snapshot, and every write
@@ -27,6 +28,7 @@ from datetime import datetime
 
 from airflow.sdk import Metadata, Param, dag, task
 
+from lockstep.core.config import embedding_processes
 from lockstep.ops.dag_support import (
     CHALLENGER,
     DEFAULT_ARGS,
@@ -36,6 +38,8 @@ from lockstep.ops.dag_support import (
     latest_extra,
     on_failure,
 )
+
+EMBEDDING_PROCESSES = embedding_processes()  # shard tasks of one run embedding at once (read when the file is parsed)
 
 
 @dag(
@@ -63,8 +67,8 @@ from lockstep.ops.dag_support import (
             title="Records per shard", section="Index", description="Records per shard (one mapped task each). Empty: chosen from the record count to give about target_shards shards.",
         ),
         "target_shards": Param(
-            16, type="integer", minimum=1, maximum=1000,
-            title="Shards to aim for", section="Index", description="Shards to aim for when shard_size is empty (each costs Airflow ~3 s; tens at 1M records, not hundreds).",
+            None, type=["null", "integer"], minimum=1, maximum=1000,
+            title="Shards to aim for", section="Index", description="Shards to aim for when shard_size is empty. Empty: 4 per embedding process (LOCKSTEP_REEMBED_WORKERS, default the core count; each task costs Airflow ~3 s).",
         ),
         "min_recall": Param(0.95, type="number", minimum=0, maximum=1, title="Least recall@10", section="Validation", description="Minimum recall@10 against exact search for approximate index types."),
         "sample_size": Param(200, type="integer", minimum=1, title="Vectors re-embedded to compare", section="Validation", description="Stored vectors compared with fresh embeddings during validation."),
@@ -83,10 +87,7 @@ from lockstep.ops.dag_support import (
     },
 )
 def lockstep_reembed():
-    @task.branch
-    def which_system() -> str:
-        return "build_recommender" if deployment_system() == "recommender" else "prepare"
-
+    @task.run_if(lambda context: deployment_system() == "recommender", skip_message="a search deployment")
     @task(outlets=[INDEX_READY])
     def build_recommender(params=None, triggering_asset_events=None):
         from lockstep.recommender import steps as recommender
@@ -96,6 +97,7 @@ def lockstep_reembed():
         yield Metadata(INDEX_READY, ready)
         return ready
 
+    @task.run_if(lambda context: deployment_system() != "recommender", skip_message="a recommender deployment")
     @task
     def prepare(params=None, triggering_asset_events=None) -> dict:
         from lockstep.index import steps as reembed
@@ -105,15 +107,20 @@ def lockstep_reembed():
     @task
     def snapshot(plan: dict, params=None) -> dict:
         from lockstep.index import steps as reembed
+        from lockstep.index.snapshot import target_shards_for
 
         return reembed.snapshot(
-            plan, params["shard_size"], target_shards=params["target_shards"],
+            plan, params["shard_size"], target_shards=params["target_shards"] or target_shards_for(EMBEDDING_PROCESSES),
             first_slice_share=params["early_verdict_share"],
         )
 
     @task
     def first_slice(snap: dict) -> list[int]:
         return snap["first_slice"]
+
+    @task
+    def rest_of_shards(snap: dict) -> list[int]:
+        return snap["rest"]
 
     @task
     def early_verdict(plan: dict, snap: dict, first: list[dict], params=None) -> dict:
@@ -125,7 +132,7 @@ def lockstep_reembed():
 
     @task.branch
     def stop_or_continue(verdict: dict) -> str:
-        return "stop_load" if verdict["verdict"] == "stop" else "rest_of_shards"
+        return "stop_load" if verdict["verdict"] == "stop" else "embed"
 
     @task
     def stop_load(plan: dict, verdict: dict) -> dict:
@@ -133,11 +140,8 @@ def lockstep_reembed():
 
         return reembed.stop_load(plan, verdict)
 
-    @task
-    def rest_of_shards(snap: dict) -> list[int]:
-        return snap["rest"]
-
-    @task(map_index_template="shard {{ task.op_kwargs['shard'] }}")
+    # At most LOCKSTEP_REEMBED_WORKERS shard tasks embed at once: more only fight for the same cores.
+    @task(map_index_template="shard {{ task.op_kwargs['shard'] }}", max_active_tis_per_dagrun=EMBEDDING_PROCESSES)
     def embed(plan: dict, snap: dict, shard: int) -> dict:
         from lockstep.index import steps as reembed
 
@@ -165,17 +169,14 @@ def lockstep_reembed():
         yield Metadata(INDEX_READY, ready)
         return ready
 
-    system = which_system()
-    system >> build_recommender()
+    build_recommender()
     plan = prepare()
-    system >> plan
     snap = snapshot(plan)
     first = embed.override(task_id="embed_first_slice").partial(plan=plan, snap=snap).expand(shard=first_slice(snap))
     verdict = early_verdict(plan, snap, first)
     decision = stop_or_continue(verdict)
-    rest_shards = rest_of_shards(snap)
-    decision >> [stop_load(plan, verdict), rest_shards]
-    rest = embed.partial(plan=plan, snap=snap).expand(shard=rest_shards)
+    rest = embed.partial(plan=plan, snap=snap).expand(shard=rest_of_shards(snap))  # listed while the first slice embeds
+    decision >> [stop_load(plan, verdict), rest]
     merged = merge(plan, snap, first, rest, verdict)
     publish(plan, validate(plan, merged))
 

@@ -127,7 +127,7 @@ def test_a_worse_candidate_is_stopped_after_the_first_slice_and_the_champion_is_
     states = task_states(run)
     assert run.state == "success", states
     assert states["early_verdict"] == "success" and states["stop_load"] == "success"
-    for skipped in ("rest_of_shards", "merge", "validate", "publish"):
+    for skipped in ("embed", "merge", "validate", "publish"):
         assert states[skipped] == "skipped", (skipped, states)
     assert not any(k.startswith("embed[") and states[k] == "success" for k in states)  # the rest was never embedded
 

@@ -84,6 +84,8 @@ def test_fragments_are_short_seeded_windows_of_the_texts():
     assert first == again
     assert all(3 <= len(q.split()) <= 8 for q in first[:1]) and first[1] == "tiny"
     assert all(q in t for q, t in zip(first, texts, strict=True))
+    three = fragment_queries(texts, seed=4, per_text=3)
+    assert len(three) == 9 and three[3:6] == ["tiny"] * 3 and len(set(three[:3])) > 1  # three different windows
 
 
 def test_validation_chooses_the_beam_and_the_loaded_index_uses_it(tmp_path):

@@ -37,6 +37,7 @@ def test_small_builds_stay_in_one_process(monkeypatch, records, shards):
 
 
 def test_a_bad_value_names_the_variable(monkeypatch):
-    monkeypatch.setenv(WORKERS_ENV, "two")
-    with pytest.raises(LockstepError, match=f"{WORKERS_ENV} must be a whole number of processes, got 'two'"):
-        default_workers(BIG, 16)
+    for bad in ("two", "0", "-3"):
+        monkeypatch.setenv(WORKERS_ENV, bad)
+        with pytest.raises(LockstepError, match=f"{WORKERS_ENV}='{bad}' must be a whole number of processes, at least 1"):
+            default_workers(BIG, 16)

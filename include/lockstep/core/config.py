@@ -194,3 +194,31 @@ def run_folder(run_id: str) -> Path:
     folder = settings().home / "runs" / safe
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+REEMBED_WORKERS_ENV = "LOCKSTEP_REEMBED_WORKERS"
+
+
+def embedding_processes(env: dict[str, str] | None = None) -> int:
+    """How many embedding processes a re-embed runs at once: ``LOCKSTEP_REEMBED_WORKERS``, else the core count.
+
+    One setting for both paths: ``lockstep index build`` starts that many worker
+    processes, and the ``lockstep_reembed`` DAG lets that many shard tasks of a run embed
+    at the same time (more only queue up for the same cores: 16 shard tasks at once on 2
+    cores took 57 s where 2 at a time took 34 s, docs/benchmarks.md). On a cluster, set it
+    to the cores of the workers that run shards.
+    """
+    env = os.environ if env is None else env
+    raw = env.get(REEMBED_WORKERS_ENV, "").strip()
+    if not raw:
+        return max(1, os.cpu_count() or 1)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        from lockstep.core.errors import ConfigurationError
+
+        raise ConfigurationError(f"{REEMBED_WORKERS_ENV}={raw!r} must be a whole number of processes, at least 1")
+    return value
+

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lockstep.core.errors import LockstepError
+from lockstep.core.config import REEMBED_WORKERS_ENV, embedding_processes
 from lockstep.index.snapshot import DEFAULT_TARGET_SHARDS
 from lockstep.index.steps import (
     SlotPlan,
@@ -97,7 +97,7 @@ class _Stopwatch:
 
 
 PARALLEL_MIN_RECORDS = 50_000  # below this, starting worker processes costs more than it saves
-WORKERS_ENV = "LOCKSTEP_REEMBED_WORKERS"
+WORKERS_ENV = REEMBED_WORKERS_ENV
 WORKER_NICE = 10  # embedding workers yield the CPU to serving replicas and writers on the same machine
 
 
@@ -111,11 +111,7 @@ def default_workers(n_records: int, n_shards: int) -> int:
     niced, so serving keeps its share either way). Small builds stay in one process:
     starting workers costs more than it saves.
     """
-    raw = os.environ.get(WORKERS_ENV, "").strip()
-    try:
-        wanted = int(raw) if raw else (os.cpu_count() or 1)
-    except ValueError as exc:
-        raise LockstepError(f"{WORKERS_ENV} must be a whole number of processes, got {raw!r}") from exc
+    wanted = embedding_processes()
     if wanted <= 1 or n_records < PARALLEL_MIN_RECORDS or n_shards < 2:
         return 1
     return min(wanted, n_shards)

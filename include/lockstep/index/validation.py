@@ -101,11 +101,9 @@ def validate_built_index(
 def _tune_beam(index: VectorIndex, fresh: np.ndarray, texts: list[str], embedder, min_recall: float,
                seed: int) -> dict[str, float]:
     """Choose the HNSW beam for ``min_recall`` (plus a margin) and set it on the index (``beam``)."""
-    from lockstep.index.beam import TUNING_MARGIN, choose_ef_search, fragment_queries
+    from lockstep.index.beam import choose_for_records
 
-    fragments = fragment_queries(texts, seed)
-    queries = embedder.transform(fragments) if fragments else np.zeros((0, index.dim), dtype=np.float32)
-    choice = choose_ef_search(index, fresh, queries, target=min(1.0, min_recall + TUNING_MARGIN))
+    choice = choose_for_records(index, fresh, texts, embedder, min_recall=min_recall, seed=seed)
     index.set_ef_search(choice.ef_search)
     return {
         "recall_at_10": choice.recall,
