@@ -99,3 +99,22 @@ def test_dag_file_parses_fast_and_imports_nothing_heavy(module, airflow_db):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["seconds"] < 1.0, f"{module} took {result['seconds']:.2f} s to parse"
     assert not result["heavy"], f"{module} imports {result['heavy']} at parse time"
+
+
+def test_shard_tasks_of_a_reembed_run_embed_as_many_at_once_as_configured(monkeypatch):
+    """LOCKSTEP_REEMBED_WORKERS bounds the run's concurrent shard tasks (read when the file is parsed)."""
+    import importlib
+    import sys
+
+    from lockstep.index.snapshot import target_shards_for
+
+    monkeypatch.syspath_prepend(str(DAGS))
+    for workers in ("3", "1"):
+        monkeypatch.setenv("LOCKSTEP_REEMBED_WORKERS", workers)
+        sys.modules.pop("lockstep_reembed", None)
+        dag = importlib.import_module("lockstep_reembed").dag
+        for task_id in ("embed", "embed_first_slice"):
+            assert dag.task_dict[task_id].max_active_tis_per_dagrun == int(workers)
+        assert "which_system" not in dag.task_dict  # prepare and build_recommender decide for themselves (run_if)
+    sys.modules.pop("lockstep_reembed", None)
+    assert [target_shards_for(p) for p in (1, 2, 8)] == [4, 8, 32]

@@ -41,3 +41,13 @@ def test_a_bad_value_names_the_variable(monkeypatch):
         monkeypatch.setenv(WORKERS_ENV, bad)
         with pytest.raises(LockstepError, match=f"{WORKERS_ENV}='{bad}' must be a whole number of processes, at least 1"):
             default_workers(BIG, 16)
+
+
+def test_embedding_processes_default_to_the_core_count(monkeypatch):
+    from lockstep.core.config import embedding_processes
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert embedding_processes({}) == 6
+    assert embedding_processes({WORKERS_ENV: " 2 "}) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert embedding_processes({}) == 1
