@@ -12,6 +12,11 @@ keeping its post's category), then measures in a fresh Lockstep home:
 - raw: the same model's ``transform`` over all texts + ``faiss.IndexFlatIP.add`` in
   one process (the floor), and the ratio raw time / Lockstep time (1.0 = as fast as raw);
 - DAG: ``lockstep_reembed`` through ``dag.test()`` (``--dag``), with the time per task;
+  ``--dag-executor local`` runs it instead on a real Airflow stack (``lockstep.ops.stack``:
+  api-server, scheduler, dag-processor, triggerer with the LocalExecutor, so mapped shards
+  run in parallel), triggered through the REST API, and reads each task instance's times
+  from the metadata DB: trigger to success, first task start to last task end, per task,
+  the shards that overlapped, the time no task ran (the scheduler between tasks);
 - writes: ``PUT /records`` latency on a serving replica (127.0.0.1) when idle and
   while ``lockstep index build`` re-embeds every record (``--writes``);
 - the index size on disk.
@@ -22,6 +27,7 @@ It writes the figures as JSON (``--results``), a PNG of time and memory against 
 the time goes. Heavy: run it under ``flock /tmp/lockstep-heavy.lock``.
 
 Run: .venv/bin/python benchmarks/bench_scale.py [--sizes 100k,1M] [--dag] [--writes] [--profile]
+     [--dag-executor local [--dag-parallelism 2] [--dag-conf '{"early_verdict_share": 0.01}'] [--dag-airflow-env JSON] [--dag-profile]]
 """
 
 from __future__ import annotations
@@ -231,14 +237,43 @@ def bench_size(n: int, args: argparse.Namespace, work: Path, airflow_home: Path)
         w = out["writes"]
         say(f"PUT /records p99 idle {w['idle_p99_ms']:.1f} ms, during re-embed {w['load_p99_ms']:.1f} ms "
             f"({w['ratio_p99']:.2f}x; {w['load_requests']} requests during {w['load_s']:.0f} s)")
-    if args.dag:
+    if args.dag and args.dag_executor == "test":
         dag = run_measured([*me, "--worker", "dag", "--version", "3"], env)
         figures = _last_json(dag.stdout)
-        out["dag"] = {**_fig(dag), **figures, "vs_raw": out["raw"]["total_s"] / figures["run_s"]}
+        out["dag"] = {**_fig(dag), **figures, "executor": "dag.test", "vs_raw": out["raw"]["total_s"] / figures["run_s"]}
         say(f"DAG {figures['run_s']:.1f} s ({figures['tasks']} tasks; in tasks {figures['in_tasks_s']:.1f} s), "
             f"peak RSS {dag.peak_rss_mb:,.0f} MB; DAG/raw throughput {out['dag']['vs_raw']:.2f}x")
+    elif args.dag:
+        out["dag"] = bench_dag_local(args, env, work, n, out["raw"]["total_s"], say)
     if not args.keep:
         shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
+def bench_dag_local(args: argparse.Namespace, env: dict[str, str], work: Path, n: int, raw_s: float,
+                    say) -> dict[str, Any]:
+    """``lockstep_reembed`` of v3 on a real Airflow stack with the LocalExecutor (its own process)."""
+    me = [sys.executable, str(Path(__file__).resolve())]
+    cmd = [*me, "--worker", "dag-local", "--version", "3", "--dag-conf", args.dag_conf]
+    if args.dag_parallelism:
+        cmd += ["--dag-parallelism", str(args.dag_parallelism)]
+    if args.dag_airflow_env != "{}":
+        cmd += ["--dag-airflow-env", args.dag_airflow_env]
+    if args.dag_profile:
+        cmd += ["--dag-profile-dir", str(work)]
+    dag = run_measured(cmd, env)
+    figures = _last_json(dag.stdout)
+    out = {**_fig(dag), **figures, "executor": "LocalExecutor", "run_s": figures["trigger_to_success_s"],
+           "vs_raw": raw_s / figures["trigger_to_success_s"], "vs_raw_tasks": raw_s / figures["timeline"]["span_s"]}
+    t = figures["timeline"]
+    say(f"DAG (LocalExecutor, parallelism {figures['parallelism']}) trigger to success {out['run_s']:.1f} s, "
+        f"first task start to last end {t['span_s']:.1f} s (no task running {t['idle_s']:.1f} s), "
+        f"{t['task_instances']} task instances, at most {t['max_shard_concurrency']} shards at once; "
+        f"DAG/raw {out['vs_raw']:.2f}x (tasks span {out['vs_raw_tasks']:.2f}x); stack start {figures['stack_start_s']:.1f} s; "
+        f"process tree peak {dag.tree_peak_mb:,.0f} MB")
+    for task_id, f in t["per_task"].items():
+        say(f"  {task_id:<20} x{f['count']:<3} starts at {f['starts_at_s']:6.1f} s, span {f['span_s']:6.1f} s, "
+            f"sum {f['sum_s']:6.1f} s, longest {f['max_s']:5.1f} s, queue wait {f['queue_wait_mean_s']} s")
     return out
 
 
@@ -342,6 +377,9 @@ def worker(args: argparse.Namespace) -> None:
         _worker_raw(Path(args.corpus))
     elif args.worker == "dag":
         _worker_dag(args.version)
+    elif args.worker == "dag-local":
+        _worker_dag_local(args.version, json.loads(args.dag_conf), args.dag_parallelism, args.dag_profile_dir,
+                          json.loads(args.dag_airflow_env))
     else:
         raise SystemExit(f"unknown worker {args.worker}")
 
@@ -415,6 +453,134 @@ def _worker_dag(version: str) -> None:
                       "per_task_s": dict(per_task), "per_task_count": dict(count)}))
 
 
+DAG_CONF_KEYS = ("early_verdict_share", "early_verdict_action", "early_verdict_margin", "shard_size", "target_shards")
+
+
+def _worker_dag_local(version: str, extra_conf: dict[str, Any], parallelism: int | None, profile_dir: str | None,
+                      airflow_env: dict[str, str]) -> None:
+    """lockstep_reembed on a real stack (LocalExecutor): trigger through the REST API, wait, read the timeline.
+
+    The stack runs on this process's LOCKSTEP_HOME (the bench's home for this size), with
+    no MLflow UI, no serving app and no clock schedules; only lockstep_reembed is unpaused
+    (its index-ready asset would start lockstep_rollout, which stays paused). The stack is
+    stopped at the end, also on error.
+    """
+    from lockstep.ops.stack import StackConfig, start
+
+    unknown = set(extra_conf) - set(DAG_CONF_KEYS)
+    if unknown:
+        raise SystemExit(f"--dag-conf: unknown keys {sorted(unknown)}; allowed: {', '.join(DAG_CONF_KEYS)}")
+    if any(not key.startswith("AIRFLOW__") for key in airflow_env):
+        raise SystemExit(f"--dag-airflow-env: only AIRFLOW__SECTION__KEY settings, got {sorted(airflow_env)}")
+    home = Path(os.environ["LOCKSTEP_HOME"])
+    extra_env = {key: str(value) for key, value in airflow_env.items()}
+    if parallelism:
+        extra_env["AIRFLOW__CORE__PARALLELISM"] = str(parallelism)
+    config = StackConfig(home=home, airflow_port=_free_port(), mlflow_port=_free_port(), serving_port=_free_port(),
+                         with_mlflow_ui=False, with_serving=False, time_schedules=False, api_token=TOKEN,
+                         extra_env=extra_env)
+    say = lambda msg: print(f"  stack: {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    conf = {"model_version": version, "promote_if_first": False, "index_type": "flat", **extra_conf}
+    dag_file = _dag_file_version()  # before the stack parses it
+    started = time.perf_counter()
+    stack = start(config, say)
+    profilers: list[subprocess.Popen] = []
+    try:
+        client = stack.client()
+        client.wait_for_dags(["lockstep_reembed"])
+        client.unpause("lockstep_reembed")
+        stack_start_s = time.perf_counter() - started
+        if profile_dir:
+            profilers = _start_profilers(stack, Path(profile_dir))
+        triggered = time.perf_counter()
+        run_id = client.trigger("lockstep_reembed", conf)
+        state = client.wait("lockstep_reembed", run_id, timeout=3600, poll=0.5, stack=stack)
+        wall_s = time.perf_counter() - triggered
+        _stop_profilers(profilers)
+        if state != "success":
+            failed = {k: v for k, v in client.task_states("lockstep_reembed", run_id).items() if v != "success"}
+            raise SystemExit(f"lockstep_reembed run {run_id} ended {state}: {failed}; task logs under {config.airflow_home}")
+        tasks, run_times = _read_task_runs(config.airflow_home / "airflow.db", "lockstep_reembed", run_id)
+    finally:
+        _stop_profilers(profilers)
+        stack.stop()
+    from dag_timing import run_timeline
+
+    print(json.dumps({
+        "trigger_to_success_s": wall_s, "stack_start_s": stack_start_s, "run_id": run_id, "conf": conf,
+        "parallelism": parallelism or "default (32)", "airflow_env": airflow_env, "dag_run_s": run_times, "timeline": run_timeline(tasks),
+        "dag_file": dag_file,
+        "profiles": [str(Path(profile_dir) / f"profile-dag-{name}.txt") for name in _PROFILED] if profile_dir else [],
+    }))
+
+
+def _dag_file_version() -> dict[str, Any]:
+    """Which DAG file ran: the commit and whether the working tree changed it (the tree is shared)."""
+    import hashlib
+
+    dag_file = ROOT / "dags" / "lockstep_reembed.py"
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "dags/lockstep_reembed.py", "include/lockstep"],
+                             cwd=ROOT).returncode != 0
+    return {"head": head, "uncommitted_changes": changed, "sha256": hashlib.sha256(dag_file.read_bytes()).hexdigest()[:12]}
+
+
+_PROFILED = ("scheduler", "api-server")  # task processes descend from the scheduler (LocalExecutor)
+
+
+def _start_profilers(stack, out_dir: Path) -> list[subprocess.Popen]:
+    """py-spy on the scheduler (with its task processes) and the api-server, until stopped."""
+    procs = []
+    for child in stack.children:
+        if child.name in _PROFILED:
+            out = out_dir / f"profile-dag-{child.name}.txt"
+            procs.append(subprocess.Popen(
+                [str(BIN / "py-spy"), "record", "--subprocesses", "--rate", "20", "--format", "raw", "--nonblocking",
+                 "-o", str(out), "--pid", str(child.process.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(2)  # attached before the trigger
+    return procs
+
+
+def _stop_profilers(procs: list[subprocess.Popen]) -> None:
+    """SIGINT makes py-spy write its file; wait for it."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    procs.clear()
+
+
+def _read_task_runs(db: Path, dag_id: str, run_id: str):
+    """The run's task instances and its own start/end, from the stack's SQLite metadata DB."""
+    import sqlite3
+
+    from dag_timing import TaskRun
+
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        rows = con.execute("SELECT task_id, map_index, state, queued_dttm, start_date, end_date FROM task_instance "
+                           "WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)).fetchall()
+        run = con.execute("SELECT start_date, end_date FROM dag_run WHERE dag_id = ? AND run_id = ?",
+                          (dag_id, run_id)).fetchone()
+    tasks = [TaskRun(task_id, map_index, state, _when(q), _when(s), _when(e)) for task_id, map_index, state, q, s, e in rows]
+    start, end = _when(run[0]), _when(run[1])
+    return tasks, {"start_to_end_s": (end - start).total_seconds() if start and end else None}
+
+
+def _when(value: str | None):
+    """A datetime column of Airflow's SQLite DB (UTC, with or without an offset)."""
+    from datetime import UTC, datetime
+
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 # --- report: table, projection, plot ------------------------------------------------------------
 
 
@@ -436,9 +602,13 @@ def report(results: list[dict[str, Any]], plot: Path | None) -> None:
             w = r["writes"]
             print(f"writes at {r['n']:,}: PUT p50/p99 idle {w['idle_p50_ms']:.1f}/{w['idle_p99_ms']:.1f} ms, during "
                   f"re-embed {w['load_p50_ms']:.1f}/{w['load_p99_ms']:.1f} ms (p99 {w['ratio_p99']:.2f}x)")
-        if "dag" in r:
+        if "dag" in r and "per_task_s" in r["dag"]:
             tasks = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(r["dag"]["per_task_s"].items(), key=lambda kv: -kv[1]))
             print(f"DAG tasks at {r['n']:,}: {tasks}")
+        elif "dag" in r:
+            tasks = ", ".join(f"{k} span {v['span_s']:.1f} s (x{v['count']})"
+                              for k, v in r["dag"]["timeline"]["per_task"].items())
+            print(f"DAG tasks at {r['n']:,} (LocalExecutor, in order): {tasks}")
     print_projection(results)
     if plot is not None:
         draw(results, plot)
@@ -490,7 +660,8 @@ def draw(results: list[dict[str, Any]], path: Path) -> None:
               ("snapshot to ready (inside it)", [r["library"]["ready_s"] for r in results]),
               ("raw transform + FAISS add", [r["raw"]["total_s"] for r in results])]
     if all("dag" in r for r in results):
-        series.append(("index build (DAG, dag.test)", [r["dag"]["run_s"] for r in results]))
+        series.append((f"index build (DAG, {results[0]['dag'].get('executor', 'dag.test')})",
+                       [r["dag"]["run_s"] for r in results]))
     for label, ys in series:
         left.plot(ns, ys, marker="o", label=label)
     left.set(xlabel="records (millions)", ylabel="seconds", title="time")
@@ -553,6 +724,16 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--train", choices=["cli", "sample"], default="cli")
     parser.add_argument("--dag", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--dag-executor", choices=["test", "local"], default="test",
+                        help="test: dag.test() (shards one after another in one process); local: a real Airflow "
+                             "stack with the LocalExecutor (shards in parallel)")
+    parser.add_argument("--dag-parallelism", type=int, default=None,
+                        help="local: AIRFLOW__CORE__PARALLELISM for the stack (default Airflow's 32)")
+    parser.add_argument("--dag-conf", default="{}",
+                        help=f"local: JSON merged into the run's conf (keys: {', '.join(DAG_CONF_KEYS)})")
+    parser.add_argument("--dag-airflow-env", default="{}",
+                        help='local: JSON of Airflow settings for the stack, e.g. {"AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2"}')
+    parser.add_argument("--dag-profile", action="store_true", help="local: py-spy the scheduler's tasks and the api-server")
     parser.add_argument("--writes", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--index-type", default="flat", choices=["flat", "auto", "hnsw", "ivf"],
                         help="index of the library build (flat: like the raw floor; auto: the default at N)")
@@ -565,6 +746,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--version", help=argparse.SUPPRESS)
+    parser.add_argument("--dag-profile-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
@@ -574,7 +756,7 @@ def main() -> None:
         return report(json.loads(results_path.read_text()), args.plot)
     args.work.mkdir(parents=True, exist_ok=True)
     airflow_home = args.work / "airflow"
-    if args.dag and not (airflow_home / "airflow.db").exists():
+    if args.dag and args.dag_executor == "test" and not (airflow_home / "airflow.db").exists():
         env = lockstep_env(args.work / "unused", airflow_home)
         subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
     results = []
@@ -586,6 +768,10 @@ def main() -> None:
     profile = args.work / f"profile-{max(args.sizes)}.txt"
     if args.profile and profile.exists():
         summarise_profile(profile)
+    for r in results:
+        for path in r.get("dag", {}).get("profiles", []):
+            if Path(path).exists():
+                summarise_profile(Path(path))
 
 
 if __name__ == "__main__":
