@@ -28,13 +28,13 @@ from datetime import datetime
 
 from airflow.sdk import Metadata, Param, dag, task
 
-from lockstep.core.config import embedding_processes
 from lockstep.ops.dag_support import (
     CHALLENGER,
     DEFAULT_ARGS,
     INDEX_READY,
     NO_RETRY,
     deployment_system,
+    embedding_processes,
     latest_extra,
     on_failure,
 )
@@ -107,10 +107,9 @@ def lockstep_reembed():
     @task
     def snapshot(plan: dict, params=None) -> dict:
         from lockstep.index import steps as reembed
-        from lockstep.index.snapshot import target_shards_for
 
         return reembed.snapshot(
-            plan, params["shard_size"], target_shards=params["target_shards"] or target_shards_for(EMBEDDING_PROCESSES),
+            plan, params["shard_size"], target_shards=params["target_shards"] or reembed.dag_target_shards(),
             first_slice_share=params["early_verdict_share"],
         )
 

@@ -94,6 +94,14 @@ def prepare(version: str | int, registry=None, engine=None) -> dict[str, Any]:
     return asdict(plan)
 
 
+def dag_target_shards() -> int:
+    """The shards a DAG run aims for by default: 4 rounds of ``LOCKSTEP_REEMBED_WORKERS`` shard tasks."""
+    from lockstep.core.config import embedding_processes
+    from lockstep.index.snapshot import target_shards_for
+
+    return target_shards_for(embedding_processes())
+
+
 def snapshot(
     plan: dict[str, Any],
     shard_size: int | None = None,

@@ -9,6 +9,8 @@ from datetime import timedelta
 
 from airflow.sdk import Asset
 
+from lockstep.core.config import embedding_processes  # noqa: F401  (re-exported: lockstep_reembed reads it at parse time)
+
 # Asset events carry {"model_version", "fingerprint", "index_location"} in their extra.
 CHALLENGER = Asset(name="lockstep_challenger", uri="lockstep://models/challenger")
 INDEX_READY = Asset(name="lockstep_index_ready", uri="lockstep://indexes/ready")
