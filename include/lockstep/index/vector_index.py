@@ -530,7 +530,8 @@ def choose_spec(n_records: int, dim: int) -> IndexSpec:
     while M=24 or 16 built faster but fell to 0.95-0.96 (docs/benchmarks.md); every build is checked again at validation
     (``measure_recall`` >= 0.95), so a corpus where it falls short fails visibly. Its
     memory is the vectors plus ~M*2*4 bytes each for the graph. Wider vectors get a
-    wider beam.
+    wider beam. The beam given here is where a build starts: validation then chooses the
+    one the recall target needs (``beam``; 256 for short queries at 1M x 256).
     """
     if n_records < 0 or dim < 1:
         raise LockstepError(f"choose_spec needs n_records >= 0 and dim >= 1, got {n_records} and {dim}")
