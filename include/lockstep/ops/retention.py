@@ -364,17 +364,22 @@ def checkpoint_indexes(store: RecordStore | None = None, *, tracking_uri: str | 
 # --- request, shadow and feedback logs -------------------------------------------------------
 
 
+# (table, its key columns, its time column): what ``purge_logs`` deletes by age.
 _LOGS = (
-    (request_log, request_log.c.request_id),
-    (shadow_log, shadow_log.c.id),
-    (feedback_log, feedback_log.c.id),
+    (request_log, (request_log.c.request_id,), request_log.c.at),
+    (shadow_log, (shadow_log.c.id,), shadow_log.c.at),
+    (feedback_log, (feedback_log.c.id,), feedback_log.c.at),
+    # the streaming loader's duplicate check needs a row only while its message may be
+    # delivered again (while it is pending: minutes at most)
+    (stream_messages, (stream_messages.c.source, stream_messages.c.message_id), stream_messages.c.applied_at),
 )
 
 
 def purge_logs(
     engine: Engine | None = None, *, days: float | None = None, now: datetime | None = None
 ) -> dict[str, int]:
-    """Delete request, shadow and feedback log rows older than ``days``; returns rows deleted per table."""
+    """Delete request, shadow and feedback log rows and applied-message ids older than ``days``;
+    returns rows deleted per table."""
     from lockstep.store.db import get_engine
 
     engine = engine or get_engine()
@@ -382,39 +387,22 @@ def purge_logs(
     cutoff = (now or clock.now()) - timedelta(days=days)
     _ensure_at_indexes(engine)
     deleted = {}
-    for table, key in _LOGS:
-        deleted[table.name] = _purge_table(engine, table, key, cutoff)
-    deleted[stream_messages.name] = _purge_stream_messages(engine, cutoff)
+    for table, keys, at in _LOGS:
+        deleted[table.name] = _purge_table(engine, table, keys, at, cutoff)
     log.info("logs older than %s deleted: %s", cutoff.isoformat(), deleted)
     return deleted
 
 
-def _purge_table(engine: Engine, table, key, cutoff: datetime) -> int:
+def _purge_table(engine: Engine, table, keys: tuple, at, cutoff: datetime) -> int:
+    """Rows with ``at`` before the cutoff, ``PURGE_BATCH`` per transaction (short statements)."""
+    key = keys[0] if len(keys) == 1 else tuple_(*keys)
     total = 0
     while True:
-        batch = select(key).where(table.c.at < cutoff).limit(PURGE_BATCH).scalar_subquery()
+        batch = select(*keys).where(at < cutoff).limit(PURGE_BATCH)
         with engine.begin() as conn:
             n = conn.execute(delete(table).where(key.in_(batch))).rowcount or 0
         total += n
         if n < PURGE_BATCH:
-            return total
-
-
-def _purge_stream_messages(engine: Engine, cutoff: datetime) -> int:
-    """Applied-message rows older than the cutoff (the loader's duplicate check needs a row
-    only while its message may be redelivered: while it is pending, minutes at most)."""
-    total = 0
-    pk = tuple_(stream_messages.c.source, stream_messages.c.message_id)
-    while True:
-        with engine.begin() as conn:
-            keys = conn.execute(
-                select(stream_messages.c.source, stream_messages.c.message_id)
-                .where(stream_messages.c.applied_at < cutoff).limit(PURGE_BATCH)
-            ).all()
-            if keys:
-                conn.execute(delete(stream_messages).where(pk.in_([tuple(k) for k in keys])))
-        total += len(keys)
-        if len(keys) < PURGE_BATCH:
             return total
 
 
