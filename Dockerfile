@@ -30,11 +30,12 @@ COPY deploy/airflow-init.sh /opt/lockstep/airflow-init.sh
 
 # UID 50000 and group 0 as in the official Airflow image: the compose file may run the
 # Airflow services as any AIRFLOW_UID, and group 0 keeps the shared folders writable for it.
+# /mlflow-auth holds the MLflow auth app's user store (volume mlflow-auth; deploy/mlflow-auth.ini).
 RUN useradd --uid 50000 --gid 0 --home-dir /opt/airflow --no-create-home --shell /bin/bash lockstep \
     && mkdir -p /opt/airflow/dags /opt/airflow/logs /opt/airflow/plugins /opt/airflow/config \
-        /opt/airflow/auth /data/indexes /data/home /mlartifacts \
-    && chown -R 50000:0 /opt/airflow /data /mlartifacts \
-    && chmod -R g+rwX /opt/airflow /data /mlartifacts
+        /opt/airflow/auth /data/indexes /data/home /mlartifacts /mlflow-auth \
+    && chown -R 50000:0 /opt/airflow /data /mlartifacts /mlflow-auth \
+    && chmod -R g+rwX /opt/airflow /data /mlartifacts /mlflow-auth
 
 USER 50000
 WORKDIR /opt/airflow

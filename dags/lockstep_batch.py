@@ -29,7 +29,16 @@ from __future__ import annotations
 
 from airflow.sdk import Param, TriggerRule, dag, task
 
-from lockstep.ops.dag_support import DEFAULT_ARGS, NO_RETRY, PROMOTED, on_failure, schedule
+from lockstep.ops.dag_support import (
+    DEFAULT_ARGS,
+    NO_RETRY,
+    PROMOTED,
+    on_failure,
+    schedule,
+    time_limits,
+)
+
+LIMITS = time_limits("lockstep_batch")  # every task's execution_timeout and the run's dagrun_timeout
 
 
 @dag(
@@ -38,7 +47,8 @@ from lockstep.ops.dag_support import DEFAULT_ARGS, NO_RETRY, PROMOTED, on_failur
     schedule=schedule("30 * * * *", PROMOTED),  # hourly at :30, or a promotion
     catchup=False,
     max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    dagrun_timeout=LIMITS.run,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure, "execution_timeout": LIMITS.task},
     tags=["lockstep", "batch"],
     doc_md=__doc__,
     params={

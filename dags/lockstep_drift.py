@@ -31,7 +31,14 @@ from __future__ import annotations
 
 from airflow.sdk import Metadata, Param, dag, task
 
-from lockstep.ops.dag_support import DEFAULT_ARGS, DRIFT, NO_RETRY, on_failure, schedule
+from lockstep.ops.dag_support import (
+    DEFAULT_ARGS,
+    DRIFT,
+    NO_RETRY,
+    on_failure,
+    schedule,
+    time_limits,
+)
 
 THRESHOLD_KEYS = (
     "false_alarm_rate",
@@ -41,6 +48,9 @@ THRESHOLD_KEYS = (
 )
 
 
+LIMITS = time_limits("lockstep_drift")  # every task's execution_timeout and the run's dagrun_timeout
+
+
 @dag(
     dag_id="lockstep_drift",
     description="Compare recent records, queries and click-through with the champion's training data; emit the drift asset.",
@@ -48,7 +58,8 @@ THRESHOLD_KEYS = (
     schedule=schedule("0 * * * *"),
     catchup=False,
     max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    dagrun_timeout=LIMITS.run,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure, "execution_timeout": LIMITS.task},
     tags=["lockstep", "monitoring", "drift"],
     doc_md=__doc__,
     params={

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from lockstep.ops.dag_support import DEFAULT_ARGS, NO_RETRY, on_failure, schedule
+from lockstep.ops.dag_support import DEFAULT_ARGS, NO_RETRY, on_failure, schedule, time_limits
+
+LIMITS = time_limits("lockstep_holdback")  # every task's execution_timeout and the run's dagrun_timeout
 
 
 @dag(
@@ -30,7 +32,8 @@ from lockstep.ops.dag_support import DEFAULT_ARGS, NO_RETRY, on_failure, schedul
     schedule=schedule("0 4 * * *"),
     catchup=False,
     max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    dagrun_timeout=LIMITS.run,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure, "execution_timeout": LIMITS.task},
     tags=["lockstep", "holdback"],
     doc_md=__doc__,
     params={

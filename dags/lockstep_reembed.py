@@ -37,9 +37,11 @@ from lockstep.ops.dag_support import (
     embedding_processes,
     latest_extra,
     on_failure,
+    time_limits,
 )
 
 EMBEDDING_PROCESSES = embedding_processes()  # shard tasks of one run embedding at once (read when the file is parsed)
+LIMITS = time_limits("lockstep_reembed")  # every task's execution_timeout and the run's dagrun_timeout
 
 
 @dag(
@@ -49,7 +51,8 @@ EMBEDDING_PROCESSES = embedding_processes()  # shard tasks of one run embedding 
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    dagrun_timeout=LIMITS.run,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure, "execution_timeout": LIMITS.task},
     tags=["lockstep", "indexing"],
     doc_md=__doc__,
     params={

@@ -30,6 +30,7 @@ from lockstep.ops.dag_support import (
     latest_extra,
     on_failure,
     schedule,
+    time_limits,
 )
 
 TRAIN_KEYS = (
@@ -40,6 +41,7 @@ TRAIN_KEYS = (
 # so cannot run at parse time; tests/dags/test_family_switch.py checks the two agree).
 FAMILIES = ["tfidf_svd", "word_vectors"]
 
+LIMITS = time_limits("lockstep_retrain")  # every task's execution_timeout and the run's dagrun_timeout
 
 
 @dag(
@@ -48,7 +50,8 @@ FAMILIES = ["tfidf_svd", "word_vectors"]
     schedule=schedule("0 3 * * 1", DRIFT),  # Monday 03:00 UTC, or a drift
     catchup=False,
     max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    dagrun_timeout=LIMITS.run,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure, "execution_timeout": LIMITS.task},
     tags=["lockstep", "training"],
     doc_md=__doc__,
     params={

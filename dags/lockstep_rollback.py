@@ -19,11 +19,19 @@ A rollout running at the time notices the change at its next look and stops as
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from lockstep.ops.dag_support import DEFAULT_ARGS, NO_RETRY, on_failure, serving_url_default
+from lockstep.ops.dag_support import (
+    DEFAULT_ARGS,
+    NO_RETRY,
+    on_failure,
+    serving_url_default,
+    time_limits,
+)
+
+LIMITS = time_limits("lockstep_rollback")  # every task's execution_timeout and the run's dagrun_timeout
 
 
 @dag(
@@ -33,9 +41,9 @@ from lockstep.ops.dag_support import DEFAULT_ARGS, NO_RETRY, on_failure, serving
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    dagrun_timeout=timedelta(hours=1),
+    dagrun_timeout=LIMITS.run,
     # Not in the lockstep_rollout pool: a rollback must never queue behind the rollout it undoes.
-    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure, "execution_timeout": timedelta(minutes=15)},
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure, "execution_timeout": LIMITS.task},
     tags=["lockstep", "rollout"],
     doc_md=__doc__,
     params={

@@ -26,6 +26,9 @@ to the triggerer and frees its worker slot until the next look (every
   Approve/Reject form of ``approve_in_airflow`` (Airflow's Required Actions page, which
   shows the evaluation figures and the drift context) or the tag ``lockstep.review`` =
   ``approved``/``rejected`` on the version in MLflow. Rejection or timeout fails it.
+  Every decision names who gave it (the Airflow user who answered the form, or the tag
+  ``lockstep.review.by``); an approval that names nobody is not taken. The reviewer is
+  written on the version (``lockstep.review.by``/``.at``/``.via``) and in the review step.
   ``close_ui_review`` then withdraws an unanswered Airflow form.
 - **shadow** mirrors live traffic to the candidate and gates on its error rate, latency
   against live and top-k overlap with live.
@@ -59,7 +62,7 @@ bakes, gates, A/B test, bandit, verify and retire, timing.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
@@ -73,6 +76,7 @@ from lockstep.ops.dag_support import (
     latest_extra,
     on_failure,
     serving_url_default,
+    time_limits,
 )
 from lockstep.rollout.operator import (
     REVIEW_FORM_EXPIRES,
@@ -89,10 +93,11 @@ STRATEGY_TASKS = {
     "bandit": "bandit",
     "blue_green": "blue_green",
 }
-# The longest a task may compute at once (a look, the final update, a rollback with its drain).
-TASK_TIMEOUT = timedelta(minutes=30)
-# The whole run: review (<= 24 h) + strategy (each has its own time limit) + rollback window.
-RUN_TIMEOUT = timedelta(days=7)
+# The longest a task may compute at once (a look, the final update, a rollback with its drain), and
+# the whole run: review (<= 24 h) + strategy (each has its own time limit) + rollback window.
+# Defaults 30 min and 7 days; LOCKSTEP_DAG_TIMEOUTS overrides them.
+LIMITS = time_limits("lockstep_rollout")
+TASK_TIMEOUT, RUN_TIMEOUT = LIMITS.task, LIMITS.run
 
 
 @dag(

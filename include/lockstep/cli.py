@@ -611,20 +611,32 @@ def up(
 
 @app.command()
 def simulate(
-    users: Annotated[int, typer.Option(help="Simulated users (sticky user ids).")] = 100,
-    requests: Annotated[int | None, typer.Option(help="Searches to send (default 1000 unless --duration).")] = None,
+    users: Annotated[int, typer.Option(min=1, help="Simulated users (sticky user ids).")] = 1000,
+    requests: Annotated[int | None, typer.Option(min=0, help="Searches to send (default 1000 unless --duration).")] = None,
     duration: Annotated[float | None, typer.Option(help="Seconds to run instead of a request count.")] = None,
     url: Annotated[str, typer.Option(help="Serving API base URL.")] = "http://127.0.0.1:8000",
-    click_model: Annotated[str, typer.Option(help="relevance (clicks by category match) or none.")] = "relevance",
+    click_model: Annotated[str, typer.Option(help="relevance (clicks by category match), uniform or none.")] = "relevance",
     concurrency: Annotated[int, typer.Option(min=1)] = 4,
     rate: Annotated[float | None, typer.Option(help="Searches per second (default: as fast as possible).")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seeds the population (who the users are) and every request's draws.")] = 0,
+    users_like: Annotated[str, typer.Option(
+        help="heterogeneous: each user its own click propensity (Beta(2, 8) scaled to mean 1), Pareto activity "
+             "(a few users make ~100x the requests of most), some requests anonymous; uniform: identical, equally "
+             "active users, none anonymous.")] = "heterogeneous",
+    pareto_shape: Annotated[float, typer.Option(
+        help="Shape of the users' Pareto activity (heterogeneous): smaller is more skewed; 1.16 is 80/20.")] = 1.16,
+    anonymous: Annotated[float, typer.Option(
+        help="Share of requests sent without a user_id (heterogeneous), in [0, 1).")] = 0.1,
 ) -> None:
-    """Traffic simulator: held-out queries as many users; clicks with a probability that depends on relevance."""
+    """Traffic simulator: held-out queries as many users; clicks with a probability that depends on relevance.
+
+    By default the users differ (--users-like heterogeneous), seeded by --seed: the same seed gives the same users.
+    """
     from lockstep.ops.simulator import simulate_command
 
     report = simulate_command(users=users, requests=requests, duration=duration, url=url, click_model=click_model,
-                              concurrency=concurrency, rate=rate, seed=seed, echo=typer.echo)
+                              concurrency=concurrency, rate=rate, seed=seed, echo=typer.echo, users_like=users_like,
+                              pareto_shape=pareto_shape, anonymous=anonymous)
     raise typer.Exit(0 if report.errors == 0 and report.mixed == 0 else 1)
 
 
@@ -632,19 +644,29 @@ def simulate(
 
 
 def _stream_source_url(value: str) -> str:
-    from lockstep.streaming.sources import SourceURLError, parse_source_url
+    """A usable ``--source`` without a password in it (arguments show in ``ps``)."""
+    from lockstep.streaming.sources import SourceURLError, command_line_source_url
 
     try:
-        parse_source_url(value)
+        command_line_source_url(value)
     except SourceURLError as exc:
         raise typer.BadParameter(str(exc)) from exc
     return value
 
 
+def _stream_password(password_file: Path | None) -> str | None:
+    """The broker password: ``--password-file`` first, else ``LOCKSTEP_STREAM_PASSWORD``, else none."""
+    from lockstep.core.config import stream_password
+    from lockstep.streaming.sources import read_password_file
+
+    return read_password_file(str(password_file)) if password_file is not None else stream_password()
+
+
 @stream_app.command("consume")
 def stream_consume(
     source: Annotated[str, typer.Option("--source", callback=_stream_source_url,
-                                        help="redis://HOST[:PORT]/STREAM or kafka://HOST[:PORT]/TOPIC.")],
+                                        help="redis://[USER@]HOST[:PORT]/STREAM or kafka://HOST[:PORT]/TOPIC "
+                                             "(no password: see --password-file).")],
     group: Annotated[str, typer.Option(help="Consumer group (Redis: made when missing; Kafka: group.id).")] = "lockstep",
     consumer: Annotated[str | None, typer.Option(
         help="This consumer's name in the group (default: the host name). Keep it across restarts: "
@@ -658,6 +680,9 @@ def stream_consume(
     block_ms: Annotated[int, typer.Option(min=1, help="How long one read waits for new messages (ms).")] = 1000,
     claim_idle_ms: Annotated[int, typer.Option(
         min=0, help="Redis: take over entries another consumer left unacknowledged this long (ms).")] = 60_000,
+    password_file: Annotated[Path | None, typer.Option(
+        help="Redis: a file whose first line is the password (default: LOCKSTEP_STREAM_PASSWORD; "
+             "never in --source, where ps shows it).")] = None,
 ) -> None:
     """Apply record changes from a stream ({op: upsert|delete, id, text?, metadata?} as JSON) to the record store.
 
@@ -675,9 +700,10 @@ def stream_consume(
     from lockstep.streaming.sources import open_source
 
     name = consumer or socket.gethostname()
+    password = _stream_password(password_file)
     store = RecordStore()  # the database first: a wrong LOCKSTEP_DATABASE_URL fails before the broker is touched
     stream = open_source(source, group=group, consumer=name, dead_letter=dead_letter, field=field,
-                         claim_idle_ms=claim_idle_ms)
+                         claim_idle_ms=claim_idle_ms, password=password)
     stop = threading.Event()
 
     def request_stop(signum, _frame) -> None:

@@ -63,10 +63,11 @@ def test_serving_runs_two_replicas_behind_one_published_port(compose, generated_
     ] == [PROXY]
     env = serving["environment"]
     assert env["LOCKSTEP_API_TOKEN"] and env["LOCKSTEP_INDEX_STORE"] == "/data/indexes"
-    # The workers build indexes that the replicas read and update: same volume, same user.
+    # The workers build indexes that the replicas read (read-only, tests/compose/test_trust.py):
+    # same volume, same user.
     worker = services["airflow-worker"]
     assert (
-        "lockstep-data:/data" in serving["volumes"] and "lockstep-data:/data" in worker["volumes"]
+        "lockstep-data:/data:ro" in serving["volumes"] and "lockstep-data:/data" in worker["volumes"]
     )
     assert serving["user"] == worker["user"] == services["lockstep-init"]["user"]
     # The replicas, the DAGs and the schema step share one database, registry and index store.

@@ -26,11 +26,17 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.timeout(2700)]
 
+# Known secrets for the demo run, so that its logs can be searched for them (issue 21): the API
+# token, and a password in the metadata database's URL (the test server trusts loopback logins,
+# so the password is carried everywhere the URL goes but never checked).
+DEMO_TOKEN = "demo-tok-5f1c9e2a7b"
+DEMO_DB_PASSWORD = "demo-dbpw-8d3a6c"
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, postgres_server):
     """One ``lockstep demo`` run; every test below reads what it left behind."""
-    metadata = postgres_server.create_database("airflow")
+    metadata = postgres_server.create_database("airflow").replace("@", f":{DEMO_DB_PASSWORD}@", 1)
     home = tmp_path_factory.mktemp("demo") / "home"
     env = dict(os.environ)
     for var in ("LOCKSTEP_DATABASE_URL", "MLFLOW_TRACKING_URI", "LOCKSTEP_INDEX_STORE", "AIRFLOW_HOME",
@@ -38,6 +44,7 @@ def demo(tmp_path_factory, postgres_server):
                 "LOCKSTEP_SERVING_URLS", "LOCKSTEP_AIRFLOW_UI_URL", "LOCKSTEP_MLFLOW_UI_URL", "LOCKSTEP_ALERT_CHANNEL"):
         env.pop(var, None)
     env["LOCKSTEP_HOME"] = str(home)
+    env["LOCKSTEP_API_TOKEN"] = DEMO_TOKEN
     env.setdefault("LOCKSTEP_CACHE_DIR", str(Path.home() / ".cache" / "lockstep-tests"))
     lockstep = Path(sys.executable).with_name("lockstep")
     result = subprocess.run(
@@ -107,3 +114,19 @@ def test_a_fresh_install_shows_no_failed_run_and_no_alert(demo):
     alerts = [json.loads(line) for line in (home / "alerts.jsonl").read_text().splitlines() if line.strip()]
     # The drift the demo causes on purpose and the promotion of the better model; nothing else.
     assert {a["event"] for a in alerts} == {"drift_detected", "promoted"}, alerts
+
+
+def test_no_secret_appears_in_any_log_of_the_demo(demo):
+    """The API token and the database password are in none of the run's logs: the demo's own
+    output, every component's log (home/logs: api-server, scheduler, dag-processor, triggerer,
+    MLflow, serving), every Airflow task log (home/airflow/logs) and the alert log."""
+    result, home, metadata = demo
+    assert DEMO_DB_PASSWORD in metadata  # the run did carry the password
+    logs = [p for p in home.rglob("*") if p.is_file() and (p.suffix in (".log", ".jsonl") or "logs" in p.parts)]
+    task_logs = [p for p in logs if (home / "airflow" / "logs") in p.parents]
+    assert task_logs and any(p.parent == home / "logs" for p in logs), sorted(map(str, logs))[:20]
+    texts = {"demo stdout": result.stdout, "demo stderr": result.stderr}
+    texts.update({str(p.relative_to(home)): p.read_text(errors="replace") for p in logs})
+    secrets = {"the API token": DEMO_TOKEN, "the database password": DEMO_DB_PASSWORD}
+    leaks = sorted(f"{what} in {name}" for name, text in texts.items() for what, value in secrets.items() if value in text)
+    assert leaks == [], leaks

@@ -174,6 +174,7 @@ def _closed_port() -> int:
 
 def test_failing_channels_never_raise_and_are_recorded_once(alert_env, receiver, caplog):
     alert_env.setenv("LOCKSTEP_ALERT_CHANNEL", "log,smtp,slack,webhook,pager")
+    alert_env.setenv("LOCKSTEP_ALERT_ATTEMPTS", "1")  # one try each here; retries: tests/core/test_alert_retries.py
     alert_env.setenv("AIRFLOW_CONN_SMTP_DEFAULT", smtp_connection(_closed_port()))
     alert_env.setenv("LOCKSTEP_ALERT_SMTP_TO", "ops@example.org")
     alert_env.setenv("LOCKSTEP_ALERT_SMTP_FROM", "lockstep@example.org")

@@ -2,7 +2,7 @@
 
 A small seeded run of benchmarks/demo_power.py (the full figures, with thousands of
 rollouts, are in docs/benchmarks.md): the real decision function of a canary look, the
-demo's own settings, simulated traffic. It guards the settings against a change that
+demo's own settings, simulated traffic from the demo's own (heterogeneous) users. It guards the settings against a change that
 would make ``lockstep demo`` fail by chance, and checks they still catch a bad candidate.
 """
 
@@ -27,10 +27,13 @@ def power():
 
 
 def test_an_equal_candidate_is_promoted_in_every_seeded_rollout(power):
-    from lockstep.ops.demo import DEMO_ROLLOUT
+    from lockstep.ops.demo import DEMO_ROLLOUT, DEMO_USERS
 
-    # CTR 0.5 on both arms: the largest click variance, the worst case of "no worse".
-    outcomes = power.simulate(DEMO_ROLLOUT, power.World(0.5, 0.5), runs=120, seed=11)
+    # CTR 0.5 on both arms: the largest click variance, the worst case of "no worse"; the
+    # demo's own users (heterogeneous: heavy-tailed activity, own propensity, some anonymous).
+    world = power.World(0.5, 0.5)
+    assert (world.users, world.users_like) == (DEMO_USERS, "heterogeneous")
+    outcomes = power.simulate(DEMO_ROLLOUT, world, runs=120, seed=11)
     failures = [o for o in outcomes if not o.promoted]
     assert len(failures) <= 1, failures  # >= 99 %: the benchmark puts it at ~99.9 %
     assert all(o.looks >= 2 for o in outcomes)  # both canary steps were judged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 from sqlalchemy import func, select
@@ -107,3 +108,56 @@ def test_the_simulator_can_be_driven_step_by_step_and_replays_with_the_same_seed
             sim.close()
     assert reports[0].requests == reports[1].requests == 50
     assert reports[0].by_version == reports[1].by_version  # same seed, same searches and clicks
+
+
+@pytest.mark.slow
+def test_heterogeneous_users_reach_the_request_log_as_sent(deployment):
+    """Anonymous searches are logged without a user id; the heavy users' searches with theirs."""
+    from lockstep.core.config import Settings
+    from lockstep.ops.population import Population
+    from lockstep.serving import ServingConfig, create_app
+    from lockstep.store.schema import request_log
+    from tests.serving.harness import serve, wait_for
+
+    engine, store = deployment
+    population = Population.draw(300, seed=2, anonymous=0.2)
+    queries = held_out_queries(limit=100)
+    app = create_app(Settings.from_env(), engine=engine, config=ServingConfig(poll_interval=0.05, log_flush_interval=0.1, replica="sim"))
+    with serve(app) as server:
+        sim = Simulator(server.url, queries, record_categories(store), population=population, seed=3)
+        report = sim.step(400)
+        sim.close()
+        wait_for(lambda: _logged(engine) == 400, 5, "searches to be logged")
+    assert report.requests == 400 and report.errors == 0 and sim.users == 300
+    with engine.connect() as conn:
+        users = [row[0] for row in conn.execute(select(request_log.c.user_id))]
+    counts = sorted(Counter(u for u in users if u is not None).values(), reverse=True)
+    assert 50 <= users.count(None) <= 110  # about 20 % anonymous
+    assert sum(counts[:3]) > 0.15 * sum(counts)  # the top 1 % of 300 users make far more than 1 % of the searches
+    assert all(u is None or u.startswith("user-") for u in users)
+
+
+def test_a_recommender_population_needs_one_user_per_future_and_no_anonymous_share():
+    from lockstep.ops.population import Population
+    from lockstep.ops.recommender_simulator import RecommenderSimulator, recommender_population
+
+    future = {"7": ["a"], "3": ["b"], "5": ["c", "d"]}
+    population = recommender_population(future, seed=1)
+    assert population.users == 3 and population.anonymous == 0
+    sim = RecommenderSimulator("http://127.0.0.1:9", future, population=population)
+    rng = random.Random(0)
+    asked = Counter(sim._draw(rng)[0].text for _ in range(3000))
+    assert set(asked) == {"3", "5", "7"}  # the population's users are the ones with a future, in sorted order
+    heaviest = max(range(3), key=lambda i: population.weights[i])
+    assert asked.most_common(1)[0][0] == sorted(future)[heaviest]  # who asks goes by activity
+    with pytest.raises(SimulatorError, match="no anonymous share"):
+        RecommenderSimulator("http://127.0.0.1:9", future, population=Population.draw(3, seed=1, anonymous=0.1))
+    with pytest.raises(SimulatorError, match="one user per user with a future"):
+        RecommenderSimulator("http://127.0.0.1:9", future, population=Population.draw(4, seed=1, anonymous=0.0))
+
+
+def _logged(engine) -> int:
+    from lockstep.store.schema import request_log
+
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(request_log)).scalar())

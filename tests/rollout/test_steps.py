@@ -439,13 +439,23 @@ def test_start_checks_the_slots_and_skips_a_version_that_already_is_champion(wor
 
 @pytest.mark.slow
 def test_review_takes_whichever_answer_comes_first(world):
+    from lockstep.model.registry import Review
+
     plan = _plan(require_approval=True, approval_timeout_seconds=0.5)
-    assert rollout.wait_for_review(plan, registry=world, external=lambda: "approved")["verdict"] == "pass"
+    alice = Review("approved", "alice", "2026-01-02T03:04:05+00:00", "airflow")
+    step = rollout.wait_for_review(plan, registry=world, external=lambda: alice)
+    assert step["verdict"] == "pass" and "approved by alice via airflow" in step["reason"]
+    assert step["figures"]["reviewer"] == "alice" and step["figures"]["review_via"] == "airflow"
+    tags = world.get_version("2").tags  # the form's decision and reviewer, written on the version
+    assert (tags["lockstep.review"], tags["lockstep.review.by"], tags["lockstep.review.via"]) == ("approved", "alice", "airflow")
+    world.set_tags("2", {"lockstep.review": ""})  # undecided again
     with pytest.raises(rollout.ReviewTimeout):
         rollout.wait_for_review(plan, registry=world, external=lambda: None)
-    world.set_review("2", "rejected")
-    with pytest.raises(rollout.ReviewRejected):
-        rollout.wait_for_review(plan, registry=world, external=lambda: "approved")  # a rejection wins
+    with pytest.raises(rollout.ReviewTimeout):  # an approval that names no reviewer is not taken
+        rollout.wait_for_review(plan, registry=world, external=lambda: "approved")
+    world.set_review("2", "rejected", by="bob")
+    with pytest.raises(rollout.ReviewRejected, match="rejected in review by bob via mlflow"):
+        rollout.wait_for_review(plan, registry=world, external=lambda: alice)  # a rejection wins
     assert rollout.wait_for_review(_plan("r2"), registry=world)["verdict"] == "info"  # approval not required
 
 

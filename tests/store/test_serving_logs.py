@@ -14,7 +14,14 @@ from sqlalchemy import insert
 
 from lockstep.drift.window import click_through_counts
 from lockstep.store.db import dispose_engines, get_engine
-from lockstep.store.log_stats import ArmStats, ClickThrough, Window, is_impression, is_server_error
+from lockstep.store.log_stats import (
+    ArmStats,
+    ClickThrough,
+    ClusterSums,
+    Window,
+    is_impression,
+    is_server_error,
+)
 from lockstep.store.schema import feedback_log, request_log, shadow_log
 from lockstep.store.serving_logs import CHUNK, arm_stats, click_through, queries, shadow_stats
 
@@ -65,7 +72,8 @@ def test_an_impression_is_an_answered_search_and_a_click_an_impression_clicked_a
     assert (stats.requests, stats.errors, stats.declined, stats.impressions, stats.clicked) == (5, 1, 1, 3, 1)
     assert stats.ctr == pytest.approx(1 / 3)
     assert len(stats.latencies_ms) == 4  # every request that is not a server error
-    assert click_through(engine, "1", WINDOW) == ClickThrough(impressions=3, clicks=1)
+    # No user ids: every impression is a cluster of its own (issue 22 added the per-user sums).
+    assert click_through(engine, "1", WINDOW) == ClickThrough(impressions=3, clicks=1, clusters=ClusterSums.per_trial(1, 3))
 
 
 def test_the_drift_check_and_the_rollout_count_the_same_impressions_and_clicks(engine):

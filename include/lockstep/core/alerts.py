@@ -16,7 +16,12 @@ Every alert carries the version, the reason, the figures (``details``) and links
 Airflow run, the MLflow model version and the Lockstep page, built from
 ``LOCKSTEP_AIRFLOW_UI_URL`` and ``LOCKSTEP_MLFLOW_UI_URL``. An alert is a side effect of
 something that already happened: a channel that cannot deliver never fails the task
-that alerted. Its error is logged once and kept in the entry's ``delivery``.
+that alerted. A channel that fails is tried again with exponential backoff
+(``LOCKSTEP_ALERT_ATTEMPTS`` tries in all, default 3, waiting
+``LOCKSTEP_ALERT_RETRY_DELAY`` seconds, default 1, then twice as long each time); a
+problem of the settings (no recipients, an unknown channel) is not retried. Each failed
+attempt is logged and kept in the entry's ``attempts``; the final outcome is logged
+once and kept in the entry's ``delivery``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,20 +139,26 @@ def alert(
     details: dict[str, Any] | None = None,
     *,
     context: Mapping[str, Any] | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
     """Send one alert to the configured channels and record it; returns the recorded entry.
 
     ``context`` is an Airflow task context (failure callbacks pass theirs); without one the
-    running task's context is used when there is one, for the Airflow run link.
+    running task's context is used when there is one, for the Airflow run link. ``sleep``
+    waits between the tries of a failing channel (``time.sleep``; tests pass a recorder).
     """
     if event not in EVENTS:
         raise ValueError(f"unknown alert event {event!r}; one of {', '.join(EVENTS)}")
-    details = dict(details or {})
+    message, details = _scrubbed(message), _scrubbed(dict(details or {}))
     context = context if context is not None else _current_context()
     cfg, config_error = _alert_settings()
     notice = build_notice(event, message, details, context, cfg)
     channels = cfg.channels if cfg else ("log",)
-    delivery = {channel: _deliver(channel, notice, cfg, context, config_error) for channel in channels}
+    attempts: dict[str, list[dict[str, str]]] = {}
+    delivery = {
+        channel: _deliver(channel, notice, cfg, context, config_error, attempts, time.sleep if sleep is None else sleep)
+        for channel in channels
+    }
     if config_error:  # only the log channel could run: say why the others did not
         delivery["settings"] = f"failed: {config_error}"
     entry = {
@@ -158,6 +170,7 @@ def alert(
         "version": notice.version,
         "links": notice.links,
         "delivery": delivery,
+        "attempts": attempts,  # per channel that was tried more than once or failed: each try's outcome
     }
     _append(entry)
     return entry
@@ -255,20 +268,61 @@ def figures(details: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str
 # --- delivery -------------------------------------------------------------------------------
 
 
-def _deliver(channel: str, notice: Notice, cfg, context: Mapping[str, Any] | None, config_error: str | None) -> str:
-    """``"sent"``, or ``"failed: ..."``: a channel's failure is logged once and never raised."""
-    try:
-        if channel == "log":
-            log.warning("lockstep alert [%s]: %s", notice.event, notice.message)
-            return SENT
-        if config_error:
-            raise ValueError(config_error)
-        _send(channel, notice, cfg, dict(context or {}))
+class SettingsProblem(ValueError):
+    """A channel that cannot work as configured (no recipients, unknown name): trying again cannot help."""
+
+
+def _deliver(
+    channel: str,
+    notice: Notice,
+    cfg,
+    context: Mapping[str, Any] | None,
+    config_error: str | None,
+    attempts: dict[str, list[dict[str, str]]],
+    sleep: Callable[[float], None],
+) -> str:
+    """``"sent"``, or ``"failed: ..."`` after the last try: a channel's failure is never raised.
+
+    A failing try is retried after ``cfg.retry_delay(n)`` seconds, up to ``cfg.attempts``
+    tries; each failed try is logged and added to ``attempts[channel]`` (with the try that
+    finally succeeded), the final failure is logged once more as "was not delivered".
+    """
+    if channel == "log":
+        log.warning("lockstep alert [%s]: %s", notice.event, notice.message)
         return SENT
+    tries = max(1, getattr(cfg, "attempts", 1))
+    outcomes: list[dict[str, str]] = []
+    outcome = ""
+    for number in range(1, tries + 1):
+        outcome, retry = _try_channel(channel, notice, cfg, context, config_error)
+        outcomes.append({"at": clock.now_iso(), "outcome": outcome})
+        if outcome == SENT or not retry or number == tries:
+            break
+        delay = cfg.retry_delay(number)
+        log.warning("lockstep alert [%s]: channel %r try %d of %d %s; trying again in %.3g s",
+                    notice.event, channel, number, tries, outcome, delay)
+        sleep(delay)
+    if len(outcomes) > 1 or outcome != SENT:
+        attempts[channel] = outcomes
+    if outcome != SENT:
+        log.warning("lockstep alert [%s] was not delivered by channel %r (%d %s): %s", notice.event, channel,
+                    len(outcomes), "try" if len(outcomes) == 1 else "tries", outcome.removeprefix("failed: "))
+    elif len(outcomes) > 1:
+        log.warning("lockstep alert [%s] was delivered by channel %r at try %d", notice.event, channel, len(outcomes))
+    return outcome
+
+
+def _try_channel(channel: str, notice: Notice, cfg, context: Mapping[str, Any] | None,
+                 config_error: str | None) -> tuple[str, bool]:
+    """One try: (``"sent"`` or ``"failed: ..."``, whether another try could help)."""
+    try:
+        if config_error:
+            raise SettingsProblem(config_error)
+        _send(channel, notice, cfg, dict(context or {}))
+        return SENT, False
     except Exception as exc:  # any failure of any provider: the alerting task goes on
         problem = _redact(f"{type(exc).__name__}: {exc}", cfg)[:MAX_ERROR_CHARS]
-        log.warning("lockstep alert [%s] was not delivered by channel %r: %s", notice.event, channel, problem)
-        return f"failed: {problem}"
+        return f"failed: {problem}", not isinstance(exc, SettingsProblem)
 
 
 def _send(channel: str, notice: Notice, cfg, context: dict[str, Any]) -> None:
@@ -281,14 +335,15 @@ def _send(channel: str, notice: Notice, cfg, context: dict[str, Any]) -> None:
     else:
         from lockstep.core.config import ALERT_CHANNELS
 
-        raise ValueError(f"unknown alert channel {channel!r} in LOCKSTEP_ALERT_CHANNEL; use {', '.join(ALERT_CHANNELS)}")
+        raise SettingsProblem(
+            f"unknown alert channel {channel!r} in LOCKSTEP_ALERT_CHANNEL; use {', '.join(ALERT_CHANNELS)}")
 
 
 def _smtp_notifier(notice: Notice, cfg):
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
     if not cfg.smtp_to:
-        raise ValueError("LOCKSTEP_ALERT_SMTP_TO is empty: name the recipients of alert e-mails")
+        raise SettingsProblem("LOCKSTEP_ALERT_SMTP_TO is empty: name the recipients of alert e-mails")
     return SmtpNotifier(
         to=list(cfg.smtp_to),
         from_email=cfg.smtp_from,  # None: the connection's from_email
@@ -339,8 +394,39 @@ def _use_connection(notifier, **fields: Any) -> None:
     notifier.__dict__["hook"] = hook
 
 
+def _scrubbed(value: Any, token: str | None = None) -> Any:
+    """``value`` with secrets masked in every string in it: URL passwords, the API token.
+
+    An alert's message and figures often quote an error, and an error may quote a
+    connection URL; the alert goes to the log, ``alerts.jsonl``, the UI page and people.
+    """
+    from lockstep.core.config import MASK, mask_urls_in
+
+    if token is None:
+        token = _api_token() or ""
+    if isinstance(value, str):
+        masked = mask_urls_in(value)
+        return masked.replace(token, MASK) if token else masked
+    if isinstance(value, Mapping):
+        return {key: _scrubbed(item, token) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        items = [_scrubbed(item, token) for item in value]
+        return items if isinstance(value, list) else tuple(items)
+    return value
+
+
+def _api_token() -> str | None:
+    from lockstep.core.config import settings
+
+    try:
+        return settings().api_token
+    except Exception:  # unusable settings: nothing to mask, and alerting goes on
+        return None
+
+
 def _redact(text: str, cfg) -> str:
-    """Hide webhook URLs (their path is the secret) in an error before it is logged."""
+    """Hide webhook URLs (their path is the secret) and URL passwords in an error before it is logged."""
+    text = _scrubbed(text)
     for url in (getattr(cfg, "slack_webhook_url", None), getattr(cfg, "webhook_url", None)):
         if not url:
             continue

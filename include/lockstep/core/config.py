@@ -9,6 +9,7 @@ process at a fresh ``LOCKSTEP_HOME`` by setting the environment.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,15 @@ class Settings:
             system=system,
         )
 
+    def __repr__(self) -> str:
+        """Every field, but secrets masked: a logged or printed ``Settings`` never carries them.
+
+        The API token shows as ``***`` and a URL's password as ``user:***@host``
+        (``mask_url``); fields added later are shown as they are, so a new secret field
+        must be added to ``SECRET_FIELDS`` or ``URL_FIELDS``.
+        """
+        return _masked_repr(self)
+
     def ensure_home(self) -> Path:
         """Create the data folder (and the local index store) on first use."""
         self.home.mkdir(parents=True, exist_ok=True)
@@ -87,6 +97,77 @@ class Settings:
     def artifact_root(self) -> Path:
         """Where the embedded MLflow store keeps artifacts (next to its SQLite file)."""
         return self.home / "mlartifacts"
+
+# --- secrets in reprs and messages ------------------------------------------------------------
+
+MASK = "***"
+# A password given as a query option (``?password=...``, libpq's form) is masked too.
+_SECRET_QUERY = re.compile(r"\b(password|passwd|pwd|token|secret)=[^&#]*", re.IGNORECASE)
+# Fields whose whole value is a secret, and fields that are URLs which may carry a password,
+# of the settings classes here: their reprs mask them (``_masked_repr``).
+SECRET_FIELDS = frozenset({"api_token"})
+URL_FIELDS = frozenset({"database_url", "mlflow_tracking_uri", "index_store", "mlflow_ui_url", "airflow_ui_url"})
+SECRET_URL_FIELDS = frozenset({"slack_webhook_url", "webhook_url"})  # the path is the secret
+
+
+def mask_url(url: str | None) -> str | None:
+    """``url`` with the password of its user part as ``***``: ``postgresql://user:***@host/db``.
+
+    For logs, errors and reprs. A URL without a password (``sqlite:///...``, a plain path,
+    ``redis://host/stream``) comes back unchanged. The user part ends at the last ``@``
+    before the host's first ``/`` (a password's own ``/`` and ``@`` must be %-encoded, as
+    SQLAlchemy and redis-py want them anyway).
+    """
+    if not url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    netloc_end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:netloc_end], rest[netloc_end:]
+    creds, at, host = netloc.rpartition("@")
+    tail = _SECRET_QUERY.sub(rf"\1={MASK}", tail)
+    if not at or ":" not in creds:
+        return f"{scheme}://{netloc}{tail}"
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:{MASK}@{host}{tail}"
+
+
+# scheme://user:password@ anywhere in a text (an error message, a log line)
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*):[^\s/@]*@")
+
+
+def mask_urls_in(text: str) -> str:
+    """``text`` with the password of every URL in it masked (``scheme://user:***@``)."""
+    return _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
+
+
+def mask_secret_url(url: str | None) -> str | None:
+    """A webhook URL whose path is the secret (Slack's, a plain webhook's): ``https://host/***``."""
+    if not url or "://" not in url:
+        return MASK if url else url
+    scheme, rest = url.split("://", 1)
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    return f"{scheme}://{host}/{MASK}"
+
+
+def _masked_value(name: str, value: object) -> object:
+    if value is None:
+        return None
+    if name in SECRET_FIELDS:
+        return MASK
+    if name in URL_FIELDS and isinstance(value, str):
+        return mask_url(value)
+    if name in SECRET_URL_FIELDS and isinstance(value, str):
+        return mask_secret_url(value)
+    return value
+
+
+def _masked_repr(obj: object) -> str:
+    """The dataclass repr of ``obj`` with its secret fields masked (why: reprs end up in logs)."""
+    from dataclasses import fields
+
+    shown = ", ".join(f"{f.name}={_masked_value(f.name, getattr(obj, f.name))!r}" for f in fields(obj) if f.repr)
+    return f"{type(obj).__name__}({shown})"
+
 
 # The MLflow experiment the drift check logs to; the rollout review reads its latest run.
 DRIFT_EXPERIMENT = "lockstep-drift"
@@ -134,6 +215,11 @@ DEFAULT_ALERT_SMTP_CONN_ID = "smtp_default"
 DEFAULT_ALERT_SLACK_CONN_ID = "lockstep_slack"
 DEFAULT_ALERT_WEBHOOK_CONN_ID = "lockstep_webhook"
 DEFAULT_ALERT_TIMEOUT = 10.0
+# A channel that fails is tried again, after 1 s, 2 s, 4 s ... (at most MAX_ALERT_RETRY_DELAY).
+DEFAULT_ALERT_ATTEMPTS = 3
+DEFAULT_ALERT_RETRY_DELAY = 1.0
+MAX_ALERT_ATTEMPTS = 10
+MAX_ALERT_RETRY_DELAY = 60.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +242,16 @@ class AlertSettings:
     airflow_ui_url: str
     mlflow_ui_url: str
     model_name: str
+    attempts: int = DEFAULT_ALERT_ATTEMPTS  # LOCKSTEP_ALERT_ATTEMPTS: tries per channel, the first included
+    retry_delay_seconds: float = DEFAULT_ALERT_RETRY_DELAY  # LOCKSTEP_ALERT_RETRY_DELAY: doubled per retry
+
+    def __repr__(self) -> str:
+        """Every field, the webhook URLs (whose path is their secret) masked."""
+        return _masked_repr(self)
+
+    def retry_delay(self, failed_attempts: int) -> float:
+        """Seconds to wait after the ``failed_attempts``-th failure: exponential, capped."""
+        return min(MAX_ALERT_RETRY_DELAY, self.retry_delay_seconds * 2 ** max(0, failed_attempts - 1))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> AlertSettings:
@@ -173,7 +269,27 @@ class AlertSettings:
             airflow_ui_url=(env.get("LOCKSTEP_AIRFLOW_UI_URL") or DEFAULT_AIRFLOW_UI_URL).rstrip("/"),
             mlflow_ui_url=(env.get("LOCKSTEP_MLFLOW_UI_URL") or DEFAULT_MLFLOW_UI_URL).rstrip("/"),
             model_name=env.get("LOCKSTEP_MODEL_NAME") or DEFAULT_MODEL_NAME,
+            attempts=attempts_setting(env, "LOCKSTEP_ALERT_ATTEMPTS", DEFAULT_ALERT_ATTEMPTS, MAX_ALERT_ATTEMPTS),
+            retry_delay_seconds=min(MAX_ALERT_RETRY_DELAY, seconds_setting(
+                env, "LOCKSTEP_ALERT_RETRY_DELAY", DEFAULT_ALERT_RETRY_DELAY)),
         )
+
+
+def attempts_setting(env: dict[str, str], name: str, default: int, maximum: int) -> int:
+    """A number of tries, 1 to ``maximum``, from ``env[name]`` (empty: ``default``): bounded, so a
+    failing channel cannot hold the alerting task for long."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= maximum:
+        from lockstep.core.errors import ConfigurationError
+
+        raise ConfigurationError(f"{name}={raw!r} must be a whole number from 1 to {maximum}")
+    return value
 
 
 def alert_settings() -> AlertSettings:
@@ -222,3 +338,145 @@ def embedding_processes(env: dict[str, str] | None = None) -> int:
         raise ConfigurationError(f"{REEMBED_WORKERS_ENV}={raw!r} must be a whole number of processes, at least 1")
     return value
 
+
+
+# --- the serving replica's limits (lockstep.serving.limits, lockstep.serving.runner) ------------
+
+DEFAULT_SERVING_MAX_CONCURRENCY = 64  # requests one replica works on at once; more get 503
+DEFAULT_SERVING_REQUEST_TIMEOUT = 10.0  # seconds before a request not yet answered gets 504
+DEFAULT_SERVING_GRACEFUL_TIMEOUT = 20.0  # seconds in-flight requests get after SIGTERM (compose waits 30)
+DEFAULT_SERVING_FEEDBACK_WAITING = 16  # clicks that may wait at once for another replica's log
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """How much one serving replica takes on, and how long it gives a request or a shutdown.
+
+    Without them a flood queued without bound (each waiting request holding memory and a
+    socket), a stuck request was never answered, and a replica told to stop waited for its
+    connections until Docker killed it, losing the request log rows still in its buffer.
+    """
+
+    max_concurrency: int = DEFAULT_SERVING_MAX_CONCURRENCY  # LOCKSTEP_SERVING_MAX_CONCURRENCY
+    request_timeout: float = DEFAULT_SERVING_REQUEST_TIMEOUT  # LOCKSTEP_SERVING_REQUEST_TIMEOUT_S; 0: none
+    graceful_timeout: float = DEFAULT_SERVING_GRACEFUL_TIMEOUT  # LOCKSTEP_SERVING_GRACEFUL_TIMEOUT_S
+    feedback_waiting: int = DEFAULT_SERVING_FEEDBACK_WAITING  # LOCKSTEP_SERVING_FEEDBACK_WAITING; 0: none
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ServingLimits:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            max_concurrency=count_setting(env, "LOCKSTEP_SERVING_MAX_CONCURRENCY", DEFAULT_SERVING_MAX_CONCURRENCY, least=1),
+            request_timeout=seconds_setting(env, "LOCKSTEP_SERVING_REQUEST_TIMEOUT_S", DEFAULT_SERVING_REQUEST_TIMEOUT),
+            graceful_timeout=seconds_setting(env, "LOCKSTEP_SERVING_GRACEFUL_TIMEOUT_S", DEFAULT_SERVING_GRACEFUL_TIMEOUT),
+            feedback_waiting=count_setting(env, "LOCKSTEP_SERVING_FEEDBACK_WAITING", DEFAULT_SERVING_FEEDBACK_WAITING, least=0),
+        )
+
+
+def count_setting(env: dict[str, str], name: str, default: int, *, least: int) -> int:
+    """A whole number from ``env[name]`` (empty: ``default``), at least ``least``."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < least:
+        from lockstep.core.errors import ConfigurationError
+
+        raise ConfigurationError(f"{name}={raw!r} must be a whole number, at least {least}")
+    return int(raw)
+
+
+# --- DAG time limits (lockstep.ops.dag_support) ----------------------------------------------
+
+DAG_TIMEOUTS_ENV = "LOCKSTEP_DAG_TIMEOUTS"
+_MINUTE, _HOUR = 60.0, 3600.0
+# Per DAG: (the longest one task may run, the longest a whole run may take), in seconds, so
+# that a hung MLflow, database or broker call fails its task (and alerts) instead of holding a
+# worker slot for ever. Generous on 2 cores; the hourly DAGs' runs end before the next hour's.
+DEFAULT_DAG_TIMEOUTS: dict[str, tuple[float, float]] = {
+    "lockstep_retrain": (2 * _HOUR, 6 * _HOUR),  # weekly: a training of its own per family
+    "lockstep_reembed": (2 * _HOUR, 12 * _HOUR),  # one shard or the index build at a time; many shards
+    "lockstep_drift": (30 * _MINUTE, 1 * _HOUR),  # hourly
+    "lockstep_batch": (1 * _HOUR, 2 * _HOUR),  # hourly at :30, or a promotion
+    "lockstep_holdback": (30 * _MINUTE, 2 * _HOUR),  # daily
+    "lockstep_maintenance": (1 * _HOUR, 3 * _HOUR),  # daily
+    "lockstep_rollback": (15 * _MINUTE, 1 * _HOUR),  # a rollback with its drain and verification
+    "lockstep_rollout": (30 * _MINUTE, 7 * 24 * _HOUR),  # one look at a time; review <= 24 h + strategy + window
+}
+_TIMEOUT_KEYS = ("task", "run")
+
+
+@dataclass(frozen=True)
+class DagTimeouts:
+    """One DAG's limits in seconds: ``task`` for each task's ``execution_timeout``, ``run`` for ``dagrun_timeout``."""
+
+    task: float
+    run: float
+
+
+def dag_timeouts(dag_id: str, env: dict[str, str] | None = None) -> DagTimeouts:
+    """``dag_id``'s limits: ``DEFAULT_DAG_TIMEOUTS``, overridden by ``LOCKSTEP_DAG_TIMEOUTS``.
+
+    The variable is a JSON object of DAG ids to ``{"task": SECONDS, "run": SECONDS}`` (either
+    key may be left out), e.g. ``{"lockstep_retrain": {"task": 14400}}``. Read where a DAG
+    file is parsed, so set it in the dag-processor's environment. A DAG id, key or value
+    that is wrong fails the parse with a message naming it.
+    """
+    overrides = _timeout_overrides(os.environ if env is None else env)
+    task, run = DEFAULT_DAG_TIMEOUTS[dag_id]
+    own = overrides.get(dag_id, {})
+    limits = DagTimeouts(task=own.get("task", task), run=own.get("run", run))
+    if limits.task > limits.run:
+        from lockstep.core.errors import ConfigurationError
+
+        raise ConfigurationError(f"{DAG_TIMEOUTS_ENV}: {dag_id}'s task limit ({limits.task:g} s) is longer than "
+                                 f"its run limit ({limits.run:g} s); raise 'run' too")
+    return limits
+
+
+def _timeout_overrides(env) -> dict[str, dict[str, float]]:
+    """``LOCKSTEP_DAG_TIMEOUTS`` checked: known DAG ids, keys ``task``/``run``, seconds above 0."""
+    import json
+    import math
+
+    from lockstep.core.errors import ConfigurationError
+
+    raw = (env.get(DAG_TIMEOUTS_ENV) or "").strip()
+    if not raw:
+        return {}
+    example = '{"lockstep_retrain": {"task": 7200, "run": 21600}}'
+    try:
+        parsed = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{DAG_TIMEOUTS_ENV} is not JSON ({exc}); e.g. {example}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigurationError(f"{DAG_TIMEOUTS_ENV} must be a JSON object of DAG ids, e.g. {example}")
+    out: dict[str, dict[str, float]] = {}
+    for dag_id, limits in parsed.items():
+        if dag_id not in DEFAULT_DAG_TIMEOUTS:
+            raise ConfigurationError(f"{DAG_TIMEOUTS_ENV}: {dag_id!r} is not a Lockstep DAG; "
+                                     f"use one of {', '.join(DEFAULT_DAG_TIMEOUTS)}")
+        if not isinstance(limits, dict) or not set(limits) <= set(_TIMEOUT_KEYS):
+            raise ConfigurationError(f"{DAG_TIMEOUTS_ENV}: {dag_id!r} needs an object with 'task' and/or 'run' "
+                                     f"(seconds), got {limits!r}")
+        for key, value in limits.items():
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
+            if not ok:
+                raise ConfigurationError(f"{DAG_TIMEOUTS_ENV}: {dag_id}.{key}={value!r} must be a number of "
+                                         "seconds above 0 (a task without a limit can wait for ever)")
+        out[dag_id] = {key: float(value) for key, value in limits.items()}
+    return out
+
+
+# --- stream credentials (lockstep stream consume) ---------------------------------------------
+
+STREAM_PASSWORD_ENV = "LOCKSTEP_STREAM_PASSWORD"
+
+
+def stream_password(env: dict[str, str] | None = None) -> str | None:
+    """The broker password of ``lockstep stream consume`` from ``LOCKSTEP_STREAM_PASSWORD`` (None: unset).
+
+    From the environment (or ``--password-file``), never the ``--source`` URL: a process's
+    arguments are visible to every user of the machine (``ps``), its environment is not.
+    """
+    env = os.environ if env is None else env
+    return env.get(STREAM_PASSWORD_ENV) or None

@@ -29,9 +29,10 @@ of the window, because a mixture with share s caps the AUC near 0.5 + s/2.
   cluster-by-side table, valid because the clusters never see the side labels), and
   the cluster where the window is most over-represented is reported as *the part that
   moved*: its share, a few example texts and the words that set it apart.
-* **Click-through** (``click_through_drift``): a one-sided two-proportion z-test for a
-  drop in CTR, plus a minimum relative drop, so "significant" alone (easy with much
-  traffic) is not enough to call drift.
+* **Click-through** (``click_through_drift``): a one-sided z-test for a drop in CTR,
+  per user (the delta-method variance of per-user sums: a user's searches are one
+  unit, not independent trials), plus a minimum relative drop, so "significant" alone
+  (easy with much traffic) is not enough to call drift.
 
 Each family has its module: ``lockstep.drift.vocabulary``, ``lockstep.drift.classifier``,
 ``lockstep.drift.segments`` and ``lockstep.drift.click_through``; ``lockstep.drift.verdict``

@@ -15,7 +15,7 @@ It compares what arrived recently with what the champion was trained on:
   a three-hundred-word post are told apart by length alone, so that AUC would say
   nothing about drift;
 * **click-through** of the champion's requests in the window against the period
-  before it, from the request and feedback logs.
+  before it, from the request and feedback logs, judged per user (per-user sums).
 
 The embedding reference must be texts the champion was *not* fitted on. A TF-IDF +
 SVD model fits its own training texts more closely than any new text, so training
@@ -69,7 +69,7 @@ from lockstep.drift.signals import (
     with_queries,
 )
 from lockstep.drift.verdict import DriftReport, DriftThresholds, Finding, assess
-from lockstep.drift.window import DriftCheckError, click_through_counts, current_window, reference
+from lockstep.drift.window import DriftCheckError, click_through_periods, current_window, reference
 from lockstep.store.records import RecordStore
 from lockstep.training.fit import TrainConfig
 
@@ -211,12 +211,16 @@ def run_drift_check(
     win = current_window(
         store, end, window_hours, after_seq=champion.snapshot_seq, max_samples=max_samples, seed=seed
     )
-    counts = click_through_counts(store.engine, champion.version, end, window_hours)
+    ref_ctr, cur_ctr = click_through_periods(store.engine, champion.version, end, window_hours)
+    counts = {
+        "reference_impressions": ref_ctr.impressions,
+        "reference_clicks": ref_ctr.clicks,
+        "current_impressions": cur_ctr.impressions,
+        "current_clicks": cur_ctr.clicks,
+    }
     ctr = click_through_drift(
-        counts["reference_clicks"],
-        counts["reference_impressions"],
-        counts["current_clicks"],
-        counts["current_impressions"],
+        ref_ctr.clicks, ref_ctr.impressions, cur_ctr.clicks, cur_ctr.impressions,
+        reference_users=ref_ctr.clusters, current_users=cur_ctr.clusters,
     )
 
     embed = Embedder(registry.load_embedder(champion.version), ref)

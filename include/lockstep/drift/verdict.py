@@ -278,6 +278,8 @@ def _click_through_findings(
     figures["ctr_z"] = ctr.z
     figures["ctr_reference_impressions"] = float(ctr.reference_impressions)
     figures["ctr_current_impressions"] = float(ctr.current_impressions)
+    figures["ctr_user_level"] = float(ctr.user_level)  # 1: z from per-user sums (delta-method variance)
+    figures["ctr_design_effect"] = ctr.design_effect
     fewest = min(ctr.reference_impressions, ctr.current_impressions)
     if fewest < limits.min_impressions:
         notes.append(

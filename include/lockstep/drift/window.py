@@ -177,17 +177,29 @@ def click_through_counts(
     champion's requests count: during a rollout the other versions' traffic says nothing
     about whether the champion's data has moved.
     """
-    end = clock.utc(end)
-    start = end - timedelta(hours=window_hours)
-    before = start - timedelta(hours=window_hours)
-    reference = serving_logs.click_through(engine, model_version, serving_logs.Window(before, start))
-    current = serving_logs.click_through(engine, model_version, serving_logs.Window(start, end))
+    reference, current = click_through_periods(engine, model_version, end, window_hours)
     return {
         "reference_impressions": reference.impressions,
         "reference_clicks": reference.clicks,
         "current_impressions": current.impressions,
         "current_clicks": current.clicks,
     }
+
+
+def click_through_periods(
+    engine: Engine, model_version: str, end: datetime, window_hours: float
+) -> tuple[serving_logs.ClickThrough, serving_logs.ClickThrough]:
+    """The reference period's and the window's click-through, each with its per-user sums.
+
+    The per-user sums (``ClickThrough.clusters``) are what the drift check's z-test uses:
+    a user's searches are one unit, not independent trials (issue 22).
+    """
+    end = clock.utc(end)
+    start = end - timedelta(hours=window_hours)
+    before = start - timedelta(hours=window_hours)
+    reference = serving_logs.click_through(engine, model_version, serving_logs.Window(before, start))
+    current = serving_logs.click_through(engine, model_version, serving_logs.Window(start, end))
+    return reference, current
 
 
 def _snapshot_index(engine: Engine, at_seq: int) -> list[tuple[str, int, dict | None]]:

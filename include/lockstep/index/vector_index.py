@@ -17,19 +17,28 @@ and hides the differences between index types:
   rebuilt from the live vectors alone (``compact``); labels are internal, ids stay.
   Builds and rebuilds use every core (``faiss.omp_set_num_threads``).
 
+  A rebuild never holds the write lock while it builds (issue 21: at 1M records that
+  froze every search for minutes). It copies the live vectors out under the read lock,
+  a block at a time, builds the new graph from the copies with no lock held, catches up
+  with the records added meanwhile the same way, and takes the write lock only for the
+  swap: the last few additions, the tombstones of records deleted or replaced during
+  the build (kept in a journal), and the new maps. Searches meanwhile use the old graph.
+
 ``choose_spec`` picks the type from the record count: exact ``flat`` below
 ``LOCKSTEP_ANN_THRESHOLD`` records (default 200,000), ``hnsw`` above, where a flat
 scan costs ~100 ms a query. ``measure_recall`` gives recall@k of any index against a
 brute-force scan of its own stored vectors, for the validation that must show >= 0.95.
 
 All mutation and search goes through a readers-writer lock: FAISS searches may run
-together but never beside an add or remove.
+together but never beside an add or remove. ``try_search`` searches only if the lock is
+free at once, for callers that must never wait (the serving event loop).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -42,6 +51,8 @@ from lockstep.core.rwlock import RWLock
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 ANN_THRESHOLD_ENV = "LOCKSTEP_ANN_THRESHOLD"
 DEFAULT_ANN_THRESHOLD = 200_000
+COMPACT_CHUNK = 65_536  # live vectors copied per read-lock hold while a compaction builds (~64 MB at 256-d)
+SWAP_REPLAY_MAX = 1_024  # records added during a compaction that the swap itself may add under the write lock
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,22 @@ class IndexSpec:
 
 
 @dataclass
+class _Compacted:
+    """The copy a compaction builds off the lock: a new graph and its id maps, not yet in place.
+
+    ``carried`` holds the old labels of its vectors in new-label order (ascending), so an
+    old label's new one is its position; ``scanned_to`` is the first old label not yet
+    looked at.
+    """
+
+    faiss: Any
+    carried: list[int]
+    id_of: dict[int, str]
+    label_of: dict[str, int]
+    scanned_to: int
+
+
+@dataclass
 class SearchHits:
     """Results of one query: record ids and inner-product scores, best first."""
 
@@ -91,6 +118,11 @@ class VectorIndex:
         self._dead: set[int] = set()
         self._dead_selector: Any = None  # (bitmap, IDSelectorBitmap, IDSelectorNot), built lazily
         self._lock = RWLock()
+        self._compacting = threading.Lock()  # one compaction at a time
+        self._journal: list[int] | None = None  # labels tombstoned while a compaction builds
+        # Called with "snapshot", "chunk" (after each block is added) and "built" (before the
+        # swap) from the compacting thread, holding no lock: tests pause a compaction here.
+        self.compaction_hook: Callable[[str], None] | None = None
 
     # --- building ------------------------------------------------------------------
 
@@ -149,20 +181,31 @@ class VectorIndex:
         with self._lock.write():
             self._remove_locked([i for i in ids if i in self._label_of])
             self._add_locked(ids, vectors)
-            self._compact_if_due_locked()
+        self._compact_if_due()
 
     def remove(self, ids: Sequence[str]) -> int:
         """Remove records by id; ids not in the index are ignored. Returns how many went."""
         with self._lock.write():
             removed = self._remove_locked([i for i in dict.fromkeys(ids) if i in self._label_of])
-            self._compact_if_due_locked()
-            return removed
+        self._compact_if_due()
+        return removed
 
-    def compact(self) -> None:
-        """Rebuild an HNSW graph from its live vectors only (no-op for other types)."""
-        with self._lock.write():
-            if self.spec.kind == "hnsw" and self._dead:
-                self._compact_locked()
+    def compact(self, *, chunk: int = COMPACT_CHUNK) -> bool:
+        """Rebuild an HNSW graph from its live vectors only; True if it did (no-op for other types).
+
+        Searches and writes go on meanwhile: the build holds no lock (see the module
+        docstring), so it runs in the calling thread for as long as a fresh build of the
+        live vectors takes. A call while another compaction runs returns False at once.
+        """
+        if chunk < 1:
+            raise LockstepError(f"compaction chunk must be at least 1 vector, got {chunk}")
+        if self.spec.kind != "hnsw" or not self._compacting.acquire(blocking=False):
+            return False
+        try:
+            return self._compact_by_copy(chunk)
+        finally:
+            self._journal = None
+            self._compacting.release()
 
     def _add_locked(self, ids: list[str], vectors: np.ndarray) -> None:
         if not ids:
@@ -205,21 +248,36 @@ class VectorIndex:
         """
         queries = _as_matrix(queries, self.dim)
         with self._lock.read():
-            if self._faiss is None or len(self._label_of) == 0:
-                return [SearchHits() for _ in range(len(queries))]
-            k_eff = min(k, len(self._label_of))
-            scores, labels = self._faiss.search(queries, k_eff, params=self._search_params(ef_search))
-            id_of = self._id_of
-            out = []
-            for row_scores, row_labels in zip(scores, labels, strict=True):
-                hits = SearchHits()
-                for s, label in zip(row_scores.tolist(), row_labels.tolist(), strict=True):
-                    rid = id_of.get(label)
-                    if label >= 0 and rid is not None:
-                        hits.ids.append(rid)
-                        hits.scores.append(s)
-                out.append(hits)
-            return out
+            return self._search_locked(queries, k, ef_search)
+
+    def try_search(self, queries: np.ndarray, k: int = 10, *, ef_search: int | None = None) -> list[SearchHits] | None:
+        """``search`` if the read lock is free right now, else None at once (never waits).
+
+        For the serving event loop: a writer holding or awaiting the lock would otherwise
+        freeze every request of the process while it lasts; on None the caller searches
+        from a worker thread instead.
+        """
+        queries = _as_matrix(queries, self.dim)
+        with self._lock.try_read() as ok:
+            return self._search_locked(queries, k, ef_search) if ok else None
+
+    def _search_locked(self, queries: np.ndarray, k: int, ef_search: int | None) -> list[SearchHits]:
+        """The body of ``search`` (read lock held)."""
+        if self._faiss is None or len(self._label_of) == 0:
+            return [SearchHits() for _ in range(len(queries))]
+        k_eff = min(k, len(self._label_of))
+        scores, labels = self._faiss.search(queries, k_eff, params=self._search_params(ef_search))
+        id_of = self._id_of
+        out = []
+        for row_scores, row_labels in zip(scores, labels, strict=True):
+            hits = SearchHits()
+            for s, label in zip(row_scores.tolist(), row_labels.tolist(), strict=True):
+                rid = id_of.get(label)
+                if label >= 0 and rid is not None:
+                    hits.ids.append(rid)
+                    hits.scores.append(s)
+            out.append(hits)
+        return out
 
     def search_within(
         self, queries: np.ndarray, ids: Iterable[str], k: int = 10, *, ef_search: int | None = None,
@@ -316,8 +374,15 @@ class VectorIndex:
     # --- HNSW tombstones -------------------------------------------------------------------
 
     def _mark_dead(self, labels: np.ndarray) -> None:
-        """Tombstone labels (write lock held); the bitmap is updated in place when it fits."""
+        """Tombstone labels (write lock held); the bitmap is updated in place when it fits.
+
+        While a compaction builds, the labels also go to its journal: the copy it swaps
+        in must tombstone them too.
+        """
         self._dead.update(labels.tolist())
+        journal = self._journal
+        if journal is not None:
+            journal.extend(labels.tolist())
         if self._dead_selector is not None:
             bitmap = self._dead_selector[0]
             if int(labels.max()) >> 3 < len(bitmap):
@@ -340,27 +405,101 @@ class VectorIndex:
             self._dead_selector = (bitmap, dead, faiss.IDSelectorNot(dead))
         return self._dead_selector[2]
 
-    def _compact_if_due_locked(self) -> None:
-        if self.spec.kind == "hnsw" and self._dead and self.dead_fraction > self.spec.max_dead_fraction:
-            self._compact_locked()
+    def _compact_if_due(self) -> None:
+        """Compact after a write (no lock held) once the dead share passes the threshold.
 
-    def _compact_locked(self) -> None:
-        """A new graph over the live vectors, labelled 0..n-1 in their old label order.
-
-        Runs under the write lock: searches wait for it. The build costs what a fresh
-        build of the live vectors costs (191 s for 1M 256-d vectors on 2 cores) and
-        briefly holds the live vectors twice; the default threshold (a
-        quarter of the labels dead) makes it rare between two model versions.
+        Read without the lock: a stale answer only means this write or the next one
+        starts it, and ``compact`` checks again under the lock.
         """
-        labels = np.array(sorted(self._id_of), dtype=np.int64)
-        vectors = self._stored_rows(labels)
-        ids = [self._id_of[label] for label in labels.tolist()]
-        self._faiss = self._new_faiss(vectors)
-        self._label_of, self._id_of = {}, {}
-        self._next_label = 0
-        self._dead = set()
+        if self.spec.kind == "hnsw" and self._dead and self.dead_fraction > self.spec.max_dead_fraction:
+            self.compact()
+
+    def _compact_by_copy(self, chunk: int) -> bool:
+        """A new graph over the live vectors, labelled 0..n-1 in their old label order, swapped in.
+
+        Only ``_swap_locked`` holds the write lock; everything else holds the read lock
+        for one block copy at a time, or no lock. Costs what a fresh build of the live
+        vectors costs (191 s for 1M 256-d vectors on 2 cores) and holds the old graph
+        and the new one at once until the swap.
+        """
+        with self._lock.read():
+            if not self._dead:
+                return False
+            labels = np.array(sorted(self._id_of), dtype=np.int64)
+            ids = [self._id_of[label] for label in labels.tolist()]
+            scanned_to = self._next_label
+            self._journal = []  # writers are shut out while the read lock is held: none is missed
+        self._hook("snapshot")
+        new = self._new_faiss(np.zeros((0, self.dim), dtype=np.float32))
+        for start in range(0, len(labels), chunk):
+            with self._lock.read():
+                block = self._stored_rows(labels[start : start + chunk])  # a copy: valid after release
+            with all_cores():
+                new.add(block)
+            del block
+            self._hook("chunk")
+        carried = labels.tolist()
+        while True:  # records added meanwhile: copied off the lock too while there are many
+            with self._lock.read():
+                tail, tail_ids, end = self._live_since(scanned_to)
+                if len(tail) <= SWAP_REPLAY_MAX:
+                    break
+                block = self._stored_rows(np.array(tail, dtype=np.int64))
+            with all_cores():
+                new.add(block)
+            carried.extend(tail)
+            ids.extend(tail_ids)
+            scanned_to = end
+        id_of = dict(enumerate(ids))
+        label_of = {rid: label for label, rid in id_of.items()}  # a record replaced meanwhile: its newest label
+        self._hook("built")
+        with self._lock.write():
+            self._swap_locked(_Compacted(new, carried, id_of, label_of, scanned_to))
+        return True
+
+    def _live_since(self, first: int) -> tuple[list[int], list[str], int]:
+        """Live labels from ``first`` to the newest, their ids, and the next label (lock held)."""
+        end = self._next_label
+        labels = [label for label in range(first, end) if label in self._id_of]
+        return labels, [self._id_of[label] for label in labels], end
+
+    def _swap_locked(self, built: _Compacted) -> None:
+        """Bring the copy level with the index and put it in place (write lock held).
+
+        Adds the records added since the copy's last catch-up, tombstones the copied
+        labels that died during the build (the journal), then swaps graph and maps.
+        """
+        tail, tail_ids, _ = self._live_since(built.scanned_to)
+        if tail:
+            with all_cores():
+                built.faiss.add(self._stored_rows(np.array(tail, dtype=np.int64)))
+        carried = np.array(built.carried, dtype=np.int64)
+        died = np.unique(np.array(self._journal or [], dtype=np.int64))
+        at = np.searchsorted(carried, died)
+        inside = at < len(carried)
+        dead_new = at[inside][carried[at[inside]] == died[inside]]
+        for label in dead_new.tolist():  # tombstones first: a record replaced meanwhile is re-added below
+            rid = built.id_of.pop(label)
+            if built.label_of.get(rid) == label:
+                del built.label_of[rid]
+        first_new = len(carried)
+        for offset, rid in enumerate(tail_ids):
+            built.id_of[first_new + offset] = rid
+            built.label_of[rid] = first_new + offset
+        next_label = first_new + len(tail)
+        live = len(self._label_of)
+        if built.faiss.ntotal != next_label or len(built.id_of) != live or len(built.label_of) != live:
+            raise LockstepError("a compaction came out of step with the index's id map; the old graph stays in place")
+        self._faiss = built.faiss
+        self._id_of, self._label_of = built.id_of, built.label_of
+        self._next_label = next_label
+        self._dead = set(dead_new.tolist())
         self._dead_selector = None
-        self._add_locked(ids, vectors)
+
+    def _hook(self, stage: str) -> None:
+        hook = self.compaction_hook
+        if hook is not None:
+            hook(stage)
 
     def _stored_rows(self, labels: np.ndarray) -> np.ndarray:
         """Copies of the stored vectors of these labels (HNSW and flat: straight from storage)."""

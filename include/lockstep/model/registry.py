@@ -25,6 +25,11 @@ Tags this module reads and writes (on model versions unless stated):
                                and the figures as ``lockstep.rejected.<figure>``)
 ``lockstep.review``            set by a reviewer in the MLflow UI: ``approved`` or
                                ``rejected`` (``approve``/``reject`` are accepted too)
+``lockstep.review.by``         who decided: the MLflow user name (``set_review``) or the
+                               Airflow user who answered the review form; an approval
+                               without it is not taken (``review``)
+``lockstep.review.at``         ISO time of the decision
+``lockstep.review.via``        where it was given: ``mlflow`` or ``airflow``
 ``lockstep.champion_history``  on the registered model: a JSON list of
                                ``{"version", "since", "reason"}``, oldest first, bounded
 =============================  =================================================
@@ -84,6 +89,10 @@ TAG_REJECTED_REASON = "lockstep.rejected_reason"
 TAG_REJECTED_AT = "lockstep.rejected_at"
 REJECTED_FIGURE_PREFIX = "lockstep.rejected."
 TAG_REVIEW = "lockstep.review"
+TAG_REVIEW_BY = "lockstep.review.by"
+TAG_REVIEW_AT = "lockstep.review.at"
+TAG_REVIEW_VIA = "lockstep.review.via"
+REVIEWER_MAX_CHARS = 200
 MODEL_TAG_CHAMPION_HISTORY = "lockstep.champion_history"
 
 REVIEW_VALUES = {
@@ -97,7 +106,8 @@ MODEL_DESCRIPTION = (
     "Lockstep embedding model: predict(list of texts) returns one L2-normalised float32 row "
     "per text. Alias 'champion' serves all traffic after a completed rollout; 'challenger' is "
     "registered and waiting or rolling out. To review a version, add the version tag "
-    f"'{TAG_REVIEW}' with the value 'approved' or 'rejected'; the rollout reads it."
+    f"'{TAG_REVIEW}' with the value 'approved' or 'rejected' and the tag '{TAG_REVIEW_BY}' with "
+    "your user name; the rollout reads both and takes no approval that names no reviewer."
 )
 
 ARTIFACT_KEY = "embedder"
@@ -235,6 +245,43 @@ class EmbedderPyfunc(mlflow.pyfunc.PythonModel):
         from lockstep.model.pyfunc_model import texts_from
 
         return self.embedder.transform(texts_from(model_input))
+
+
+@dataclass(frozen=True)
+class Review:
+    """A review decision and who gave it: what the rollout and its record keep.
+
+    ``by`` is None when nobody is named (a decision tag without ``lockstep.review.by``, or
+    an Airflow form that expired); the rollout does not take such an approval.
+    """
+
+    decision: str  # "approved" or "rejected"
+    by: str | None
+    at: str | None
+    via: str  # "mlflow" (the version's tags) or "airflow" (the Required Actions form)
+
+
+def reviewer_name(by: str | None = None) -> str:
+    """Who is deciding: ``by``, else the MLflow login (MLFLOW_TRACKING_USERNAME), else the OS user.
+
+    Checked so the name is safe to show and store: one line, printable, at most
+    REVIEWER_MAX_CHARS characters.
+    """
+    import getpass
+
+    name = by if by is not None else os.environ.get("MLFLOW_TRACKING_USERNAME") or ""
+    if by is None and not name:
+        try:
+            name = getpass.getuser()
+        except (KeyError, OSError):  # no login name for this uid (a bare container)
+            name = ""
+    name = name.strip()
+    if not name or len(name) > REVIEWER_MAX_CHARS or not name.isprintable():
+        raise RegistryError(
+            f"reviewer {name!r}: give a user name of 1 to {REVIEWER_MAX_CHARS} printable characters "
+            "(set MLFLOW_TRACKING_USERNAME or pass by=...)"
+        )
+    return name
 
 
 class Registry:
@@ -419,6 +466,21 @@ class Registry:
                 "set it to 'approved' or 'rejected' in the MLflow UI"
             )
         return decision
+
+    def review(self, version: str | int) -> Review | None:
+        """The decision on the version with its reviewer (``lockstep.review.by``), or None while undecided.
+
+        ``by`` is None when the tags name nobody; the rollout then refuses an approval (a
+        rejection still stops it). MLflow does not record who set a tag, so on this path
+        the reviewer is the name written with the decision (``set_review`` writes the
+        MLflow login).
+        """
+        decision = self.review_decision(version)
+        if decision is None:
+            return None
+        tags = self.get_version(version).tags
+        by = (tags.get(TAG_REVIEW_BY) or "").strip() or None
+        return Review(decision, by, tags.get(TAG_REVIEW_AT) or None, tags.get(TAG_REVIEW_VIA) or "mlflow")
 
     def champion_history(self) -> list[dict[str, str]]:
         """The champion history kept on the registered model, oldest first."""
@@ -644,12 +706,26 @@ class Registry:
             self._remove_alias(CHALLENGER)
         return self.get_version(info.version)
 
-    def set_review(self, version: str | int, decision: str) -> ModelVersionInfo:
-        """What a reviewer does in the MLflow UI, for the command line and tests."""
+    def set_review(
+        self, version: str | int, decision: str, *, by: str | None = None, via: str = "mlflow",
+        at: str | None = None,
+    ) -> ModelVersionInfo:
+        """What a reviewer does in the MLflow UI, for the command line, the rollout and tests.
+
+        Records who decided (``by``, default the MLflow login: ``reviewer_name``) and when.
+        The reviewer tags are written before the decision, so a rollout never reads an
+        approval without its reviewer.
+        """
         normal = REVIEW_VALUES.get(decision.strip().lower())
         if normal is None:
             raise RegistryError(f"review decision {decision!r}: use 'approved' or 'rejected'")
-        return self.set_tags(version, {TAG_REVIEW: normal})
+        if via not in ("mlflow", "airflow"):
+            raise RegistryError(f"review via {via!r}: use 'mlflow' or 'airflow'")
+        info = self.get_version(version)
+        self._write_tags(info.version, {
+            TAG_REVIEW_BY: reviewer_name(by), TAG_REVIEW_AT: at or clock.now_iso(), TAG_REVIEW_VIA: via,
+        })
+        return self.set_tags(info.version, {TAG_REVIEW: normal})
 
     # --- internals ---------------------------------------------------------------------
 

@@ -1,10 +1,11 @@
-"""What every Lockstep DAG shares: the assets between DAGs, retry policy, alerts.
+"""What every Lockstep DAG shares: the assets between DAGs, retry policy, time limits, alerts.
 
 Kept free of heavy imports: DAG files import this at parse time.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from airflow.sdk import Asset
@@ -26,6 +27,27 @@ DEFAULT_ARGS = {
 
 # Tasks that only compute (no outside system) fail fast instead of retrying.
 NO_RETRY = {"retries": 0}
+
+
+@dataclass(frozen=True)
+class TimeLimits:
+    """A DAG's ``execution_timeout`` for every task and its ``dagrun_timeout``."""
+
+    task: timedelta
+    run: timedelta
+
+
+def time_limits(dag_id: str) -> TimeLimits:
+    """``dag_id``'s time limits: the defaults in ``lockstep.core.config.DEFAULT_DAG_TIMEOUTS``,
+    overridden per DAG by ``LOCKSTEP_DAG_TIMEOUTS`` (read where the file is parsed).
+
+    Every DAG sets both, so a hung MLflow, database or broker call fails its task (which
+    retries and alerts) instead of waiting for ever.
+    """
+    from lockstep.core.config import dag_timeouts
+
+    limits = dag_timeouts(dag_id)
+    return TimeLimits(task=timedelta(seconds=limits.task), run=timedelta(seconds=limits.run))
 
 
 def on_failure(context) -> None:

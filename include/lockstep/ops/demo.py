@@ -8,7 +8,8 @@ the story Lockstep exists for, step by step, as a user would:
 2. ``lockstep_retrain`` trains the first model; the challenger asset starts
    ``lockstep_reembed``; its index becomes champion at 100 %; the index-ready asset
    starts ``lockstep_rollout`` (nothing to roll out for the first champion);
-3. traffic: the simulator sends searches and clicks as many users;
+3. traffic: the simulator sends searches and clicks as many users who differ (their own
+   click propensity, heavy-tailed activity, some anonymous; seeded: ``ops.population``);
 4. the world changes: posts of the other 10 newsgroups arrive as live writes
    through the serving API (``PUT /records``), reaching every index version;
 5. ``lockstep_drift`` flags the change and emits the drift asset, which starts
@@ -65,6 +66,11 @@ DAG_IDS = ("lockstep_retrain", "lockstep_reembed", "lockstep_rollout", "lockstep
 EXPECTED_ALERTS = frozenset({"drift_detected", "promoted"})
 FIRST_HALF = 10  # newsgroups in the first corpus; the other 10 arrive later as drift
 DEMO_TRAFFIC_RATE = 30.0  # simulated searches per second
+# The demo's simulated users: heterogeneous (lockstep.ops.population), drawn from this seed.
+# Enough of them that the heaviest users (Pareto activity) are a small share of a look's
+# traffic, so the user-level gates see many users per arm (benchmarks/demo_power.py).
+DEMO_USERS = 20000
+DEMO_USERS_SEED = 1
 # The demo's rollout: canary steps judged by counts, sized so that a candidate no worse than
 # the champion is promoted with at least 99 % probability (benchmarks/demo_power.py computes
 # it with these very settings; docs/benchmarks.md has the figures).
@@ -74,7 +80,10 @@ DEMO_ROLLOUT = {
     "min_samples": 600,  # answered requests per arm and look
     "bake_seconds": 0,  # no minimum time: a step is judged once both arms have their counts
     "max_bake_seconds": 900,  # the safety net for a stalled simulator (a look needs ~80 s at 30 searches/s)
-    "max_extensions": 3,
+    # Per-user (delta-method) gates need more looks than impression counts when a few heavy
+    # users dominate an arm: 5 extensions keep an equal candidate's promotion >= 99 % with the
+    # demo's heterogeneous users (3 left ~1 % inconclusive; benchmarks/demo_power.py).
+    "max_extensions": 5,
     "ctr_tau": 0.5,  # the mixture scale of the mSPRT: wide, so an equal candidate is almost never called worse
     "ctr_margin": 0.1,  # click-through may not drop by more than 0.1 (absolute)
     # The latency gate compares the serving app's own time per search, under a millisecond
@@ -99,6 +108,10 @@ class DemoOptions:
     serving_port: int = 0
     metadata_url: str | None = None
     rate: float = DEMO_TRAFFIC_RATE  # simulated searches per second
+    users: int = DEMO_USERS  # simulated users of the search demo (the recommender's are its MovieLens users)
+    # "heterogeneous" or "uniform" (identical, equally active users: the old world); None: the
+    # story's own default (DemoRun.USERS_LIKE)
+    users_like: str | None = None
     drift_phase: bool = True
     # The demo triggers drift itself; a clock-driven drift check or retrain in the middle
     # would start a second lifecycle. ``lockstep up`` keeps them (weekly / hourly).
@@ -115,6 +128,8 @@ def free_port() -> int:
 
 class DemoRun:
     """One run of the story; each step is recorded in ``report``."""
+
+    USERS_LIKE = "heterogeneous"  # the simulated users unless DemoOptions.users_like says otherwise
 
     def __init__(self, options: DemoOptions, say: Callable[[str], None] = print) -> None:
         self.options = options
@@ -195,15 +210,17 @@ class DemoRun:
         return f"v{champion.version} is champion at 100 % (runs {retrain}, {reembed}, {rollout})"
 
     def start_traffic(self) -> str:
+        from lockstep.ops.population import Population
         from lockstep.ops.simulator import Simulator, held_out_queries, record_categories
 
         queries = held_out_queries(seed=1)
+        population = Population.draw(self.options.users, self.users_like, seed=DEMO_USERS_SEED)
         self.simulator = Simulator(
-            self.stack.config.serving_url, queries, record_categories(), users=200, concurrency=3,
-            rate=self.options.rate, seed=1,
+            self.stack.config.serving_url, queries, record_categories(), concurrency=3,
+            rate=self.options.rate, seed=1, population=population,
         ).start()
         time.sleep(5)
-        return f"{len(queries)} held-out queries as 200 users at {self.options.rate:g} searches/s"
+        return f"{len(queries)} held-out queries as {population.describe()} at {self.options.rate:g} searches/s"
 
     def stream_second_half(self) -> str:
         import httpx
@@ -274,6 +291,10 @@ class DemoRun:
         return "no failed DAG run; no alert but the drift the demo causes and the promotion"
 
     # --- plumbing ------------------------------------------------------------------------------
+
+    @property
+    def users_like(self) -> str:
+        return self.options.users_like or self.USERS_LIKE
 
     def _demo_records(self, split: str, categories):
         from lockstep.store.corpus import load_demo_corpus

@@ -6,15 +6,22 @@ own id and scans the answer top down like a searcher (``ClickModel``), where a r
 item is one of its future items. A version that ranks those items higher earns more
 clicks, which is what the rollout's gates compare; every answer is also checked to come
 from one version (item index version = model version).
+
+With a heterogeneous ``Population`` (``recommender_population``; the demo's), who asks
+is drawn by activity weight (a few users ask most often) and each user clicks with its
+own propensity; ``POST /recommend`` needs a user id, so no request is anonymous. Without
+one, every user asks equally often and clicks alike (the old world).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
 
+from lockstep.ops.population import Population, Visitor
 from lockstep.ops.simulator import SimQuery, Simulator, SimulatorError
 
 
@@ -26,8 +33,22 @@ class RecommenderSimulator(Simulator):
             raise SimulatorError("no users with future interactions to simulate")
         self.future = {str(user): frozenset(map(str, items)) for user, items in future.items()}
         users = sorted(self.future)
+        population = options.get("population")
+        if population is not None and (population.users != len(users) or population.anonymous):
+            raise SimulatorError(
+                f"a recommender population must have one user per user with a future ({len(users)}) and no "
+                f"anonymous share (POST /recommend needs a user id); got {population.users} users, "
+                f"{population.anonymous:g} anonymous"
+            )
         options.setdefault("users", len(users))
         super().__init__(url, [SimQuery(user) for user in users], {}, **options)
+
+    def _draw(self, rng: random.Random) -> tuple[SimQuery, Visitor]:
+        """A heterogeneous population picks the user, whose own id is the request; uniform: as before."""
+        if self.population.kind == "uniform":
+            return super()._draw(rng)
+        visitor = self.population.visit(rng)
+        return self.queries[visitor.index], visitor
 
     def _ask(self, client: Any, query: SimQuery, user: str) -> Any:
         return client.post("/recommend", json={"user_id": query.text, "k": self.k})
@@ -35,6 +56,11 @@ class RecommenderSimulator(Simulator):
     def _relevance(self, query: SimQuery, results: list[dict[str, Any]]) -> list[bool]:
         wanted = self.future.get(query.text, frozenset())
         return [r["id"] in wanted for r in results]
+
+
+def recommender_population(future: Mapping[str, Iterable[str]], seed: int = 0, **options: Any) -> Population:
+    """A heterogeneous population of the users of ``future`` (in sorted order), none anonymous."""
+    return Population.draw(len(future), "heterogeneous", seed=seed, anonymous=0.0, **options)
 
 
 def split_future(interactions: pd.DataFrame, fraction: float = 0.2) -> tuple[pd.DataFrame, dict[str, set[str]]]:

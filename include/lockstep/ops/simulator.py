@@ -10,6 +10,13 @@ result is relevant (same newsgroup as the query). A version that ranks relevant
 records higher therefore earns a higher click-through rate, which is what the gates
 must notice.
 
+The users are a ``Population`` (``lockstep.ops.population``): by default
+``heterogeneous`` (``lockstep simulate`` and the demo), where each user's click
+probability is the click model's times the user's own propensity (mean 1), a few users
+make most of the requests (Pareto activity) and some requests are anonymous (no
+``user_id``); ``uniform`` is the old world of identical, equally active users, and what
+a ``Simulator`` built without a population gets.
+
 Each response is also checked: the model version must equal the index version (one
 request is answered by one vector space) and the status must be 200; the report counts
 any that are not. The simulator is usable as ``lockstep simulate`` and from tests in a
@@ -28,6 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from lockstep.core.errors import LockstepError
+from lockstep.ops.population import (
+    DEFAULT_ACTIVITY_CAP,
+    DEFAULT_ANONYMOUS,
+    DEFAULT_PARETO_SHAPE,
+    Population,
+    Visitor,
+)
 
 QUERY_WORDS = 30
 CLICK_MODELS = ("relevance", "uniform", "none")
@@ -65,16 +79,17 @@ class ClickModel:
             if not 0 <= value <= 1:
                 raise SimulatorError(f"{name} must be a probability in [0, 1], got {value!r}")
 
-    def p_click(self, rank: int, relevant: bool) -> float:
+    def p_click(self, rank: int, relevant: bool, propensity: float = 1.0) -> float:
+        """P(click at ``rank``) for a user whose own propensity multiplies the model's (capped at 1)."""
         if self.kind == "none":
             return 0.0
         p = self.p_relevant if (relevant or self.kind == "uniform") else self.p_irrelevant
-        return p * self.decay**rank
+        return min(1.0, p * self.decay**rank * propensity)
 
-    def choose(self, rng: random.Random, relevance: Sequence[bool]) -> int | None:
+    def choose(self, rng: random.Random, relevance: Sequence[bool], propensity: float = 1.0) -> int | None:
         """The rank clicked, or None: the user scans down and stops at the first click."""
         for rank, relevant in enumerate(relevance):
-            if rng.random() < self.p_click(rank, relevant):
+            if rng.random() < self.p_click(rank, relevant, propensity):
                 return rank
         return None
 
@@ -175,7 +190,11 @@ def record_categories(store: Any = None, key: str = "category") -> dict[str, str
 
 
 class Simulator:
-    """Users sending searches and clicks to one serving API, from ``concurrency`` threads."""
+    """Users sending searches and clicks to one serving API, from ``concurrency`` threads.
+
+    ``population`` says who the users are; without one, ``users`` uniform users (ids
+    ``{user_prefix}-{i}``). With one, its size is the number of users.
+    """
 
     def __init__(
         self,
@@ -191,6 +210,7 @@ class Simulator:
         rate: float | None = None,
         timeout: float = 10.0,
         user_prefix: str = "user",
+        population: Population | None = None,
     ) -> None:
         if not queries:
             raise SimulatorError("no queries to send")
@@ -201,7 +221,8 @@ class Simulator:
         self.url = url.rstrip("/")
         self.queries = list(queries)
         self.categories = dict(categories)
-        self.users = users
+        self.population = population or Population.uniform(users, user_prefix)
+        self.users = self.population.users
         self.concurrency = concurrency
         self.click_model = click_model or ClickModel()
         self.k = k
@@ -286,8 +307,8 @@ class Simulator:
             self._stepper = (random.Random(f"{self.seed}:step"), httpx.Client(base_url=self.url, timeout=self.timeout))
         rng, client = self._stepper
         for _ in range(requests):
-            query = self.queries[rng.randrange(len(self.queries))]
-            self._one(client, rng, query, f"{self.user_prefix}-{rng.randrange(self.users)}")
+            query, visitor = self._draw(rng)
+            self._one(client, rng, query, visitor)
         return self.snapshot()
 
     def reset_counts(self) -> None:
@@ -314,21 +335,28 @@ class Simulator:
         with httpx.Client(base_url=self.url, timeout=self.timeout) as client:
             while ticket():
                 self._pace()
-                query = self.queries[rng.randrange(len(self.queries))]
-                user = f"{self.user_prefix}-{rng.randrange(self.users)}"
-                self._one(client, rng, query, user)
+                query, visitor = self._draw(rng)
+                self._one(client, rng, query, visitor)
 
-    def _ask(self, client: Any, query: SimQuery, user: str) -> Any:
+    def _draw(self, rng: random.Random) -> tuple[SimQuery, Visitor]:
+        """The next request: a random held-out query, from a user drawn by activity (or anonymous)."""
+        query = self.queries[rng.randrange(len(self.queries))]
+        return query, self.population.visit(rng)
+
+    def _ask(self, client: Any, query: SimQuery, user: str | None) -> Any:
         """One request of a simulated user (a search here; a recommendation in ``RecommenderSimulator``)."""
-        return client.post("/search", json={"query": query.text, "k": self.k, "user_id": user})
+        body: dict[str, Any] = {"query": query.text, "k": self.k}
+        if user is not None:  # an anonymous search carries no user id
+            body["user_id"] = user
+        return client.post("/search", json=body)
 
     def _relevance(self, query: SimQuery, results: list[dict[str, Any]]) -> list[bool]:
         """Which results the user finds relevant: records of the query's category."""
         return [query.category is not None and self.categories.get(r["id"]) == query.category for r in results]
 
-    def _one(self, client: Any, rng: random.Random, query: SimQuery, user: str) -> None:
+    def _one(self, client: Any, rng: random.Random, query: SimQuery, visitor: Visitor) -> None:
         try:
-            response = self._ask(client, query, user)
+            response = self._ask(client, query, visitor.user_id)
         except Exception as exc:  # the server did not answer: a failed search
             self._failed("none", f"no answer: {type(exc).__name__}: {exc}", "exception")
             return
@@ -340,7 +368,7 @@ class Simulator:
         version = str(body.get("model_version"))
         results = body.get("results") or []
         relevance = self._relevance(query, results)
-        clicked = self.click_model.choose(rng, relevance)
+        clicked = self.click_model.choose(rng, relevance, visitor.propensity)
         with self._lock:
             self._sent += 1
             self._statuses["200"] += 1
@@ -396,7 +424,7 @@ class Simulator:
 
 
 def simulate_command(
-    users: int = 100,
+    users: int = 1000,
     requests: int | None = None,
     duration: float | None = None,
     url: str = "http://127.0.0.1:8000",
@@ -407,18 +435,26 @@ def simulate_command(
     p_relevant: float = 0.3,
     p_irrelevant: float = 0.02,
     echo: Callable[[str], None] = print,
+    users_like: str = "heterogeneous",
+    pareto_shape: float = DEFAULT_PARETO_SHAPE,
+    anonymous: float = DEFAULT_ANONYMOUS,
+    activity_cap: float = DEFAULT_ACTIVITY_CAP,
 ) -> SimReport:
     """``lockstep simulate``: held-out queries as ``users`` users against ``url``; prints a summary.
 
-    Without ``requests`` or ``duration`` it sends 1000 searches.
+    Without ``requests`` or ``duration`` it sends 1000 searches. The population is drawn
+    from ``seed`` before anything is sent, so a bad population setting fails first.
     """
     if requests is None and duration is None:
         requests = 1000
     model = ClickModel(click_model, p_relevant=p_relevant, p_irrelevant=p_irrelevant)
+    population = Population.draw(users, users_like, seed=seed, pareto_shape=pareto_shape, anonymous=anonymous,
+                                 activity_cap=activity_cap)
     categories = record_categories() if model.kind == "relevance" else {}
     queries = held_out_queries(seed=seed)
-    echo(f"simulating {users} users against {url} ({len(queries)} held-out queries, click model {model.kind})")
-    simulator = Simulator(url, queries, categories, users=users, concurrency=concurrency, click_model=model, seed=seed, rate=rate)
+    echo(f"simulating {population.describe()} against {url} ({len(queries)} held-out queries, click model {model.kind})")
+    simulator = Simulator(url, queries, categories, concurrency=concurrency, click_model=model, seed=seed, rate=rate,
+                          population=population)
     report = simulator.run(requests=requests, duration=duration)
     echo(report.summary())
     return report

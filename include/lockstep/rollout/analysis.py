@@ -6,6 +6,10 @@ hands the counts to the functions here, which turn them into the gates of
 ``lockstep.rollout.gates``. Both versions are read over the *same* window, so a quiet
 hour or a slow database affects both arms alike.
 
+The click and error gates judge users, not requests (issue 22): arm statistics read from
+the logs carry per-user sums (``ArmStats.clusters``, ``ArmStats.error_clusters``) and the
+gates use them; counts built without them (by hand, in tests) are judged per impression.
+
 Nothing here reads a database or a clock: the strategies (``lockstep.rollout.strategies``)
 build on these functions and must stay pure, which ``.importlinter`` checks.
 """
@@ -85,6 +89,7 @@ def guard_gates(cand: ArmStats, base: ArmStats, settings: GateSettings, prefix: 
             cand.errors, cand.requests, base.errors, base.requests,
             max_abs_increase=t.max_abs_error_increase, alpha=settings.alpha,
             min_samples=settings.min_samples, max_error_rate=t.max_error_rate, name=f"{prefix}error_rate",
+            cand_clusters=cand.error_clusters, base_clusters=base.error_clusters,
         ),
         latency_gate(
             cand.latencies_ms, base.latencies_ms, tolerance=t.latency_tolerance,
@@ -99,7 +104,18 @@ def sequential_ctr(settings: GateSettings) -> SequentialCTRTest:
 
 
 def ctr_look(test: SequentialCTRTest, cand: ArmStats, base: ArmStats, seen: dict[str, int], settings: GateSettings) -> GateResult:
-    """Feed the counts since the previous look (``seen`` holds the cumulative counts so far)."""
+    """Feed one look: the cumulative per-user sums since the start, or (per impression) the counts since the last look.
+
+    ``cand`` and ``base`` are all the rollout's traffic so far. Per user, the sums replace
+    the previous look's (a late click simply joins its user's sums). A test saved per
+    impression (a rollout begun before issue 22), or counts that come without per-user
+    sums, are fed per impression: ``seen`` holds the cumulative counts so far.
+    """
+    per_impression = _no_users(cand) and _no_users(base)
+    if test.unit == "user" or (test.unit is None and not per_impression):
+        if not per_impression:
+            test.update_users(cand.clusters, base.clusters)
+        return _analyse(test, settings)
     counts = {"cand_clicks": cand.clicked, "cand_n": cand.answered, "base_clicks": base.clicked, "base_n": base.answered}
     delta = {k: max(0, v - seen.get(k, 0)) for k, v in counts.items()}
     # Clicks can never outnumber impressions in an increment: late clicks of earlier
@@ -108,10 +124,19 @@ def ctr_look(test: SequentialCTRTest, cand: ArmStats, base: ArmStats, seen: dict
     delta["base_clicks"] = min(delta["base_clicks"], delta["base_n"])
     test.update(delta["cand_clicks"], delta["cand_n"], delta["base_clicks"], delta["base_n"])
     seen.update(counts)
+    return _analyse(test, settings)
+
+
+def _analyse(test: SequentialCTRTest, settings: GateSettings) -> GateResult:
     return test.analyse(
         alpha=settings.alpha, min_samples=settings.min_samples,
         non_inferiority_margin=settings.thresholds.non_inferiority_margin,
     )
+
+
+def _no_users(arm: ArmStats) -> bool:
+    """Impressions without per-user sums: counts not read from the logs."""
+    return arm.clusters.empty and arm.answered > 0
 
 
 def ab_gate(cand: ArmStats, base: ArmStats, settings: GateSettings, min_samples: int) -> GateResult:
@@ -119,6 +144,7 @@ def ab_gate(cand: ArmStats, base: ArmStats, settings: GateSettings, min_samples:
     return fixed_sample_ab_test(
         cand.clicked, cand.answered, base.clicked, base.answered, alpha=settings.alpha,
         min_samples=min_samples, non_inferiority_margin=settings.thresholds.non_inferiority_margin,
+        cand_clusters=cand.clusters, base_clusters=base.clusters,
     )
 
 

@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from lockstep.core.errors import LockstepError
+from lockstep.store.log_stats import USER_CAP
 
 if TYPE_CHECKING:
     from lockstep.rollout.analysis import GateSettings
@@ -177,6 +178,13 @@ class RolloutConfig:
         0.02, "Click-through margin", GATES, "Non-inferiority margin: the largest CTR drop that still passes.",
         type="number", minimum=0, maximum=1,
     )
+    user_cap: int = setting(
+        USER_CAP, "Most weight of one user", GATES,
+        "The click and error gates judge users, not requests: a user with more impressions (requests) than this "
+        "in the analysed window counts as this many, at their own rate, so one heavy or hostile client cannot "
+        "decide a rollout alone.",
+        type="integer", minimum=1,
+    )
     ab_split: int = setting(
         50, "Candidate share (%)", AB, "A/B: the candidate's share of traffic, percent (frozen, sticky users).",
         type="integer", minimum=1, maximum=99,
@@ -240,6 +248,8 @@ class RolloutConfig:
             raise RolloutError(f"ab_split is the candidate's percent of traffic, 1..99; got {self.ab_split!r}")
         if not 0 < self.bandit_floor <= 0.5:
             raise RolloutError(f"bandit_floor must be in (0, 0.5]: every arm keeps that share; got {self.bandit_floor!r}")
+        if isinstance(self.user_cap, bool) or not isinstance(self.user_cap, int) or self.user_cap < 1:
+            raise RolloutError(f"user_cap must be a whole number of impressions of at least 1, got {self.user_cap!r}")
         if not self.ctr_tau > 0:
             raise RolloutError(f"ctr_tau must be positive (the CTR difference to detect), got {self.ctr_tau!r}")
         if not self.poll_seconds > 0:

@@ -11,6 +11,11 @@ of existing canary tools:
 - Anything looked at repeatedly while traffic accumulates (click-through rate) uses an
   always-valid p-value (mixture SPRT), because peeking at a fixed-horizon test at every
   step inflates the false-rollback rate far above alpha.
+- The unit is the user (issue 22): routing is sticky per user, so the click gates (the
+  sequential and fixed-horizon CTR tests, the bandit) and the error-rate gate take
+  per-user sums (``ClusterSums``) and the delta-method variance; counting impressions as
+  independent trials made the A/A false-rollback rate 22 % instead of 5 %. Counts
+  without per-user sums are still accepted (judged per impression, as before).
 
 Results are frozen ``GateResult`` values with flat, finite, JSON-friendly figures, so the
 rollout DAG can log them to MLflow and XCom as they are. The tests and intervals behind
@@ -38,6 +43,7 @@ from lockstep.rollout.statistics import (
     direction_sign,
     error_increase_test,
     prob_best,
+    ratio_difference_test,
     remove_outliers,
     require_min_samples,
     require_non_negative,
@@ -45,6 +51,7 @@ from lockstep.rollout.statistics import (
     require_unit_open,
     two_proportion_test,
 )
+from lockstep.store.log_stats import ClusterSums
 
 
 class Verdict(StrEnum):
@@ -124,6 +131,8 @@ def error_rate_gate(
     max_error_rate: float | None = 0.05,
     critical: bool = False,
     name: str = "error_rate",
+    cand_clusters: ClusterSums | None = None,
+    base_clusters: ClusterSums | None = None,
 ) -> GateResult:
     """FAIL when the candidate's error rate is significantly above baseline + tolerance.
 
@@ -132,6 +141,11 @@ def error_rate_gate(
     zero variance. Independently, a candidate whose own error rate exceeds
     ``max_error_rate`` fails whatever the baseline does: a baseline that is just as broken
     (or missing) must not excuse it.
+
+    Errors cluster by user (a query pattern that fails, fails for whoever sends it), so
+    with per-user sums of (errors, requests) (``cand_clusters``/``base_clusters``) the
+    test takes the design-effect-adjusted counts (``ClusterSums.effective_counts``):
+    each arm's binomial variance widened to its per-user one, never narrowed.
     """
     require_unit_open("alpha", alpha)
     require_non_negative("max_abs_increase", max_abs_increase)
@@ -164,7 +178,13 @@ def error_rate_gate(
         return _too_few(name, f"{int(base_total)} baseline requests", min_samples, figures)
     base_rate = base_errors / base_total
     figures.update(base_rate=base_rate, diff=cand_rate - base_rate)
-    figures.update(error_increase_test(cand_errors, cand_total, base_errors, base_total, max_abs_increase, alpha))
+    counts: tuple[float, float, float, float] = (cand_errors, cand_total, base_errors, base_total)
+    if _have_users(cand_clusters, base_clusters):
+        counts = (*cand_clusters.effective_counts(), *base_clusters.effective_counts())
+        figures.update(user_level=1.0, cand_design_effect=cand_clusters.design_effect,
+                       base_design_effect=base_clusters.design_effect, cand_users=cand_clusters.clusters,
+                       base_users=base_clusters.clusters)
+    figures.update(error_increase_test(*counts, max_abs_increase, alpha))
     p_value, upper = figures["p_value"], figures["diff_upper"]
     if p_value < alpha:
         return GateResult(
@@ -336,8 +356,7 @@ class SequentialCTRTest(SequentialCTR):
         sign = direction_sign(direction)
         p_value = self.p_value
         low, high = self.confidence_interval(alpha)
-        cand_rate = self.cand_clicks / self.cand_n if self.cand_n else math.nan
-        base_rate = self.base_clicks / self.base_n if self.base_n else math.nan
+        cand_rate, base_rate = self.cand_rate, self.base_rate
         diff = cand_rate - base_rate
         effect_low = min(sign * low, sign * high)  # lower bound of the improvement
         figures = {
@@ -347,6 +366,10 @@ class SequentialCTRTest(SequentialCTR):
             "cand_n": self.cand_n, "base_n": self.base_n, "looks": len(self.looks),
             "non_inferiority_margin": non_inferiority_margin,
         }
+        if self.unit == "user":
+            figures.update(user_level=1.0, design_effect=self.design_effect, cand_users=self.cand_sums.clusters,
+                           base_users=self.base_sums.clusters, cand_capped_users=self.cand_sums.capped,
+                           base_capped_users=self.base_sums.capped)
         summary = (
             f"candidate {cand_rate:.4f} vs baseline {base_rate:.4f}, always-valid p={p_value:.3g}, "
             f"{1 - alpha:.0%} CI of the difference {low:+.4f}..{high:+.4f}"
@@ -382,6 +405,8 @@ def fixed_sample_ab_test(
     non_inferiority_margin: float = 0.005,
     critical: bool = False,
     name: str = "ctr_fixed",
+    cand_clusters: ClusterSums | None = None,
+    base_clusters: ClusterSums | None = None,
 ) -> GateResult:
     """The verdict of a two-proportion z-test (``statistics.two_proportion_test``), for ONE
     look at a sample size fixed in advance.
@@ -391,6 +416,10 @@ def fixed_sample_ab_test(
     significantly worse, PASS when significantly better or when the Newcombe interval
     rules out a drop beyond ``non_inferiority_margin``. Figures also carry the Wald
     interval and the relative lift with its (Katz log) interval.
+
+    With per-user sums (``cand_clusters``/``base_clusters``) the test is of the per-user
+    ratios (``statistics.ratio_difference_test``): z and its interval use the
+    delta-method variance, and the interval judged is that Wald interval.
     """
     require_unit_open("alpha", alpha)
     require_min_samples(min_samples)
@@ -406,12 +435,18 @@ def fixed_sample_ab_test(
     if min(cand_n, base_n) < min_samples:
         return _too_few(name, f"{int(cand_n)} candidate / {int(base_n)} baseline impressions", min_samples, figures)
 
-    figures.update(two_proportion_test(cand_clicks, cand_n, base_clicks, base_n, alpha))
+    per_user = _have_users(cand_clusters, base_clusters)
+    if per_user:
+        figures.update(ratio_difference_test(cand_clusters, base_clusters, alpha), user_level=1.0,
+                       cand_users=cand_clusters.clusters, base_users=base_clusters.clusters)
+    else:
+        figures.update(two_proportion_test(cand_clicks, cand_n, base_clicks, base_n, alpha))
     pc, pb, diff, z, p_value = (figures[k] for k in ("cand_rate", "base_rate", "diff", "z", "p_value"))
     low, high = figures["ci_low"], figures["ci_high"]
+    interval = "per-user (delta-method)" if per_user else "Newcombe"
     summary = (
         f"candidate {pc:.4f} vs baseline {pb:.4f}, z={z:+.2f}, p={p_value:.3g}, "
-        f"{1 - alpha:.0%} Newcombe CI {low:+.4f}..{high:+.4f}"
+        f"{1 - alpha:.0%} {interval} CI {low:+.4f}..{high:+.4f}"
     )
     effect_low = min(sign * low, sign * high)
     if p_value < alpha and sign * diff < 0:
@@ -438,8 +473,14 @@ def bandit_decision(
     prior: tuple[float, float] = (1.0, 1.0),
     critical: bool = False,
     name: str = "bandit",
+    exposures: Mapping[str, float] | None = None,
 ) -> GateResult:
-    """PASS when the candidate is best with probability >= threshold, FAIL when the baseline is."""
+    """PASS when the candidate is best with probability >= threshold, FAIL when the baseline is.
+
+    ``successes``/``trials`` are the posterior's counts: per user, the effective counts
+    (``statistics.effective_arm_counts``). ``exposures`` are the raw impressions the
+    ``min_exposures`` rule is about (default: ``trials``).
+    """
     require_unit_open("threshold", threshold)
     require_min_samples(min_exposures)
     for role, arm in (("candidate", candidate), ("baseline", baseline)):
@@ -450,8 +491,9 @@ def bandit_decision(
         arms, _, t = arm_counts(successes, trials)
     except GateError as exc:
         return _undecidable(name, str(exc), critical, figures)
-    if t.min() < min_exposures:
-        short = [arm for arm, n in zip(arms, t, strict=True) if n < min_exposures]
+    shown = np.array([float((exposures or trials).get(arm, 0)) for arm in arms])
+    if shown.min() < min_exposures:
+        short = [arm for arm, n in zip(arms, shown, strict=True) if n < min_exposures]
         return _too_few(name, f"arms {short} below {min_exposures} exposures", min_exposures, figures)
     best = prob_best(successes, trials, n_draws=n_draws, seed=seed, prior=prior)
     figures.update({f"prob_best.{arm}": p for arm, p in best.items()})
@@ -538,6 +580,11 @@ class CanaryPolicy:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _have_users(cand: ClusterSums | None, base: ClusterSums | None) -> bool:
+    """Both arms came with per-user sums (counts built by hand come without: judged per trial)."""
+    return cand is not None and base is not None and not cand.empty and not base.empty
 
 
 def _finite_figures(figures: Mapping[str, Any]) -> dict[str, float]:

@@ -34,7 +34,7 @@ from lockstep.rollout.config import (
 )
 from lockstep.rollout.gates import Action, Verdict
 from lockstep.rollout.plan import RolloutPlan, as_plan
-from lockstep.rollout.review import check_review
+from lockstep.rollout.review import read_review, record_decision, reviewer_figures
 from lockstep.rollout.strategies import Decision, Move
 from lockstep.rollout.traffic import (
     abort_traffic,
@@ -140,15 +140,19 @@ def _review_look(plan: RolloutPlan, config: RolloutConfig, ps: dict | None, *, e
             f"waiting up to {config.approval_timeout_seconds:.0f} s for a reviewer: Airflow Required Actions, "
             f"or tag lockstep.review on v{plan.model_version} in MLflow"))
         ps = {"started": _clock()}
-    decision = check_review(plan, registry=registry, external=external)
+    answer = read_review(plan, registry=registry, external=external)  # who decided, too (issue 21)
+    decision = answer.decision if answer else None
     waited = _clock() - ps["started"]
-    figures = {"waited_seconds": waited}
+    figures = {"waited_seconds": waited, **(reviewer_figures(answer) if answer else {})}
+    by = f" by {answer.by or 'nobody (the form expired)'} via {answer.via}" if answer else ""
+    if answer:
+        record_decision(plan, answer, registry=registry)
     if decision == "approved":
-        return Tick(True, record.record_step(rid, "review", "review", "pass", reason=f"approved after {waited:.0f} s",
+        return Tick(True, record.record_step(rid, "review", "review", "pass", reason=f"approved{by} after {waited:.0f} s",
                                              figures=figures, engine=engine)), ps
     if decision == "rejected" or waited >= config.approval_timeout_seconds:
         error = ReviewRejected if decision == "rejected" else ReviewTimeout
-        reason = (f"v{plan.model_version} was rejected in review" if decision == "rejected"
+        reason = (f"v{plan.model_version} was rejected in review{by}" if decision == "rejected"
                   else f"no review decision within {config.approval_timeout_seconds:.0f} s")
         record.record_step(rid, "review", "review", "fail", reason=reason, figures=figures, action=Action.ROLLBACK, engine=engine)
         raise error(reason, phase="review", figures=figures)
@@ -181,7 +185,8 @@ def _canary_look(plan: RolloutPlan, config: RolloutConfig, ps: dict | None, *, e
     """The traffic steps below 100 %: each bakes until both arms have their counts, then is judged.
 
     Errors and latency are judged on the step's own window, click-through on all canary
-    traffic so far with a sequential test valid however many looks it gets. The final
+    traffic so far with a sequential test valid however many looks it gets. Both per
+    user: the logs are read as per-user sums, each user capped at ``user_cap``. The final
     100 % is ``finalize``'s (no baseline is left to compare with at 100 %).
     """
     rid, cand, champ = plan.rollout_id, plan.model_version, plan.baseline_version
@@ -197,8 +202,8 @@ def _canary_look(plan: RolloutPlan, config: RolloutConfig, ps: dict | None, *, e
     weight = steps[int(ps["index"])]
     end = _window_end(config)
     window = Window(_at(ps["step_started"]), end)
-    arms = arm_stats(engine, window, [cand, champ])
-    total = arm_stats(engine, Window(_at(ps["started"]), end), [cand, champ], clicks_until=now())
+    arms = arm_stats(engine, window, [cand, champ], cap=config.user_cap)
+    total = arm_stats(engine, Window(_at(ps["started"]), end), [cand, champ], clicks_until=now(), cap=config.user_cap)
     decision = strategies.canary(ps, (arms[cand], arms[champ]), (total[cand], total[champ]), _clock() - ps["look_started"], config)
     figures = summary_figures(decision.results, arms[cand], arms[champ])
     outcome, new = _apply(plan, f"canary {weight}%", "canary", decision, ps, figures, weight, window, engine)
@@ -224,7 +229,7 @@ def _ab_look(plan: RolloutPlan, config: RolloutConfig, ps: dict | None, *, engin
     if ps.get("reviewer_since") is not None:
         return _ab_reviewer_look(plan, config, ps, engine, registry or default_registry())
     window = Window(_at(ps["started"]), _window_end(config))
-    arms = arm_stats(engine, window, [cand, champ], clicks_until=now())
+    arms = arm_stats(engine, window, [cand, champ], clicks_until=now(), cap=config.user_cap)
     decision = strategies.ab(ps, (arms[cand], arms[champ]), _clock() - ps["started"], config)
     figures = summary_figures(decision.results, arms[cand], arms[champ])
     if config.ab_decision == "reviewer" and decision.results and decision.verdict is not Verdict.FAIL:
@@ -268,7 +273,7 @@ def _bandit_look(plan: RolloutPlan, config: RolloutConfig, ps: dict | None, *, e
         route(plan, weights, [], f"rollout {rid}: bandit start", engine)
         ps = _fresh({"look": 1, "weights": weights, "last_look_at": 0.0})
     window = Window(_at(ps["started"]), _window_end(config))
-    arms = arm_stats(engine, window, [cand, champ], clicks_until=now())
+    arms = arm_stats(engine, window, [cand, champ], clicks_until=now(), cap=config.user_cap)
     decision = strategies.bandit(ps, (arms[cand], arms[champ]), _clock() - ps["started"], config)
     weight = int(ps["weights"][cand])
     figures = {**summary_figures(decision.results, arms[cand], arms[champ]), "weight_candidate": weight}

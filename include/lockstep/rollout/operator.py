@@ -137,12 +137,30 @@ class RolloutPhaseOperator(BaseOperator):
 def _airflow_review(ti: Any):
     """The answer of the Airflow approval form (task approve_in_airflow), read at each look."""
 
-    def answer() -> str | None:
-        result = ti.xcom_pull(task_ids="approve_in_airflow") or {}
-        chosen = result.get("chosen_options") or []
-        return {"Approve": "approved", "Reject": "rejected"}.get(chosen[0]) if chosen else None
+    def answer() -> Any:
+        return form_review(ti.xcom_pull(task_ids="approve_in_airflow"))
 
     return answer
 
 
-__all__ = ["LOOK_TIMEOUT", "REVIEW_FORM_EXPIRES", "ROLLOUT_POOL", "RolloutPhaseOperator", "configured_defaults", "rollout_params"]
+def form_review(result: Mapping[str, Any] | None) -> Any:
+    """The review form's result (the HITL operator's return value) as a ``Review``, or None while open.
+
+    Airflow records who answered (``responded_by_user``: id and name) and when
+    (``responded_at``). A form that expired resolves as Reject with no user: a rejection
+    that names nobody, which still stops the rollout.
+    """
+    from lockstep.model.registry import Review
+
+    result = result or {}
+    chosen = result.get("chosen_options") or []
+    decision = {"Approve": "approved", "Reject": "rejected"}.get(chosen[0]) if chosen else None
+    if decision is None:
+        return None
+    user = result.get("responded_by_user") or {}
+    by = str(user.get("name") or user.get("id") or "").strip() or None
+    at = result.get("responded_at")
+    return Review(decision, by, at.isoformat() if hasattr(at, "isoformat") else (str(at) if at else None), "airflow")
+
+
+__all__ = ["LOOK_TIMEOUT", "REVIEW_FORM_EXPIRES", "ROLLOUT_POOL", "RolloutPhaseOperator", "configured_defaults", "form_review", "rollout_params"]

@@ -39,7 +39,7 @@ from lockstep.rollout.gates import (
     combine,
     error_rate_gate,
 )
-from lockstep.rollout.statistics import thompson_weights, to_percent_weights
+from lockstep.rollout.statistics import effective_arm_counts, thompson_weights, to_percent_weights
 
 if TYPE_CHECKING:
     from lockstep.rollout.config import RolloutConfig
@@ -93,6 +93,7 @@ def early_errors(cand: ArmStats, base: ArmStats, settings: GateSettings) -> list
     result = error_rate_gate(
         cand.errors, cand.requests, base.errors, base.requests, max_abs_increase=t.max_abs_error_increase,
         alpha=settings.alpha, min_samples=settings.min_samples, max_error_rate=t.max_error_rate, name="error_rate",
+        cand_clusters=cand.error_clusters, base_clusters=base.error_clusters,
     )
     return [result] if result.verdict is Verdict.FAIL else []
 
@@ -108,6 +109,14 @@ def too_little(state: dict[str, Any], counts: Mapping[str, int], need: int, elap
     if look <= config.max_extensions:
         return Decision(Move.EXTEND, reason, state={**state, "look": look + 1}, judged=True)
     return Decision(Move.FAIL, f"{reason} (after {look} looks)", state=state, judged=True)
+
+
+def posterior_counts(cand: ArmStats, champ: ArmStats) -> tuple[dict[str, int], dict[str, int]]:
+    """The bandit's Beta-posterior counts: per-user effective counts, or raw counts when the arms carry no sums."""
+    if cand.clusters.empty or champ.clusters.empty:
+        return ({cand.version: cand.clicked, champ.version: champ.clicked},
+                {cand.version: cand.answered, champ.version: champ.answered})
+    return effective_arm_counts({cand.version: cand.clusters, champ.version: champ.clusters})
 
 
 # --- shadow --------------------------------------------------------------------------------------------
@@ -211,7 +220,9 @@ def ab(state: dict[str, Any], arms: tuple[ArmStats, ArmStats], elapsed: float, c
 def bandit(state: dict[str, Any], arms: tuple[ArmStats, ArmStats], elapsed: float, config: RolloutConfig) -> Decision:
     """Thompson sampling on click-through, held to the same guard gates as a canary.
 
-    A look comes every ``bandit_interval_seconds`` once both arms have
+    The posteriors are per user: each arm's clicks and impressions divided by its design
+    effect (``posterior_counts``), so heavy users do not make P(best) surer than the
+    evidence. A look comes every ``bandit_interval_seconds`` once both arms have
     ``bandit_min_exposures`` answered requests. The candidate wins only when it is best
     with P >= threshold *and* its error rate and latency pass against the champion; a
     failing guard gate ends the rollout whatever the clicks say. Randomness is seeded by
@@ -232,9 +243,9 @@ def bandit(state: dict[str, Any], arms: tuple[ArmStats, ArmStats], elapsed: floa
             return Decision(Move.FAIL, f"no winner within {config.bandit_max_seconds:.0f} s: answered {counts}", state=state, judged=True)
         return Decision(Move.WAIT, f"answered {counts}; need {config.bandit_min_exposures} each and a look every "
                         f"{config.bandit_interval_seconds:g} s", state=state)
-    clicks = {cand.version: cand.clicked, champ.version: champ.clicked}
-    decision = bandit_decision(clicks, counts, candidate=cand.version, baseline=champ.version, threshold=config.bandit_threshold,
-                               min_exposures=config.bandit_min_exposures, seed=look)
+    clicks, trials = posterior_counts(cand, champ)
+    decision = bandit_decision(clicks, trials, candidate=cand.version, baseline=champ.version, threshold=config.bandit_threshold,
+                               min_exposures=config.bandit_min_exposures, seed=look, exposures=counts)
     guards = guard_gates(cand, champ, settings)
     results = (decision, *guards)
     after = {**state, "look": look + 1, "last_look_at": elapsed}
@@ -248,7 +259,7 @@ def bandit(state: dict[str, Any], arms: tuple[ArmStats, ArmStats], elapsed: floa
     if timed_out:
         return Decision(Move.FAIL, f"no winner within {config.bandit_max_seconds:.0f} s: {combine(results).reason}", results,
                         state=after, judged=True)
-    new = to_percent_weights(thompson_weights(clicks, counts, floor=config.bandit_floor, seed=look))
+    new = to_percent_weights(thompson_weights(clicks, trials, floor=config.bandit_floor, seed=look))
     reason = f"{combine(results).reason}; weights {new}"
     if new != weights:
         return Decision(Move.ADVANCE, reason, results, new, state={**after, "weights": new}, judged=True)

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -63,6 +64,9 @@ from lockstep.store.db import get_engine
 
 log = logging.getLogger("lockstep.serving")
 _UNSET: Any = object()
+# Worker threads for fast-slot searches that met a writer on their index: their own
+# tokens, so a long write can never use up the pool that /metrics and slow searches share.
+LOCK_WAIT_THREADS = 16
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -104,7 +108,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.lockstep = rt
-    app.add_middleware(Guard, limit=MAX_BODY_BYTES)
+    app.add_middleware(Guard, limit=MAX_BODY_BYTES, runtime=rt)  # and the replica's limits (serving.limits)
     app.add_exception_handler(RequestValidationError, validation_error)
 
     def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
@@ -176,12 +180,16 @@ def create_app(
         return out
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
+        """Alive. Answered on the event loop (no worker thread): a full thread pool cannot stall it."""
         return {"status": "ok"}
 
     @app.get("/readyz", responses={503: {"description": "No live model version is loaded on this replica yet."}})
-    def readyz() -> JSONResponse:
-        """Ready when at least one live version is loaded; ``unloaded`` names live versions it lacks."""
+    async def readyz() -> JSONResponse:
+        """Ready when at least one live version is loaded; ``unloaded`` names live versions it lacks.
+
+        One attribute read of the published view, so it runs on the event loop.
+        """
         view = rt.manager.view
         live = [slot.version for slot, _ in view.live]
         if live:
@@ -203,6 +211,19 @@ def create_app(
 
 def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> None:
     """``/search`` and the record writes, on a replica of the search system."""
+    lock_waits = anyio.CapacityLimiter(LOCK_WAIT_THREADS)
+
+    async def fast_search(search: Any, *args: Any) -> Any:
+        """A fast slot's ``search(*args)`` on the event loop if its index's lock is free now, else in a thread.
+
+        The loop never waits on an index lock (issue 21): while a writer holds it or
+        waits for it, the search is made again in a worker thread of its own limiter
+        and waits there, and every other request of the process goes on.
+        """
+        hits = search(*args, wait=False)
+        if hits is not None:
+            return hits
+        return await anyio.to_thread.run_sync(search, *args, limiter=lock_waits)
 
     @app.post("/search", response_model=SearchResponse, responses=error_responses(400, 404, 413, 422, 500, 503))
     async def search(
@@ -216,7 +237,9 @@ def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> 
         is searched right here on the event loop: embedding a query and an HNSW search
         take less time than handing the request to a worker thread and back (the hop,
         and the GIL hand-overs it causes, were most of the cost; docs/benchmarks.md,
-        "Serving at scale"). A slow one (a large flat index) runs in the thread pool.
+        "Serving at scale"), but only when its index's lock is free at once; when a
+        writer holds it the search waits in a thread instead (``fast_search``). A slow
+        one (a large flat index) runs in the thread pool.
         """
         asked = Asked(body.query, body.k, body.user_id, pinned=x_lockstep_pin is not None)
         try:
@@ -227,9 +250,9 @@ def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> 
         try:
             if slot.batcher is not None:  # an imported model: this query joins the next predict call
                 vector = await slot.batcher.embed(body.query)
-                hits = slot.search_vector(vector, body.k) if slot.fast else await run_in_threadpool(slot.search_vector, vector, body.k)
+                hits = await fast_search(slot.search_vector, vector, body.k) if slot.fast else await run_in_threadpool(slot.search_vector, vector, body.k)
             else:
-                hits = slot.search(body.query, body.k) if slot.fast else await run_in_threadpool(slot.search, body.query, body.k)
+                hits = await fast_search(slot.search, body.query, body.k) if slot.fast else await run_in_threadpool(slot.search, body.query, body.k)
         except Exception as exc:  # counted and logged against the version, so gates see it
             return rt.failed(view, slot, asked, exc, "search")
         finally:

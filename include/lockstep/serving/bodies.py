@@ -108,13 +108,17 @@ _STATUS_TEXT = {
     413: "The body (declared or streamed) is larger than 1 MB, or a field is over its size limit.",
     422: "A field is invalid (the message names it).",
     500: "Unexpected error: the answer carries a request id; details are in the server log.",
-    503: "No version can answer on this replica, or the database cannot be reached, right now (the message says which); retry.",
+    503: "No version can answer on this replica, the database cannot be reached, or the replica is already working "
+         "on its most requests at once (LOCKSTEP_SERVING_MAX_CONCURRENCY), right now (the message says which); retry.",
+    504: "The request was not answered within LOCKSTEP_SERVING_REQUEST_TIMEOUT_S seconds; retry later.",
 }
+# Every operation can meet the replica's limits (``limits``): too many requests at once, or too slow.
+_LIMIT_CODES = (503, 504)
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The error answers an operation can give, for the OpenAPI document."""
-    return {code: {"model": ErrorBody, "description": _STATUS_TEXT[code]} for code in codes}
+    """The error answers an operation can give, for the OpenAPI document (the limits' 503 and 504 always)."""
+    return {code: {"model": ErrorBody, "description": _STATUS_TEXT[code]} for code in dict.fromkeys((*codes, *_LIMIT_CODES))}
 
 
 class _AnyPath(PathConvertor):

@@ -4,7 +4,9 @@
 * malformed JSON: 400, and a well-formed body with wrong fields: 422, both saying what;
 * an exception that escapes the app: 500 with a request id and no internals (the
   traceback goes to the server log under that id), or 503 when the database cannot be
-  reached, because retrying then helps.
+  reached, because retrying then helps;
+* more requests at once than the replica takes: 503, and one not answered in time: 504
+  (``limits``, applied first when ``Guard`` is given the runtime).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from lockstep.serving.bodies import REQUEST_ID_HEADER
+from lockstep.serving.limits import Limits
 from lockstep.serving.logs import is_connection_error
 from lockstep.serving.metrics import NO_VERSION
 from lockstep.serving.outage import summary
@@ -59,11 +62,19 @@ class Guard:
     traceback goes to the server log under that id.
     """
 
-    def __init__(self, app: Any, limit: int) -> None:
+    def __init__(self, app: Any, limit: int, runtime: Any = None) -> None:
         self.app = app
         self.limit = limit
+        # with the replica's runtime, its concurrency cap and request timeout come first
+        self.limits = Limits(self._guard, runtime) if runtime is not None else None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.limits is not None:
+            await self.limits(scope, receive, send)
+        else:
+            await self._guard(scope, receive, send)
+
+    async def _guard(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -13,10 +13,17 @@ connection (a value the database refuses), the batch is split in halves and retr
 down to the single rows at fault, which are rejected, logged and counted. When the
 database cannot be reached, the rows go back to the buffer (up to ``max_pending``) and
 the writer backs off, logging once when the outage starts and once when it ends.
+
+Nothing buffered is lost on a stop: the app's shutdown (after uvicorn's graceful
+timeout on SIGTERM) calls ``stop``, which writes every row, and a process that exits
+without that shutdown (a second Ctrl-C, an error while starting) still writes its rows
+at interpreter exit. Only SIGKILL loses them, which is why the graceful timeout stays
+under compose's ``stop_grace_period``.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sqlite3
@@ -147,6 +154,7 @@ class LogWriter:
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="lockstep-log-writer", daemon=True)
             self._thread.start()
+            atexit.register(self._flush_at_exit)
 
     def flush(self) -> int:
         """Write every row buffered before this call, in the caller's thread; returns how many."""
@@ -156,13 +164,27 @@ class LogWriter:
         return len(batch)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Write what is buffered, then end the writer thread."""
+        """End the writer thread, then write what is buffered, including rows that requests
+        still finishing add meanwhile (a few rounds; an unreachable database keeps them)."""
         if self._thread is not None:
             self._stop.set()
             self._wake.set()
             self._thread.join(timeout)
             self._thread = None
-        self.flush()
+            atexit.unregister(self._flush_at_exit)
+        for _ in range(3):
+            if not self.flush() or not self._buffer or self.health.down:
+                break
+
+    def _flush_at_exit(self) -> None:
+        """The last chance for rows of a process that exits without the app's shutdown."""
+        try:
+            written = self.flush()
+        except Exception as exc:  # exiting anyway: say what is lost, do not raise at exit
+            log.error("writing the last %d log rows at exit failed: %s", self.pending, summary(exc))
+            return
+        if written:
+            log.info("wrote %d buffered log rows at exit", written)
 
     @property
     def pending(self) -> int:

@@ -1,14 +1,26 @@
-"""Running the serving app as a process: one uvicorn worker, or several sharing a port."""
+"""Running the serving app as a process: one uvicorn worker, or several sharing a port.
+
+Stopping is graceful and bounded: on SIGTERM (``docker stop``, compose's
+``stop_grace_period``) uvicorn stops taking connections, gives the requests in flight up
+to ``LOCKSTEP_SERVING_GRACEFUL_TIMEOUT_S`` seconds (default 20, under compose's 30) to
+be answered, then runs the app's shutdown, which writes every buffered request, shadow
+and feedback log row before the process exits with status 0.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+from typing import Any
 
+from lockstep.core.config import ServingLimits
 from lockstep.core.errors import ConfigurationError
 from lockstep.serving.app import create_app
 
 WORKERS_ENV = "LOCKSTEP_SERVING_WORKERS"
+log = logging.getLogger("lockstep.serving")
 
 
 def run(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", workers: int | None = None) -> None:
@@ -22,11 +34,43 @@ def run(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", w
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     workers = workers if workers is not None else _workers_from_env()
+    options = server_options(ServingLimits.from_env())
+    _exit_cleanly_on_sigterm()
     if workers > 1:
         uvicorn.run("lockstep.serving.app:create_app", factory=True, workers=workers, host=host, port=port,
-                    log_level=log_level, access_log=False)
+                    log_level=log_level, access_log=False, **options)
         return
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=False, **options)
+
+
+def server_options(limits: ServingLimits) -> dict[str, Any]:
+    """uvicorn's part of the limits: the graceful timeout, and a backstop on connections.
+
+    The app answers over-the-cap requests itself (503 with a message, ``limits``);
+    uvicorn's ``limit_concurrency`` counts connections too (idle keep-alive ones
+    included), so it is set looser, only to stop a flood of connections before the app.
+    """
+    return {
+        "timeout_graceful_shutdown": limits.graceful_timeout or None,  # 0: wait for every request
+        "limit_concurrency": 2 * limits.max_concurrency + 32,
+    }
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM end the process with status 0 once uvicorn has shut down gracefully.
+
+    uvicorn catches SIGTERM, shuts down, then raises the signal again under the handler
+    that was there before it; under the default one the process would die of it
+    (status 143) after a clean shutdown, which reads as a crash to supervisors. A SIGTERM
+    before uvicorn serves (while the app loads) ends the process at once, as before.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stopped)
+
+
+def _stopped(signum: int, frame: object) -> None:
+    log.info("stopped on SIGTERM")
+    raise SystemExit(0)
 
 
 def _workers_from_env() -> int:

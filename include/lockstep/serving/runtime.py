@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from lockstep.core import clock
-from lockstep.core.config import Settings
+from lockstep.core.config import ServingLimits, Settings
 from lockstep.serving.bodies import (
     MODEL_VERSION_HEADER,
     PIN_HEADER,
@@ -52,6 +52,7 @@ class ServingConfig:
     listen: bool = True
     feedback_wait: float | None = None  # how long a click may wait for its request; None: 2 flushes + 1 s
     recent_answers: int = 20_000  # answers kept in memory to judge clicks (older ones: the database)
+    limits: ServingLimits | None = None  # concurrency, request timeout, waiting clicks; None: from the environment
     replica: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
@@ -105,9 +106,10 @@ class ServingRuntime:
             on_drop=self.metrics.log_drop,
             on_reject=self.metrics.log_reject,
         )
+        self.limits = config.limits if config.limits is not None else ServingLimits.from_env()
         self.answers = RecentAnswers(config.recent_answers)
         wait = config.feedback_wait if config.feedback_wait is not None else 2 * config.log_flush_interval + 1.0
-        self.clicks = ClickJudge(engine, self.answers, wait=wait)
+        self.clicks = ClickJudge(engine, self.answers, wait=wait, max_waiting=waiting_room(self.limits))
         self.shadow = ShadowRunner(
             self.logs,
             queue_size=config.shadow_queue_size,
@@ -217,6 +219,13 @@ class ServingRuntime:
                 headers={"Retry-After": UNLOADED_RETRY_AFTER},
             )
         return route.slot
+
+
+def waiting_room(limits: ServingLimits) -> int:
+    """How many clicks may wait for another replica's log: at most a quarter of the concurrency
+    cap, because a waiting click holds its place, and a flood of made-up ids must never take
+    the places searches need."""
+    return min(limits.feedback_waiting, limits.max_concurrency // 4)
 
 
 def _slot_system(settings: Settings, engine: Engine) -> object | None:

@@ -189,17 +189,28 @@ class LoadedSlot(ServingSlot):
         self.embedder = None
         self.index = None
 
-    def search(self, query: str, k: int) -> SearchHits:
-        """Embed with this slot's model, search this slot's index (call while holding a lease)."""
-        return self.search_vector(self.embedder.embed_query(query), k)
+    def search(self, query: str, k: int, *, wait: bool = True) -> SearchHits | None:
+        """Embed with this slot's model, search this slot's index (call while holding a lease).
 
-    def search_vector(self, vector: Any, k: int) -> SearchHits:
-        """Search this slot's index with a query this slot's model embedded (``batcher`` or ``search``)."""
+        ``wait=False`` is for the event loop: None at once, instead of a wait, while a
+        writer holds or awaits the index's lock (see ``search_vector``).
+        """
+        return self.search_vector(self.embedder.embed_query(query), k, wait=wait)
+
+    def search_vector(self, vector: Any, k: int, *, wait: bool = True) -> SearchHits | None:
+        """Search this slot's index with a query this slot's model embedded (``batcher`` or ``search``).
+
+        With ``wait`` (the default; worker threads) it waits while a writer holds the
+        index's lock and always returns hits. Without, it returns None at once then:
+        the event loop must never wait on an index lock, or every request of the
+        process, ``/healthz`` included, waits with it (issue 21).
+        """
         maybe_fail("serving.search", self.version)  # LOCKSTEP_FAULTS="serving.search:<version>*" breaks a version
         _one_openmp_thread()
         if not vector.any():  # no known term: every score would be 0, an arbitrary list
             return SearchHits()
-        return self.index.search(vector, k)[0]
+        found = self.index.search(vector, k) if wait else self.index.try_search(vector, k)
+        return None if found is None else found[0]
 
 
 _thread_state = threading.local()

@@ -15,6 +15,11 @@ one click event). Three rules hold for every reader here:
 - Clicks arrive after their request: a request in the window counts its clicks up to
   ``clicks_until`` (the moment of the analysis), not just up to the window's end.
 - Windows are half-open, ``[start, end)``, in UTC.
+- Click and error statistics are per user (``ClusterSums``, see ``lockstep.store.log_stats``):
+  one query groups the window's requests by version and user (a request without a user
+  id is its own cluster), caps each user at ``cap`` units and sums, so no per-request
+  row reaches Python for them. Latencies are still read per request, at most
+  ``latency_cap`` per user.
 
 Everything here reads; nothing writes (``lockstep.serving.logs`` writes the logs).
 """
@@ -26,23 +31,41 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, distinct, false, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Float,
+    and_,
+    case,
+    cast,
+    distinct,
+    false,
+    func,
+    literal,
+    select,
+)
 
 from lockstep.core.clock import utc
 from lockstep.store.log_stats import (
     ANSWERED,
+    LATENCY_CAP,
+    SERVER_ERROR,
+    USER_CAP,
     ArmStats,
     ClickThrough,
+    ClusterSums,
     ShadowStats,
     Window,
     is_impression,
     is_server_error,
+    require_cap,
 )
 from lockstep.store.schema import feedback_log, request_log, shadow_log
 
 __all__ = [
-    "ArmStats", "ClickThrough", "ShadowStats", "UserDay", "Window",
+    "ArmStats", "ClickThrough", "ClusterSums", "ShadowStats", "UserDay", "Window",
     "arm_stats", "click_through", "counted", "impression", "queries", "shadow_stats", "unpinned", "user_days",
+    "user_sums",
 ]
 
 CHUNK = 500  # request ids per IN (...) list: well under every driver's parameter limit
@@ -64,45 +87,78 @@ def impression() -> ColumnElement[bool]:
 
 
 def arm_stats(
-    engine: Engine, window: Window, versions: Iterable[str], *, clicks_until: datetime | None = None
+    engine: Engine, window: Window, versions: Iterable[str], *, clicks_until: datetime | None = None,
+    cap: int | None = USER_CAP, latency_cap: int | None = LATENCY_CAP,
 ) -> dict[str, ArmStats]:
-    """Requests, server errors, clicked impressions and latencies per version in the window."""
+    """Requests, server errors, clicked impressions, latencies and per-user sums per version in the window.
+
+    ``cap`` caps each user's impressions (and requests) in the per-user sums; ``latency_cap``
+    keeps at most that many latencies per user (the first, by time), so no single client
+    dominates the latency test. None means no cap.
+    """
+    require_cap("cap", cap)
+    require_cap("latency_cap", latency_cap)
     wanted = [str(v) for v in versions]
     in_window = _requests_in(window, request_log.c.model_version.in_(wanted))
     with engine.connect() as conn:
         rows = conn.execute(
-            select(request_log.c.model_version, request_log.c.status, request_log.c.latency_ms).where(in_window)
+            select(request_log.c.model_version, request_log.c.status, request_log.c.latency_ms, _unit())
+            .where(in_window).order_by(request_log.c.at, request_log.c.request_id)
         ).all()
         clicked = dict(conn.execute(_clicked_by_version(in_window, clicks_until)).all())
+        sums = _user_sums(conn, in_window, clicks_until, cap)
     requests: dict[str, int] = dict.fromkeys(wanted, 0)
     errors: dict[str, int] = dict.fromkeys(wanted, 0)
     declined: dict[str, int] = dict.fromkeys(wanted, 0)
     latencies: dict[str, list[float]] = {v: [] for v in wanted}
-    for version, status, latency in rows:
+    per_unit: dict[tuple[str, str], int] = {}
+    for version, status, latency, unit in rows:
         requests[version] += 1
         if is_server_error(status):
             errors[version] += 1
             continue
-        latencies[version].append(float(latency))
+        seen = per_unit.get((version, unit), 0)
+        if latency_cap is None or seen < latency_cap:
+            latencies[version].append(float(latency))
+            per_unit[(version, unit)] = seen + 1
         if not is_impression(status):
             declined[version] += 1
+    empty = (ClusterSums(), ClusterSums())
     return {
-        v: ArmStats(v, requests[v], errors[v], int(clicked.get(v, 0)), tuple(latencies[v]), declined[v])
+        v: ArmStats(v, requests[v], errors[v], int(clicked.get(v, 0)), tuple(latencies[v]), declined[v],
+                    *sums.get(v, empty))
         for v in wanted
     }
 
 
+def user_sums(
+    engine: Engine, window: Window, versions: Iterable[str], *, clicks_until: datetime | None = None,
+    cap: int | None = USER_CAP,
+) -> dict[str, tuple[ClusterSums, ClusterSums]]:
+    """Per version: the per-user sums of (clicked, impressions) and of (errors, requests), in one query."""
+    require_cap("cap", cap)
+    wanted = [str(v) for v in versions]
+    with engine.connect() as conn:
+        sums = _user_sums(conn, _requests_in(window, request_log.c.model_version.in_(wanted)), clicks_until, cap)
+    empty = (ClusterSums(), ClusterSums())
+    return {v: sums.get(v, empty) for v in wanted}
+
+
 def click_through(
-    engine: Engine, version: str, window: Window, *, clicks_until: datetime | None = None
+    engine: Engine, version: str, window: Window, *, clicks_until: datetime | None = None,
+    cap: int | None = USER_CAP,
 ) -> ClickThrough:
-    """Impressions and clicked impressions of one version in the window, counted in the database."""
+    """Impressions and clicked impressions of one version in the window, with their per-user sums."""
+    require_cap("cap", cap)
     in_window = _requests_in(window, request_log.c.model_version == str(version))
     with engine.connect() as conn:
         impressions = conn.execute(
             select(func.count()).select_from(request_log).where(in_window, impression())
         ).scalar()
         clicks = conn.execute(_clicked_by_version(in_window, clicks_until)).all()
-    return ClickThrough(impressions=int(impressions or 0), clicks=sum(int(n) for _, n in clicks))
+        sums = _user_sums(conn, in_window, clicks_until, cap)
+    clusters = sums.get(str(version), (ClusterSums(), ClusterSums()))[0]
+    return ClickThrough(impressions=int(impressions or 0), clicks=sum(int(n) for _, n in clicks), clusters=clusters)
 
 
 def queries(engine: Engine, window: Window) -> list[str]:
@@ -204,6 +260,82 @@ def user_days(engine: Engine, window: Window, *, clicks_until: datetime | None =
 def _requests_in(window: Window, *more: ColumnElement[bool]) -> ColumnElement[bool]:
     """The counted (unpinned, not holdback) request-log rows of the window (and ``more`` conditions)."""
     return and_(request_log.c.at >= window.start, request_log.c.at < window.end, counted(), *more)
+
+
+def _unit() -> ColumnElement[str]:
+    """The cluster of a request: its user, or the request itself when it has no user id.
+
+    The prefixes keep a user id that happens to equal some request id apart from it.
+    """
+    return func.coalesce(literal("u:") + request_log.c.user_id, literal("r:") + request_log.c.request_id).label("unit")
+
+
+def _user_sums(
+    conn: Any, in_window: ColumnElement[bool], clicks_until: datetime | None, cap: int | None
+) -> dict[str, tuple[ClusterSums, ClusterSums]]:
+    """(clicks, impressions) and (errors, requests) sums over users, per version: ONE query.
+
+    The inner queries flag each request and fold them per (version, user); the outer one
+    caps each user and sums per version, so the database returns a row per version, not
+    per request. (The user key is computed once, in the innermost query, so PostgreSQL
+    sees one grouping expression.)
+    """
+    on_click = [feedback_log.c.request_id == request_log.c.request_id, feedback_log.c.event == "click"]
+    if clicks_until is not None:
+        on_click.append(feedback_log.c.at <= utc(clicks_until))
+    was_clicked = select(feedback_log.c.id).where(*on_click).exists()
+    answered = impression()
+    per_request = (
+        select(
+            request_log.c.model_version.label("version"),
+            _unit(),
+            case((answered, 1), else_=0).label("n"),
+            case((and_(answered, was_clicked), 1), else_=0).label("x"),
+            case((request_log.c.status >= SERVER_ERROR, 1), else_=0).label("e"),
+        )
+        .where(in_window)
+        .subquery()
+    )
+    per_user = (
+        select(
+            per_request.c.version, per_request.c.unit,
+            func.sum(per_request.c.n).label("n"), func.sum(per_request.c.x).label("x"),
+            func.count().label("r"), func.sum(per_request.c.e).label("e"),
+        )
+        .group_by(per_request.c.version, per_request.c.unit)
+        .subquery()
+    )
+    columns = [*_capped_sums(per_user.c.x, per_user.c.n, cap, "c"), *_capped_sums(per_user.c.e, per_user.c.r, cap, "e")]
+    stmt = select(per_user.c.version, *columns).group_by(per_user.c.version)
+    result: dict[str, tuple[ClusterSums, ClusterSums]] = {}
+    for row in conn.execute(stmt):
+        values = [0 if v is None else v for v in row[1:]]
+        result[str(row[0])] = (_sums(values[:9]), _sums(values[9:]))
+    return result
+
+
+def _capped_sums(x: Any, n: Any, cap: int | None, prefix: str) -> list[Any]:
+    """The nine ``ClusterSums`` aggregates of per-user (x, n), each user capped at ``cap`` trials."""
+    x_float = cast(x, Float)
+    if cap is None:
+        n_c, x_c, cut = cast(n, Float), x_float, literal(0)
+    else:
+        n_c = case((n > cap, cast(literal(cap), Float)), else_=cast(n, Float))
+        x_c = case((n > cap, x_float * cap / cast(n, Float)), else_=x_float)
+        cut = case((n > cap, 1), else_=0)
+    return [
+        func.sum(case((n > 0, 1), else_=0)).label(f"{prefix}_k"),
+        func.sum(x_c).label(f"{prefix}_x"), func.sum(n_c).label(f"{prefix}_n"),
+        func.sum(x_c * x_c).label(f"{prefix}_xx"), func.sum(n_c * n_c).label(f"{prefix}_nn"),
+        func.sum(x_c * n_c).label(f"{prefix}_xn"),
+        func.sum(x).label(f"{prefix}_raw_x"), func.sum(n).label(f"{prefix}_raw_n"), func.sum(cut).label(f"{prefix}_cut"),
+    ]
+
+
+def _sums(values: Sequence[Any]) -> ClusterSums:
+    """A ClusterSums from the nine aggregates (drivers return int, float or Decimal)."""
+    k, x, n, xx, nn, xn, raw_x, raw_n, cut = values
+    return ClusterSums(int(k), float(x), float(n), float(xx), float(nn), float(xn), int(raw_x), int(raw_n), int(cut))
 
 
 def _clicked_by_version(in_window: ColumnElement[bool], clicks_until: datetime | None) -> Any:

@@ -14,6 +14,11 @@ is. Anything delivered and not acknowledged comes back after a crash:
 The source's ``key`` (scheme, host, port, stream; never the group or the password) is
 half of a message's identity in the store, so a redelivery is recognised whichever
 group or consumer gets it.
+
+A broker password reaches ``open_source`` as its ``password`` argument: the command line
+reads it from ``LOCKSTEP_STREAM_PASSWORD`` or ``--password-file`` and refuses one inside
+``--source``, where every user of the machine could read it (``ps``). Errors show a URL
+with its password masked.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
+from lockstep.core.config import STREAM_PASSWORD_ENV, mask_url
 from lockstep.core.errors import ConfigurationError, LockstepError
 from lockstep.streaming.messages import Message
 
@@ -79,34 +85,73 @@ class Source(Protocol):
 
 
 def parse_source_url(url: str) -> SourceURL:
-    """``redis://[[USER]:PASSWORD@]HOST[:PORT]/STREAM[?db=N]`` or ``kafka://HOST[:PORT]/TOPIC``, checked."""
+    """``redis://[[USER]:PASSWORD@]HOST[:PORT]/STREAM[?db=N]`` or ``kafka://HOST[:PORT]/TOPIC``, checked.
+
+    A password in the URL is accepted here (a library caller's URL stays in its process);
+    ``command_line_source_url`` refuses it. Errors name the URL with its password masked.
+    """
+    shown = mask_url(url)
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES:
-        raise SourceURLError(f"{url!r}: the scheme must be redis:// or kafka://, got {parts.scheme or 'none'!r}")
+        raise SourceURLError(f"{shown!r}: the scheme must be redis:// or kafka://, got {parts.scheme or 'none'!r}")
     if not parts.hostname:
-        raise SourceURLError(f"{url!r}: no host; use {parts.scheme}://HOST[:PORT]/STREAM")
+        raise SourceURLError(f"{shown!r}: no host; use {parts.scheme}://HOST[:PORT]/STREAM")
     try:
         port = parts.port or DEFAULT_PORTS[parts.scheme]
     except ValueError as exc:
-        raise SourceURLError(f"{url!r}: the port is not a number from 0 to 65535") from exc
+        raise SourceURLError(f"{shown!r}: the port is not a number from 0 to 65535") from exc
     stream = unquote(parts.path.lstrip("/"))
     if not stream:
-        raise SourceURLError(f"{url!r}: no stream name; use {parts.scheme}://HOST[:PORT]/STREAM")
+        raise SourceURLError(f"{shown!r}: no stream name; use {parts.scheme}://HOST[:PORT]/STREAM")
     source = SourceURL(parts.scheme, parts.hostname, port, stream, unquote(parts.password or "") or None,
                        _db(url, parts.query), unquote(parts.username or "") or None)
     if len(source.key) > MAX_KEY_CHARS:
-        raise SourceURLError(f"{url!r}: host and stream name are {len(source.key)} characters; the limit is {MAX_KEY_CHARS}")
+        raise SourceURLError(f"{shown!r}: host and stream name are {len(source.key)} characters; the limit is {MAX_KEY_CHARS}")
     if source.scheme == "kafka" and not _kafka_topic_ok(stream):
-        raise SourceURLError(f"{url!r}: {stream!r} is not a Kafka topic name (letters, digits, '.', '_', '-'; at most 249)")
+        raise SourceURLError(f"{shown!r}: {stream!r} is not a Kafka topic name (letters, digits, '.', '_', '-'; at most 249)")
     return source
+
+
+def command_line_source_url(url: str) -> SourceURL:
+    """A ``--source`` URL, checked, which must not carry a password (it would show in ``ps``)."""
+    where = parse_source_url(url)
+    if where.password is not None:
+        raise SourceURLError(
+            f"{mask_url(url)!r}: the password is in the URL, where every user of the machine can read it in the "
+            f"process list; leave it out of --source and give it in {STREAM_PASSWORD_ENV} or --password-file FILE")
+    return where
+
+
+def read_password_file(path: str) -> str:
+    """The password in ``path``: its first line, without the line end; an unreadable or empty file is an error."""
+    from pathlib import Path
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"--password-file {path!r} cannot be read ({type(exc).__name__}: {exc})") from exc
+    lines = text.splitlines()
+    password = lines[0].rstrip("\r") if lines else ""
+    if not password:
+        raise ConfigurationError(f"--password-file {path!r}: the first line is empty; put the password there")
+    return password
 
 
 def open_source(
     url: str, *, group: str, consumer: str, dead_letter: str | None = None, field: str = "data",
-    claim_idle_ms: int = 60_000,
+    claim_idle_ms: int = 60_000, password: str | None = None,
 ) -> Source:
-    """Connect to the stream of ``url`` as ``consumer`` of ``group`` (creating the group when missing)."""
+    """Connect to the stream of ``url`` as ``consumer`` of ``group`` (creating the group when missing).
+
+    ``password`` (when given) is the broker's: it replaces one in the URL. Kafka sources
+    connect without SASL, so a password for one is refused rather than ignored.
+    """
     where = parse_source_url(url)
+    if password is not None:
+        where = replace(where, password=password)
+    if where.scheme == "kafka" and where.password is not None:
+        raise ConfigurationError(f"{where.key}: Kafka sources take no password (the loader connects without SASL); "
+                                 f"unset {STREAM_PASSWORD_ENV} or --password-file for it")
     if where.scheme == "redis":
         return RedisSource(where, group=group, consumer=consumer, dead_letter=dead_letter, field=field,
                            claim_idle_ms=claim_idle_ms)
@@ -118,7 +163,7 @@ def _db(url: str, query: str) -> int:
         return 0
     key, _, value = query.partition("=")
     if key != "db" or not value.isdigit():
-        raise SourceURLError(f"{url!r}: the only query option is db=N (a Redis database number)")
+        raise SourceURLError(f"{mask_url(url)!r}: the only query option is db=N (a Redis database number)")
     return int(value)
 
 
@@ -162,6 +207,9 @@ class RedisSource:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise LockstepError(f"{self.key}: cannot create consumer group {self.group!r} ({exc})") from exc
+        except redis.AuthenticationError as exc:
+            raise ConfigurationError(f"Redis for {self.key} refused the login ({exc}); give the password in "
+                                     f"{STREAM_PASSWORD_ENV} or --password-file FILE") from exc
         except redis.ConnectionError as exc:
             raise ConfigurationError(f"cannot reach Redis for {self.key} ({exc})") from exc
 
