@@ -45,3 +45,7 @@ class RegistryError(LockstepError):
 
 class NotFittedError(LockstepError):
     """A model was asked to embed before it was fitted."""
+
+
+class UnsafePathError(LockstepError, ValueError):
+    """A value that becomes a path (digest, version, file name, folder) is malformed or points outside its root."""

@@ -23,6 +23,7 @@ from lockstep.core.atomic import atomic_path, atomic_write
 from lockstep.core.errors import (
     IndexIntegrityError,
     LockstepError,
+    UnsafePathError,
 )
 from lockstep.index.vector_index import IndexSpec, VectorIndex
 from lockstep.store.records import Record
@@ -92,10 +93,27 @@ def build_shard_columns(
     return ShardResult(shard, str(vec_path), len(ids), skipped=False)
 
 
+MAX_SHARD = 999_999  # far above any build (tens of shards at 1M records): a bound on a value from a DAG
+
+
 def shard_paths(shards_dir: str | Path, shard: int) -> tuple[Path, Path]:
-    """The vectors (.npy) and metadata (.json: ids, key, checksum) of one partial index."""
+    """The vectors (.npy) and metadata (.json: ids, key, checksum) of one partial index.
+
+    ``shard`` arrives from a DAG's task mapping, so it must be an int in 0..``MAX_SHARD``.
+    """
+    if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard <= MAX_SHARD:
+        raise UnsafePathError(f"shard number {shard!r} must be an integer from 0 to {MAX_SHARD}")
     stem = Path(shards_dir) / f"shard-{shard:05d}"
     return stem.with_suffix(".npy"), stem.with_suffix(".json")
+
+
+def shard_files(shards_dir: str | Path, shards: Iterable[int]) -> list[Path]:
+    """The vector files of these shard numbers in ``shards_dir``: what a merge reads.
+
+    Rebuilt from the shard numbers rather than taken from a task's result, so a path
+    handed along between tasks can never make the merge read a file elsewhere.
+    """
+    return [shard_paths(shards_dir, shard)[0] for shard in shards]
 
 
 def merge_shards(shard_paths: Iterable[str | Path], spec: IndexSpec | None = None) -> VectorIndex:
@@ -148,8 +166,11 @@ def build_index(
 
 
 def clear_shards(location: str | Path) -> None:
+    """Remove a version's scratch folder; a ``shards`` that is a symlink loses the link only."""
     shards_dir = Path(location) / "shards"
-    if shards_dir.exists():
+    if shards_dir.is_symlink():
+        shards_dir.unlink()  # never follow it: whatever it points to is not this version's
+    elif shards_dir.exists():
         shutil.rmtree(shards_dir)
 
 

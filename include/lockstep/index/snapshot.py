@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from lockstep.core.errors import LockstepError
+from lockstep.core.errors import LockstepError, UnsafePathError
 from lockstep.store.records import RecordStore, SnapshotChunk
 
 # --- shard size ----------------------------------------------------------------------------------
@@ -120,4 +120,12 @@ def _open_snapshot(path: Path):
 
 
 def snapshot_name(seq: int, shard_size: int) -> str:
+    """The snapshot's file name; both numbers come from tasks' results, so they must be plain ints."""
+    _check_int("snapshot sequence", seq, 0)
+    _check_int("shard size", shard_size, 1)
     return f"snapshot-{seq}-{shard_size}.parquet"
+
+
+def _check_int(what: str, value: object, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UnsafePathError(f"{what} {value!r} must be an integer of at least {least}")

@@ -26,14 +26,15 @@ in its note; a rerun starts over and reuses the finished shards.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lockstep.core import paths
 from lockstep.core.errors import LockstepError
 from lockstep.index.catch_up import catch_up
 from lockstep.index.manifest import Manifest
-from lockstep.index.shards import build_shard_columns, clear_shards, merge_shards
+from lockstep.index.shards import build_shard_columns, clear_shards, merge_shards, shard_files
 from lockstep.index.snapshot import (
     DEFAULT_TARGET_SHARDS,
     read_snapshot_shard,
@@ -54,6 +55,16 @@ class SlotPlan:
     model_uri: str
     fingerprint: str
     location: str
+    model_sha256: str = ""  # digest of the local model copy ``prepare`` wrote: the shard tasks' trust anchor
+
+    def __post_init__(self) -> None:
+        """A plan travels between tasks (XCom): its version and folder are checked wherever it is rebuilt."""
+        from lockstep.index.storage import store_root
+
+        paths.version_number(self.model_version, "the plan's model version")
+        paths.within(store_root(), self.location, what="the plan's index location")
+        if self.model_sha256:
+            paths.digest(self.model_sha256, "the plan's model digest")
 
 
 def plan_slot(registry, version: str | int) -> SlotPlan:
@@ -89,9 +100,10 @@ def prepare(version: str | int, registry=None, engine=None) -> dict[str, Any]:
     routing.register_slot(
         plan.model_version, plan.model_uri, plan.location, plan.fingerprint, state="loading", engine=engine
     )
-    # One download from the registry; every shard task then loads this local copy.
-    registry.load_embedder(plan.model_version).save(_model_file(plan))
-    return asdict(plan)
+    # One download from the registry; every shard task then loads this local copy, checked
+    # against the digest recorded here (in the plan, not beside the copy).
+    saved = registry.load_embedder(plan.model_version).save(_model_file(plan))
+    return asdict(replace(plan, model_sha256=_local_digest(Path(saved))))
 
 
 def dag_target_shards() -> int:
@@ -260,7 +272,8 @@ def merge_and_save(
     got = {s["shard"] for s in shards}
     if got != expected:
         raise LockstepError(f"shards missing from the merge: {sorted(expected - got)}")
-    index = merge_shards([s["path"] for s in shards], resolve_spec(spec, snap["records"], embedder.dim_))
+    files = shard_files(Path(p.location) / "shards", sorted(got))
+    index = merge_shards(files, resolve_spec(spec, snap["records"], embedder.dim_))
     applied = catch_up(index, embedder, store, snap["seq"])
     manifest = save_index(
         index, p.location, model_name=p.model_name, model_version=p.model_version,
@@ -302,7 +315,8 @@ def _manifest_extra(location: str) -> dict[str, Any]:
 
 
 def _snapshot_path(plan: SlotPlan, snap: dict[str, Any]) -> Path:
-    return Path(plan.location) / "shards" / snap.get("file", snapshot_name(snap["seq"], snap["shard_size"]))
+    name = snap.get("file") or snapshot_name(snap["seq"], snap["shard_size"])
+    return Path(plan.location) / "shards" / paths.name(name, "snapshot file name")
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -325,12 +339,21 @@ def load_embedder(plan: SlotPlan):
     from lockstep.model.registry import Registry
 
     path = _model_file(plan)
-    model = load_model_file(path) if path.exists() else None
+    # Never trusted by a sidecar beside it: the digest prepare recorded, else the registry.
+    model = load_model_file(path, expected_sha256=plan.model_sha256) if plan.model_sha256 and path.exists() else None
     if model is None or model.fingerprint != plan.fingerprint:
         model = Registry().load_embedder(plan.model_version)
     _EMBEDDERS.clear()
     _EMBEDDERS[key] = model
     return model
+
+
+def _local_digest(path: Path) -> str:
+    """The digest ``load_model_file`` checks: content digest of a directory, sha256 of a file."""
+    from lockstep.model.embedding import file_sha256
+    from lockstep.model.pyfunc_embedder import directory_digest
+
+    return directory_digest(path) if path.is_dir() else file_sha256(path)
 
 
 _EMBEDDERS: dict[tuple[str, str], Any] = {}

@@ -31,13 +31,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lockstep.core import clock
+from lockstep.core import clock, paths
 from lockstep.core.atomic import atomic_write
 from lockstep.core.errors import (
     ConfigurationError,
     FingerprintMismatchError,
     IndexIntegrityError,
-    LockstepError,
+    UnsafePathError,
 )
 from lockstep.index.manifest import (
     MANIFEST,
@@ -80,10 +80,17 @@ def store_root(store: str | None = None) -> Path:
 
 
 def index_location(model_name: str, model_version: str | int, store: str | None = None) -> Path:
-    return store_root(store) / _safe(model_name) / f"v{model_version}"
+    """``<store>/<model name>/v<version>``, resolved and confined to the store.
+
+    The version comes from the registry, a DAG Param or the command line, so it must be
+    a plain positive integer (``core.paths.version_number``): ``"1/../.."`` or ``"../x"``
+    never becomes a folder, and a model folder that is a symlink out of the store is refused.
+    """
+    version = paths.version_number(model_version, f"model version of {model_name!r}")
+    return paths.inside(store_root(store), _safe(model_name), f"v{version}", what="index location")
 
 
-class UnsafeIndexPathError(LockstepError):
+class UnsafeIndexPathError(UnsafePathError):
     """A path handed to the index store points outside it (or is not an index version folder)."""
 
 
@@ -99,16 +106,18 @@ def delete_index_version(location: str | Path, store: str | None = None) -> bool
     raw = str(location)
     if "://" in raw and not raw.startswith("file://"):
         raise UnsafeIndexPathError(f"refusing to delete {raw!r}: not a local path inside the index store {root}")
+    if "\0" in raw:
+        raise UnsafeIndexPathError(f"refusing to delete {raw!r}: it contains a NUL byte")
     given = Path(raw.removeprefix("file://")).expanduser()
     if not given.is_absolute():
         raise UnsafeIndexPathError(f"refusing to delete {raw!r}: an index location must be an absolute path")
     if given.is_symlink():
         raise UnsafeIndexPathError(f"refusing to delete {raw!r}: it is a symbolic link, not an index version folder")
     path = given.resolve()
-    if not path.is_relative_to(root) or len(path.relative_to(root).parts) != 2:
+    if not path.is_relative_to(root) or len(path.relative_to(root).parts) != 2 or not _is_version_folder(path.name):
         raise UnsafeIndexPathError(
             f"refusing to delete {raw!r}: it resolves to {path}, which is not an index version folder "
-            f"<store>/<model>/<version> inside LOCKSTEP_INDEX_STORE={root}"
+            f"<store>/<model>/v<version> inside LOCKSTEP_INDEX_STORE={root}"
         )
     if not path.exists():
         return False
@@ -118,11 +127,20 @@ def delete_index_version(location: str | Path, store: str | None = None) -> bool
     return True
 
 
+def _is_version_folder(folder: str) -> bool:
+    """``v<positive integer>``: the only folder names ``index_location`` makes."""
+    try:
+        paths.version_number(folder.removeprefix("v"))
+    except UnsafePathError:
+        return False
+    return folder.startswith("v")
+
+
 def _safe(name: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     if not cleaned or cleaned.startswith("."):
         raise ConfigurationError(f"model name {name!r} cannot be used as a folder name")
-    return cleaned
+    return paths.name(cleaned, f"model name {name!r} as a folder name")
 
 
 # --- save and load -------------------------------------------------------------------------
@@ -207,13 +225,14 @@ def load_index(location: str | Path, *, expected_fingerprint: str | None = None,
             f"(fingerprint {manifest.fingerprint}) but is being paired with model {model_label or '?'} "
             f"(fingerprint {expected_fingerprint}); queries and records would be in different vector spaces"
         )
-    ids_blob = _read_verified(location / manifest.ids_file, manifest.ids_sha256)
+    ids_path, index_path = _data_file(location, manifest.ids_file), _data_file(location, manifest.index_file)
+    ids_blob = _read_verified(ids_path, manifest.ids_sha256)
     try:
         mapping = json.loads(ids_blob)
     except ValueError as exc:
-        raise IndexIntegrityError(f"{location / manifest.ids_file} is not valid JSON: {exc}") from exc
+        raise IndexIntegrityError(f"{ids_path} is not valid JSON: {exc}") from exc
     del ids_blob
-    with _mapped_verified(location / manifest.index_file, manifest.index_sha256) as blob:
+    with _mapped_verified(index_path, manifest.index_sha256) as blob:
         try:
             index = VectorIndex.from_state(blob, mapping)
         except Exception as exc:
@@ -228,8 +247,22 @@ def verify_index_files(location: str | Path) -> Manifest:
     """Check the checksums of an index version without loading it into FAISS."""
     manifest = read_manifest(location)
     for name, sha in ((manifest.index_file, manifest.index_sha256), (manifest.ids_file, manifest.ids_sha256)):
-        _check_sha(Path(location) / name, sha, _sha256_file(Path(location) / name))
+        path = _data_file(Path(location), name)
+        _check_sha(path, sha, _sha256_file(path))
     return manifest
+
+
+def _data_file(location: Path, name: str) -> Path:
+    """A data file the manifest names, confined to the version folder.
+
+    ``read_manifest`` already refuses names with separators or ``..``; this also refuses a
+    data file that is a symlink out of the folder, so a manifest never makes Lockstep read
+    (or map into memory) a file elsewhere.
+    """
+    try:
+        return paths.inside(location, name, what=f"data file of the index at {location}")
+    except UnsafePathError as exc:
+        raise IndexIntegrityError(f"{exc}; rebuild the index version") from exc
 
 
 def _write_faiss_file(index: VectorIndex, location: Path) -> tuple[str, str, dict[str, Any]]:

@@ -16,6 +16,14 @@ deserialised before its sha256 is checked: ``save`` writes a ``<file>.sha256`` s
 trusts (``expected_sha256``, e.g. the registry's ``lockstep.model_sha256`` tag) or, when
 none is given, with the sidecar. A file with neither is refused.
 
+What each check proves: the sidecar lies in the same folder as the file, so it only
+proves the file is whole (not torn, truncated or corrupted); whoever can write that
+folder can replace both, so it is no trust anchor. A registered model is always loaded
+against a digest kept outside its folder: the registry's tag (``Registry.load_embedder``,
+``importing.load_imported``), or the digest the re-embed's ``prepare`` task recorded in
+its plan for the local copy it wrote (``index.steps``). The sidecar alone vouches only
+for files a person saves and names locally (a ``lockstep train`` output, a local-file slot).
+
 The file holds no Lockstep class: a dict of plain values and the fitted scikit-learn
 parts as one ``Pipeline`` (TF-IDF, SVD, L2 ``Normalizer``), so the MLflow model
 (``lockstep.model.pyfunc_model``) loads and runs it with scikit-learn alone, in an
@@ -36,7 +44,8 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from lockstep.core.errors import LockstepError, NotFittedError
+from lockstep.core import paths
+from lockstep.core.errors import LockstepError, NotFittedError, UnsafePathError
 
 FORMAT_VERSION = 1  # of the vector space's description in the fingerprint, not of the file
 FILE_FORMAT = "lockstep.text-embedder/2"  # a dict of plain values and a scikit-learn Pipeline
@@ -355,10 +364,11 @@ def _expected_digest(path: Path, expected_sha256: str | None) -> tuple[str, str]
 
 
 def _normal_digest(value: str, source: str) -> str:
-    hexdigest = value.strip().lower().removeprefix("sha256:")
-    if len(hexdigest) != 64 or any(c not in "0123456789abcdef" for c in hexdigest):
-        raise ModelIntegrityError(f"{source} {value!r} is not a sha256 (64 hex digits, optionally 'sha256:' first)")
-    return "sha256:" + hexdigest
+    """``value`` as 'sha256:<hex>' (``core.paths.digest``), or a ``ModelIntegrityError`` naming ``source``."""
+    try:
+        return paths.digest(value, source)
+    except UnsafePathError as exc:
+        raise ModelIntegrityError(str(exc)) from exc
 
 
 def _l2_normalise(x: np.ndarray) -> np.ndarray:

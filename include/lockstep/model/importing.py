@@ -8,16 +8,21 @@ content digest, ``lockstep.family=imported``) and with the source URI. From then
 is a version like any other: the re-embed builds its index, the rollout stages it,
 serving pairs it with that index only.
 
-Loading keeps a verified copy under ``$LOCKSTEP_HOME/cache/models/<digest>``: a
+Loading keeps a verified copy under ``$LOCKSTEP_HOME/cache/models/<digest[:32]>``: a
 pyfunc model may read its files lazily, so it cannot live in a temporary folder, and a
-serving replica that restarts should not download it again. The copy is checked
-against the registry's digest on every load (``PyfuncEmbedder.load``).
+serving replica that restarts should not download it again. The registry's
+``lockstep.model_sha256`` tag is the trust anchor: it is checked to be a sha256 before it
+names a folder (``core.paths``), a download must hash to it before it enters the cache,
+and the cached copy is compared with it on every load (``PyfuncEmbedder.load``); the
+``lockstep.json`` beside a copy is never consulted on that path.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,8 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 
+from lockstep.core import paths
 from lockstep.core.config import settings
 from lockstep.core.errors import RegistryError
+from lockstep.model.embedding import ModelIntegrityError
 from lockstep.model.pyfunc_embedder import (
     ModelContractError,
     PyfuncEmbedder,
@@ -68,7 +75,8 @@ def import_model(
     )
 
     with tempfile.TemporaryDirectory(prefix="lockstep-import-") as tmp:
-        local = _fetch(model_uri, Path(tmp) / MODEL_PATH_IN_RUN, registry.tracking_uri)
+        with registry._scoped():  # MLflow resolves a models:/ URI through its process-wide URIs, not the argument
+            local = _fetch(model_uri, Path(tmp) / MODEL_PATH_IN_RUN, registry.tracking_uri)
         probe = check_contract(_load_pyfunc(local))
         write_probe(local, probe)
         version_tags = {
@@ -98,30 +106,72 @@ def _description(model_uri: str, tags: Mapping[str, str], probes: int) -> str:
 
 
 def load_imported(registry: Registry, info: ModelVersionInfo, expected_sha256: str) -> PyfuncEmbedder:
-    """The imported version from the local cache (downloaded once), checked on every load."""
-    folder = settings().cache_dir / "models" / expected_sha256.removeprefix("sha256:")[:32]
-    if not folder.is_dir() or directory_digest(folder) != expected_sha256:
-        _download_into(registry, info, folder, expected_sha256)
-    return PyfuncEmbedder.load(folder, expected_sha256=expected_sha256)
+    """The imported version from the local cache (downloaded once), checked on every load.
+
+    The registry's ``lockstep.model_sha256`` tag is the only trust anchor: it names the
+    cache folder, so it is checked to be a sha256 before any path is made from it (a tag
+    like ``sha256:../../../indexes`` is refused here, before anything is read or removed),
+    and the folder's content is compared with it on every load. Whatever sits in the
+    cache (its files, its ``lockstep.json``) vouches for nothing: a copy that does not
+    hash to the tag is downloaded again.
+    """
+    from lockstep.model.registry import TAG_MODEL_SHA256
+
+    trusted = paths.digest(expected_sha256, f"tag {TAG_MODEL_SHA256} of version {info.version}")
+    folder = _cache_folder(trusted)
+    if not folder.is_dir() or directory_digest(folder) != trusted:
+        _download_into(registry, info, folder, trusted)
+    return PyfuncEmbedder.load(folder, expected_sha256=trusted)
+
+
+def _cache_folder(trusted: str) -> Path:
+    """``<cache>/models/<digest[:32]>``, confined to the cache; a symlink planted there is removed, not followed."""
+    root = settings().cache_dir / "models"
+    entry = root / paths.hex_digest(trusted)[:32]
+    if entry.is_symlink():
+        entry.unlink()  # the link itself; whatever it points to is left alone
+    return paths.inside(root, entry.name, what="model cache folder")
 
 
 def _fetch(model_uri: str, dest: Path, tracking_uri: str) -> Path:
-    """The model directory behind a URI, copied to ``dest`` (never the user's own folder)."""
-    source = Path(model_uri.removeprefix("file://")).expanduser()
-    if model_uri.startswith("file://") or (":" not in model_uri.split("/")[0] and source.exists()):
+    """The model directory behind a URI, copied to ``dest`` (never the user's own folder).
+
+    MLflow downloads into a fresh empty folder beside ``dest`` and that download is moved
+    to ``dest``: a ``models:/m-<id>`` URI (a LoggedModel) lands in the folder itself,
+    a ``runs:/<id>/<path>`` one in a subfolder, and neither may be renamed into its own child.
+    """
+    source = _local_source(model_uri)
+    if source is not None:
         if not (source / "MLmodel").is_file():
             raise ModelContractError(f"{source} is not an MLflow model directory (it has no MLmodel file)")
         shutil.copytree(source, dest)
         return dest
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
     try:
-        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest.parent), tracking_uri=tracking_uri))
-    except Exception as exc:  # MLflow raises MlflowException, OSError or its own for a bad URI
-        raise ModelContractError(f"could not fetch the model at {model_uri!r}: {exc}") from exc
-    if not (got / "MLmodel").is_file():
-        raise ModelContractError(f"{model_uri!r} is not an MLflow model (no MLmodel file at that location)")
-    if got != dest:
+        try:
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(staging), tracking_uri=tracking_uri))
+        except Exception as exc:  # MLflow raises MlflowException, OSError or its own for a bad URI
+            raise ModelContractError(f"could not fetch the model at {model_uri!r}: {exc}") from exc
+        got = paths.within(staging, got, what=f"the download of {model_uri!r}")
+        if not (got / "MLmodel").is_file():
+            raise ModelContractError(f"{model_uri!r} is not an MLflow model (no MLmodel file at that location)")
         got.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return dest
+
+
+def _local_source(model_uri: str) -> Path | None:
+    """The folder a local path or ``file:`` URI names; None for a URI MLflow must resolve."""
+    parsed = urllib.parse.urlparse(model_uri)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ModelContractError(f"{model_uri!r} names another host; only local file: URIs can be imported")
+        return Path(urllib.request.url2pathname(parsed.path))
+    source = Path(model_uri).expanduser()
+    if ":" not in model_uri.split("/")[0] and source.exists():
+        return source
+    return None
 
 
 def _register(registry: Registry, local: Path, tags: dict[str, str]) -> str:
@@ -146,22 +196,34 @@ def _register(registry: Registry, local: Path, tags: dict[str, str]) -> str:
     return str(mv.version)
 
 
-def _download_into(registry: Registry, info: Any, folder: Path, expected_sha256: str) -> None:
-    """Download beside ``folder`` and rename into place, so a reader never sees half a model.
+def _download_into(registry: Registry, info: Any, folder: Path, trusted: str) -> None:
+    """Download beside ``folder``, check it against ``trusted``, and rename it into place.
 
-    Two processes may download at once: the first rename wins, and a folder already in
-    place that matches the digest is never removed (another process may be loading it).
+    A reader never sees half a model, and a download that does not hash to the registry's
+    digest never takes the cache's place. ``folder`` is confined to the cache
+    (``_cache_folder``), and so is what the download returns. Two processes may download
+    at once: the first rename wins, and a folder already in place that matches the
+    digest is never removed (another process may be loading it).
     """
+    from lockstep.model.registry import TAG_MODEL_SHA256
+
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}"
     try:
-        local = registry.download_version(info, staging)
-        if folder.is_dir() and directory_digest(folder) != expected_sha256:
-            shutil.rmtree(folder, ignore_errors=True)  # a stale or damaged copy
+        local = paths.within(staging, registry.download_version(info, staging), what="the downloaded model")
+        got = directory_digest(local)
+        if got != trusted:
+            raise ModelIntegrityError(
+                f"version {info.version} as downloaded from the registry has content digest {got}, but its "
+                f"{TAG_MODEL_SHA256} tag says {trusted}: the artifact or the tag was changed after registration; "
+                "it was not loaded (import the model again)"
+            )
+        if folder.is_dir() and directory_digest(folder) != trusted:
+            shutil.rmtree(folder, ignore_errors=True)  # a stale, damaged or tampered copy, inside the cache
         try:
             local.rename(folder)
         except OSError:  # another process put a copy in place meanwhile
-            if directory_digest(folder) != expected_sha256:
+            if directory_digest(folder) != trusted:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -20,8 +20,10 @@ probe set is embedded again at every load and compared with the stored embedding
 so the comparison is by tolerance, and the stored, exact values enter the hash).
 
 Nothing runs before the check: loading a pyfunc model unpickles and imports its code,
-so the directory's digest is compared with the trusted one (the registry's
-``lockstep.model_sha256`` tag, or the ``lockstep.json`` Lockstep wrote beside it) first.
+so the directory's digest is compared with the trusted one first: the registry's
+``lockstep.model_sha256`` tag for every registered version, or, for a local copy a person
+saved, the ``lockstep.json`` Lockstep wrote beside it (which proves the copy whole, not
+untampered: it lies in the same folder). The directory must hold regular files only.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from lockstep.core.errors import FingerprintMismatchError, LockstepError
+from lockstep.core import paths
+from lockstep.core.errors import FingerprintMismatchError, LockstepError, UnsafePathError
 from lockstep.model.embedding import ModelIntegrityError
 
 PROBE_FILE = "lockstep_probe.npy"  # the probe set's embeddings at import, inside the model directory
@@ -121,12 +124,17 @@ class PyfuncEmbedder:
 
         ``expected_sha256`` is the digest the caller trusts (the registry tag); without it
         the ``lockstep.json`` that ``save`` wrote is used. Refused (nothing imported or
-        unpickled) when neither is there or the content differs.
+        unpickled) when neither is there or the content differs. ``lockstep.json`` lies in
+        the folder it vouches for, so it catches a damaged copy, not a tampered one: every
+        registered version is loaded with the registry's digest (``importing.load_imported``).
         """
         path = Path(path)
-        expected = expected_sha256 or _meta_digest(path)
+        if expected_sha256 is not None:
+            expected = _trusted(expected_sha256, "the expected sha256")
+        else:
+            expected = _trusted(_meta_digest(path), f"the digest in {path / META_FILE}")
         digest = directory_digest(path)
-        if digest != "sha256:" + expected.lower().removeprefix("sha256:"):
+        if digest != expected:
             raise ModelIntegrityError(
                 f"model directory {path} fails its checksum: its content digest is {digest}, "
                 f"the trusted one is {expected}; it was changed after registration, so it was not loaded"
@@ -232,8 +240,19 @@ def write_probe(model_dir: Path, probe: np.ndarray) -> None:
 
 
 def _digest(root: Path, exclude: set[str]) -> str:
+    """sha256 over the directory's regular files; a symlink in it is refused, never followed.
+
+    A link could make the digest (and then the model) read a file outside the folder,
+    one that changes without the folder changing.
+    """
     if not root.is_dir():
         raise ModelIntegrityError(f"model directory {root} does not exist")
+    links = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_symlink())
+    if links:
+        raise ModelIntegrityError(
+            f"model directory {root} holds symbolic links ({', '.join(links[:5])}); a model directory "
+            "must hold regular files only, so it was not loaded"
+        )
     h = hashlib.sha256()
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = file.relative_to(root).as_posix()
@@ -247,6 +266,14 @@ def _digest(root: Path, exclude: set[str]) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def _trusted(value: object, source: str) -> str:
+    """A digest to compare with, checked to be a sha256 (``core.paths.digest``)."""
+    try:
+        return paths.digest(value, source)
+    except UnsafePathError as exc:
+        raise ModelIntegrityError(f"model directory cannot be verified: {exc}") from exc
+
+
 def _meta_digest(path: Path) -> str:
     meta = path / META_FILE
     if not meta.is_file():
@@ -254,7 +281,10 @@ def _meta_digest(path: Path) -> str:
             f"model directory {path} has no trusted digest: no expected sha256 was given and it has "
             f"no {META_FILE}, so it was not loaded"
         )
-    return str(json.loads(meta.read_text(encoding="utf-8"))["digest"])
+    try:
+        return str(json.loads(meta.read_text(encoding="utf-8"))["digest"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelIntegrityError(f"{meta} is not a valid {META_FILE} (no digest in it), so {path} was not loaded") from exc
 
 
 def _load_pyfunc(path: Path) -> Any:
