@@ -164,31 +164,10 @@ def start_replica(env: dict[str, str], port: int) -> tuple[subprocess.Popen, int
 
 
 def start_nginx(home: Path, upstream: int, listen: int) -> subprocess.Popen:
-    """``deploy/nginx.conf`` with only its addresses changed for loopback."""
-    text = (ROOT / "deploy" / "nginx.conf").read_text()
-    text = text.replace("worker_processes auto;", "worker_processes 1;")
-    text = text.replace("access_log /dev/stdout;", "access_log off;")
-    text = text.replace("error_log stderr warn;", f"error_log {home / 'nginx-error.log'} warn;")
-    text = "\n".join(line for line in text.splitlines() if not line.strip().startswith(("resolver ", "resolver_timeout")))
-    text = text.replace("set $lockstep_serving lockstep-serving;", "set $lockstep_serving 127.0.0.1;")
-    text = text.replace("$lockstep_serving:8000;", f"$lockstep_serving:{upstream};")
-    text = text.replace("listen 8080;", f"listen 127.0.0.1:{listen};")
-    conf = home / "nginx.conf"
-    conf.write_text(text)
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(home), "-e", str(home / "nginx-error.log"),
-                             "-g", f"daemon off; pid {home / 'nginx.pid'};"])
-    import httpx
+    """``deploy/nginx.conf`` with only its addresses changed for loopback (its real limits)."""
+    from tests.compose.helpers import start_loopback_nginx
 
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{listen}/nginx-health", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"nginx did not start: {(home / 'nginx-error.log').read_text()[-2000:]}")
+    return start_loopback_nginx(home, upstream, listen)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,16 @@ def test_one_lifecycle_through_the_command_line(tmp_path, corpus_file):
     trained = _lockstep(home, "train", "--dim", "32", "--fit-sample", "300")
     assert "registered lockstep-embedder v1 (challenger)" in trained.stdout
 
+    # A reviewer's decision from the command line records who decided; a blank name is refused.
+    assert _lockstep(home, "review", "approve", "1", "--by", "alice").stdout == "lockstep-embedder version 1: approved by alice\n"
+    blank = _lockstep(home, "review", "reject", "1", "--by", " ", check=False)
+    assert blank.returncode == 1 and blank.stderr.startswith("error: reviewer '': give a user name")
+    from lockstep.model.registry import Registry
+
+    tags = Registry(tracking_uri=f"sqlite:///{home / 'mlflow.db'}", artifact_root=home / "mlartifacts").get_version("1").tags
+    assert (tags["lockstep.review"], tags["lockstep.review.by"], tags["lockstep.review.via"]) == ("approved", "alice", "mlflow")
+    assert _lockstep(home, "review", "approve", "0", check=False).returncode == 2  # versions start at 1
+
     built = json.loads(_lockstep(home, "index", "build", "--model-version", "1").stdout)
     shown = json.loads(_lockstep(home, "index", "show", "--model-version", "1").stdout)
     assert shown["record_count"] == 600 and shown["index_type"] == "flat"  # below LOCKSTEP_ANN_THRESHOLD

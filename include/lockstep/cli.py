@@ -32,11 +32,13 @@ index_app = typer.Typer(help="Build and inspect index versions.", no_args_is_hel
 routing_app = typer.Typer(help="Read or change the serving routing table.", no_args_is_help=True)
 db_app = typer.Typer(help="Lockstep's own database: schema migrations.", no_args_is_help=True)
 model_app = typer.Typer(help="Registered model versions: import a model trained elsewhere.", no_args_is_help=True)
+review_app = typer.Typer(help="Review a candidate version: the decision a rollout's review step waits for.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(index_app, name="index")
 app.add_typer(routing_app, name="routing")
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
+app.add_typer(review_app, name="review")
 # Issue 13's commands: each group's commands are at the end of this file.
 holdback_app = typer.Typer(help="The long-term holdback group: users frozen on a version; its lift.", no_args_is_help=True)
 stream_app = typer.Typer(help="The streaming loader: record changes from a broker stream.", no_args_is_help=True)
@@ -433,7 +435,7 @@ def drift_check(
 def model_import(
     model_uri: Annotated[
         str,
-        typer.Option("--model-uri", help="runs:/<id>/<path>, models:/<name>/<version>, models:/<model_id> or a local MLflow model folder."),
+        typer.Option("--model-uri", help="models:/m-<id> (a LoggedModel), models:/<name>/<version>, models:/<name>@<alias>, runs:/<id>/<path>, file:// or a local MLflow model folder."),
     ],
     challenger: Annotated[bool, typer.Option(help="Point alias 'challenger' at the new version.")] = True,
 ) -> None:
@@ -453,6 +455,35 @@ def model_import(
         f"registered {registry.model_name} version {info.version} (dim {info.dim}, {info.fingerprint[:19]}...)"
         + (", alias challenger" if challenger else "")
     )
+
+
+ReviewerOption = Annotated[
+    str | None,
+    typer.Option("--by", help="Who decides (default: MLFLOW_TRACKING_USERNAME, else the OS user); recorded as lockstep.review.by."),
+]
+ReviewVersion = Annotated[int, typer.Argument(min=1, help="The model version under review.")]
+
+
+def _review(version: int, decision: str, by: str | None, system: str | None) -> None:
+    """Tag the decision with its reviewer, as a reviewer in the MLflow UI would (reviewer first)."""
+    _use_system(system)
+    from lockstep.model.registry import TAG_REVIEW_BY, Registry
+
+    registry = Registry()
+    info = registry.set_review(version, decision, by=by)
+    typer.echo(f"{registry.model_name} version {info.version}: {decision} by {info.tags[TAG_REVIEW_BY]}")
+
+
+@review_app.command("approve")
+def review_approve(version: ReviewVersion, by: ReviewerOption = None, system: SystemOption = None) -> None:
+    """Approve a candidate: a rollout waiting in its review step goes on."""
+    _review(version, "approved", by, system)
+
+
+@review_app.command("reject")
+def review_reject(version: ReviewVersion, by: ReviewerOption = None, system: SystemOption = None) -> None:
+    """Reject a candidate: a rollout waiting in its review step stops (rolled back)."""
+    _review(version, "rejected", by, system)
 
 
 @db_app.command("upgrade")

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -479,3 +480,41 @@ def compose_command() -> list[str] | None:
         if probe.returncode == 0:
             return ["docker", "compose"]
     return None
+
+
+def start_loopback_nginx(
+    home: Path, upstream: int, listen: int, *, rates: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """nginx on ``deploy/nginx.conf`` with only its addresses changed for loopback.
+
+    The upstream is ``127.0.0.1:upstream`` instead of the replicas' Docker DNS name, and
+    ``rates`` replaces ``limit_req_zone`` rates by zone name (a test sets ``1r/m`` so that
+    only the burst decides, whatever the machine's speed). Returns once ``/nginx-health``
+    answers; the caller stops the process.
+    """
+    import httpx
+
+    text = (DEPLOY / "nginx.conf").read_text(encoding="utf-8")
+    text = text.replace("worker_processes auto;", "worker_processes 1;")
+    text = text.replace("access_log /dev/stdout;", "access_log off;")
+    text = text.replace("error_log stderr warn;", f"error_log {home / 'nginx-error.log'} warn;")
+    text = "\n".join(line for line in text.splitlines() if not line.strip().startswith(("resolver ", "resolver_timeout")))
+    text = text.replace("set $lockstep_serving lockstep-serving;", "set $lockstep_serving 127.0.0.1;")
+    text = text.replace("$lockstep_serving:8000;", f"$lockstep_serving:{upstream};")
+    text = text.replace("listen 8080;", f"listen 127.0.0.1:{listen};")
+    for zone, rate in (rates or {}).items():
+        text, n = re.subn(rf"(zone={zone}:\S+) rate=\S+;", rf"\1 rate={rate};", text)
+        assert n == 1, f"no limit_req_zone {zone} in deploy/nginx.conf"
+    conf = home / "nginx.conf"
+    conf.write_text(text, encoding="utf-8")
+    proc = subprocess.Popen([nginx_binary() or "nginx", "-c", str(conf), "-p", str(home), "-e", str(home / "nginx-error.log"),
+                             "-g", f"daemon off; pid {home / 'nginx.pid'};"])
+    deadline = time.monotonic() + 30  # a guard for a broken start, not a measurement
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{listen}/nginx-health", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"nginx did not start: {(home / 'nginx-error.log').read_text()[-2000:]}")

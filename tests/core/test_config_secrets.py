@@ -100,3 +100,13 @@ def test_an_alert_quoting_a_url_or_the_token_records_and_logs_them_masked(lockst
         assert TOKEN not in text and DB_PASSWORD not in text
     assert "postgresql://lockstep:***@db.internal/lockstep with Bearer ***" in entry["message"]
     assert entry["details"]["try_number"] == 2 and entry["details"]["tries"] == [entry["message"]]
+
+
+def test_the_embedded_stacks_config_prints_no_secret(tmp_path):
+    from lockstep.ops.stack import StackConfig
+
+    config = StackConfig(home=tmp_path, api_token="tok-s3cret",
+                         metadata_url="postgresql+psycopg://airflow:pw-s3cret@127.0.0.1:5432/airflow")
+    shown = repr(config)
+    assert "s3cret" not in shown
+    assert "api_token='***'" in shown and "airflow:***@127.0.0.1:5432/airflow" in shown

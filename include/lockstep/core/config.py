@@ -80,7 +80,7 @@ class Settings:
         (``mask_url``); fields added later are shown as they are, so a new secret field
         must be added to ``SECRET_FIELDS`` or ``URL_FIELDS``.
         """
-        return _masked_repr(self)
+        return masked_repr(self)
 
     def ensure_home(self) -> Path:
         """Create the data folder (and the local index store) on first use."""
@@ -104,9 +104,9 @@ MASK = "***"
 # A password given as a query option (``?password=...``, libpq's form) is masked too.
 _SECRET_QUERY = re.compile(r"\b(password|passwd|pwd|token|secret)=[^&#]*", re.IGNORECASE)
 # Fields whose whole value is a secret, and fields that are URLs which may carry a password,
-# of the settings classes here: their reprs mask them (``_masked_repr``).
+# of the settings classes (here and ``ops.stack.StackConfig``): their reprs mask them (``masked_repr``).
 SECRET_FIELDS = frozenset({"api_token"})
-URL_FIELDS = frozenset({"database_url", "mlflow_tracking_uri", "index_store", "mlflow_ui_url", "airflow_ui_url"})
+URL_FIELDS = frozenset({"database_url", "mlflow_tracking_uri", "index_store", "mlflow_ui_url", "airflow_ui_url", "metadata_url"})
 SECRET_URL_FIELDS = frozenset({"slack_webhook_url", "webhook_url"})  # the path is the secret
 
 
@@ -161,7 +161,7 @@ def _masked_value(name: str, value: object) -> object:
     return value
 
 
-def _masked_repr(obj: object) -> str:
+def masked_repr(obj: object) -> str:
     """The dataclass repr of ``obj`` with its secret fields masked (why: reprs end up in logs)."""
     from dataclasses import fields
 
@@ -247,7 +247,7 @@ class AlertSettings:
 
     def __repr__(self) -> str:
         """Every field, the webhook URLs (whose path is their secret) masked."""
-        return _masked_repr(self)
+        return masked_repr(self)
 
     def retry_delay(self, failed_attempts: int) -> float:
         """Seconds to wait after the ``failed_attempts``-th failure: exponential, capped."""

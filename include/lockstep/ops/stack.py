@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lockstep.core.config import masked_repr
 from lockstep.core.errors import LockstepError
 
 REPO = Path(__file__).resolve().parents[3]  # include/lockstep/ops/stack.py -> the repository
@@ -51,6 +52,10 @@ class StackConfig:
     api_token: str | None = None
     time_schedules: bool = True  # False: no weekly retrain / hourly drift run (LOCKSTEP_SCHEDULES=off)
     extra_env: Mapping[str, str] = field(default_factory=dict)  # more variables for the child processes only
+
+    def __repr__(self) -> str:
+        """Every field with the API token and the metadata URL's password masked (reprs reach logs)."""
+        return masked_repr(self)
 
     @property
     def airflow_home(self) -> Path:

@@ -20,6 +20,9 @@ Items join after a fit through fold-in: ``add`` appends new items; ``update`` re
 an item's vector (flat: in place; HNSW cannot move a node, so the new vector gets a new
 label and the old label is dropped from every answer). FAISS allows concurrent searches
 but no add during a search, so searches take a readers-writer lock's shared side.
+``try_recommend`` takes it only if it is free at once and never waits: the serving
+event loop uses it, so a fold-in holding the write side cannot freeze the process
+(issue 21).
 """
 
 from __future__ import annotations
@@ -117,21 +120,34 @@ class ItemIndex:
         Excluded ids the index does not know are ignored (a user may have seen an item
         this version was fitted without). Fewer than ``k`` when the catalogue runs out.
         """
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
-        query = _as_matrix(user_vector, self.dim, 1)
+        query = _recommend_query(user_vector, k, self.dim)
         with self._lock.read():
-            excluded = {self._label_of[i] for i in exclude if i in self._label_of}
-            dead = len(self._id_of) - len(self._label_of)
-            wanted = min(k + len(excluded) + dead, self._faiss.ntotal)
-            if wanted == 0:
-                return []
-            _, labels = self._faiss.search(query, wanted, params=self._search_params(wanted))
-            picked = [int(label) for label in labels[0] if label >= 0 and label not in excluded and self._id_of[label] is not None]
-            stored = self._stored()
-            hits = [(self._id_of[label], exact_score(query[0], stored[label])) for label in picked]
-        hits.sort(key=lambda hit: (-hit[1], hit[0]))
-        return hits[:k]
+            hits = self._candidates_locked(query, k, exclude)
+        return _best(hits, k)
+
+    def try_recommend(self, user_vector: np.ndarray, k: int = 10, exclude: Iterable[str] = ()) -> list[tuple[str, float]] | None:
+        """``recommend`` if the read lock is free right now, else None at once (never waits).
+
+        For the serving event loop: a writer holding or awaiting the lock (a fold-in
+        adding or replacing an item) would otherwise freeze every request of the
+        process while it lasts; on None the caller asks again from a worker thread.
+        """
+        query = _recommend_query(user_vector, k, self.dim)
+        with self._lock.try_read() as ok:
+            hits = self._candidates_locked(query, k, exclude) if ok else None
+        return None if hits is None else _best(hits, k)
+
+    def _candidates_locked(self, query: np.ndarray, k: int, exclude: Iterable[str]) -> list[tuple[str, float]]:
+        """FAISS's candidates for ``recommend``, unseen and alive, rescored exactly (read lock held)."""
+        excluded = {self._label_of[i] for i in exclude if i in self._label_of}
+        dead = len(self._id_of) - len(self._label_of)
+        wanted = min(k + len(excluded) + dead, self._faiss.ntotal)
+        if wanted == 0:
+            return []
+        _, labels = self._faiss.search(query, wanted, params=self._search_params(wanted))
+        picked = [int(label) for label in labels[0] if label >= 0 and label not in excluded and self._id_of[label] is not None]
+        stored = self._stored()
+        return [(self._id_of[label], exact_score(query[0], stored[label])) for label in picked]
 
     def vectors_of(self, item_ids: Sequence[str]) -> np.ndarray:
         """The stored vectors of known items (a copy), one row each."""
@@ -170,6 +186,19 @@ def exact_score(user_vector: np.ndarray, item_vector: np.ndarray) -> float:
     """``user . item`` of two float32 vectors, correctly rounded to float64 (order-free)."""
     products = np.asarray(user_vector, dtype=np.float64) * np.asarray(item_vector, dtype=np.float64)
     return math.fsum(products.tolist())
+
+
+def _recommend_query(user_vector: np.ndarray, k: int, dim: int) -> np.ndarray:
+    """The checked (1, dim) query of a ``recommend`` call (checked before any lock is taken)."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    return _as_matrix(user_vector, dim, 1)
+
+
+def _best(hits: list[tuple[str, float]], k: int) -> list[tuple[str, float]]:
+    """The ``k`` best rescored hits, ties by id (sorted after the lock is let go)."""
+    hits.sort(key=lambda hit: (-hit[1], hit[0]))
+    return hits[:k]
 
 
 def _as_matrix(vectors: np.ndarray, dim: int | None = None, rows: int | None = None) -> np.ndarray:

@@ -10,7 +10,7 @@ A ``LiveVersion`` is one registered fit as serving needs it:
 
 A request takes one ``LiveVersion`` (from one routing snapshot) and calls
 ``recommend(user_id, k, exclude)``: the user's vector and the items come from the same
-version, never from two. ``POST /interactions`` calls ``fold_in_user`` on every live
+version, never from two (``wait=False``: never waits on the item index's lock). ``POST /interactions`` calls ``fold_in_user`` on every live
 version with the user's whole history (``InteractionStore.interactions_of``), so each
 version refolds the user in its own space.
 
@@ -67,9 +67,15 @@ class LiveVersion:
             raise UnknownIdError("user", [user_id], f"version {self.model_version or '?'} has no vector for it")
         return vector
 
-    def recommend(self, user_id: str, k: int = 10, exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
-        """The user's top ``k`` items by ``user . item`` in this version, skipping ``exclude``."""
-        return self.index.recommend(self.user_vector(user_id), k, exclude)
+    def recommend(self, user_id: str, k: int = 10, exclude: Iterable[str] = (), *, wait: bool = True) -> list[tuple[str, float]] | None:
+        """The user's top ``k`` items by ``user . item`` in this version, skipping ``exclude``.
+
+        ``wait=False`` is for the serving event loop: None at once, instead of a wait,
+        while a writer (a fold-in of a new item) holds or awaits the item index's lock
+        (``ItemIndex.try_recommend``). With ``wait`` (the default) it always answers.
+        """
+        vector = self.user_vector(user_id)
+        return self.index.recommend(vector, k, exclude) if wait else self.index.try_recommend(vector, k, exclude)
 
     def fold_in_user(self, user_id: str, item_ids: Sequence[str], values: Sequence[float] | None = None) -> FoldInResult:
         """Refold a new or changed user from its whole history and store the vector."""

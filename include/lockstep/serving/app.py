@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import anyio
 from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -58,15 +57,13 @@ from lockstep.serving.bodies import (
 )
 from lockstep.serving.clicks import Verdict
 from lockstep.serving.errors import Guard, validation_error
+from lockstep.serving.lock_waits import LockFreeSearch
 from lockstep.serving.metrics import NO_VERSION
 from lockstep.serving.runtime import Asked, ServingConfig, ServingRuntime
 from lockstep.store.db import get_engine
 
 log = logging.getLogger("lockstep.serving")
 _UNSET: Any = object()
-# Worker threads for fast-slot searches that met a writer on their index: their own
-# tokens, so a long write can never use up the pool that /metrics and slow searches share.
-LOCK_WAIT_THREADS = 16
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -211,19 +208,7 @@ def create_app(
 
 def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> None:
     """``/search`` and the record writes, on a replica of the search system."""
-    lock_waits = anyio.CapacityLimiter(LOCK_WAIT_THREADS)
-
-    async def fast_search(search: Any, *args: Any) -> Any:
-        """A fast slot's ``search(*args)`` on the event loop if its index's lock is free now, else in a thread.
-
-        The loop never waits on an index lock (issue 21): while a writer holds it or
-        waits for it, the search is made again in a worker thread of its own limiter
-        and waits there, and every other request of the process goes on.
-        """
-        hits = search(*args, wait=False)
-        if hits is not None:
-            return hits
-        return await anyio.to_thread.run_sync(search, *args, limiter=lock_waits)
+    fast_search = LockFreeSearch()  # on the loop if the index's lock is free now, else in a thread of its own
 
     @app.post("/search", response_model=SearchResponse, responses=error_responses(400, 404, 413, 422, 500, 503))
     async def search(

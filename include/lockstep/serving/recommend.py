@@ -6,6 +6,8 @@ user-vector store (the generator) and the item index (the server) of the same ve
 bucket, weights from the recommender's routing table) and answers with that slot's user
 vector and that slot's items only, so user vectors of one version never meet items of
 another. A result's ``score`` is ``user . item`` under that version.
+It is searched on the event loop, but only when its item index's lock is free at once
+(``serving.lock_waits``): a fold-in holding that lock never freezes the process.
 
 ``/interactions`` writes the interaction to the recommender's log (one transaction; an
 item missing from the catalogue is a 422 and nothing is written), then every slot
@@ -43,6 +45,7 @@ from lockstep.serving.bodies import (
     _Strict,
     error_responses,
 )
+from lockstep.serving.lock_waits import LockFreeSearch
 from lockstep.serving.metrics import NO_VERSION
 from lockstep.serving.runtime import Asked
 from lockstep.serving.slots import ServingSlot
@@ -111,13 +114,21 @@ class RecommenderSlot(ServingSlot):
     def _drop(self) -> None:
         self.live = None
 
-    def search(self, user_id: str, k: int) -> SearchHits:
-        """The user's top ``k`` unseen items under this version (``KeyError`` for an unknown user)."""
+    def search(self, user_id: str, k: int, *, wait: bool = True) -> SearchHits | None:
+        """The user's top ``k`` unseen items under this version (``KeyError`` for an unknown user).
+
+        ``wait=False`` is for the event loop: None at once, instead of a wait, while a
+        writer holds or awaits this version's item index lock (a fold-in placing an
+        item); the loop must never wait there, or every request of the process,
+        ``/healthz`` included, waits with it (issue 21).
+        """
         maybe_fail("serving.recommend", self.version)  # LOCKSTEP_FAULTS="serving.recommend:<version>*" breaks a version
         try:
-            hits = self.live.recommend(user_id, k, exclude=self.seen.get(user_id, ()))
+            hits = self.live.recommend(user_id, k, exclude=self.seen.get(user_id, ()), wait=wait)
         except UnknownIdError as exc:
             raise KeyError(user_id) from exc
+        if hits is None:
+            return None
         return SearchHits([item for item, _ in hits], [score for _, score in hits])
 
     def apply(self, store: InteractionStore, changes: Any, until: int) -> None:
@@ -180,6 +191,7 @@ class RecommenderSlots:
 def add_recommender_routes(app: FastAPI, rt: Any, require_token: Callable[..., None]) -> None:
     """``/recommend`` and ``/interactions`` on a replica of the recommender system."""
     store: InteractionStore = rt.manager.system.store
+    fast_search = LockFreeSearch()  # on the loop if the item index's lock is free now, else in a thread of its own
 
     @app.post("/recommend", response_model=RecommendResponse, responses=error_responses(400, 404, 413, 422, 500, 503))
     async def recommend(
@@ -190,6 +202,9 @@ def add_recommender_routes(app: FastAPI, rt: Any, require_token: Callable[..., N
 
         The user vector and the items come from that one version; items the user has
         interacted with are left out. An unknown user is a 404 (no cold-start fallback).
+        Searched on the event loop while the version's item index lock is free at once;
+        while a writer (a fold-in from ``/interactions``) holds it, the search waits in
+        a worker thread instead and every other request goes on (``LockFreeSearch``).
         """
         asked = Asked(body.user_id, body.k, body.user_id, pinned=x_lockstep_pin is not None)
         try:
@@ -198,7 +213,7 @@ def add_recommender_routes(app: FastAPI, rt: Any, require_token: Callable[..., N
             rt.metrics.errors.labels(getattr(exc, "model_version", NO_VERSION), str(exc.status_code)).inc()
             raise
         try:
-            hits = slot.search(body.user_id, body.k)
+            hits = await fast_search(slot.search, body.user_id, body.k)
         except KeyError:
             rt.metrics.errors.labels(slot.version, "404").inc()
             raise HTTPException(
