@@ -4,11 +4,18 @@ and the demo corpus cached once per machine."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests import postgres_harness
+
+# Airflow reads its home once, when it is first imported, and any test module may import it
+# while pytest collects: one throwaway home for the whole session, chosen here because this
+# conftest is loaded before any test module (tests/dags migrates its database).
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="lockstep-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
 
 # The demo corpus download is cached across test runs (and CI runs on the same machine).
 DEMO_CACHE = Path(os.environ.get("LOCKSTEP_TEST_CACHE", Path.home() / ".cache" / "lockstep-tests"))

@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
-
-# Airflow reads its home when first imported (the notifiers import it): a throwaway one
-# unless another test module already chose it.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="lockstep-alert-retries-airflow-"))
-
+# Airflow's home is the session's throwaway one (tests/conftest.py), set before any import.
 # Airflow sets up its logging when first imported: before caplog's handlers, not mid-test.
 import airflow.providers.http.notifications.http  # noqa: E402, F401
+import pytest
 
 from lockstep.core import alerts  # noqa: E402
 from lockstep.core.config import MAX_ALERT_RETRY_DELAY, AlertSettings  # noqa: E402

@@ -9,16 +9,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import (
+    AIRFLOW_HOME as _HOME,  # the session's Airflow home, set before any import of Airflow
+)
+
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "dags"
-_HOME = Path(tempfile.mkdtemp(prefix="lockstep-airflow-"))
 
-os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"

@@ -12,14 +12,10 @@ import json
 import logging
 import os
 import socket
-import tempfile
 
 import pytest
 
-# Airflow reads its home when first imported (the notifiers import it): a throwaway one
-# unless the DAG tests' conftest already chose it.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="lockstep-alerts-airflow-"))
-
+# Airflow's home is the session's throwaway one (tests/conftest.py), set before any import.
 from lockstep.core import alerts  # noqa: E402
 from tests.ops.alert_receivers import SmtpReceiver, WebhookReceiver, smtp_connection  # noqa: E402
 
