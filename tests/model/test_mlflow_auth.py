@@ -14,10 +14,8 @@ from __future__ import annotations
 import configparser
 import os
 import runpy
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -26,6 +24,7 @@ import pytest
 from lockstep.core.errors import RegistryError
 from lockstep.model.embedding import TextEmbedder
 from lockstep.model.registry import CHAMPION, Registry
+from tests.model.mlflow_server import mlflow_server
 from tests.model.test_registry import closed_port, synthetic_texts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300, method="thread")]
@@ -79,40 +78,13 @@ def auth_server(tmp_path_factory):
         "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0], "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-csrf-key",
     }
-    log = (tmp / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("mlflow")), "server", "--app-name", "basic-auth",
-            "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
-            "--serve-artifacts", "--artifacts-destination", str(tmp / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{uri}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the basic-auth server did not start: {(tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.3)
+    args = ["--app-name", "basic-auth", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+            "--serve-artifacts", "--artifacts-destination", str(tmp / "artifacts")]
+    with mlflow_server(tmp, port, args, env, start_timeout_s=START_TIMEOUT_S) as uri:
         setup = _run_init(uri)
         assert setup.returncode == 0, setup.stderr[-3000:]
         assert f"writer '{WRITER[0]}': created" in setup.stdout and f"reader '{READER[0]}': created" in setup.stdout
         yield uri
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group: it and its workers
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")

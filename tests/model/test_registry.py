@@ -7,14 +7,10 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -29,6 +25,7 @@ from lockstep.model.registry import (
     Registry,
     TrainingSnapshot,
 )
+from tests.model.mlflow_server import mlflow_server as running_mlflow_server
 
 TOPICS = {
     "billing": "invoice refund payment card charge receipt subscription price",
@@ -461,45 +458,15 @@ def test_unreachable_server_fails_fast_and_clearly(embedder):
 def mlflow_server(tmp_path, migrated_store):
     """``mlflow server`` on a free port, artifacts proxied through it, as in production."""
     port = closed_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
     shutil.copy(migrated_store, tmp_path / "server.db")
-    log = (tmp_path / "server.log").open("wb")
     # The job runner (a handful of huey processes) is not needed for the registry and
     # doubles the start-up time on a small machine.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen(
-        [
-            str(mlflow_bin), "server",
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination", str(tmp_path / "server-artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{uri}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}"
-                )
-            time.sleep(0.3)
+    args = ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination", str(tmp_path / "server-artifacts")]
+    with running_mlflow_server(tmp_path, port, args, env) as uri:
         yield uri, tmp_path / "server-artifacts"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group: it and its workers
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 @pytest.mark.slow
