@@ -14,8 +14,14 @@ from tests import postgres_harness
 # Airflow reads its home once, when it is first imported, and any test module may import it
 # while pytest collects: one throwaway home for the whole session, chosen here because this
 # conftest is loaded before any test module (tests/dags migrates its database).
+# Its configuration too: the DAG bundle is read from DAGS_FOLDER when Airflow is imported.
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="lockstep-airflow-"))
+DAGS = Path(__file__).resolve().parents[1] / "dags"
 os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
 # The demo corpus download is cached across test runs (and CI runs on the same machine).
 DEMO_CACHE = Path(os.environ.get("LOCKSTEP_TEST_CACHE", Path.home() / ".cache" / "lockstep-tests"))

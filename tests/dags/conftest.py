@@ -20,10 +20,7 @@ from tests.conftest import (
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "dags"
 
-os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
-os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
-os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+# AIRFLOW_HOME, DAGS_FOLDER and the rest of Airflow's test configuration: tests/conftest.py.
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 if str(DAGS) not in sys.path:
     sys.path.insert(0, str(DAGS))
