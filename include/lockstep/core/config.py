@@ -269,27 +269,10 @@ class AlertSettings:
             airflow_ui_url=(env.get("LOCKSTEP_AIRFLOW_UI_URL") or DEFAULT_AIRFLOW_UI_URL).rstrip("/"),
             mlflow_ui_url=(env.get("LOCKSTEP_MLFLOW_UI_URL") or DEFAULT_MLFLOW_UI_URL).rstrip("/"),
             model_name=env.get("LOCKSTEP_MODEL_NAME") or DEFAULT_MODEL_NAME,
-            attempts=attempts_setting(env, "LOCKSTEP_ALERT_ATTEMPTS", DEFAULT_ALERT_ATTEMPTS, MAX_ALERT_ATTEMPTS),
+            attempts=count_setting(env, "LOCKSTEP_ALERT_ATTEMPTS", DEFAULT_ALERT_ATTEMPTS, least=1, most=MAX_ALERT_ATTEMPTS),
             retry_delay_seconds=min(MAX_ALERT_RETRY_DELAY, seconds_setting(
                 env, "LOCKSTEP_ALERT_RETRY_DELAY", DEFAULT_ALERT_RETRY_DELAY)),
         )
-
-
-def attempts_setting(env: dict[str, str], name: str, default: int, maximum: int) -> int:
-    """A number of tries, 1 to ``maximum``, from ``env[name]`` (empty: ``default``): bounded, so a
-    failing channel cannot hold the alerting task for long."""
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= maximum:
-        from lockstep.core.errors import ConfigurationError
-
-        raise ConfigurationError(f"{name}={raw!r} must be a whole number from 1 to {maximum}")
-    return value
 
 
 def alert_settings() -> AlertSettings:
@@ -373,15 +356,20 @@ class ServingLimits:
         )
 
 
-def count_setting(env: dict[str, str], name: str, default: int, *, least: int) -> int:
-    """A whole number from ``env[name]`` (empty: ``default``), at least ``least``."""
+def count_setting(env: dict[str, str], name: str, default: int, *, least: int, most: int | None = None) -> int:
+    """A whole number from ``env[name]`` (empty: ``default``), at least ``least`` and at most ``most``.
+
+    Bounded where a value could do harm (tries of a failing alert channel hold the task
+    that alerts).
+    """
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
-    if not (raw.isascii() and raw.isdigit()) or int(raw) < least:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < least or (most is not None and int(raw) > most):
         from lockstep.core.errors import ConfigurationError
 
-        raise ConfigurationError(f"{name}={raw!r} must be a whole number, at least {least}")
+        bounds = f", at least {least}" if most is None else f" from {least} to {most}"
+        raise ConfigurationError(f"{name}={raw!r} must be a whole number{bounds}")
     return int(raw)
 
 
