@@ -426,12 +426,14 @@ def _api_token() -> str | None:
 
 def _redact(text: str, cfg) -> str:
     """Hide webhook URLs (their path is the secret) and URL passwords in an error before it is logged."""
+    from lockstep.core.config import mask_secret_url
+
     text = _scrubbed(text)
     for url in (getattr(cfg, "slack_webhook_url", None), getattr(cfg, "webhook_url", None)):
         if not url:
             continue
         parts = urlsplit(url)
-        text = text.replace(url, f"{parts.scheme}://{parts.netloc}/***")
+        text = text.replace(url, mask_secret_url(url))
         if parts.path not in ("", "/"):
             text = text.replace(parts.path, "/***")
     return text

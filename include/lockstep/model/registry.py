@@ -60,7 +60,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import mlflow
 import numpy as np
@@ -68,7 +68,7 @@ import pandas as pd
 from mlflow.data.dataset_source import DatasetSource
 
 from lockstep.core import clock, jsonio
-from lockstep.core.config import alert_settings, settings
+from lockstep.core.config import alert_settings, mask_url, settings
 from lockstep.core.errors import FingerprintMismatchError, RegistryError
 from lockstep.model.embedding import TextEmbedder, file_sha256
 from lockstep.model.families import Embedder, family_name, load_model_file
@@ -302,7 +302,7 @@ class Registry:
         self._client_cache: mlflow.MlflowClient | None = None
 
     def __repr__(self) -> str:
-        return f"Registry({_redact(self.tracking_uri)!r}, {self.model_name!r})"
+        return f"Registry({mask_url(self.tracking_uri)!r}, {self.model_name!r})"
 
     # --- registration ------------------------------------------------------------------
 
@@ -383,7 +383,7 @@ class Registry:
                 except mlflow.MlflowException as exc:
                     raise RegistryError(
                         f"could not register the model of run {run.info.run_id} as "
-                        f"{self.model_name!r} at {_redact(self.tracking_uri)}: {exc.message}"
+                        f"{self.model_name!r} at {mask_url(self.tracking_uri)}: {exc.message}"
                     ) from exc
         self._describe_model()
         return self.get_version(version.version)
@@ -439,7 +439,7 @@ class Registry:
             if found is None:
                 raise RegistryError(
                     f"model {registry.model_name!r} has no alias {match['alias']!r} at "
-                    f"{_redact(self.tracking_uri)}; set it with Registry.set_alias or in the MLflow UI"
+                    f"{mask_url(self.tracking_uri)}; set it with Registry.set_alias or in the MLflow UI"
                 )
             return found
         if match["version"] == "latest":
@@ -749,7 +749,7 @@ class Registry:
                 httpx.get(url, timeout=PREFLIGHT_TIMEOUT_S)
             except httpx.HTTPError as exc:
                 raise RegistryError(
-                    f"the MLflow tracking server at {_redact(self.tracking_uri)} does not answer "
+                    f"the MLflow tracking server at {mask_url(self.tracking_uri)} does not answer "
                     f"({type(exc).__name__}: {exc}); start it (mlflow server ...) or set "
                     "MLFLOW_TRACKING_URI to a reachable server, or unset it to use the embedded "
                     "SQLite store in LOCKSTEP_HOME"
@@ -853,7 +853,7 @@ class Registry:
             raise self._failed("record the champion history", exc) from exc
 
     def _missing_version(self, version: str) -> RegistryError:
-        where = _redact(self.tracking_uri)
+        where = mask_url(self.tracking_uri)
         try:
             existing = [mv.version for mv in self.latest_versions()]
         except RegistryError:
@@ -873,7 +873,7 @@ class Registry:
     def _failed(self, what: str, exc: Exception) -> RegistryError:
         message = getattr(exc, "message", None) or str(exc)
         return RegistryError(
-            f"MLflow at {_redact(self.tracking_uri)} could not {what} of model "
+            f"MLflow at {mask_url(self.tracking_uri)} could not {what} of model "
             f"{self.model_name!r}: {message}"
         )
 
@@ -1045,7 +1045,7 @@ def _snapshot_dataset(snapshot: TrainingSnapshot) -> Any:
 
     schema = Schema([ColSpec(DataType.string, "id"), ColSpec(DataType.string, "text")])
     return MetaDataset(
-        source=_SnapshotSource(_redact(snapshot.source), int(snapshot.seq), int(snapshot.records)),
+        source=_SnapshotSource(mask_url(snapshot.source), int(snapshot.seq), int(snapshot.records)),
         name=f"{snapshot.name}@{int(snapshot.seq)}",
         digest=snapshot.digest.removeprefix("sha256:")[:DATASET_DIGEST_CHARS],
         schema=schema,
@@ -1086,15 +1086,6 @@ def _parse_history(raw: str | None) -> list[dict[str, str]]:
     except json.JSONDecodeError:
         return []
     return [dict(e) for e in history if isinstance(e, dict)] if isinstance(history, list) else []
-
-
-def _redact(uri: str) -> str:
-    """The URI without a password, fit for an error message."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def requested_version(requested: str | int | None, asset_extra: Mapping[str, Any] | None, registry: Registry | None = None,

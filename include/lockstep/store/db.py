@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
+from lockstep.core.config import mask_url
 from lockstep.core.errors import ConfigurationError
 from lockstep.store.migrations.runner import (
     SQLITE_BEGIN_OPTION,
@@ -93,7 +94,7 @@ def _create(url: str) -> Engine:
                 event.listen(engine, "handle_error", partial(_name_statement_timeout, statement_limit))
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise ConfigurationError(
-            f"LOCKSTEP_DATABASE_URL {_redact(url)!r} is not a usable SQLAlchemy URL ({exc}). "
+            f"LOCKSTEP_DATABASE_URL {mask_url(url)!r} is not a usable SQLAlchemy URL ({exc}). "
             "Use sqlite:///path/to/lockstep.db or postgresql+psycopg://user:pass@host/db."
         ) from exc
     try:
@@ -129,7 +130,7 @@ def _upgrade(engine: Engine, url: str) -> Upgrade:
         done = upgrade_database(engine)
     except DBAPIError as exc:  # lost connection, no right to create tables, lock wait too long
         raise ConfigurationError(
-            f"could not bring the Lockstep database at {_redact(url)!r} to schema revision "
+            f"could not bring the Lockstep database at {mask_url(url)!r} to schema revision "
             f"{head_revision()}: {exc.orig}. Check LOCKSTEP_DATABASE_URL, that the server is "
             "running and that its user may create and alter tables."
         ) from exc
@@ -139,7 +140,7 @@ def _upgrade(engine: Engine, url: str) -> Upgrade:
 
 def _unreachable(url: str, exc: OperationalError) -> ConfigurationError:
     return ConfigurationError(
-        f"cannot reach the Lockstep database at {_redact(url)!r}: {exc.orig}. "
+        f"cannot reach the Lockstep database at {mask_url(url)!r}: {exc.orig}. "
         "Check LOCKSTEP_DATABASE_URL and that the server is running."
     )
 
@@ -222,13 +223,3 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 def _sqlite_begin(conn) -> None:
     # The migration runner asks for BEGIN IMMEDIATE: the write lock before the first read.
     conn.exec_driver_sql(conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "BEGIN"))
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a URL before it goes into an error message."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
