@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from lockstep.drift.statistics import DriftError
-from lockstep.store.log_stats import ClusterSums
+from lockstep.store.log_stats import ClusterSums, difference_design_effect
 
 
 @dataclass(frozen=True)
@@ -86,14 +86,12 @@ def _per_user(ref: ClusterSums, cur: ClusterSums, ref_impressions: int, cur_impr
     ctr_ref, ctr_cur = ref.ratio, cur.ratio
     drop = (ctr_ref - ctr_cur) / ctr_ref if ctr_ref > 0 else 0.0
     variance = ref.variance + cur.variance
-    binomial = ref.binomial_variance + cur.binomial_variance
-    z, p_value, deff = 0.0, 1.0, 1.0
+    z, p_value = 0.0, 1.0
     if math.isfinite(variance) and variance > 0:
         z = (ctr_ref - ctr_cur) / math.sqrt(variance)
         p_value = 0.5 * math.erfc(z / math.sqrt(2.0))
-        deff = max(1.0, variance / binomial) if binomial > 0 else 1.0
     return ClickThroughDrift(
         ctr_reference=float(ctr_ref), ctr_current=float(ctr_cur), relative_drop=float(drop), z=float(z),
         p_value=p_value, reference_impressions=ref_impressions, current_impressions=cur_impressions,
-        user_level=True, design_effect=float(deff),
+        user_level=True, design_effect=difference_design_effect(ref, cur),
     )

@@ -41,7 +41,7 @@ import numpy as np
 from scipy import stats
 
 from lockstep.core.errors import LockstepError
-from lockstep.store.log_stats import ClusterSums
+from lockstep.store.log_stats import ClusterSums, difference_design_effect
 
 Direction = Literal["higher", "lower"]
 
@@ -393,9 +393,7 @@ class SequentialCTR:
         if self.unit != "user" or not self._user_looks:
             return 1.0
         last = self._user_looks[-1]
-        binomial = last.cand.binomial_variance + last.base.binomial_variance
-        delta = last.cand.variance + last.base.variance
-        return max(1.0, delta / binomial) if binomial > 0 and math.isfinite(delta) else 1.0
+        return difference_design_effect(last.cand, last.base)
 
     def to_state(self) -> dict[str, Any]:
         """Plain JSON of everything the test has seen, so a rollout can resume it in another process.
@@ -507,12 +505,11 @@ def ratio_difference_test(cand: ClusterSums, base: ClusterSums, alpha: float = 0
     se = math.sqrt(variance) if usable else math.nan
     z = diff / se if usable else 0.0
     zq = float(stats.norm.ppf(1 - alpha / 2))
-    binomial = cand.binomial_variance + base.binomial_variance
     figures = {
         "cand_rate": cand.ratio, "base_rate": base.ratio, "diff": diff, "z": z,
         "p_value": float(2 * stats.norm.sf(abs(z))) if usable else 1.0,
         "ci_low": diff - zq * se if usable else -1.0, "ci_high": diff + zq * se if usable else 1.0,
-        "design_effect": max(1.0, variance / binomial) if usable and binomial > 0 else 1.0,
+        "design_effect": difference_design_effect(cand, base),
     }
     if base.ratio > 0:
         figures["rel_lift"] = cand.ratio / base.ratio - 1

@@ -212,6 +212,20 @@ class ClusterSums:
                 f"{prefix}design_effect": self.design_effect}
 
 
+def difference_design_effect(a: ClusterSums, b: ClusterSums) -> float:
+    """The design effect of a difference of two arms' ratios: (Var_a + Var_b) / (Bin_a + Bin_b), at least 1.
+
+    What the per-user variance of the difference costs against the binomial one: the
+    sequential and fixed-horizon CTR tests and the drift check report it. 1 when the
+    per-user variance is undefined or the binomial one is not positive.
+    """
+    delta = a.variance + b.variance
+    binomial = a.binomial_variance + b.binomial_variance
+    if not (math.isfinite(delta) and binomial > 0):
+        return 1.0
+    return max(1.0, delta / binomial)
+
+
 @dataclass(frozen=True)
 class ArmStats:
     """One version's traffic in a window.
