@@ -40,6 +40,7 @@ from sqlalchemy import Engine, select
 from starlette.concurrency import run_in_threadpool
 
 from lockstep.serving.outage import summary
+from lockstep.store.db import in_chunks
 from lockstep.store.schema import feedback_log, request_log
 
 log = logging.getLogger("lockstep.serving")
@@ -160,7 +161,7 @@ class ClickJudge:
         """The logged requests among ``request_ids``, with their clicks: one query on a miss, two on a hit."""
         found: dict[str, Answer] = {}
         with self.engine.connect() as conn:
-            for chunk in _chunks(request_ids, 500):
+            for chunk in in_chunks(request_ids):
                 rows = conn.execute(
                     select(request_log.c.request_id, request_log.c.top_ids, request_log.c.pinned)
                     .where(request_log.c.request_id.in_(chunk))
@@ -235,7 +236,3 @@ class _WaitingRoom:
             read = await run_in_threadpool(self.judge.read_many, rest)
             found.update({rid: self.judge.answers.adopt(rid, answer) for rid, answer in read.items()})
         return found
-
-
-def _chunks(items: list[str], size: int) -> list[list[str]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -223,3 +224,12 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 def _sqlite_begin(conn) -> None:
     # The migration runner asks for BEGIN IMMEDIATE: the write lock before the first read.
     conn.exec_driver_sql(conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "BEGIN"))
+
+
+IN_LIST_SIZE = 500  # ids per IN (...) list: well under every driver's parameter limit
+
+
+def in_chunks(items: Sequence[Any], size: int = IN_LIST_SIZE) -> Iterator[Sequence[Any]]:
+    """``items`` in slices of ``size``, one ``IN (...)`` list each (drivers cap bound parameters)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

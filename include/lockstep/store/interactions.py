@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from lockstep.core import clock, jsonio
 from lockstep.core.errors import LockstepError
-from lockstep.store.db import get_engine, is_postgres
+from lockstep.store.db import get_engine, in_chunks, is_postgres
 from lockstep.store.schema import ID_LENGTH, interactions, items, sequences, users
 
 INTERACTION_SEQUENCE = "interactions"
@@ -582,7 +582,7 @@ def _existing(conn: Connection, table: str, column: str, values: list[str]) -> s
             cursor.execute(f"SELECT {column} FROM {table} WHERE {column} = ANY(%s)", (values,))
             found.update(r[0] for r in cursor.fetchall())
         else:
-            for chunk in _chunks(values, _IN_CHUNK):
+            for chunk in in_chunks(values, _IN_CHUNK):
                 marks = ", ".join("?" * len(chunk))
                 cursor.execute(f"SELECT {column} FROM {table} WHERE {column} IN ({marks})", chunk)
                 found.update(r[0] for r in cursor.fetchall())
@@ -656,8 +656,3 @@ def _frame(rows: Sequence[Any]) -> pd.DataFrame:
         "value": np.array(columns[3], dtype=np.float32),
         "timestamp": np.array(columns[4], dtype=np.int64),
     }, columns=list(COLUMNS))
-
-
-def _chunks(values: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]

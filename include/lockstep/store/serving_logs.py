@@ -46,6 +46,7 @@ from sqlalchemy import (
 )
 
 from lockstep.core.clock import utc
+from lockstep.store.db import in_chunks
 from lockstep.store.log_stats import (
     ANSWERED,
     LATENCY_CAP,
@@ -354,7 +355,7 @@ def _clicked_by_version(in_window: ColumnElement[bool], clicks_until: datetime |
 def _live_answers(conn: Any, request_ids: Sequence[str]) -> dict[str, tuple[int, float]]:
     """(status, latency) of the unpinned live requests among ``request_ids``."""
     live: dict[str, tuple[int, float]] = {}
-    for chunk in _chunks(request_ids, CHUNK):
+    for chunk in in_chunks(request_ids, CHUNK):
         live.update(
             (rid, (int(status), float(latency)))
             for rid, status, latency in conn.execute(
@@ -364,8 +365,3 @@ def _live_answers(conn: Any, request_ids: Sequence[str]) -> dict[str, tuple[int,
             )
         )
     return live
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
