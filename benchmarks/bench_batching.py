@@ -51,7 +51,7 @@ def main() -> None:
         write_probe,
     )
     from lockstep.ops.simulator import held_out_queries
-    from lockstep.serving.batching import QueryBatcher
+    from lockstep.serving.query_batches import QueryBatcher
     from lockstep.store.corpus import demo_sample
     from tests.model.byo_models import fit_pipeline, save_team_model
 

@@ -54,7 +54,8 @@ class Pools:
 def build_pools(dim: int, n_fit: int, n_ref: int, seed: int) -> Pools:
     """Fit the champion and embed every pool once (windows are index draws)."""
     from lockstep.store.corpus import DEMO_CATEGORIES, load_demo_corpus
-    from lockstep.training.fit import TrainConfig, fit_embedder
+    from lockstep.training.config import TrainConfig
+    from lockstep.training.fit import fit_embedder
 
     old_groups, new_groups = list(DEMO_CATEGORIES[::2]), list(DEMO_CATEGORIES[1::2])
     rng = random.Random(seed)

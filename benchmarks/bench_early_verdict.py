@@ -62,7 +62,8 @@ def fit_and_register(corpus: Path, dim: int) -> tuple[str, str]:
     from lockstep.model.registry import Registry
     from lockstep.store.corpus import DEMO_CATEGORIES
     from lockstep.store.records import RecordStore
-    from lockstep.training.fit import TrainConfig, fit_embedder
+    from lockstep.training.config import TrainConfig
+    from lockstep.training.fit import fit_embedder
 
     table = pq.read_table(corpus, columns=["text", "category"])
     texts, cats = table.column("text").to_pylist(), table.column("category").to_pylist()

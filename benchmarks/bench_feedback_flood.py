@@ -147,7 +147,7 @@ def start_replica(env: dict[str, str], port: int) -> tuple[subprocess.Popen, int
     """``lockstep serve`` as a process (the runner, with its limits from the environment)."""
     import httpx
 
-    code = f"from lockstep.serving.runner import run; run('127.0.0.1', {port}, log_level='warning')"
+    code = f"from lockstep.serving.runner import run; run('127.0.0.1', {port}, log_level='warning', app='lockstep.systems:create_app')"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -53,7 +53,8 @@ def main() -> None:
     from lockstep.model.registry import Registry
     from lockstep.store.corpus import load_demo_corpus
     from lockstep.store.records import RecordStore
-    from lockstep.training.fit import TrainConfig, fit_embedder
+    from lockstep.training.config import TrainConfig
+    from lockstep.training.fit import fit_embedder
 
     records = load_demo_corpus()
     store = RecordStore()

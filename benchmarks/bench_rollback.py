@@ -80,7 +80,7 @@ def start_replica(env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = f"from lockstep.serving.runner import run; run('127.0.0.1', {port}, log_level='warning')"
+    code = f"from lockstep.serving.runner import run; run('127.0.0.1', {port}, log_level='warning', app='lockstep.systems:create_app')"
     log = Path(env["LOCKSTEP_HOME"]) / f"replica-{port}.log"
     with log.open("w") as fh:
         proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=fh, stderr=subprocess.STDOUT)

@@ -390,7 +390,8 @@ def _worker_fit_sample(dim: int, sample: int = 100_000) -> None:
 
     from lockstep.model.registry import Registry
     from lockstep.store.records import RecordStore
-    from lockstep.training.fit import TrainConfig, fit_embedder
+    from lockstep.training.config import TrainConfig
+    from lockstep.training.fit import fit_embedder
 
     store = RecordStore()
     texts: list[str] = []

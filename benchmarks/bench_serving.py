@@ -431,8 +431,9 @@ def scale_index(cache: Path, n: int, dim: int, corpus_kind: str) -> dict[str, An
     (recall@10 ~0.5 at efSearch 96: such an index would fail validation); kept to compare.
     """
     from lockstep.index.beam import choose_for_records, fragment_queries
+    from lockstep.index.faiss_ops import all_cores
+    from lockstep.index.recall import exact_kth_scores, recall_given_kth
     from lockstep.index.storage import load_index, update_manifest
-    from lockstep.index.vector_index import all_cores, exact_kth_scores, recall_given_kth
     from lockstep.model.embedding import TextEmbedder
 
     folder = cache / f"{corpus_kind}-n{n}-d{dim}"
@@ -463,8 +464,9 @@ def scale_index(cache: Path, n: int, dim: int, corpus_kind: str) -> dict[str, An
 
 
 def _build_scale_index(ids: list[str], texts: list[str], corpus_kind: str, dim: int, model_path: Path, location: Path):
+    from lockstep.index.faiss_ops import all_cores
     from lockstep.index.storage import save_index
-    from lockstep.index.vector_index import IndexSpec, VectorIndex, all_cores, choose_spec
+    from lockstep.index.vector_index import IndexSpec, VectorIndex, choose_spec
     from lockstep.model.embedding import TextEmbedder
 
     location.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,8 @@ def main() -> None:
 
     from lockstep.model.evaluation import bootstrap_ci
     from lockstep.store.corpus import load_demo_corpus
+    from lockstep.training.config import TrainConfig
     from lockstep.training.fit import (
-        TrainConfig,
         evaluate_embedder,
         fit_embedder,
         fit_texts,

@@ -33,19 +33,14 @@ from scipy import stats
 from lockstep.rollout.analysis import GateSettings, sequential_ctr
 from lockstep.rollout.config import DEFAULTS
 from lockstep.rollout.gates import (
-    GateThresholds,
-    Verdict,
+    GateVerdict,
     error_rate_gate,
     fixed_sample_ab_test,
     latency_gate,
 )
-from lockstep.rollout.statistics import (
-    DEFAULT_TAU2,
-    always_valid_ci,
-    msprt_p_value,
-    required_sample_size,
-    wilson_interval,
-)
+from lockstep.rollout.policy import GateThresholds
+from lockstep.rollout.sequential import DEFAULT_TAU2, always_valid_ci, msprt_p_value
+from lockstep.rollout.statistics import required_sample_size, wilson_interval
 from lockstep.store.log_stats import USER_CAP, ClusterSums
 
 ALPHA = 0.05
@@ -130,7 +125,7 @@ def latency(rng, runs):
             latency_gate(
                 scale * rng.lognormal(math.log(60), 0.5, 300), rng.lognormal(math.log(60), 0.5, 300)
             ).verdict
-            is Verdict.FAIL
+            is GateVerdict.FAIL
             for _ in range(runs)
         ]
         print(f"x{scale:<19}  {rate(fails)}")
@@ -144,7 +139,7 @@ def error_rate(rng, runs):
             error_rate_gate(
                 rng.binomial(2000, cand_rate), 2000, rng.binomial(2000, 0.01), 2000, max_abs_increase=tolerance
             ).verdict
-            is Verdict.FAIL
+            is GateVerdict.FAIL
             for _ in range(runs)
         ]
         print(f"{cand_rate:<14.2%}  {tolerance:<9.2%}  {rate(fails)}")
@@ -223,7 +218,7 @@ def one_rollout(rng: np.random.Generator, world: World, effect: float, settings:
     cx, cn, cax, can = arm_traffic(rng, world, effect)
     bx, bn, bax, ban = arm_traffic(rng, world, 1.0)
     tests = {"old": sequential_ctr(settings), "new": sequential_ctr(settings)}
-    verdicts: dict[str, list[Verdict]] = {"old": [], "new": []}
+    verdicts: dict[str, list[GateVerdict]] = {"old": [], "new": []}
     previous = (0, 0, 0, 0)
     for t in range(world.looks):
         cand, base = look_sums(cx[t], cn[t], cax[t], can[t], cap), look_sums(bx[t], bn[t], bax[t], ban[t], cap)
@@ -232,7 +227,7 @@ def one_rollout(rng: np.random.Generator, world: World, effect: float, settings:
         previous = totals
         tests["new"].update_users(cand, base)
         for key, test in tests.items():
-            if verdicts[key] and verdicts[key][-1] is Verdict.FAIL:
+            if verdicts[key] and verdicts[key][-1] is GateVerdict.FAIL:
                 continue  # rolled back at an earlier look
             verdicts[key].append(test.analyse(alpha=settings.alpha, min_samples=settings.min_samples,
                                               non_inferiority_margin=settings.thresholds.non_inferiority_margin).verdict)
@@ -243,9 +238,9 @@ def one_rollout(rng: np.random.Generator, world: World, effect: float, settings:
                                     cand_clusters=cand, base_clusters=base),
     }
     for key, tally in (("old", old), ("new", new)):
-        tally.rolled_back.append(Verdict.FAIL in verdicts[key])
-        tally.promoted.append(verdicts[key][-1] is Verdict.PASS)
-        tally.fixed_fail.append(fixed[key].verdict is Verdict.FAIL)
+        tally.rolled_back.append(GateVerdict.FAIL in verdicts[key])
+        tally.promoted.append(verdicts[key][-1] is GateVerdict.PASS)
+        tally.fixed_fail.append(fixed[key].verdict is GateVerdict.FAIL)
     new.deff.append(tests["new"].design_effect)
 
 

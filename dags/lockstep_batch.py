@@ -27,12 +27,14 @@ Runs hourly (at 30 minutes past; ``LOCKSTEP_SCHEDULES=off`` leaves that out) and
 
 from __future__ import annotations
 
-from airflow.sdk import Param, TriggerRule, dag, task
+from airflow.sdk import TriggerRule, dag, task
 
 from lockstep.ops.dag_support import (
+    BATCH_FORM,
     DEFAULT_ARGS,
     NO_RETRY,
     PROMOTED,
+    dag_params,
     on_failure,
     schedule,
     time_limits,
@@ -51,12 +53,7 @@ LIMITS = time_limits("lockstep_batch")  # every task's execution_timeout and the
     default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure, "execution_timeout": LIMITS.task},
     tags=["lockstep", "batch"],
     doc_md=__doc__,
-    params={
-        "k": Param(10, type="integer", minimum=1, maximum=100, title="Results per key", section="Run", description="Top-k kept per key. Changing it recomputes every version in full."),
-        "shard_size": Param(50_000, type="integer", minimum=100, maximum=1_000_000, title="Keys per shard", section="Run", description="Keys per mapped compute task."),
-        "full": Param(False, type="boolean", title="Full recompute", section="Run", description="Recompute every key of every version (each takes no batch traffic until its run finishes)."),
-        "model_versions": Param(None, type=["null", "string"], title="Model versions", section="Run", description="Comma-separated serving versions to compute. Empty: every serving version."),
-    },
+    params=dag_params(BATCH_FORM),  # defaults, bounds and texts from the config classes (dag_support)
 )
 def lockstep_batch():
     @task

@@ -29,12 +29,14 @@ hourly run out (trigger it yourself).
 
 from __future__ import annotations
 
-from airflow.sdk import Metadata, Param, dag, task
+from airflow.sdk import Metadata, dag, task
 
 from lockstep.ops.dag_support import (
     DEFAULT_ARGS,
     DRIFT,
+    DRIFT_FORM,
     NO_RETRY,
+    dag_params,
     on_failure,
     schedule,
     time_limits,
@@ -62,25 +64,16 @@ LIMITS = time_limits("lockstep_drift")  # every task's execution_timeout and the
     default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure, "execution_timeout": LIMITS.task},
     tags=["lockstep", "monitoring", "drift"],
     doc_md=__doc__,
-    params={
-        "window_hours": Param(1.0, type="number", exclusiveMinimum=0, maximum=24 * 30, title="Window (hours)", section="Window", description="Length of the window that ends at the run's time; click-through compares it with the window before."),
-        "accumulate_hours": Param(24.0, type="number", minimum=0, maximum=24 * 30, title="Accumulated span (hours)", section="Window", description="Also test the records of this longer span (the union of the last windows), so a slow drift adds up instead of starting over every hour. 0 or at most window_hours: off."),
-        "false_alarm_rate": Param(0.01, type="number", exclusiveMinimum=0, maximum=0.5, title="False alarms per day", section="False alarms", description="Chance of a false drift alarm per day when nothing moved. Spent evenly over the day's checks (Bonferroni) and shared by the tests of a check (Holm): vocabulary and domain-classifier permutation tests, the segment (cluster) test, click-through."),
-        "checks_per_day": Param(24, type="integer", minimum=1, maximum=1440, title="Checks per day", section="False alarms", description="Checks that share the daily false-alarm rate: 24 for the hourly schedule, so each check tests at false_alarm_rate / 24."),
-        "unseen_token_share_excess": Param(0.05, type="number", minimum=0, maximum=1, title="Excess of unseen query words", section="Thresholds", description="Search queries only: drift when the share of query words never seen in the training data exceeds that of a same-sized reference sample by more than this."),
-        "ctr_relative_drop": Param(0.20, type="number", minimum=0, maximum=1, title="Click-through drop", section="Thresholds", description="Drift when the champion's click-through fell by more than this share against the previous window and the drop is significant (one-sided z-test, within the false-alarm level)."),
-        "min_records": Param(50, type="integer", minimum=10, title="Fewest records to judge", section="Thresholds", description="Fewest new records (and, separately, queries) in the window for them to be judged; fewer gives 'not drifted' with a note."),
-        "max_samples": Param(2000, type="integer", minimum=50, maximum=20000, title="Most records sampled", section="Run", description="Records, queries and reference texts sampled per side at most (bounds the run time)."),
-        "force": Param(False, type="boolean", title="Emit the drift asset anyway", section="Run", description="Emit the drift asset even when no drift is found (demos: schedules a retraining)."),
-    },
+    params=dag_params(DRIFT_FORM),  # defaults, bounds and texts from the config classes (dag_support)
 )
 def lockstep_drift():
     @task
     def check(params=None, run_id=None, data_interval_end=None, dag_run=None) -> dict:
         from lockstep.drift import steps as drift_check
+        from lockstep.systems import steps as system
 
         end = data_interval_end or getattr(dag_run, "run_after", None)
-        return drift_check.run_check(
+        return system.drift_check(
             window_hours=float(params["window_hours"]),
             thresholds={k: params[k] for k in THRESHOLD_KEYS},
             min_records=int(params["min_records"]),

@@ -56,9 +56,9 @@ LIMITS = time_limits("lockstep_maintenance")  # every task's execution_timeout a
 def lockstep_maintenance():
     @task
     def checkpoint(params=None) -> list[dict]:
-        from lockstep.ops import retention
+        from lockstep.systems import steps as system
 
-        return retention.checkpoint_indexes() if params["checkpoint"] else []
+        return system.checkpoint_indexes() if params["checkpoint"] else []
 
     @task
     def compact(checkpoints: list[dict], params=None) -> dict:

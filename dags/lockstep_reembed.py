@@ -26,19 +26,21 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import Metadata, Param, dag, task
+from airflow.sdk import Metadata, dag, task
 
 from lockstep.ops.dag_support import (
     CHALLENGER,
     DEFAULT_ARGS,
     INDEX_READY,
     NO_RETRY,
-    deployment_system,
+    REEMBED_FORM,
+    dag_params,
     embedding_processes,
     latest_extra,
     on_failure,
     time_limits,
 )
+from lockstep.systems.steps import starts_reembed_with
 
 EMBEDDING_PROCESSES = embedding_processes()  # shard tasks of one run embedding at once (read when the file is parsed)
 LIMITS = time_limits("lockstep_reembed")  # every task's execution_timeout and the run's dagrun_timeout
@@ -55,52 +57,20 @@ LIMITS = time_limits("lockstep_reembed")  # every task's execution_timeout and t
     default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure, "execution_timeout": LIMITS.task},
     tags=["lockstep", "indexing"],
     doc_md=__doc__,
-    params={
-        "model_version": Param(
-            None, type=["null", "string"],
-            title="Model version", section="Version", description="Registered version to index. Empty: the version from the challenger asset, else alias 'challenger'.",
-        ),
-        "promote_if_first": Param(True, type="boolean", title="Make the first version champion", section="Version", description="With no champion yet, make this version champion at 100 % once its index is ready."),
-        "index_type": Param(
-            "auto", enum=["auto", "flat", "ivf", "hnsw"],
-            title="Index type", section="Index", description="auto: exact flat below LOCKSTEP_ANN_THRESHOLD records, HNSW above. flat is exact; ivf and hnsw are approximate (validated by recall@10).",
-        ),
-        "shard_size": Param(
-            None, type=["null", "integer"], minimum=100, maximum=1_000_000,
-            title="Records per shard", section="Index", description="Records per shard (one mapped task each). Empty: chosen from the record count to give about target_shards shards.",
-        ),
-        "target_shards": Param(
-            None, type=["null", "integer"], minimum=1, maximum=1000,
-            title="Shards to aim for", section="Index", description="Shards to aim for when shard_size is empty. Empty: 4 per embedding process (LOCKSTEP_REEMBED_WORKERS, default the core count; each task costs Airflow ~3 s).",
-        ),
-        "min_recall": Param(0.95, type="number", minimum=0, maximum=1, title="Least recall@10", section="Validation", description="Minimum recall@10 against exact search for approximate index types."),
-        "sample_size": Param(200, type="integer", minimum=1, title="Vectors re-embedded to compare", section="Validation", description="Stored vectors compared with fresh embeddings during validation."),
-        "early_verdict_share": Param(
-            0.1, type="number", exclusiveMinimum=0, maximum=0.5,
-            title="First slice", section="Early verdict", description="Share of the records embedded first, as a uniform sample (a seeded hash of the id), and judged before the rest is embedded.",
-        ),
-        "early_verdict_action": Param(
-            "warn", enum=["warn", "stop"],
-            title="When the candidate is worse", section="Early verdict", description="warn: continue the load and warn; stop: stop it (slot retired, version rejected, its files deleted). Worse: the 95 % CI's upper bound of the nDCG@10 difference lies below -margin.",
-        ),
-        "early_verdict_margin": Param(
-            0.01, type="number", minimum=0, maximum=1,
-            title="Margin (nDCG@10)", section="Early verdict", description="How much worse than the champion, in nDCG@10 on the loaded records, the candidate must be beyond doubt before the action applies.",
-        ),
-    },
+    params=dag_params(REEMBED_FORM),  # defaults, bounds and texts from the config classes (dag_support)
 )
 def lockstep_reembed():
-    @task.run_if(lambda context: deployment_system() == "recommender", skip_message="a search deployment")
+    @task.run_if(lambda context: starts_reembed_with("build_recommender"), skip_message="a search deployment")
     @task(outlets=[INDEX_READY])
     def build_recommender(params=None, triggering_asset_events=None):
-        from lockstep.recommender import steps as recommender
+        from lockstep.systems import steps as system
 
         extra = latest_extra(triggering_asset_events, CHALLENGER)
-        ready = recommender.build_requested(params["model_version"], extra, promote_if_first=params["promote_if_first"])
+        ready = system.build(params["model_version"], extra, promote_if_first=params["promote_if_first"])
         yield Metadata(INDEX_READY, ready)
         return ready
 
-    @task.run_if(lambda context: deployment_system() != "recommender", skip_message="a recommender deployment")
+    @task.run_if(lambda context: starts_reembed_with("prepare"), skip_message="a recommender deployment")
     @task
     def prepare(params=None, triggering_asset_events=None) -> dict:
         from lockstep.index import steps as reembed
@@ -172,6 +142,8 @@ def lockstep_reembed():
         return ready
 
     build_recommender()
+    # The search tasks follow lockstep.index.plan.STEPS, the order `lockstep index build` runs
+    # in one process (tests/dags/test_reembed_plan.py checks it).
     plan = prepare()
     snap = snapshot(plan)
     first = embed.override(task_id="embed_first_slice").partial(plan=plan, snap=snap).expand(shard=first_slice(snap))

@@ -19,27 +19,21 @@ timetable does not run immediately), so nothing runs before a corpus is loaded.
 
 from __future__ import annotations
 
-from airflow.sdk import Metadata, Param, dag, task
+from airflow.sdk import Metadata, dag, task
 
 from lockstep.ops.dag_support import (
     CHALLENGER,
     DEFAULT_ARGS,
     DRIFT,
     NO_RETRY,
-    deployment_system,
+    RETRAIN_FORM,
+    TRAIN_KEYS,
+    dag_params,
     latest_extra,
     on_failure,
     schedule,
     time_limits,
 )
-
-TRAIN_KEYS = (
-    "family", "dim", "max_features", "min_df", "max_df", "window", "min_count", "epochs", "sif_a",
-    "margin", "holdout_percent", "max_eval_queries", "fit_sample",
-)
-# The built-in families (lockstep.model.families.families(), which imports scikit-learn and
-# so cannot run at parse time; tests/dags/test_family_switch.py checks the two agree).
-FAMILIES = ["tfidf_svd", "word_vectors"]
 
 LIMITS = time_limits("lockstep_retrain")  # every task's execution_timeout and the run's dagrun_timeout
 
@@ -54,35 +48,20 @@ LIMITS = time_limits("lockstep_retrain")  # every task's execution_timeout and t
     default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure, "execution_timeout": LIMITS.task},
     tags=["lockstep", "training"],
     doc_md=__doc__,
-    params={
-        "family": Param("tfidf_svd", type="string", enum=FAMILIES, title="Model family", section="Model", description="The kind of model to train: tfidf_svd (TF-IDF + TruncatedSVD) or word_vectors (Word2Vec trained on the corpus, SIF pooling). A switch rolls out like any new version."),
-        "dim": Param(256, type="integer", minimum=8, maximum=2048, title="Embedding dimension", section="Model", description="Embedding dimension (SVD components, or word-vector size)."),
-        "max_features": Param(50000, type="integer", minimum=100, title="Vocabulary size", section="Model", description="Vocabulary size (the most frequent words are kept)."),
-        "min_df": Param(2, type="integer", minimum=1, title="Least document frequency", section="Model", description="tfidf_svd: minimum number of documents a term must appear in."),
-        "max_df": Param(0.5, type="number", exclusiveMinimum=0, maximum=1, title="Largest document share", section="Model", description="tfidf_svd: drop terms in more than this share of documents."),
-        "window": Param(10, type="integer", minimum=1, maximum=50, title="Context window", section="Model", description="word_vectors: words on each side that Word2Vec learns a word from."),
-        "min_count": Param(2, type="integer", minimum=1, title="Least word count", section="Model", description="word_vectors: words seen fewer times in the training texts get no vector."),
-        "epochs": Param(10, type="integer", minimum=1, maximum=100, title="Training passes", section="Model", description="word_vectors: passes of Word2Vec over the training texts."),
-        "sif_a": Param(0.001, type="number", exclusiveMinimum=0, title="SIF weight a", section="Model", description="word_vectors: a word weighs a / (a + its share of the training tokens); smaller a mutes frequent words more."),
-        "fit_sample": Param(200000, type=["null", "integer"], minimum=2, title="Records to fit on", section="Model", description="Records the vocabulary and the SVD are fitted on (a seeded sample; bounds training memory at millions of records); empty: all."),
-        "margin": Param(0.005, type="number", minimum=0, title="Required nDCG@10 gain", section="Evaluation", description="nDCG@10 gain the challenger must show over the champion (and its CI lower bound must be > 0)."),
-        "holdout_percent": Param(10, type="integer", minimum=1, maximum=50, title="Held-out queries (%)", section="Evaluation", description="Percent of labelled records held out as evaluation queries (stable by id)."),
-        "max_eval_queries": Param(1500, type="integer", minimum=10, title="Most evaluation queries", section="Evaluation", description="At most this many evaluation queries."),
-        "factors": Param(64, type="integer", minimum=1, maximum=1024, title="ALS factors", section="Recommender", description="Recommender deployments only: the embedding dimension of users and items."),
-        "iterations": Param(15, type="integer", minimum=1, maximum=200, title="ALS iterations", section="Recommender", description="Recommender deployments only: alternating least-squares passes."),
-        "skip_validation": Param(False, type="boolean", title="Skip data validation", section="Data", description="Skip the Great Expectations suite (not recommended)."),
-    },
+    params=dag_params(RETRAIN_FORM),  # defaults, bounds and texts from the config classes (dag_support)
 )
 def lockstep_retrain():
     @task.branch
     def which_system() -> str:
-        return "train_recommender" if deployment_system() == "recommender" else "snapshot"
+        from lockstep.systems import steps as system
+
+        return system.retrain_start()
 
     @task(**NO_RETRY)
     def train_recommender(params=None, triggering_asset_events=None) -> dict:
-        from lockstep.recommender import steps as recommender
+        from lockstep.systems import steps as system
 
-        return recommender.train_for_dag(params, latest_extra(triggering_asset_events, DRIFT))
+        return system.train(params, latest_extra(triggering_asset_events, DRIFT))
 
     @task.branch
     def decide_recommender(trained: dict) -> str:

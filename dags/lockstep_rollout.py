@@ -177,8 +177,9 @@ def lockstep_rollout():
     @task(**NO_RETRY)
     def verify(plan: dict, final: dict) -> dict:
         from lockstep.rollout import steps as rollout
+        from lockstep.systems import steps as system
 
-        return rollout.verify(plan, final)
+        return rollout.verify(plan, final, probe=system.verify_probe())
 
     wait_rollback_window = DateTimeSensorAsync(
         task_id="wait_rollback_window",

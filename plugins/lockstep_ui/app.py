@@ -14,7 +14,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from lockstep.core.errors import LockstepError
-from lockstep.ops.dashboard import Dashboard, load_dashboard
+from lockstep.ops.dashboard import Dashboard
+from lockstep.systems import load_dashboard
 
 from .auth import LoginRequired, airflow_user
 from .page import render_page

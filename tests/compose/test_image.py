@@ -107,7 +107,7 @@ def test_dockerfile_copies_exist_and_are_in_the_build_context():
         ".lockstep/lockstep.db",
     ):
         assert dockerignored(private), private
-    assert not dockerignored(".env.example") and not dockerignored("include/lockstep/cli.py")
+    assert not dockerignored(".env.example") and not dockerignored("include/lockstep/cli/base.py")
 
 
 def test_docker_only_requirements_are_pinned_and_agree_with_the_tested_set():

@@ -178,7 +178,8 @@ def test_recommender_rows_are_what_recommend_gives_and_follow_new_interactions(r
     import httpx
 
     from lockstep.core.config import Settings
-    from lockstep.serving import ServingConfig, create_app
+    from lockstep.serving import ServingConfig
+    from lockstep.systems import create_app
     from tests.serving.harness import serve
 
     config = ServingConfig(poll_interval=0.05, tail_interval=0.1, log_flush_interval=0.1, replica="test")

@@ -22,7 +22,8 @@ def drifting_store(lockstep_home, monkeypatch):
     from lockstep.model.registry import Registry
     from lockstep.store.corpus import DEMO_CATEGORIES, demo_sample, load_demo_corpus
     from lockstep.store.records import Record, RecordStore
-    from lockstep.training.fit import TrainConfig, fit_embedder, split_holdout
+    from lockstep.training.config import TrainConfig
+    from lockstep.training.fit import fit_embedder, split_holdout
 
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     store = RecordStore()

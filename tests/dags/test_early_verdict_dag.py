@@ -81,7 +81,8 @@ def _log_searches(records) -> None:
 def _full_delta(world, candidate: str) -> float:
     """The offline evaluation's nDCG@10 difference, candidate - champion, on the whole corpus."""
     from lockstep.model.evaluation import compare
-    from lockstep.training.fit import TrainConfig, evaluate_embedder, split_holdout
+    from lockstep.training.config import TrainConfig
+    from lockstep.training.fit import evaluate_embedder, split_holdout
 
     cfg = TrainConfig()
     holdout = split_holdout(world["store"].snapshot().records, cfg)
@@ -160,7 +161,7 @@ def test_a_worse_candidate_is_stopped_after_the_first_slice_and_the_champion_is_
     assert _files_digest(champion_slot.index_location) == champion_files
 
     # the UI page shows why the load stopped, though the version's files are gone
-    from lockstep.ops.dashboard import load_dashboard
+    from lockstep.systems import load_dashboard
 
     shown = {v["model_version"]: v for v in load_dashboard().early_verdicts}
     assert shown[v2]["verdict"] == "stop" and shown[v2]["figures"]["delta_ndcg_at_10"] == figures["delta_ndcg_at_10"]

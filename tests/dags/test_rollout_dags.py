@@ -131,7 +131,7 @@ def replica() -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    code = f"from lockstep.serving.runner import run; run('127.0.0.1', {port}, log_level='warning')"
+    code = f"from lockstep.serving.runner import run; run('127.0.0.1', {port}, log_level='warning', app='lockstep.systems:create_app')"
     log = open(Path(os.environ["LOCKSTEP_HOME"]) / f"replica-{port}.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -30,7 +30,8 @@ def demo(tmp_path_factory):
     from lockstep.model.registry import Registry
     from lockstep.store.corpus import DEMO_CATEGORIES, demo_sample
     from lockstep.store.db import dispose_engines
-    from lockstep.training.fit import TrainConfig, fit_embedder, split_holdout
+    from lockstep.training.config import TrainConfig
+    from lockstep.training.fit import fit_embedder, split_holdout
 
     home = tmp_path_factory.mktemp("drift-home")
     with pytest.MonkeyPatch.context() as mp:
@@ -426,7 +427,8 @@ def pools():
     """As benchmarks/bench_drift.py: a champion fitted on 3,000 posts of 10 newsgroups,
     1,000 held-out posts as reference, and windows of 600 drawn from the rest."""
     from lockstep.store.corpus import DEMO_CATEGORIES, load_demo_corpus
-    from lockstep.training.fit import TrainConfig, fit_embedder
+    from lockstep.training.config import TrainConfig
+    from lockstep.training.fit import fit_embedder
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LOCKSTEP_CACHE_DIR", str(DEMO_CACHE))

@@ -8,15 +8,10 @@ import pytest
 from lockstep.core.errors import LockstepError
 from lockstep.index.beam import EF_LADDER, choose_ef_search, fragment_queries
 from lockstep.index.manifest import read_manifest
+from lockstep.index.recall import exact_kth_scores, measure_recall, recall_given_kth
 from lockstep.index.storage import load_index, save_index
 from lockstep.index.validation import validate_built_index
-from lockstep.index.vector_index import (
-    IndexSpec,
-    VectorIndex,
-    exact_kth_scores,
-    measure_recall,
-    recall_given_kth,
-)
+from lockstep.index.vector_index import IndexSpec, VectorIndex
 from lockstep.model.embedding import TextEmbedder
 from lockstep.store.records import RecordStore
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from lockstep.core.errors import LockstepError
-from lockstep.index.vector_index import SWAP_REPLAY_MAX, IndexSpec, VectorIndex
+from lockstep.index.compaction import SWAP_REPLAY_MAX
+from lockstep.index.vector_index import IndexSpec, VectorIndex
 
 TIMEOUT = 30.0  # a failure guard only: nothing here should take more than a second
 

@@ -11,12 +11,14 @@ from lockstep.index.early_verdict import (
     CONTINUE,
     STOP,
     WARN,
-    EarlyVerdictError,
     EvalSettings,
-    check_settings,
     decide,
-    in_first_slice,
     is_held_out,
+)
+from lockstep.index.first_slice import (
+    EarlyVerdictError,
+    check_settings,
+    in_first_slice,
     write_sliced_snapshot,
 )
 from lockstep.index.snapshot import read_snapshot_shard

@@ -140,7 +140,7 @@ def test_clearing_shards_that_are_a_symlink_removes_the_link_only(tmp_path, prec
 
 
 def test_a_reembed_plan_from_another_task_is_checked_where_it_is_rebuilt(lockstep_home, precious):
-    from lockstep.index.steps import SlotPlan
+    from lockstep.index.slot_plan import SlotPlan
 
     good = {"model_name": "m", "model_version": "1", "model_uri": "models:/m/1", "fingerprint": "sha256:" + "f" * 64,
             "location": str(index_location("m", 1))}

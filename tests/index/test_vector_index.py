@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 
 from lockstep.core.errors import LockstepError
+from lockstep.index.recall import measure_recall, recall_at_k
 from lockstep.index.vector_index import (
     IndexSpec,
     VectorIndex,
     choose_spec,
-    measure_recall,
-    recall_at_k,
     resolve_spec,
     spec_for,
 )

@@ -9,9 +9,9 @@ import pytest
 from sklearn.base import clone
 
 from lockstep.core.errors import NotFittedError
-from lockstep.model.embedding import (
+from lockstep.model.embedding import TextEmbedder
+from lockstep.model.integrity import (
     ModelIntegrityError,
-    TextEmbedder,
     checksum_path,
     file_sha256,
     verify_model_file,

@@ -19,9 +19,9 @@ from lockstep.model.evaluation import (
     ndcg_at_k,
     paired_bootstrap_diff,
     parse_metric,
-    plot_evaluation,
     precision_at_k,
 )
+from lockstep.model.evaluation_plot import plot_evaluation
 
 LOG2_3 = math.log2(3)
 
@@ -349,7 +349,8 @@ def test_score_budget_batches_give_the_same_ranking(monkeypatch):
 
 def test_fit_sample_is_seeded_and_bounds_what_the_model_is_fitted_on():
     from lockstep.store.records import Record
-    from lockstep.training.fit import TrainConfig, TrainingError, fit_texts
+    from lockstep.training.config import TrainConfig, TrainingError
+    from lockstep.training.fit import fit_texts
 
     records = [Record(f"r{i:04d}", f"text number {i}") for i in range(1000)]
     assert fit_texts(records, TrainConfig()) == [r.text for r in records]  # under the sample size: all
@@ -366,9 +367,9 @@ def test_fit_sample_is_seeded_and_bounds_what_the_model_is_fitted_on():
 
 
 def test_an_eval_set_without_records_evaluates_like_the_holdout():
+    from lockstep.training.config import TrainConfig
     from lockstep.training.fit import (
         EvalSet,
-        TrainConfig,
         evaluate_embedder,
         fit_embedder,
         fit_texts,

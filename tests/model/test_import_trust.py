@@ -15,10 +15,10 @@ import mlflow
 import pytest
 
 from lockstep.core.errors import UnsafePathError
-from lockstep.index import steps
+from lockstep.index import slot_plan
 from lockstep.index.storage import index_location
-from lockstep.model.embedding import ModelIntegrityError
 from lockstep.model.importing import import_model
+from lockstep.model.integrity import ModelIntegrityError
 from lockstep.model.pyfunc_embedder import META_FILE, PyfuncEmbedder, directory_digest
 from lockstep.model.registry import TAG_MODEL_SHA256
 from tests.model.byo_models import save_team_model
@@ -120,15 +120,15 @@ def test_the_reembed_copy_is_checked_against_the_plan_not_its_own_lockstep_json(
     embedder = registry.load_embedder(imported.version)
     location = index_location(registry.model_name, imported.version)
     saved = embedder.save(location / "shards" / "model")
-    plan = steps.SlotPlan(
+    plan = slot_plan.SlotPlan(
         model_name=registry.model_name, model_version=imported.version, model_uri=imported.model_uri,
         fingerprint=imported.fingerprint, location=str(location), model_sha256=directory_digest(saved),
     )
-    assert steps.load_embedder(plan).fingerprint == imported.fingerprint
-    steps._EMBEDDERS.clear()
+    assert slot_plan.load_embedder(plan).fingerprint == imported.fingerprint
+    slot_plan._EMBEDDERS.clear()
     marker = tmp_path / "pwned"
     (saved / "team_model.py").write_text(PAYLOAD.format(marker=str(marker)))
     (saved / META_FILE).write_text(json.dumps({"digest": directory_digest(saved)}))
     with pytest.raises(ModelIntegrityError, match="fails its checksum"):
-        steps.load_embedder(plan)
+        slot_plan.load_embedder(plan)
     assert not marker.exists()

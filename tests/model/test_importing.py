@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from lockstep.core.errors import FingerprintMismatchError
-from lockstep.model.embedding import ModelIntegrityError
 from lockstep.model.importing import import_model
+from lockstep.model.integrity import ModelIntegrityError
 from lockstep.model.pyfunc_embedder import PROBE_FILE, ModelContractError, PyfuncEmbedder
 from lockstep.model.registry import Registry
 from tests.model.byo_models import fit_pipeline, log_team_model, save_team_model

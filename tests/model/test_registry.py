@@ -256,7 +256,7 @@ def test_a_swapped_model_artifact_is_refused_before_it_is_unpickled(registry, em
     import joblib
     import mlflow
 
-    from lockstep.model.embedding import ModelIntegrityError, file_sha256
+    from lockstep.model.integrity import ModelIntegrityError, file_sha256
 
     info = register(registry, embedder)
     [stored] = list((lockstep_home / "mlartifacts").rglob("embedder.joblib"))
@@ -279,7 +279,7 @@ def test_a_version_registered_the_old_way_still_loads(registry, embedder, tmp_pa
     import joblib
     import mlflow
 
-    from lockstep.model.embedding import file_sha256
+    from lockstep.model.integrity import file_sha256
 
     old_file = tmp_path / "embedder.joblib"
     joblib.dump(embedder, old_file)
@@ -365,7 +365,9 @@ def test_promote_champion_records_the_replacement(registry, embedder, other_embe
 
 
 def test_champion_history_is_bounded(registry, embedder, monkeypatch):
-    monkeypatch.setattr(registry_module, "HISTORY_MAX_ENTRIES", 3)
+    from lockstep.model.registry import champions
+
+    monkeypatch.setattr(champions, "HISTORY_MAX_ENTRIES", 3)
     register(registry, embedder)
     register(registry, embedder)
 

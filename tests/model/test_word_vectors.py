@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from lockstep.model import word_vectors
-from lockstep.model.embedding import ModelIntegrityError, file_sha256
 from lockstep.model.families import families, family_class, family_name, load_model_file
+from lockstep.model.integrity import ModelIntegrityError, file_sha256
 from lockstep.model.registry import Registry
 from lockstep.model.word_vectors import WordVectorEmbedder, tokenize
 
@@ -189,7 +189,7 @@ def test_changed_weights_with_a_matching_checksum_are_refused_by_the_fingerprint
     import joblib
 
     from lockstep.core.errors import NotFittedError
-    from lockstep.model.embedding import checksum_path
+    from lockstep.model.integrity import checksum_path
 
     path = model.save(tmp_path / "wv.joblib")
     payload = joblib.load(path)

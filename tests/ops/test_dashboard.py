@@ -18,15 +18,11 @@ from fastapi.testclient import TestClient
 from lockstep.core import alerts
 from lockstep.core.config import DEFAULT_MLFLOW_UI_URL
 from lockstep.core.errors import ConfigurationError
-from lockstep.ops.dashboard import (
-    WeightPoint,
-    load_dashboard,
-    mlflow_version_url,
-    short_fingerprint,
-    weight_chart_svg,
-)
+from lockstep.ops.dashboard import mlflow_version_url, short_fingerprint
+from lockstep.ops.weight_chart import WeightPoint, weight_chart_svg
 from lockstep.rollout import record
 from lockstep.store import routing, schema
+from lockstep.systems import load_dashboard
 from tests.ui.scenario import FINGERPRINTS, ROLLBACK_REASON, seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))

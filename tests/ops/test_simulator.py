@@ -43,7 +43,8 @@ def deployment(lockstep_home, tmp_path):
 @pytest.mark.slow
 def test_clicks_follow_relevance_and_every_answer_is_checked(deployment):
     from lockstep.core.config import Settings
-    from lockstep.serving import ServingConfig, create_app
+    from lockstep.serving import ServingConfig
+    from lockstep.systems import create_app
     from tests.serving.harness import serve, wait_for
 
     engine, store = deployment
@@ -90,7 +91,8 @@ def _clicks(engine) -> int:
 @pytest.mark.slow
 def test_the_simulator_can_be_driven_step_by_step_and_replays_with_the_same_seed(deployment):
     from lockstep.core.config import Settings
-    from lockstep.serving import ServingConfig, create_app
+    from lockstep.serving import ServingConfig
+    from lockstep.systems import create_app
     from tests.serving.harness import serve
 
     engine, store = deployment
@@ -115,8 +117,9 @@ def test_heterogeneous_users_reach_the_request_log_as_sent(deployment):
     """Anonymous searches are logged without a user id; the heavy users' searches with theirs."""
     from lockstep.core.config import Settings
     from lockstep.ops.population import Population
-    from lockstep.serving import ServingConfig, create_app
+    from lockstep.serving import ServingConfig
     from lockstep.store.schema import request_log
+    from lockstep.systems import create_app
     from tests.serving.harness import serve, wait_for
 
     engine, store = deployment

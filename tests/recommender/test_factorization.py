@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from lockstep.core.errors import NotFittedError
-from lockstep.model.embedding import ModelIntegrityError, checksum_path
+from lockstep.model.integrity import ModelIntegrityError, checksum_path
 from lockstep.recommender.factorization import FILE_FORMAT, ALSRecommender
 from lockstep.recommender.fold_in import UnknownIdError
 from tests.recommender import ml100k
@@ -124,7 +124,7 @@ def test_a_file_whose_factors_do_not_match_its_fingerprint_is_refused(tmp_path):
     np.savez(buffer, **arrays)
     path = tmp_path / "forged.npz"
     path.write_bytes(buffer.getvalue())
-    from lockstep.model.embedding import file_sha256
+    from lockstep.model.integrity import file_sha256
 
     with pytest.raises(NotFittedError, match="does not match the file's factors"):
         ALSRecommender.load(path, expected_sha256=file_sha256(path))

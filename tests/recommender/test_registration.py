@@ -8,7 +8,7 @@ import pytest
 
 from lockstep.core.config import Settings
 from lockstep.core.errors import FingerprintMismatchError, RegistryError
-from lockstep.model.embedding import ModelIntegrityError
+from lockstep.model.integrity import ModelIntegrityError
 from lockstep.model.recommender_model import FAMILY, _artifact_path, recommender_registry
 from lockstep.model.registry import TAG_MODEL_SHA256
 from lockstep.recommender.registration import load_version, register_fit

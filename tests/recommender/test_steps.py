@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from lockstep.recommender.steps import RecommenderTrainConfig, train
+from lockstep.recommender.config import RecommenderTrainConfig
+from lockstep.recommender.steps import train
 
 pytestmark = pytest.mark.timeout(600, method="thread")
 

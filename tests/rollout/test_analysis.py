@@ -12,7 +12,7 @@ def test_gate_settings_defaults_are_rollout_config_defaults():
     assert (settings.min_samples, settings.alpha, settings.ctr_tau) == (
         DEFAULTS["min_samples"], DEFAULTS["alpha"], DEFAULTS["ctr_tau"]
     )
-    assert RolloutConfig().gate_settings() == settings
+    assert GateSettings.of(RolloutConfig()) == settings
 
 
 def test_ctr_look_feeds_only_the_counts_since_the_previous_look():

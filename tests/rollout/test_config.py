@@ -15,8 +15,8 @@ from lockstep.rollout.config import (
     RolloutError,
     overrides_from_json,
 )
-from lockstep.rollout.gates import CanaryPolicy, GateThresholds
 from lockstep.rollout.plan import RolloutPlan, as_plan
+from lockstep.rollout.policy import CanaryPolicy, GateThresholds
 
 # --- one source of defaults ------------------------------------------------------------------------
 
@@ -24,8 +24,8 @@ from lockstep.rollout.plan import RolloutPlan, as_plan
 def test_gate_thresholds_and_canary_policy_take_their_defaults_from_the_config():
     """Reproduction: gates.py had its own defaults (min_overlap 0.5, bake 600 s) beside RolloutConfig's (0.2, 60 s)."""
     config = RolloutConfig()
-    assert GateThresholds() == config.thresholds
-    assert CanaryPolicy() == config.policy()
+    assert GateThresholds() == GateThresholds.of(config)
+    assert CanaryPolicy() == CanaryPolicy.of(config)
     assert (GateThresholds().min_overlap, CanaryPolicy().bake_seconds) == (0.2, 60.0)  # the values the DAG has always used
     assert GateThresholds().non_inferiority_margin == config.ctr_margin
 

@@ -25,11 +25,10 @@ from statsmodels.stats.proportion import (
 
 from lockstep.rollout.gates import (
     Action,
-    CanaryPolicy,
     GateError,
     GateResult,
+    GateVerdict,
     SequentialCTRTest,
-    Verdict,
     bandit_decision,
     combine,
     error_rate_gate,
@@ -37,10 +36,10 @@ from lockstep.rollout.gates import (
     latency_gate,
     overlap_gate,
 )
+from lockstep.rollout.policy import CanaryPolicy
+from lockstep.rollout.sequential import always_valid_ci, msprt_p_value
 from lockstep.rollout.statistics import (
-    always_valid_ci,
     hodges_lehmann,
-    msprt_p_value,
     newcombe_interval,
     prob_best,
     required_sample_size,
@@ -89,53 +88,53 @@ def slack(rate, runs):
 
 def test_result_drops_non_finite_figures_and_is_json():
     result = GateResult("g", "pass", "fine", {"a": 1, "b": float("nan"), "c": float("inf"), "d": np.float64(2.5)})
-    assert result.verdict is Verdict.PASS
+    assert result.verdict is GateVerdict.PASS
     assert result.figures == {"a": 1.0, "d": 2.5}
     decoded = json.loads(json.dumps(result.to_dict()))
     assert decoded == {"name": "g", "verdict": "pass", "reason": "fine", "figures": {"a": 1.0, "d": 2.5}}
-    assert Verdict.FAIL == "fail" and json.dumps(Verdict.INCONCLUSIVE) == '"inconclusive"'
+    assert GateVerdict.FAIL == "fail" and json.dumps(GateVerdict.INCONCLUSIVE) == '"inconclusive"'
 
 
 def test_combine_any_fail_then_any_inconclusive_then_pass():
-    ok = GateResult("a", Verdict.PASS, "ok", {"x": 1.0})
-    maybe = GateResult("b", Verdict.INCONCLUSIVE, "thin data")
-    bad = GateResult("c", Verdict.FAIL, "slow")
-    assert combine([ok, maybe, bad]).verdict is Verdict.FAIL
+    ok = GateResult("a", GateVerdict.PASS, "ok", {"x": 1.0})
+    maybe = GateResult("b", GateVerdict.INCONCLUSIVE, "thin data")
+    bad = GateResult("c", GateVerdict.FAIL, "slow")
+    assert combine([ok, maybe, bad]).verdict is GateVerdict.FAIL
     assert "c: slow" in combine([ok, maybe, bad]).reason
-    assert combine([ok, maybe]).verdict is Verdict.INCONCLUSIVE
+    assert combine([ok, maybe]).verdict is GateVerdict.INCONCLUSIVE
     passed = combine([ok, ok])
-    assert passed.verdict is Verdict.PASS and passed.figures["a.x"] == 1.0 and passed.figures["n_pass"] == 2
-    assert combine([]).verdict is Verdict.INCONCLUSIVE
+    assert passed.verdict is GateVerdict.PASS and passed.figures["a.x"] == 1.0 and passed.figures["n_pass"] == 2
+    assert combine([]).verdict is GateVerdict.INCONCLUSIVE
 
 
 # --------------------------------------------------------------------------- error rate
 
 
 def test_error_gate_passes_equal_rates_and_fails_a_real_increase():
-    assert error_rate_gate(10, 1000, 10, 1000).verdict is Verdict.PASS
+    assert error_rate_gate(10, 1000, 10, 1000).verdict is GateVerdict.PASS
     bad = error_rate_gate(45, 1000, 10, 1000)
-    assert bad.verdict is Verdict.FAIL and bad.figures["p_value"] < 0.05
+    assert bad.verdict is GateVerdict.FAIL and bad.figures["p_value"] < 0.05
 
 
 def test_error_gate_tolerates_increase_within_the_band():
     # +0.4 points on 20k requests is significant by itself, but below the 1-point tolerance.
     result = error_rate_gate(280, 20_000, 200, 20_000, max_abs_increase=0.01)
-    assert result.verdict is Verdict.PASS
-    assert error_rate_gate(280, 20_000, 200, 20_000, max_abs_increase=0.0).verdict is Verdict.FAIL
+    assert result.verdict is GateVerdict.PASS
+    assert error_rate_gate(280, 20_000, 200, 20_000, max_abs_increase=0.0).verdict is GateVerdict.FAIL
 
 
 def test_error_gate_absolute_ceiling_fails_even_without_baseline():
     result = error_rate_gate(80, 1000, math.nan, math.nan, max_error_rate=0.05)
-    assert result.verdict is Verdict.FAIL and "ceiling" in result.reason
+    assert result.verdict is GateVerdict.FAIL and "ceiling" in result.reason
 
 
 def test_error_gate_small_sample_is_inconclusive():
-    assert error_rate_gate(0, 20, 0, 20, min_samples=50).verdict is Verdict.INCONCLUSIVE
+    assert error_rate_gate(0, 20, 0, 20, min_samples=50).verdict is GateVerdict.INCONCLUSIVE
 
 
 def test_error_gate_impossible_counts_are_not_a_pass():
-    assert error_rate_gate(12, 10, 0, 100).verdict is Verdict.INCONCLUSIVE
-    assert error_rate_gate(-1, 100, 0, 100, critical=True).verdict is Verdict.FAIL
+    assert error_rate_gate(12, 10, 0, 100).verdict is GateVerdict.INCONCLUSIVE
+    assert error_rate_gate(-1, 100, 0, 100, critical=True).verdict is GateVerdict.FAIL
 
 
 def test_error_gate_false_fail_rate_is_below_alpha():
@@ -143,7 +142,7 @@ def test_error_gate_false_fail_rate_is_below_alpha():
     runs = 400
     fails = sum(
         error_rate_gate(rng.binomial(2000, 0.01), 2000, rng.binomial(2000, 0.01), 2000, max_abs_increase=0.0).verdict
-        is Verdict.FAIL
+        is GateVerdict.FAIL
         for _ in range(runs)
     )
     assert fails / runs <= ALPHA + slack(ALPHA, runs)
@@ -159,13 +158,13 @@ def lognormal_ms(rng, n, scale=1.0):
 def test_latency_same_distribution_passes():
     rng = np.random.default_rng(1)
     verdicts = [latency_gate(lognormal_ms(rng, 300), lognormal_ms(rng, 300)).verdict for _ in range(40)]
-    assert verdicts.count(Verdict.FAIL) == 0
+    assert verdicts.count(GateVerdict.FAIL) == 0
 
 
 def test_latency_fifty_percent_slower_fails():
     rng = np.random.default_rng(2)
     result = latency_gate(lognormal_ms(rng, 300, scale=1.5), lognormal_ms(rng, 300))
-    assert result.verdict is Verdict.FAIL
+    assert result.verdict is GateVerdict.FAIL
     assert result.figures["hl_shift_ms"] > result.figures["allowed_shift_ms"]
     assert result.figures["hl_ci_low_ms"] <= result.figures["hl_shift_ms"] <= result.figures["hl_ci_high_ms"]
 
@@ -174,20 +173,20 @@ def test_latency_slightly_slower_is_significant_but_within_tolerance():
     rng = np.random.default_rng(3)
     result = latency_gate(lognormal_ms(rng, 20_000, scale=1.05), lognormal_ms(rng, 20_000))
     assert result.figures["p_value"] < 0.02
-    assert result.verdict is Verdict.PASS and "within tolerance" in result.reason
+    assert result.verdict is GateVerdict.PASS and "within tolerance" in result.reason
 
 
 def test_latency_small_sample_is_inconclusive():
     rng = np.random.default_rng(4)
     result = latency_gate(lognormal_ms(rng, 20, scale=3), lognormal_ms(rng, 20))
-    assert result.verdict is Verdict.INCONCLUSIVE
+    assert result.verdict is GateVerdict.INCONCLUSIVE
 
 
 def test_latency_outlier_is_removed_and_does_not_decide():
     rng = np.random.default_rng(5)
     cand = np.append(lognormal_ms(rng, 300), [60_000.0])
     result = latency_gate(cand, lognormal_ms(rng, 300))
-    assert result.figures["removed_cand"] >= 1 and result.verdict is Verdict.PASS
+    assert result.figures["removed_cand"] >= 1 and result.verdict is GateVerdict.PASS
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -216,30 +215,30 @@ def test_hodges_lehmann_on_continuous_data():
 def test_overlap_identical_passes_disjoint_fails():
     live = [[f"q{i}-{j}" for j in range(10)] for i in range(30)]
     assert overlap_gate(live, live).figures["mean_overlap"] == 1.0
-    assert overlap_gate(live, live).verdict is Verdict.PASS
+    assert overlap_gate(live, live).verdict is GateVerdict.PASS
     disjoint = [[f"x{i}-{j}" for j in range(10)] for i in range(30)]
-    assert overlap_gate(live, disjoint).verdict is Verdict.FAIL
+    assert overlap_gate(live, disjoint).verdict is GateVerdict.FAIL
 
 
 def test_overlap_values():
     live, shadow = [["a", "b", "c", "d"]] * 20, [["a", "b", "e", "f"]] * 20
     assert overlap_gate(live, shadow, metric="jaccard").figures["mean_overlap"] == pytest.approx(2 / 6)
     assert overlap_gate(live, shadow, metric="overlap").figures["mean_overlap"] == pytest.approx(0.5)
-    assert overlap_gate(live, shadow, metric="overlap", min_overlap=0.5).verdict is Verdict.PASS
-    assert overlap_gate(live, shadow, metric="jaccard", min_overlap=0.5).verdict is Verdict.FAIL
+    assert overlap_gate(live, shadow, metric="overlap", min_overlap=0.5).verdict is GateVerdict.PASS
+    assert overlap_gate(live, shadow, metric="jaccard", min_overlap=0.5).verdict is GateVerdict.FAIL
 
 
 def test_overlap_missing_shadow_counts_as_disagreement():
     live = [["a", "b"]] * 30
     shadow = [["a", "b"]] * 10 + [None] * 20
     result = overlap_gate(live, shadow)
-    assert result.figures["n_shadow_missing"] == 20 and result.verdict is Verdict.FAIL
+    assert result.figures["n_shadow_missing"] == 20 and result.verdict is GateVerdict.FAIL
 
 
 def test_overlap_thin_or_unpaired_data_is_not_a_pass():
-    assert overlap_gate([["a"]] * 5, [["a"]] * 5, min_samples=20).verdict is Verdict.INCONCLUSIVE
-    assert overlap_gate([["a"]] * 30, [["a"]] * 29).verdict is Verdict.INCONCLUSIVE
-    assert overlap_gate([["a"]] * 30, [["a"]] * 29, critical=True).verdict is Verdict.FAIL
+    assert overlap_gate([["a"]] * 5, [["a"]] * 5, min_samples=20).verdict is GateVerdict.INCONCLUSIVE
+    assert overlap_gate([["a"]] * 30, [["a"]] * 29).verdict is GateVerdict.INCONCLUSIVE
+    assert overlap_gate([["a"]] * 30, [["a"]] * 29, critical=True).verdict is GateVerdict.FAIL
 
 
 # --------------------------------------------------------------------------- NaN never passes
@@ -247,7 +246,7 @@ def test_overlap_thin_or_unpaired_data_is_not_a_pass():
 
 @pytest.mark.parametrize("critical", [False, True])
 def test_nan_inputs_never_pass(critical):
-    expected = Verdict.FAIL if critical else Verdict.INCONCLUSIVE
+    expected = GateVerdict.FAIL if critical else GateVerdict.INCONCLUSIVE
     nan = float("nan")
     rng = np.random.default_rng(0)
     base_ms = lognormal_ms(rng, 200)
@@ -269,7 +268,7 @@ def test_nan_inputs_never_pass(critical):
     results.append(test.analyse(critical=critical))
     for result in results:
         assert result.verdict is expected, result
-    assert all(r.verdict is not Verdict.PASS for r in results)
+    assert all(r.verdict is not GateVerdict.PASS for r in results)
 
 
 # --------------------------------------------------------------------------- sequential CTR
@@ -309,7 +308,7 @@ def test_sequential_class_agrees_with_vectorised_simulation():
     assert 0 < failed.sum() < runs  # both outcomes occur, so agreement means something
     for run in range(runs):
         test = SequentialCTRTest(burn_in=BURN_IN)
-        verdict = Verdict.INCONCLUSIVE
+        verdict = GateVerdict.INCONCLUSIVE
         previous_p = 1.0
         for look in range(LOOKS):
             prev_c = cand[run, look - 1] if look else 0
@@ -318,9 +317,9 @@ def test_sequential_class_agrees_with_vectorised_simulation():
             assert test.p_value <= previous_p
             previous_p = test.p_value
             verdict = test.analyse(alpha=ALPHA, non_inferiority_margin=0.0).verdict
-            if verdict is not Verdict.INCONCLUSIVE:
+            if verdict is not GateVerdict.INCONCLUSIVE:
                 break
-        assert (verdict is Verdict.FAIL) == failed[run]
+        assert (verdict is GateVerdict.FAIL) == failed[run]
 
 
 def test_always_valid_ci_covers_the_true_difference_at_every_look():
@@ -335,18 +334,18 @@ def test_always_valid_ci_covers_the_true_difference_at_every_look():
 def test_sequential_verdicts():
     worse = SequentialCTRTest()
     worse.update(1500, 20_000, 2000, 20_000)
-    assert worse.analyse().verdict is Verdict.FAIL
-    assert worse.analyse(direction="lower").verdict is Verdict.PASS  # e.g. a bounce rate
+    assert worse.analyse().verdict is GateVerdict.FAIL
+    assert worse.analyse(direction="lower").verdict is GateVerdict.PASS  # e.g. a bounce rate
 
     same = SequentialCTRTest()
     same.update(8000, 80_000, 8000, 80_000)
     result = same.analyse(non_inferiority_margin=0.01)
-    assert result.verdict is Verdict.PASS and "non-inferior" in result.reason
-    assert same.analyse(non_inferiority_margin=0.0).verdict is Verdict.INCONCLUSIVE
+    assert result.verdict is GateVerdict.PASS and "non-inferior" in result.reason
+    assert same.analyse(non_inferiority_margin=0.0).verdict is GateVerdict.INCONCLUSIVE
 
     early = SequentialCTRTest()
     early.update(5, 50, 10, 50)
-    assert early.analyse(min_samples=100).verdict is Verdict.INCONCLUSIVE
+    assert early.analyse(min_samples=100).verdict is GateVerdict.INCONCLUSIVE
 
 
 def test_sequential_update_with_impossible_counts_blocks_a_pass():
@@ -354,9 +353,9 @@ def test_sequential_update_with_impossible_counts_blocks_a_pass():
     test.update(8000, 80_000, 8000, 80_000)
     test.update(50, 10, 5, 10)
     assert test.cand_n == 80_000
-    assert test.analyse(non_inferiority_margin=0.01).verdict is Verdict.INCONCLUSIVE
+    assert test.analyse(non_inferiority_margin=0.01).verdict is GateVerdict.INCONCLUSIVE
     test.update(100, 1000, 100, 1000)
-    assert test.analyse(non_inferiority_margin=0.01).verdict is Verdict.PASS
+    assert test.analyse(non_inferiority_margin=0.01).verdict is GateVerdict.PASS
 
 
 def test_msprt_p_value_edge_cases():
@@ -376,8 +375,8 @@ def test_fixed_test_matches_chi_squared_and_newcombe_example():
     result = fixed_sample_ab_test(56, 70, 48, 80, min_samples=50)
     chi2 = stats.chi2_contingency([[56, 14], [48, 32]], correction=False)
     assert result.figures["p_value"] == pytest.approx(chi2.pvalue)
-    assert result.verdict is Verdict.PASS and "better" in result.reason
-    assert fixed_sample_ab_test(48, 80, 56, 70, min_samples=50).verdict is Verdict.FAIL
+    assert result.verdict is GateVerdict.PASS and "better" in result.reason
+    assert fixed_sample_ab_test(48, 80, 56, 70, min_samples=50).verdict is GateVerdict.FAIL
 
 
 def test_required_sample_size_gives_the_promised_power():
@@ -491,11 +490,11 @@ def test_prob_best_picks_clear_winner_and_splits_a_tie():
 
 def test_bandit_decision():
     trials = {"cand": 2000, "base": 2000}
-    assert bandit_decision({"cand": 260, "base": 200}, trials, "cand", "base", seed=0).verdict is Verdict.PASS
-    assert bandit_decision({"cand": 150, "base": 200}, trials, "cand", "base", seed=0).verdict is Verdict.FAIL
-    assert bandit_decision({"cand": 201, "base": 200}, trials, "cand", "base", seed=0).verdict is Verdict.INCONCLUSIVE
+    assert bandit_decision({"cand": 260, "base": 200}, trials, "cand", "base", seed=0).verdict is GateVerdict.PASS
+    assert bandit_decision({"cand": 150, "base": 200}, trials, "cand", "base", seed=0).verdict is GateVerdict.FAIL
+    assert bandit_decision({"cand": 201, "base": 200}, trials, "cand", "base", seed=0).verdict is GateVerdict.INCONCLUSIVE
     thin = bandit_decision({"cand": 50, "base": 5}, {"cand": 60, "base": 60}, "cand", "base", seed=0)
-    assert thin.verdict is Verdict.INCONCLUSIVE
+    assert thin.verdict is GateVerdict.INCONCLUSIVE
 
 
 def test_to_percent_weights_sums_exactly():
@@ -516,9 +515,9 @@ def test_to_percent_weights_sums_exactly():
 
 def test_canary_policy_actions():
     policy = CanaryPolicy(max_extensions=2)
-    ok = GateResult("a", Verdict.PASS, "ok")
-    maybe = GateResult("b", Verdict.INCONCLUSIVE, "thin")
-    bad = GateResult("c", Verdict.FAIL, "slow")
+    ok = GateResult("a", GateVerdict.PASS, "ok")
+    maybe = GateResult("b", GateVerdict.INCONCLUSIVE, "thin")
+    bad = GateResult("c", GateVerdict.FAIL, "slow")
     assert policy.next_action(0, [ok], extensions_used=0) == "promote"
     assert policy.next_action(1, [ok, bad], extensions_used=0) is Action.ROLLBACK
     assert policy.next_action(2, [ok, maybe], extensions_used=1) is Action.EXTEND

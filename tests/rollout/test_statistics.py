@@ -17,16 +17,15 @@ import pytest
 from scipy import stats
 
 from lockstep.rollout.gates import SequentialCTRTest
+from lockstep.rollout.sequential import SequentialCTR, msprt_p_value
 from lockstep.rollout.statistics import (
     GateError,
-    SequentialCTR,
     arm_counts,
     compare_latencies,
     count_problem,
     direction_sign,
     error_increase_test,
     hodges_lehmann,
-    msprt_p_value,
     remove_outliers,
     two_proportion_test,
 )

@@ -20,7 +20,7 @@ from sqlalchemy import insert
 from lockstep.rollout import record
 from lockstep.rollout import steps as rollout
 from lockstep.rollout.analysis import GateSettings, shadow_gates
-from lockstep.rollout.gates import Verdict
+from lockstep.rollout.gates import GateVerdict
 from lockstep.store import routing
 from lockstep.store.db import get_engine
 from lockstep.store.schema import feedback_log, request_log, shadow_log
@@ -147,13 +147,13 @@ def test_shadow_gates_fail_errors_pass_agreement_and_wait_for_data(lockstep_home
     write("4", 5, live)
     window = Window(t0 - timedelta(seconds=1), datetime.now(UTC))
     broken = shadow_gates(shadow_stats(engine, window, "2"), settings)
-    assert broken[0].verdict is Verdict.FAIL and "above the absolute ceiling" in broken[0].reason
-    assert broken[2].verdict is Verdict.FAIL  # answered nothing, so agreed with nothing
+    assert broken[0].verdict is GateVerdict.FAIL and "above the absolute ceiling" in broken[0].reason
+    assert broken[2].verdict is GateVerdict.FAIL  # answered nothing, so agreed with nothing
     good = shadow_gates(shadow_stats(engine, window, "3"), settings)
-    assert [g.verdict for g in good] == [Verdict.PASS] * 3
+    assert [g.verdict for g in good] == [GateVerdict.PASS] * 3
     assert good[2].figures["mean_overlap"] == pytest.approx(0.7)
     sparse = shadow_gates(shadow_stats(engine, window, "4"), settings)
-    assert all(g.verdict is Verdict.INCONCLUSIVE for g in sparse)
+    assert all(g.verdict is GateVerdict.INCONCLUSIVE for g in sparse)
 
 
 # --- strategies on synthetic traffic ------------------------------------------------------------------

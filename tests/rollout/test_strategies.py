@@ -16,7 +16,7 @@ import pytest
 
 from lockstep.rollout import steps
 from lockstep.rollout.analysis import ArmStats, ShadowStats
-from lockstep.rollout.gates import SequentialCTRTest, Verdict
+from lockstep.rollout.gates import GateVerdict, SequentialCTRTest
 from lockstep.rollout.strategies import Bake, Decision, Move, ab, bandit, canary, shadow, too_little
 
 CAND, CHAMP = "2", "1"
@@ -79,7 +79,7 @@ def test_too_little_traffic_extends_until_the_last_extension_then_fails(look, mo
     decision = too_little(state, {f"v{CAND}": 7, f"v{CHAMP}": 70}, 100, 120.4, config())
     assert (decision.move, decision.state, decision.judged) == (move, {"look": next_look, "index": 1}, True)
     assert decision.reason.startswith("too little traffic: answered requests v2: 7, v1: 70 after 120 s, need 100 each")
-    assert decision.weights is None and decision.verdict is Verdict.INCONCLUSIVE  # never a pass
+    assert decision.weights is None and decision.verdict is GateVerdict.INCONCLUSIVE  # never a pass
 
 
 # --- canary ----------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def test_canary_table(case):
 
 def test_canary_advances_to_the_next_step_weights_and_resets_the_look():
     decision = canary({"look": 2}, EQUAL_BIG, EQUAL_BIG, 20.0, config(canary_steps=(1, 5, 25, 50, 100)))
-    assert decision.move is Move.ADVANCE and decision.verdict is Verdict.PASS
+    assert decision.move is Move.ADVANCE and decision.verdict is GateVerdict.PASS
     assert decision.weights == {CHAMP: 95, CAND: 5}
     assert (decision.state["index"], decision.state["look"]) == (1, 1)
     assert [r.name for r in decision.results] == ["error_rate", "latency", "ctr_sequential"]
@@ -287,7 +287,7 @@ def test_a_bandit_winner_still_waits_for_its_guard_gates():
     cand = ArmStats(CAND, requests=400, clicked=200, latencies_ms=(10.0,) * 20)
     champ = arm(CHAMP, 400, 100)
     decision = bandit({}, (cand, champ), 30.0, config(strategy="bandit"))
-    assert decision.results[0].verdict is Verdict.PASS  # the bandit's own verdict
+    assert decision.results[0].verdict is GateVerdict.PASS  # the bandit's own verdict
     assert decision.move is Move.ADVANCE, decision.reason  # traffic leans its way, the phase goes on
     assert decision.weights == {CAND: 95, CHAMP: 5}  # P(best) ~1 above the 5 % floor of the champion
     assert "latency: too little data" in decision.reason

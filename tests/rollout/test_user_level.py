@@ -18,8 +18,8 @@ from lockstep.rollout import record
 from lockstep.rollout.analysis import ArmStats, GateSettings, ctr_look, sequential_ctr
 from lockstep.rollout.config import RolloutConfig, RolloutError
 from lockstep.rollout.gates import (
+    GateVerdict,
     SequentialCTRTest,
-    Verdict,
     bandit_decision,
     error_rate_gate,
     fixed_sample_ab_test,
@@ -111,7 +111,7 @@ def a_a_rollbacks(per_user: bool, runs: int = 120, looks: int = 8, users: int = 
                          clusters=ClusterSums.of(zip(x[t].tolist(), n[t].tolist(), strict=True)) if per_user else ClusterSums())
                 for x, n in arms
             ]
-            if ctr_look(test, stats[0], stats[1], seen, settings).verdict is Verdict.FAIL:
+            if ctr_look(test, stats[0], stats[1], seen, settings).verdict is GateVerdict.FAIL:
                 rolled_back += 1
                 break
     return rolled_back
@@ -161,11 +161,11 @@ def test_errors_of_one_user_are_one_unit_not_many_independent_failures():
     counts = (cand_sums.raw_x, cand_sums.raw_n, base_sums.raw_x, base_sums.raw_n)
     per_request = error_rate_gate(*counts, max_abs_increase=0.0)
     per_user = error_rate_gate(*counts, max_abs_increase=0.0, cand_clusters=cand_sums, base_clusters=base_sums)
-    assert per_request.verdict is Verdict.FAIL
-    assert per_user.verdict is Verdict.PASS and per_user.figures["cand_design_effect"] > 5
+    assert per_request.verdict is GateVerdict.FAIL
+    assert per_user.verdict is GateVerdict.PASS and per_user.figures["cand_design_effect"] > 5
     # The absolute ceiling does not care about clustering: a broken candidate still fails.
     broken = ClusterSums.of([(5, 10)] * 100)
-    assert error_rate_gate(500, 1000, 0, 1000, cand_clusters=broken, base_clusters=base_sums).verdict is Verdict.FAIL
+    assert error_rate_gate(500, 1000, 0, 1000, cand_clusters=broken, base_clusters=base_sums).verdict is GateVerdict.FAIL
 
 
 def test_the_bandit_posterior_counts_users_not_impressions():
@@ -257,4 +257,4 @@ def test_too_few_users_or_impossible_sums_give_no_evidence_and_say_why():
     assert test.looks == () and test.p_value == 1.0  # two users per arm before any look
     test.update_users(ClusterSums(2, 9.0, 5.0, 0, 0, 0, 9, 5, 0), many)
     assert test.problem == "candidate has 9 clicks out of only 5 impressions"
-    assert test.analyse().verdict is Verdict.INCONCLUSIVE
+    assert test.analyse().verdict is GateVerdict.INCONCLUSIVE

@@ -17,7 +17,7 @@ from sqlalchemy import event
 from lockstep.core.config import ServingLimits
 from lockstep.core.errors import ConfigurationError
 from lockstep.serving import ServingConfig
-from lockstep.serving.clicks import ClickJudge, RecentAnswers, Verdict
+from lockstep.serving.clicks import ClickJudge, ClickVerdict, RecentAnswers
 from lockstep.serving.logs import LogWriter
 from lockstep.store import routing
 from lockstep.store.db import get_engine
@@ -85,7 +85,7 @@ def test_a_flood_of_unknown_ids_costs_one_read_each_and_the_waiting_room_stays_b
     judge = ClickJudge(engine, RecentAnswers(), wait=TIMEOUT * 2, poll=0.01, max_waiting=8)
     reads = reads_of(engine)
 
-    async def flood() -> tuple[list[Verdict], list[Verdict]]:
+    async def flood() -> tuple[list[ClickVerdict], list[ClickVerdict]]:
         waiting = [asyncio.create_task(judge.judge(f"w{i}", "a")) for i in range(8)]
         await until(lambda: judge.waiting == 8, "8 clicks to wait in the room")
         refused = [await judge.judge(f"x{i}", "a") for i in range(32)]  # answered while the 8 still wait
@@ -96,8 +96,8 @@ def test_a_flood_of_unknown_ids_costs_one_read_each_and_the_waiting_room_stays_b
         return refused, list(await asyncio.wait_for(asyncio.gather(*waiting), TIMEOUT))
 
     refused, found = asyncio.run(flood())
-    assert refused == [Verdict.UNKNOWN_REQUEST] * 32 and judge.turned_away == 32
-    assert found == [Verdict.COUNTED] * 8 and judge.waiting == 0
+    assert refused == [ClickVerdict.UNKNOWN_REQUEST] * 32 and judge.turned_away == 32
+    assert found == [ClickVerdict.COUNTED] * 8 and judge.waiting == 0
     own = [size for size in reads.sizes if size == 1]
     shared = [size for size in reads.sizes if size != 1]
     assert len(own) == 40  # one read of its own per click, however the room fares
@@ -112,8 +112,8 @@ def test_a_click_found_in_the_room_by_another_replica_s_search_is_read_once_more
     logs.flush()
     judge = ClickJudge(engine, RecentAnswers(), wait=TIMEOUT, max_waiting=8)
     reads = reads_of(engine)
-    assert asyncio.run(judge.judge("q1", "a")) is Verdict.DUPLICATE  # its logged click came with the one read
-    assert asyncio.run(judge.judge("q1", "b")) is Verdict.COUNTED  # now from memory
+    assert asyncio.run(judge.judge("q1", "a")) is ClickVerdict.DUPLICATE  # its logged click came with the one read
+    assert asyncio.run(judge.judge("q1", "b")) is ClickVerdict.COUNTED  # now from memory
     assert len(reads) == 1 and judge.misses == 0
 
 

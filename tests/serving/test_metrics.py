@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lockstep.serving.logs import LogWriter
 from lockstep.serving.metrics import LATENCY_BUCKETS, ServingMetrics
 from lockstep.serving.shadow import ShadowRunner
-from lockstep.serving.slots import SlotManager
+from lockstep.serving.slot_manager import SlotManager
 from lockstep.store import routing
 
 

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from lockstep.core.config import Settings
-from lockstep.serving import ServingConfig, create_app
+from lockstep.serving import ServingConfig
+from lockstep.systems import create_app
 from tests.recommender.ml100k import SMALL, interactions
 from tests.serving.harness import TOKEN, auth, serve, wait_for
 

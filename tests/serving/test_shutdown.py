@@ -75,7 +75,7 @@ def test_sigterm_under_load_answers_in_flight_requests_writes_their_logs_and_exi
     port = free_port()
     env = {**os.environ, "LOCKSTEP_DATABASE_URL": d.url, "LOCKSTEP_HOME": str(tmp_path / "replica-home"),
            "LOCKSTEP_SERVING_GRACEFUL_TIMEOUT_S": str(GRACE), "LOCKSTEP_SERVING_WORKERS": "1"}
-    code = f"from lockstep.serving.runner import run; run('127.0.0.1', {port}, log_level='warning')"
+    code = f"from lockstep.serving.runner import run; run('127.0.0.1', {port}, log_level='warning', app='lockstep.systems:create_app')"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -27,7 +27,7 @@ def test_two_worker_processes_serve_one_port_as_two_replicas(deployment):
     routing.set_weights({"1": 100}, engine=d.engine)
     port = free_port()
     env = {**os.environ, "LOCKSTEP_DATABASE_URL": d.url, "LOCKSTEP_SERVING_WORKERS": "2"}
-    code = f"from lockstep.serving.runner import run; run('127.0.0.1', {port}, log_level='warning')"
+    code = f"from lockstep.serving.runner import run; run('127.0.0.1', {port}, log_level='warning', app='lockstep.systems:create_app')"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     try:
         url = f"http://127.0.0.1:{port}"

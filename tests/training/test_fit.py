@@ -12,11 +12,10 @@ import pytest
 
 from lockstep.model import embedding
 from lockstep.store.records import Record
+from lockstep.training.config import TrainConfig, TrainingError
 from lockstep.training.fit import (
     EvalReport,
     EvalSet,
-    TrainConfig,
-    TrainingError,
     evaluate_embedder,
     fit_embedder,
     fit_texts,

@@ -153,7 +153,7 @@ def test_a_word_vector_challenger_is_judged_against_a_tfidf_champion_and_named_f
 
 
 def test_a_retrain_with_an_unknown_family_names_the_families(loaded, tmp_path):
-    from lockstep.training.fit import TrainingError
+    from lockstep.training.config import TrainingError
 
     with pytest.raises(TrainingError, match="unknown model family 'glove'; choose one of: tfidf_svd, word_vectors"):
         retrain("run-1", tmp_path, config={**CONFIG, "family": "glove"})

@@ -22,7 +22,7 @@ from lockstep.batch import plan as planning
 from lockstep.batch.recommendations import recommendations
 from lockstep.batch.related import related
 from lockstep.batch.world import recommender_world, search_world
-from lockstep.core.config import settings
+from lockstep.core.config import SYSTEMS, settings
 from lockstep.core.errors import LockstepError
 from lockstep.store import routing
 from lockstep.store.batch_results import RECOMMENDATIONS, RELATED, BatchResultStore
@@ -137,17 +137,15 @@ def input_store(system: str) -> Any:
 
 def _database_url(system: str) -> str:
     """The deployment database of ``system`` (the recommender has its own)."""
-    import os
+    from lockstep.core.config import settings_for
 
-    from lockstep.core.config import Settings
-
-    return Settings.from_env({**os.environ, "LOCKSTEP_SYSTEM": system}).database_url
+    return settings_for(system).database_url
 
 
 def _system(system: str | None) -> str:
     system = system or settings().system
-    if system not in ("search", "recommender"):
-        raise BatchRunError(f"unknown system {system!r}; use search or recommender")
+    if system not in SYSTEMS:
+        raise BatchRunError(f"unknown system {system!r}; use {' or '.join(SYSTEMS)}")
     return system
 
 

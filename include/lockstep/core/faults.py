@@ -10,15 +10,15 @@ failing). Unset, the check is one environment lookup and nothing more.
 
 from __future__ import annotations
 
-import os
-
 
 class InjectedFault(RuntimeError):
     """A failure asked for through LOCKSTEP_FAULTS (never raised unless configured)."""
 
 
 def maybe_fail(point: str, qualifier: object = None) -> None:
-    spec = os.environ.get("LOCKSTEP_FAULTS")
+    from lockstep.core.config import faults_spec
+
+    spec = faults_spec()
     if not spec:
         return
     wanted = {item.strip() for item in spec.split(",") if item.strip()}

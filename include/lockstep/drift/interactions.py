@@ -92,8 +92,10 @@ def run_interaction_drift_check(
     registry: Any = None,
     store: Any = None,
     work_dir: str | None = None,
+    system: str = "",
 ) -> dict[str, Any]:
-    """Compare the interactions since the champion's fit with those before; a JSON report."""
+    """Compare the interactions since the champion's fit with those before; a JSON report
+    (``system``: the name the report carries, given by the system that runs the check)."""
     from lockstep.drift.report import finish_report
     from lockstep.recommender.registration import load_version, recommender_registry
     from lockstep.store.interactions import InteractionStore
@@ -102,7 +104,7 @@ def run_interaction_drift_check(
     store = store or InteractionStore()
     registry = registry or recommender_registry()
     champion = registry.version_for_alias("champion")
-    context: dict[str, Any] = {"system": "recommender", "champion_version": champion.version if champion else None}
+    context: dict[str, Any] = {"system": system, "champion_version": champion.version if champion else None}
     if champion is None:
         report = DriftReport(False, [], {}, thresholds, notes=["no champion recommender yet: nothing to compare with"])
         return finish_report(report, "no_champion", context, work_dir)

@@ -32,7 +32,7 @@ def plot_drift(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from lockstep.model.evaluation import _save_png
+    from lockstep.model.evaluation_plot import save_png
 
     have_vectors = reference_vectors is not None and current_vectors is not None
     fig = Figure(figsize=(12 if have_vectors else 6, 5))
@@ -44,7 +44,7 @@ def plot_drift(
     verdict = "DRIFT" if report.drifted else "no drift"
     ax2.set_title(f"Tests: -log10 p vs the false-alarm level: {verdict}")
     fig.tight_layout()
-    return _save_png(fig, Path(path))
+    return save_png(fig, Path(path))
 
 
 def _scatter(ax: Any, report: DriftReport, ref_vectors: Any, cur_vectors: Any, members: Sequence[int], seed: int) -> None:

@@ -71,7 +71,7 @@ from lockstep.drift.signals import (
 from lockstep.drift.verdict import DriftReport, DriftThresholds, Finding, assess
 from lockstep.drift.window import DriftCheckError, click_through_periods, current_window, reference
 from lockstep.store.records import RecordStore
-from lockstep.training.fit import TrainConfig
+from lockstep.training.config import TrainConfig
 
 STATUS_NO_CHAMPION = "no_champion"  # nothing to compare with: not an error
 STATUS_INSUFFICIENT = "insufficient_data"  # no signal had enough data to be judged
@@ -101,25 +101,6 @@ def thresholds_from(values: Mapping[str, Any] | None) -> DriftThresholds:
             f"unknown drift thresholds {unknown}; known ones: {', '.join(sorted(known))}"
         )
     return DriftThresholds(**{**CHECK_THRESHOLDS, **given})
-
-
-def run_check(*, thresholds: Mapping[str, Any] | None = None, min_records: int = 50, max_samples: int = 2000,
-              work_dir: str | None = None, **search_options: Any) -> dict[str, Any]:
-    """The drift check of this deployment's system (what the drift DAG's ``check`` task runs).
-
-    A recommender deployment (``LOCKSTEP_SYSTEM=recommender``) checks its interactions
-    since the champion's fit (``drift.interactions``: new items, popularity shift);
-    ``window_hours`` and the text-only thresholds do not apply there.
-    """
-    from lockstep.core.config import settings
-
-    if settings().system == "recommender":
-        from lockstep.drift.interactions import run_interaction_drift_check
-
-        return run_interaction_drift_check(
-            thresholds_from(thresholds), min_interactions=min_records, max_samples=max_samples, work_dir=work_dir
-        )
-    return run_drift_check(thresholds=thresholds, min_records=min_records, max_samples=max_samples, work_dir=work_dir, **search_options)
 
 
 def run_drift_check(

@@ -26,7 +26,8 @@ from lockstep.core.errors import LockstepError
 from lockstep.store import serving_logs
 from lockstep.store.records import UPSERT, RecordStore, last_change_seqs
 from lockstep.store.schema import changes
-from lockstep.training.fit import TrainConfig, is_holdout
+from lockstep.training.config import TrainConfig
+from lockstep.training.fit import is_holdout
 
 
 class DriftCheckError(LockstepError, ValueError):

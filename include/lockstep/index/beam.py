@@ -12,7 +12,7 @@ The two query sets are the validation's sample of stored records (the vectors th
 holds, embedded again) and short fragments of the same records' texts (3 to 8 words,
 like a search box's queries): fragments land between clusters and need the wider beam,
 so a beam tuned on stored vectors alone would be too narrow for real traffic. Truth is
-exact search over the index's own vectors (``vector_index.exact_kth_scores``); ties count
+exact search over the index's own vectors (``recall.exact_kth_scores``); ties count
 as found.
 
 The choice is kept in the index version's manifest (``spec.ef_search``) and applied
@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lockstep.index.vector_index import VectorIndex, exact_kth_scores, recall_given_kth
+from lockstep.index.recall import exact_kth_scores, recall_given_kth
+from lockstep.index.vector_index import VectorIndex
 
 EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 FRAGMENT_WORDS = (3, 8)  # a fragment query is 3 to 8 consecutive words of a record's text

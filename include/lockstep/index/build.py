@@ -1,7 +1,9 @@
-"""The whole re-embed in one process (``lockstep index build``): the DAG's steps in order.
+"""The whole re-embed in one process (``lockstep index build``): the plan's steps in order.
 
-Shards are embedded by a pool of worker processes (``LOCKSTEP_REEMBED_WORKERS``) at a
-lower CPU priority, so serving replicas and writers on the same machine keep their share.
+The steps and their order are ``lockstep.index.plan``'s, the same the DAG runs, early
+verdict included when a first slice is asked for. Shards are embedded by a pool of
+worker processes (``LOCKSTEP_REEMBED_WORKERS``) at a lower CPU priority, so serving
+replicas and writers on the same machine keep their share.
 """
 
 from __future__ import annotations
@@ -10,20 +12,14 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from lockstep.core.config import REEMBED_WORKERS_ENV, embedding_processes
+from lockstep.index import plan as reembed_plan
+from lockstep.index.first_slice import DEFAULT_ACTION, DEFAULT_MARGIN
 from lockstep.index.snapshot import DEFAULT_TARGET_SHARDS
-from lockstep.index.steps import (
-    SlotPlan,
-    embed,
-    load_embedder,
-    merge_and_save,
-    prepare,
-    publish,
-    snapshot,
-    validate_and_save,
-)
+from lockstep.index.steps import embed
 from lockstep.index.vector_index import IndexSpec
 from lockstep.store.records import RecordStore
 
@@ -41,8 +37,11 @@ def reembed_version(
     promote_if_first: bool = True,
     sample_size: int = 200,
     min_recall: float = 0.95,
+    early_verdict_share: float | None = None,
+    early_verdict_action: str = DEFAULT_ACTION,
+    early_verdict_margin: float = DEFAULT_MARGIN,
 ) -> dict[str, Any]:
-    """Every step of the re-embed DAG in a row, sharing one loaded model.
+    """Every step of the re-embed plan in a row, sharing one loaded model.
 
     ``spec`` None: the index type follows the record count (``vector_index.choose_spec``:
     exact below ``LOCKSTEP_ANN_THRESHOLD``, HNSW above).
@@ -50,37 +49,56 @@ def reembed_version(
     Shards are embedded by ``workers`` processes (default ``default_workers``: this one
     process); the merged index is validated in memory rather than reloaded from the
     files just written.
+
+    ``early_verdict_share`` (``lockstep index build`` passes the DAG's default): that
+    share of the records, a uniform sample, is embedded first and judged against the
+    champion (``early_verdict_action``/``early_verdict_margin`` as in the DAG); a verdict
+    ``stop`` ends the build with the load stopped. None: no early verdict.
     """
     clock = _Stopwatch()
-    plan = prepare(version, registry)
-    p = SlotPlan(**plan)
-    embedder = load_embedder(p)  # the local copy prepare just wrote: no second download
-    clock.lap("prepare")
-    snap = snapshot(plan, shard_size, store, target_shards=target_shards)
-    clock.lap("snapshot")
-    workers = default_workers(snap["records"], len(snap["shards"])) if workers is None else max(1, workers)
-    shards = _embed_all(plan, snap, embedder, workers, progress)
-    clock.lap("embed")
-    index, manifest = merge_and_save(p, snap, shards, spec.to_dict() if spec else None, store, embedder)
-    clock.lap("merge")
-    checked = validate_and_save(
-        p, index, manifest.applied_seq, store, embedder, sample_size=sample_size, min_recall=min_recall
+    shards = _ShardPool(workers, progress)
+    options = reembed_plan.BuildOptions(
+        spec=spec, shard_size=shard_size, target_shards=target_shards, promote_if_first=promote_if_first,
+        sample_size=sample_size, min_recall=min_recall, early_verdict_share=early_verdict_share,
+        early_verdict_action=early_verdict_action, early_verdict_margin=early_verdict_margin,
     )
-    del index
-    clock.lap("validate")
-    published = publish(plan, promote_if_first, registry)
-    clock.lap("publish")
+    build = reembed_plan.run(reembed_plan.Build(store, registry, version, options, shards), done=clock.lap)
+    snap = build.snap
+    if build.stopped is not None:
+        return {**build.stopped, "early_verdict": build.verdict, "snapshot_seq": snap["seq"], "seconds": clock.laps}
+    embedded = [*build.first, *build.rest]
     return {
-        **published,
+        **build.published,
         "snapshot_seq": snap["seq"],
-        "shards": len(shards),
+        "shards": len(embedded),
         "shard_size": snap["shard_size"],
-        "workers": workers,
-        "reused_shards": sum(s["skipped"] for s in shards),
-        "merged_applied_seq": manifest.applied_seq,
-        "validation": checked["figures"],
+        "workers": shards.workers,
+        "reused_shards": sum(s["skipped"] for s in embedded),
+        "merged_applied_seq": build.manifest.applied_seq if build.manifest else None,
+        "validation": build.checked["figures"],
+        "early_verdict": build.verdict,
         "seconds": clock.laps,
     }
+
+
+@dataclass
+class _ShardPool:
+    """How this process embeds a step's shards: in a row, or by ``workers`` processes.
+
+    ``workers`` None: ``default_workers`` for the snapshot, chosen at the first step that embeds.
+    """
+
+    workers: int | None
+    progress: Callable[[int], None] | None
+
+    def __call__(self, build: reembed_plan.Build, shards: list[int]) -> list[dict[str, Any]]:
+        snap = build.snap
+        if self.workers is None:
+            self.workers = default_workers(snap["records"], len(snap["shards"]))
+        self.workers = max(1, self.workers)
+        if not shards:
+            return []  # no first slice: no pool started for nothing
+        return _embed_all(build.plan, snap, shards, build.embedder, self.workers, self.progress)
 
 
 class _Stopwatch:
@@ -117,12 +135,12 @@ def default_workers(n_records: int, n_shards: int) -> int:
     return min(wanted, n_shards)
 
 
-def _embed_all(plan: dict[str, Any], snap: dict[str, Any], embedder, workers: int,
+def _embed_all(plan: dict[str, Any], snap: dict[str, Any], shards: list[int], embedder, workers: int,
                progress: Callable[[int], None] | None) -> list[dict[str, Any]]:
-    """Embed every shard, in this process or in ``workers`` spawned processes (each loads the local model copy)."""
+    """Embed these shards, in this process or in ``workers`` spawned processes (each loads the local model copy)."""
     results: list[dict[str, Any]] = []
     if workers <= 1:
-        for shard in snap["shards"]:
+        for shard in shards:
             results.append(embed(plan, snap, shard, embedder))
             if progress is not None:
                 progress(results[-1]["count"])
@@ -132,7 +150,7 @@ def _embed_all(plan: dict[str, Any], snap: dict[str, Any], embedder, workers: in
 
     method = "fork" if "fork" in get_all_start_methods() else "spawn"  # fork: workers inherit the loaded model
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method), initializer=_lower_priority) as pool:
-        futures = [pool.submit(embed, plan, snap, shard) for shard in snap["shards"]]
+        futures = [pool.submit(embed, plan, snap, shard) for shard in shards]
         for future in as_completed(futures):
             results.append(future.result())
             if progress is not None:

@@ -10,7 +10,8 @@ the champion on exactly those records before it embeds the rest:
   every id range. ``write_sliced_snapshot`` streams the store once: the other records
   become the usual row groups, the sample is collected in a side file and appended as
   the last row groups (the parquet footer names how many), so each shard task still
-  reads only its own row group and memory holds one shard at a time.
+  reads only its own row group and memory holds one shard at a time
+  (``lockstep.index.first_slice``, which also holds the settings and their check).
 - **Restricted to the same records**: the champion's full index is searched with a FAISS
   ``IDSelector`` that admits only records the candidate has loaded
   (``VectorIndex.search_within``; a flat index gathers just those rows instead, which is
@@ -29,7 +30,7 @@ Verdict: ``no baseline`` (no champion, or it cannot be loaded: the load continue
 continues), else ``continue``. It is logged to the MLflow version (tags
 ``lockstep.early_verdict*``, metrics ``early_verdict.*`` on the version's run), the task
 log, the slot note and the index manifest (``extra.early_verdict``); ``early_verdict_of``
-reads it back for the UI. Stopping (``stop_load``) retires the slot with the reason, tags
+reads it back for the UI. Stopping (``lockstep.index.steps.stop_load``) retires the slot with the reason, tags
 the version rejected and deletes its folder (shards, partial files); the champion's
 routing, aliases and index files are never written.
 """
@@ -40,7 +41,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -50,166 +51,23 @@ import numpy as np
 
 from lockstep.core import clock
 from lockstep.core.errors import LockstepError
-from lockstep.store.records import RecordStore, SnapshotChunk
+from lockstep.index.first_slice import (
+    DEFAULT_ACTION,
+    DEFAULT_MARGIN,
+    DEFAULT_SHARE,
+    check_settings,
+    snapshot_ids,
+)
+from lockstep.index.slot_plan import SlotPlan, load_embedder, snapshot_path
+from lockstep.store.records import RecordStore
 
 log = logging.getLogger("lockstep.early_verdict")
 
-ACTIONS = ("warn", "stop")
-DEFAULT_SHARE = 0.1
-DEFAULT_MARGIN = 0.01
-MAX_SHARE = 0.5  # past half, an early verdict saves little: build the whole index instead
-SAMPLE_SALT = "lockstep-early-verdict"  # independent of the hold-out hash (different input)
-FIRST_SLICE_KEY = "lockstep.first_slice_groups"
-SHARE_KEY = "lockstep.first_slice_share"
 LOGGED_QUERY_HOURS = 24
 MAX_LOGGED_QUERIES = 500
 TAG = "lockstep.early_verdict"
 METRIC_PREFIX = "early_verdict."
 NO_BASELINE, CONTINUE, WARN, STOP = "no baseline", "continue", "warn", "stop"
-
-
-class EarlyVerdictError(LockstepError, ValueError):
-    """An early-verdict setting that cannot work (a share outside (0, 0.5], an unknown action)."""
-
-
-def check_settings(share: float, margin: float, action: str) -> None:
-    """Refuse settings that cannot give a meaningful verdict, naming the one at fault."""
-    if not isinstance(share, (int, float)) or not 0.0 < float(share) <= MAX_SHARE:
-        raise EarlyVerdictError(f"early_verdict_share must lie in (0, {MAX_SHARE}], got {share!r}")
-    if not isinstance(margin, (int, float)) or not 0.0 <= float(margin) <= 1.0:
-        raise EarlyVerdictError(f"early_verdict_margin must lie in [0, 1] (an nDCG@10 difference), got {margin!r}")
-    if action not in ACTIONS:
-        raise EarlyVerdictError(f"early_verdict_action must be one of {', '.join(ACTIONS)}, got {action!r}")
-
-
-# --- the first slice: a uniform sample by a seeded hash of the id ------------------------------
-
-
-def sample_position(record_id: str, salt: str = SAMPLE_SALT) -> float:
-    """A record's place in [0, 1), uniform over ids and independent of their order or age."""
-    digest = hashlib.blake2b(f"{salt}\0{record_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
-
-
-def in_first_slice(record_id: str, share: float, salt: str = SAMPLE_SALT) -> bool:
-    """Whether a record is embedded in the first slice (the same answer in every run)."""
-    return sample_position(record_id, salt) < share
-
-
-@dataclass(frozen=True)
-class SlicedSnapshot:
-    """Where a sliced snapshot's shards are: the others first, the first slice last."""
-
-    counts: list[int]  # rows per row group (= shard)
-    first_slice: list[int]  # shard numbers of the uniform sample
-    rest: list[int]  # shard numbers of everything else
-    seq: int
-    file: str
-
-
-def sliced_snapshot_name(seq: int, shard_size: int, share: float) -> str:
-    return f"snapshot-{seq}-{shard_size}-first{round(share * 10_000):05d}.parquet"
-
-
-def write_sliced_snapshot(store: RecordStore, shards_dir: str | Path, shard_size: int, share: float) -> SlicedSnapshot:
-    """Stream the store's live records into one parquet file whose last row groups are the first slice.
-
-    One read of the store: each chunk's records outside the sample become one row group
-    (at most ``shard_size`` rows); the sample goes to a side file in row groups of
-    ``shard_size`` and is appended at the end, and the footer records how many row groups
-    it has. Both parts get at least one (possibly empty) row group, so the DAG always has
-    a first slice to judge and a rest to map. A file already written for the same
-    sequence, shard size and share (a retried task) is reused.
-    """
-    import pyarrow.parquet as pq
-
-    check_settings(share, 0.0, "warn")
-    shards_dir = Path(shards_dir)
-    with store.stream_snapshot(shard_size) as stream:
-        path = shards_dir / sliced_snapshot_name(stream.seq, shard_size, share)
-        if not path.exists():
-            _write_sliced(path, stream.chunks, shard_size, share)
-        seq = stream.seq
-    meta = pq.ParquetFile(path).metadata
-    counts = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-    first = int((meta.metadata or {}).get(FIRST_SLICE_KEY.encode(), b"0"))
-    if sum(counts) == 0:
-        raise LockstepError("the record store is empty: load a corpus first (lockstep corpus load --demo)")
-    n_rest = len(counts) - first
-    return SlicedSnapshot(counts, list(range(n_rest, len(counts))), list(range(n_rest)), seq, path.name)
-
-
-def _write_sliced(path: Path, chunks: Iterator[SnapshotChunk], shard_size: int, share: float) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from lockstep.core.atomic import atomic_path
-
-    schema = pa.schema([("id", pa.string()), ("text", pa.string())])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    side = path.with_name(f".{path.name}.first-slice")
-    with atomic_path(path) as tmp:
-        writer = pq.ParquetWriter(tmp, schema, use_dictionary=False, compression="snappy")
-        try:
-            n_rest = _write_rest_and_side(writer, side, chunks, schema, shard_size, share)
-            if n_rest == 0:
-                writer.write_table(_table([], [], schema))
-            n_first = _append_side(writer, side, schema)
-            writer.add_key_value_metadata({FIRST_SLICE_KEY: str(n_first), SHARE_KEY: repr(float(share))})
-        finally:
-            writer.close()
-            side.unlink(missing_ok=True)
-
-
-def _write_rest_and_side(writer, side: Path, chunks, schema, shard_size: int, share: float) -> int:
-    """Rest rows straight into ``writer`` (a row group per chunk); sample rows into ``side``."""
-    import pyarrow.parquet as pq
-
-    n_rest = 0
-    buf_ids: list[str] = []
-    buf_texts: list[str] = []
-    with pq.ParquetWriter(side, schema, use_dictionary=False, compression="snappy") as side_writer:
-        for chunk in chunks:
-            rest_ids, rest_texts = [], []
-            for rid, text in zip(chunk.ids, chunk.texts, strict=True):
-                target = (buf_ids, buf_texts) if in_first_slice(rid, share) else (rest_ids, rest_texts)
-                target[0].append(rid)
-                target[1].append(text)
-            if rest_ids:
-                writer.write_table(_table(rest_ids, rest_texts, schema))
-                n_rest += 1
-            while len(buf_ids) >= shard_size:
-                side_writer.write_table(_table(buf_ids[:shard_size], buf_texts[:shard_size], schema))
-                del buf_ids[:shard_size], buf_texts[:shard_size]
-        if buf_ids:
-            side_writer.write_table(_table(buf_ids, buf_texts, schema))
-    return n_rest
-
-
-def _append_side(writer, side: Path, schema) -> int:
-    """Copy the side file's row groups to the end of the snapshot (one at a time); their number."""
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(side)
-    groups = [g for g in range(parquet.num_row_groups) if parquet.metadata.row_group(g).num_rows > 0]
-    for g in groups:
-        writer.write_table(parquet.read_row_group(g, columns=["id", "text"]).cast(schema))
-    if not groups:
-        writer.write_table(_table([], [], schema))
-    return max(1, len(groups))
-
-
-def _table(ids: list[str], texts: list[str], schema):
-    import pyarrow as pa
-
-    return pa.table({"id": ids, "text": texts}, schema=schema)
-
-
-def snapshot_ids(path: str | Path) -> list[str]:
-    """Every id of a snapshot file (the id column only)."""
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path, columns=["id"]).column("id").to_pylist()
 
 
 # --- the evaluation settings the candidate was trained with ------------------------------------
@@ -459,7 +317,7 @@ def judge_first_slice(
     first: Sequence[Mapping[str, Any]],
     *,
     margin: float = DEFAULT_MARGIN,
-    action: str = "warn",
+    action: str = DEFAULT_ACTION,
     registry=None,
     store: RecordStore | None = None,
     engine=None,
@@ -478,7 +336,6 @@ def judge_first_slice(
 
 def _judge(plan, snap, first, *, share, margin, action, registry, store, engine) -> EarlyVerdict:
     from lockstep.index.shards import merge_shards, shard_files
-    from lockstep.index.steps import SlotPlan, _snapshot_path, load_embedder
     from lockstep.index.vector_index import IndexSpec
 
     p = SlotPlan(**plan)
@@ -498,7 +355,7 @@ def _judge(plan, snap, first, *, share, margin, action, registry, store, engine)
     candidate_side = Side(load_embedder(p), partial, gather_below=1.0)  # the slice only: cheap to gather whole
     champion_side = Side(registry.load_embedder(champion.version), champion_index)
     figures = evaluate_first_slice(
-        candidate_side, champion_side, store, _snapshot_path(p, dict(snap)), settings,
+        candidate_side, champion_side, store, snapshot_path(p, dict(snap)), settings,
         logged_queries=recent_logged_queries(engine),
     )
     figures["share"] = share
@@ -548,33 +405,6 @@ def version_tags(verdict: EarlyVerdict) -> dict[str, str]:
     }
     tags.update({f"{TAG}.{k}": repr(float(v)) for k, v in verdict.figures.items()})
     return tags
-
-
-def stop_load(plan: Mapping[str, Any], verdict: Mapping[str, Any], *, registry=None, engine=None) -> dict[str, Any]:
-    """Stop a load the early verdict judged worse: slot retired with the reason, version rejected, files freed.
-
-    Only the candidate's own records change. A version that is the champion or takes
-    traffic is refused (the verdict never stops one, but the guard makes it certain).
-    """
-    from lockstep.index.steps import SlotPlan
-    from lockstep.index.storage import delete_index_version
-    from lockstep.model.registry import Registry
-    from lockstep.store import routing
-
-    p = SlotPlan(**plan)
-    registry = registry or Registry()
-    slot = routing.read_table(engine).slot(p.model_version)
-    champion = registry.version_for_alias("champion")
-    if (champion is not None and champion.version == p.model_version) or (slot is not None and slot.weight > 0):
-        raise LockstepError(f"v{p.model_version} serves traffic or is the champion; an early verdict never stops it")
-    reason = f"stopped by the early verdict: {verdict['reason']}"
-    if slot is not None:
-        routing.set_state(p.model_version, routing.RETIRED, note=reason[:2000], engine=engine)
-    registry.reject(p.model_version, reason[:5000], {k: repr(float(v)) for k, v in (verdict.get("figures") or {}).items()})
-    freed = delete_index_version(p.location)
-    log.warning("v%s: %s; slot retired, version rejected, %s", p.model_version, reason,
-                f"files at {p.location} deleted" if freed else "no files were left")
-    return {"model_version": p.model_version, "stopped": True, "files_freed": freed, "reason": reason}
 
 
 def early_verdict_of(model_version: str | int, registry=None) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ The order is what makes it safe (issue: no write lost, no delete resurrected):
    With ``first_slice_share`` (the DAG), the last shards hold a uniform sample that is
    embedded first and judged against the champion (``early_verdict``, which may
    ``stop_load``) before the rest is embedded (``lockstep.index.early_verdict``).
+   The order of these steps is written once, in ``lockstep.index.plan``.
 4. ``merge``: add the partial indexes one at a time (never two full copies), then
    apply every change after S in order; the last change of each record wins, so a
    delete after S stays deleted.
@@ -26,15 +27,26 @@ in its note; a rerun starts over and reuses the finished shards.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from lockstep.core import paths
 from lockstep.core.errors import LockstepError
 from lockstep.index.catch_up import catch_up
+from lockstep.index.early_verdict import judge_first_slice
+from lockstep.index.first_slice import write_sliced_snapshot
 from lockstep.index.manifest import Manifest
 from lockstep.index.shards import build_shard_columns, clear_shards, merge_shards, shard_files
+from lockstep.index.slot_plan import (
+    SlotPlan,
+    load_embedder,
+    local_digest,
+    model_file,
+    plan_slot,
+    snapshot_path,
+)
 from lockstep.index.snapshot import (
     DEFAULT_TARGET_SHARDS,
     read_snapshot_shard,
@@ -42,41 +54,12 @@ from lockstep.index.snapshot import (
     snapshot_name,
     write_snapshot,
 )
-from lockstep.index.storage import index_location, save_index, update_manifest
+from lockstep.index.storage import save_index, update_manifest
 from lockstep.index.validation import IndexValidationError, validate_built_index
 from lockstep.index.vector_index import IndexSpec, VectorIndex, choose_spec
 from lockstep.store.records import RecordStore
 
-
-@dataclass(frozen=True)
-class SlotPlan:
-    model_name: str
-    model_version: str
-    model_uri: str
-    fingerprint: str
-    location: str
-    model_sha256: str = ""  # digest of the local model copy ``prepare`` wrote: the shard tasks' trust anchor
-
-    def __post_init__(self) -> None:
-        """A plan travels between tasks (XCom): its version and folder are checked wherever it is rebuilt."""
-        from lockstep.index.storage import store_root
-
-        paths.version_number(self.model_version, "the plan's model version")
-        paths.within(store_root(), self.location, what="the plan's index location")
-        if self.model_sha256:
-            paths.digest(self.model_sha256, "the plan's model digest")
-
-
-def plan_slot(registry, version: str | int) -> SlotPlan:
-    """Resolve a model version in the registry (a clear error if it does not exist)."""
-    info = registry.get_version(version)
-    return SlotPlan(
-        model_name=registry.model_name,
-        model_version=str(info.version),
-        model_uri=f"models:/{registry.model_name}/{info.version}",
-        fingerprint=info.fingerprint,
-        location=str(index_location(registry.model_name, info.version)),
-    )
+verdict_log = logging.getLogger("lockstep.early_verdict")  # a stopped load is the early verdict's news
 
 
 # --- steps (each is one task of lockstep_reembed; JSON in, JSON out) ---------------------------
@@ -102,8 +85,8 @@ def prepare(version: str | int, registry=None, engine=None) -> dict[str, Any]:
     )
     # One download from the registry; every shard task then loads this local copy, checked
     # against the digest recorded here (in the plan, not beside the copy).
-    saved = registry.load_embedder(plan.model_version).save(_model_file(plan))
-    return asdict(replace(plan, model_sha256=_local_digest(Path(saved))))
+    saved = registry.load_embedder(plan.model_version).save(model_file(plan))
+    return asdict(replace(plan, model_sha256=local_digest(Path(saved))))
 
 
 def dag_target_shards() -> int:
@@ -127,7 +110,7 @@ def snapshot(
     The store is streamed (never a list of every record), and each shard task later
     reads only its own row group. ``shard_size`` None: chosen from the record count.
     ``first_slice_share``: the last shards hold a uniform sample of that share, the
-    early verdict's first slice (``early_verdict.write_sliced_snapshot``).
+    early verdict's first slice (``first_slice.write_sliced_snapshot``).
     """
     store = store or RecordStore()
     size = shard_size or shard_size_for(store.count(), target_shards)
@@ -145,8 +128,6 @@ def snapshot(
 
 
 def _sliced_snapshot(store: RecordStore, shards_dir: Path, size: int, share: float) -> dict[str, Any]:
-    from lockstep.index.early_verdict import write_sliced_snapshot
-
     sliced = write_sliced_snapshot(store, shards_dir, size, share)
     return {
         "seq": sliced.seq,
@@ -167,7 +148,7 @@ def embed(plan: dict[str, Any], snap: dict[str, Any], shard: int, embedder=None)
 
     p = SlotPlan(**plan)
     embedder = embedder or load_embedder(p)
-    chunk = read_snapshot_shard(_snapshot_path(p, snap), shard)
+    chunk = read_snapshot_shard(snapshot_path(p, snap), shard)
     result = build_shard_columns(
         embedder,
         chunk.ids,
@@ -184,16 +165,33 @@ def embed(plan: dict[str, Any], snap: dict[str, Any], shard: int, embedder=None)
 def early_verdict(plan: dict[str, Any], snap: dict[str, Any], first: list[dict[str, Any]], *, margin: float,
                   action: str) -> dict[str, Any]:
     """Judge the candidate on its first slice against the champion (``lockstep.index.early_verdict``)."""
-    from lockstep.index.early_verdict import judge_first_slice
-
     return judge_first_slice(plan, snap, first, margin=margin, action=action)
 
 
-def stop_load(plan: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
-    """Stop a load the early verdict judged worse: slot retired, version rejected, files freed."""
-    from lockstep.index.early_verdict import stop_load as stop
+def stop_load(plan: Mapping[str, Any], verdict: Mapping[str, Any], *, registry=None, engine=None) -> dict[str, Any]:
+    """Stop a load the early verdict judged worse: slot retired with the reason, version rejected, files freed.
 
-    return stop(plan, verdict)
+    Only the candidate's own records change. A version that is the champion or takes
+    traffic is refused (the verdict never stops one, but the guard makes it certain).
+    """
+    from lockstep.index.storage import delete_index_version
+    from lockstep.model.registry import Registry
+    from lockstep.store import routing
+
+    p = SlotPlan(**plan)
+    registry = registry or Registry()
+    slot = routing.read_table(engine).slot(p.model_version)
+    champion = registry.version_for_alias("champion")
+    if (champion is not None and champion.version == p.model_version) or (slot is not None and slot.weight > 0):
+        raise LockstepError(f"v{p.model_version} serves traffic or is the champion; an early verdict never stops it")
+    reason = f"stopped by the early verdict: {verdict['reason']}"
+    if slot is not None:
+        routing.set_state(p.model_version, routing.RETIRED, note=reason[:2000], engine=engine)
+    registry.reject(p.model_version, reason[:5000], {k: repr(float(v)) for k, v in (verdict.get("figures") or {}).items()})
+    freed = delete_index_version(p.location)
+    verdict_log.warning("v%s: %s; slot retired, version rejected, %s", p.model_version, reason,
+                        f"files at {p.location} deleted" if freed else "no files were left")
+    return {"model_version": p.model_version, "stopped": True, "files_freed": freed, "reason": reason}
 
 
 def merge(plan: dict[str, Any], snap: dict[str, Any], shards: list[dict[str, Any]], spec: dict[str, Any] | None = None,
@@ -312,48 +310,3 @@ def _manifest_extra(location: str) -> dict[str, Any]:
     from lockstep.index.manifest import MANIFEST, read_manifest
 
     return dict(read_manifest(location).extra) if (Path(location) / MANIFEST).exists() else {}
-
-
-def _snapshot_path(plan: SlotPlan, snap: dict[str, Any]) -> Path:
-    name = snap.get("file") or snapshot_name(snap["seq"], snap["shard_size"])
-    return Path(plan.location) / "shards" / paths.name(name, "snapshot file name")
-
-
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def _model_file(plan: SlotPlan) -> Path:
-    return Path(plan.location) / "shards" / "model"  # a built-in family's file, or an imported model's directory
-
-
-def load_embedder(plan: SlotPlan):
-    """The local copy made by ``prepare`` (checked against the plan's fingerprint), else the registry.
-
-    Cached per process: a worker that embeds several shards loads the model once.
-    """
-    key = (str(_model_file(plan)), plan.fingerprint)
-    cached = _EMBEDDERS.get(key)
-    if cached is not None:
-        return cached
-    from lockstep.model.families import load_model_file
-    from lockstep.model.registry import Registry
-
-    path = _model_file(plan)
-    # Never trusted by a sidecar beside it: the digest prepare recorded, else the registry.
-    model = load_model_file(path, expected_sha256=plan.model_sha256) if plan.model_sha256 and path.exists() else None
-    if model is None or model.fingerprint != plan.fingerprint:
-        model = Registry().load_embedder(plan.model_version)
-    _EMBEDDERS.clear()
-    _EMBEDDERS[key] = model
-    return model
-
-
-def _local_digest(path: Path) -> str:
-    """The digest ``load_model_file`` checks: content digest of a directory, sha256 of a file."""
-    from lockstep.model.embedding import file_sha256
-    from lockstep.model.pyfunc_embedder import directory_digest
-
-    return directory_digest(path) if path.is_dir() else file_sha256(path)
-
-
-_EMBEDDERS: dict[tuple[str, str], Any] = {}

@@ -16,7 +16,8 @@ import numpy as np
 
 from lockstep.core.errors import LockstepError
 from lockstep.index.catch_up import catch_up
-from lockstep.index.vector_index import VectorIndex, measure_recall
+from lockstep.index.recall import measure_recall
+from lockstep.index.vector_index import VectorIndex
 from lockstep.store.records import RecordStore, SnapshotChunk
 
 

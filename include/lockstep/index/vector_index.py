@@ -23,11 +23,13 @@ and hides the differences between index types:
   with the records added meanwhile the same way, and takes the write lock only for the
   swap: the last few additions, the tombstones of records deleted or replaced during
   the build (kept in a journal), and the new maps. Searches meanwhile use the old graph.
+  Tombstones and compaction are ``lockstep.index.compaction`` (a mixin of the index).
 
 ``choose_spec`` picks the type from the record count: exact ``flat`` below
 ``LOCKSTEP_ANN_THRESHOLD`` records (default 200,000), ``hnsw`` above, where a flat
-scan costs ~100 ms a query. ``measure_recall`` gives recall@k of any index against a
-brute-force scan of its own stored vectors, for the validation that must show >= 0.95.
+scan costs ~100 ms a query. ``lockstep.index.recall.measure_recall`` gives recall@k of
+any index against a brute-force scan of its own stored vectors, for the validation that
+must show >= 0.95.
 
 All mutation and search goes through a readers-writer lock: FAISS searches may run
 together but never beside an add or remove. ``try_search`` searches only if the lock is
@@ -36,10 +38,8 @@ free at once, for callers that must never wait (the serving event loop).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -47,12 +47,11 @@ import numpy as np
 
 from lockstep.core.errors import LockstepError
 from lockstep.core.rwlock import RWLock
+from lockstep.index.compaction import HnswCompaction
+from lockstep.index.faiss_ops import all_cores, set_bits
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
-ANN_THRESHOLD_ENV = "LOCKSTEP_ANN_THRESHOLD"
 DEFAULT_ANN_THRESHOLD = 200_000
-COMPACT_CHUNK = 65_536  # live vectors copied per read-lock hold while a compaction builds (~64 MB at 256-d)
-SWAP_REPLAY_MAX = 1_024  # records added during a compaction that the swap itself may add under the write lock
 
 
 @dataclass(frozen=True)
@@ -82,22 +81,6 @@ class IndexSpec:
 
 
 @dataclass
-class _Compacted:
-    """The copy a compaction builds off the lock: a new graph and its id maps, not yet in place.
-
-    ``carried`` holds the old labels of its vectors in new-label order (ascending), so an
-    old label's new one is its position; ``scanned_to`` is the first old label not yet
-    looked at.
-    """
-
-    faiss: Any
-    carried: list[int]
-    id_of: dict[int, str]
-    label_of: dict[str, int]
-    scanned_to: int
-
-
-@dataclass
 class SearchHits:
     """Results of one query: record ids and inner-product scores, best first."""
 
@@ -105,7 +88,7 @@ class SearchHits:
     scores: list[float] = field(default_factory=list)
 
 
-class VectorIndex:
+class VectorIndex(HnswCompaction):
     """A FAISS index of unit vectors keyed by record id (thread-safe)."""
 
     def __init__(self, dim: int, spec: IndexSpec | None = None) -> None:
@@ -129,7 +112,7 @@ class VectorIndex:
     @classmethod
     def build(cls, ids: Sequence[str], vectors: np.ndarray, spec: IndexSpec | None = None) -> VectorIndex:
         """A new index over these vectors (IVF is trained on them)."""
-        vectors = _as_matrix(vectors)
+        vectors = as_matrix(vectors)
         index = cls(vectors.shape[1], spec)
         index._faiss = index._new_faiss(vectors)
         index.add(ids, vectors)
@@ -160,7 +143,7 @@ class VectorIndex:
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Add records that are not in the index yet (use ``upsert`` otherwise)."""
-        vectors = _as_matrix(vectors, self.dim)
+        vectors = as_matrix(vectors, self.dim)
         if len(ids) != len(vectors):
             raise LockstepError(f"{len(ids)} ids but {len(vectors)} vectors")
         if len(set(ids)) != len(ids):
@@ -173,7 +156,7 @@ class VectorIndex:
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Insert or replace: afterwards each id has exactly the given vector."""
-        vectors = _as_matrix(vectors, self.dim)
+        vectors = as_matrix(vectors, self.dim)
         last = {rid: i for i, rid in enumerate(ids)}
         keep = sorted(last.values())
         ids = [ids[i] for i in keep]
@@ -189,23 +172,6 @@ class VectorIndex:
             removed = self._remove_locked([i for i in dict.fromkeys(ids) if i in self._label_of])
         self._compact_if_due()
         return removed
-
-    def compact(self, *, chunk: int = COMPACT_CHUNK) -> bool:
-        """Rebuild an HNSW graph from its live vectors only; True if it did (no-op for other types).
-
-        Searches and writes go on meanwhile: the build holds no lock (see the module
-        docstring), so it runs in the calling thread for as long as a fresh build of the
-        live vectors takes. A call while another compaction runs returns False at once.
-        """
-        if chunk < 1:
-            raise LockstepError(f"compaction chunk must be at least 1 vector, got {chunk}")
-        if self.spec.kind != "hnsw" or not self._compacting.acquire(blocking=False):
-            return False
-        try:
-            return self._compact_by_copy(chunk)
-        finally:
-            self._journal = None
-            self._compacting.release()
 
     def _add_locked(self, ids: list[str], vectors: np.ndarray) -> None:
         if not ids:
@@ -246,7 +212,7 @@ class VectorIndex:
 
         ``ef_search`` overrides the HNSW beam for this call only (``beam`` tries several).
         """
-        queries = _as_matrix(queries, self.dim)
+        queries = as_matrix(queries, self.dim)
         with self._lock.read():
             return self._search_locked(queries, k, ef_search)
 
@@ -257,7 +223,7 @@ class VectorIndex:
         freeze every request of the process while it lasts; on None the caller searches
         from a worker thread instead.
         """
-        queries = _as_matrix(queries, self.dim)
+        queries = as_matrix(queries, self.dim)
         with self._lock.try_read() as ok:
             return self._search_locked(queries, k, ef_search) if ok else None
 
@@ -297,7 +263,7 @@ class VectorIndex:
         product per batch): FAISS's filtered flat scan tests every stored vector one by one
         without BLAS, 40 s for 2,000 queries at 1M vectors where the gathered 10 % takes 2 s.
         """
-        queries = _as_matrix(queries, self.dim)
+        queries = as_matrix(queries, self.dim)
         with self._lock.read():
             labels = np.fromiter((self._label_of[i] for i in set(ids) if i in self._label_of), dtype=np.int64)
             if self._faiss is None or len(labels) == 0:
@@ -314,7 +280,7 @@ class VectorIndex:
         import faiss
 
         bitmap = np.zeros(self._next_label // 8 + 1, dtype=np.uint8)
-        _set_bits(bitmap, labels)
+        set_bits(bitmap, labels)
         selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
         params = self._search_params() or faiss.SearchParameters()
         if self.spec.kind == "hnsw" and ef_search:
@@ -370,136 +336,6 @@ class VectorIndex:
                 params.sel = self._live_selector()
             return params
         return None
-
-    # --- HNSW tombstones -------------------------------------------------------------------
-
-    def _mark_dead(self, labels: np.ndarray) -> None:
-        """Tombstone labels (write lock held); the bitmap is updated in place when it fits.
-
-        While a compaction builds, the labels also go to its journal: the copy it swaps
-        in must tombstone them too.
-        """
-        self._dead.update(labels.tolist())
-        journal = self._journal
-        if journal is not None:
-            journal.extend(labels.tolist())
-        if self._dead_selector is not None:
-            bitmap = self._dead_selector[0]
-            if int(labels.max()) >> 3 < len(bitmap):
-                _set_bits(bitmap, labels)
-            else:
-                self._dead_selector = None  # outgrown: rebuilt, larger, at the next search
-
-    def _live_selector(self) -> Any:
-        """An IDSelector accepting every label not tombstoned (a bitmap: O(1) per test).
-
-        Built once under the read lock and then kept in step by ``_mark_dead`` under the
-        write lock; a search never sees it change. Sized with room to grow.
-        """
-        import faiss
-
-        if self._dead_selector is None:
-            bitmap = np.zeros(self._next_label // 4 + 64, dtype=np.uint8)
-            _set_bits(bitmap, np.fromiter(self._dead, dtype=np.int64, count=len(self._dead)))
-            dead = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
-            self._dead_selector = (bitmap, dead, faiss.IDSelectorNot(dead))
-        return self._dead_selector[2]
-
-    def _compact_if_due(self) -> None:
-        """Compact after a write (no lock held) once the dead share passes the threshold.
-
-        Read without the lock: a stale answer only means this write or the next one
-        starts it, and ``compact`` checks again under the lock.
-        """
-        if self.spec.kind == "hnsw" and self._dead and self.dead_fraction > self.spec.max_dead_fraction:
-            self.compact()
-
-    def _compact_by_copy(self, chunk: int) -> bool:
-        """A new graph over the live vectors, labelled 0..n-1 in their old label order, swapped in.
-
-        Only ``_swap_locked`` holds the write lock; everything else holds the read lock
-        for one block copy at a time, or no lock. Costs what a fresh build of the live
-        vectors costs (191 s for 1M 256-d vectors on 2 cores) and holds the old graph
-        and the new one at once until the swap.
-        """
-        with self._lock.read():
-            if not self._dead:
-                return False
-            labels = np.array(sorted(self._id_of), dtype=np.int64)
-            ids = [self._id_of[label] for label in labels.tolist()]
-            scanned_to = self._next_label
-            self._journal = []  # writers are shut out while the read lock is held: none is missed
-        self._hook("snapshot")
-        new = self._new_faiss(np.zeros((0, self.dim), dtype=np.float32))
-        for start in range(0, len(labels), chunk):
-            with self._lock.read():
-                block = self._stored_rows(labels[start : start + chunk])  # a copy: valid after release
-            with all_cores():
-                new.add(block)
-            del block
-            self._hook("chunk")
-        carried = labels.tolist()
-        while True:  # records added meanwhile: copied off the lock too while there are many
-            with self._lock.read():
-                tail, tail_ids, end = self._live_since(scanned_to)
-                if len(tail) <= SWAP_REPLAY_MAX:
-                    break
-                block = self._stored_rows(np.array(tail, dtype=np.int64))
-            with all_cores():
-                new.add(block)
-            carried.extend(tail)
-            ids.extend(tail_ids)
-            scanned_to = end
-        id_of = dict(enumerate(ids))
-        label_of = {rid: label for label, rid in id_of.items()}  # a record replaced meanwhile: its newest label
-        self._hook("built")
-        with self._lock.write():
-            self._swap_locked(_Compacted(new, carried, id_of, label_of, scanned_to))
-        return True
-
-    def _live_since(self, first: int) -> tuple[list[int], list[str], int]:
-        """Live labels from ``first`` to the newest, their ids, and the next label (lock held)."""
-        end = self._next_label
-        labels = [label for label in range(first, end) if label in self._id_of]
-        return labels, [self._id_of[label] for label in labels], end
-
-    def _swap_locked(self, built: _Compacted) -> None:
-        """Bring the copy level with the index and put it in place (write lock held).
-
-        Adds the records added since the copy's last catch-up, tombstones the copied
-        labels that died during the build (the journal), then swaps graph and maps.
-        """
-        tail, tail_ids, _ = self._live_since(built.scanned_to)
-        if tail:
-            with all_cores():
-                built.faiss.add(self._stored_rows(np.array(tail, dtype=np.int64)))
-        carried = np.array(built.carried, dtype=np.int64)
-        died = np.unique(np.array(self._journal or [], dtype=np.int64))
-        at = np.searchsorted(carried, died)
-        inside = at < len(carried)
-        dead_new = at[inside][carried[at[inside]] == died[inside]]
-        for label in dead_new.tolist():  # tombstones first: a record replaced meanwhile is re-added below
-            rid = built.id_of.pop(label)
-            if built.label_of.get(rid) == label:
-                del built.label_of[rid]
-        first_new = len(carried)
-        for offset, rid in enumerate(tail_ids):
-            built.id_of[first_new + offset] = rid
-            built.label_of[rid] = first_new + offset
-        next_label = first_new + len(tail)
-        live = len(self._label_of)
-        if built.faiss.ntotal != next_label or len(built.id_of) != live or len(built.label_of) != live:
-            raise LockstepError("a compaction came out of step with the index's id map; the old graph stays in place")
-        self._faiss = built.faiss
-        self._id_of, self._label_of = built.id_of, built.label_of
-        self._next_label = next_label
-        self._dead = set(dead_new.tolist())
-        self._dead_selector = None
-
-    def _hook(self, stage: str) -> None:
-        hook = self.compaction_hook
-        if hook is not None:
-            hook(stage)
 
     def _stored_rows(self, labels: np.ndarray) -> np.ndarray:
         """Copies of the stored vectors of these labels (HNSW and flat: straight from storage)."""
@@ -648,16 +484,9 @@ class VectorIndex:
 
 def ann_threshold() -> int:
     """Record count from which ``choose_spec`` picks an approximate index (LOCKSTEP_ANN_THRESHOLD)."""
-    raw = os.environ.get(ANN_THRESHOLD_ENV, "").strip()
-    if not raw:
-        return DEFAULT_ANN_THRESHOLD
-    try:
-        value = int(raw.replace("_", ""))
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise LockstepError(f"{ANN_THRESHOLD_ENV}={raw!r} must be a whole number of records (e.g. 200000)")
-    return value
+    from lockstep.core.config import ann_threshold_setting
+
+    return ann_threshold_setting(DEFAULT_ANN_THRESHOLD)
 
 
 def choose_spec(n_records: int, dim: int) -> IndexSpec:
@@ -667,7 +496,7 @@ def choose_spec(n_records: int, dim: int) -> IndexSpec:
     and 0.969 (fragments of records) on 1M real 256-d embeddings, where efSearch=64 fell
     to 0.948; efConstruction 40 builds in 110 s where 80 took 139 s, at the same recall,
     while M=24 or 16 built faster but fell to 0.95-0.96 (docs/benchmarks.md); every build is checked again at validation
-    (``measure_recall`` >= 0.95), so a corpus where it falls short fails visibly. Its
+    (``recall.measure_recall`` >= 0.95), so a corpus where it falls short fails visibly. Its
     memory is the vectors plus ~M*2*4 bytes each for the graph. Wider vectors get a
     wider beam. The beam given here is where a build starts: validation then chooses the
     one the recall target needs (``beam``; 256 for short queries at 1M x 256).
@@ -699,81 +528,8 @@ def resolve_spec(spec: IndexSpec | dict[str, Any] | None, n_records: int, dim: i
     return IndexSpec.from_dict({**chosen.to_dict(), **data}) if data else chosen
 
 
-def measure_recall(index: VectorIndex, vectors_sample: np.ndarray, k: int = 10, chunk: int = 50_000) -> float:
-    """Recall@k of ``index.search`` against a brute-force scan of the index's own vectors.
-
-    The exact top-k is computed block by block over the stored live vectors (views into
-    FAISS's storage for flat and HNSW), so no second copy of the index is built. Ties
-    count as found: a returned record scores at least the exact k-th score, so duplicate
-    vectors (identical texts) do not read as misses. Returns the mean over queries.
-    """
-    queries = _as_matrix(vectors_sample, index.dim)
-    return recall_given_kth(index, queries, exact_kth_scores(index, queries, k, chunk), k)
-
-
-def recall_given_kth(index: VectorIndex, queries: np.ndarray, kth: np.ndarray, k: int = 10, *,
-                     ef_search: int | None = None) -> float:
-    """Recall@k of ``index.search`` given each query's exact k-th score (``exact_kth_scores``)."""
-    queries = _as_matrix(queries, index.dim)
-    if len(queries) == 0 or len(index) == 0:
-        return 1.0
-    k_eff = min(k, len(index))
-    hits = index.search(queries, k_eff, ef_search=ef_search)
-    found = [
-        min(k_eff, sum(1 for s in h.scores if s >= t - 1e-5)) / k_eff for h, t in zip(hits, kth.tolist(), strict=True)
-    ]
-    return float(np.mean(found))
-
-
-def exact_kth_scores(index: VectorIndex, queries: np.ndarray, k: int = 10, chunk: int = 50_000) -> np.ndarray:
-    """The k-th best exact inner product of each query over the index's live vectors.
-
-    Each block's top k comes from ``faiss.knn`` (BLAS and a heap per query): 800 queries
-    over 1M x 256 vectors take 2.6 s, where a NumPy product and ``np.partition`` of every
-    score took 11.3 s, with the same result.
-    """
-    import faiss
-
-    queries = np.ascontiguousarray(_as_matrix(queries, index.dim))
-    k = max(1, min(k, len(index)))
-    best = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    if len(queries) == 0:
-        return best.min(axis=1, initial=np.inf)
-    for _, vectors in index.iter_stored(chunk):
-        top, _ = faiss.knn(queries, np.ascontiguousarray(vectors), min(k, len(vectors)), metric=faiss.METRIC_INNER_PRODUCT)
-        both = np.hstack([best, top])
-        best = -np.partition(-both, k - 1, axis=1)[:, :k]
-    return best.min(axis=1)
-
-
-@contextmanager
-def all_cores() -> Iterator[None]:
-    """Let FAISS use every core in this thread (serving threads run it single-threaded)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
-def _set_bits(bitmap: np.ndarray, labels: np.ndarray) -> None:
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(labels):
-        np.bitwise_or.at(bitmap, labels >> 3, (1 << (labels & 7)).astype(np.uint8))
-
-
-def recall_at_k(approx: VectorIndex, exact: VectorIndex, queries: np.ndarray, k: int = 10) -> float:
-    """Share of the exact top-k that the approximate index also returns (mean over queries)."""
-    a = approx.search(queries, k)
-    e = exact.search(queries, k)
-    found = [len(set(x.ids) & set(y.ids)) / max(len(y.ids), 1) for x, y in zip(a, e, strict=True)]
-    return float(np.mean(found)) if found else 1.0
-
-
-def _as_matrix(x: np.ndarray, dim: int | None = None) -> np.ndarray:
+def as_matrix(x: np.ndarray, dim: int | None = None) -> np.ndarray:
+    """Vectors as a C-contiguous float32 matrix (one vector: one row), of ``dim`` columns when given."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim == 1:
         x = x[None, :]

@@ -19,11 +19,9 @@ With no champion yet, any challenger is better (there is nothing to protect).
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -163,7 +161,7 @@ class EvalResult:
         """Mean precision@k per query label: shows which categories a model serves badly."""
         labels = np.unique(self.query_labels)
         return {
-            _plain(label): float(self.precision[self.query_labels == label].mean())
+            plain(label): float(self.precision[self.query_labels == label].mean())
             for label in labels
         }
 
@@ -269,7 +267,7 @@ def _self_rows(exclude_self_ids: Any, n_queries: int, n_docs: int, doc_ids: Any)
             raise EvaluationError(f"doc_ids has {len(ids)} entries for {n_docs} documents")
         position = {doc_id: i for i, doc_id in enumerate(ids)}
         return np.array(
-            [-1 if own is None else position.get(_plain(own), -1) for own in exclude_self_ids],
+            [-1 if own is None else position.get(plain(own), -1) for own in exclude_self_ids],
             dtype=np.int64,
         )
     rows = np.asarray(exclude_self_ids)
@@ -301,7 +299,7 @@ def _as_labels(values: Any, n: int, name: str) -> np.ndarray:
     return arr
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """numpy scalars -> Python scalars, so dict keys and JSON behave."""
     return value.item() if isinstance(value, np.generic) else value
 
@@ -390,7 +388,7 @@ def _as_sample(values: Any, name: str) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class OfflineVerdict:
     """The outcome of ``compare``: a decision, the sentence behind it, and its figures.
 
     ``figures`` uses flat names that are valid MLflow metric keys, e.g.
@@ -428,7 +426,7 @@ def compare(
     n_boot: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
-) -> Verdict:
+) -> OfflineVerdict:
     """Decide whether ``challenger`` should replace ``champion``.
 
     Rule: better when the lower bound of the (1 - alpha) paired-bootstrap interval of
@@ -438,7 +436,7 @@ def compare(
     Both results must come from the same queries in the same order.
     """
     name, k = parse_metric(metric)
-    label = _display_name(name, k)
+    label = display_name(name, k)
     challenger.values(metric)  # checks k
     figures = _result_figures(challenger, "", n_boot, alpha, seed)
     figures["n_queries"] = float(challenger.n_queries)
@@ -454,7 +452,7 @@ def compare(
             f"no champion yet: the challenger's {label} is {mean:.4f} "
             f"({ci_pct}% CI {low:.4f} to {high:.4f}) over {challenger.n_queries} queries"
         )
-        return Verdict(better=True, reason=reason, figures=figures, metric=metric_key(name, k))
+        return OfflineVerdict(better=True, reason=reason, figures=figures, metric=metric_key(name, k))
 
     _check_same_queries(challenger, champion)
     figures.update(_result_figures(champion, "champion_", n_boot, alpha, seed))
@@ -495,7 +493,7 @@ def compare(
         reason = f"not better: {head}; the interval reaches down to {low:+.4f}, not above 0"
     else:
         reason = f"not better: {head}; the gain is below the margin {margin:.4f}"
-    return Verdict(better=better, reason=reason, figures=figures, metric=key)
+    return OfflineVerdict(better=better, reason=reason, figures=figures, metric=key)
 
 
 def _result_figures(
@@ -527,100 +525,6 @@ def _check_same_queries(challenger: EvalResult, champion: EvalResult) -> None:
         )
 
 
-def _display_name(name: str, k: int) -> str:
+def display_name(name: str, k: int) -> str:
+    """How a metric is written for a person: ('ndcg', 10) -> 'nDCG@10'."""
     return f"nDCG@{k}" if name == "ndcg" else f"precision@{k}"
-
-
-# --- plot ---------------------------------------------------------------------------------
-
-MAX_PLOTTED_LABELS = 40
-
-
-def plot_evaluation(
-    challenger: EvalResult,
-    champion: EvalResult | None,
-    path: str | Path,
-    *,
-    label_names: Mapping[Any, str] | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> Path:
-    """A PNG for the MLflow run: both metrics with 95% CI error bars for both models,
-    and precision@k per query label (when there are between 2 and 40 labels).
-
-    Uses matplotlib's Agg canvas directly (no pyplot), so it is safe in worker threads
-    and never opens a window. Written to a temporary name and renamed into place.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    models: list[tuple[str, EvalResult]] = [("challenger", challenger)]
-    if champion is not None:
-        models.append(("champion", champion))
-    labels = np.unique(challenger.query_labels)
-    show_labels = 2 <= len(labels) <= MAX_PLOTTED_LABELS
-
-    fig = Figure(
-        figsize=(
-            12 if show_labels else 6,
-            max(4.5, 0.28 * len(labels) + 1.5) if show_labels else 4.5,
-        )
-    )
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 2, 1) if show_labels else fig.add_subplot(1, 1, 1)
-    width = 0.8 / len(models)
-    colours = {"challenger": "tab:orange", "champion": "tab:blue"}
-    for i, (who, result) in enumerate(models):
-        means, errs = [], [[], []]
-        for name in METRICS:
-            mean, low, high = bootstrap_ci(
-                result.values(metric_key(name, result.k)), n_boot=n_boot, seed=seed
-            )
-            means.append(mean)
-            errs[0].append(mean - low)
-            errs[1].append(high - mean)
-        x = np.arange(len(METRICS)) + (i - (len(models) - 1) / 2) * width
-        ax.bar(x, means, width, yerr=errs, capsize=4, label=who, color=colours[who])
-        for xi, m in zip(x, means, strict=True):
-            ax.text(xi, m / 2, f"{m:.3f}", ha="center", va="center", fontsize=8, color="white")
-    ax.set_xticks(np.arange(len(METRICS)))
-    ax.set_xticklabels([_display_name(name, challenger.k) for name in METRICS])
-    ax.set_ylim(0, 1.15)
-    ax.set_ylabel("mean over queries (95% CI)")
-    ax.set_title(f"Offline evaluation, {challenger.n_queries} queries")
-    ax.legend(loc="upper center", ncol=2)
-
-    if show_labels:
-        ax2 = fig.add_subplot(1, 2, 2)
-        y = np.arange(len(labels))
-        height = 0.8 / len(models)
-        for i, (who, result) in enumerate(models):
-            per_label = result.per_label_precision()
-            vals = [per_label.get(_plain(label), math.nan) for label in labels]
-            ax2.barh(
-                y + (i - (len(models) - 1) / 2) * height,
-                vals,
-                height,
-                label=who,
-                color=colours[who],
-            )
-        names = [
-            str(label_names.get(_plain(label), label)) if label_names else str(label)
-            for label in labels
-        ]
-        ax2.set_yticks(y)
-        ax2.set_yticklabels(names, fontsize=8)
-        ax2.invert_yaxis()
-        ax2.set_xlim(0, 1)
-        ax2.set_xlabel(f"precision@{challenger.k}")
-        ax2.set_title("Per category (colours as on the left)")
-    fig.tight_layout()
-    return _save_png(fig, Path(path))
-
-
-def _save_png(fig: Any, path: Path) -> Path:
-    from lockstep.core.atomic import atomic_path
-
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path

@@ -1,8 +1,8 @@
 """Embedding model families: what every Lockstep model offers, and which class reads which file.
 
 Everything downstream of training (the registry, the re-embed, serving, drift) handles a
-model through the ``Embedder`` protocol only, so a new family is one class plus one line
-in ``FAMILIES``:
+model through the ``Embedder`` protocol only (``lockstep.model.contract``), so a new
+family is one class plus one line in ``families()``:
 
 - a *built-in family* (``TextEmbedder``, ``WordVectorEmbedder``) is trained by Lockstep,
   saved as one checksummed joblib file holding a dict with ``"format": FILE_FORMAT``, and
@@ -17,32 +17,11 @@ file) or its content digest (a directory): nothing is unpickled or imported befo
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import numpy as np
-
-from lockstep.core.errors import LockstepError, NotFittedError
-
-
-@runtime_checkable
-class Embedder(Protocol):
-    """What Lockstep needs of a model: bulk and single-query embedding, and its identity."""
-
-    FAMILY: str
-
-    @property
-    def dim_(self) -> int: ...
-
-    @property
-    def fingerprint(self) -> str: ...
-
-    def transform(self, texts: list[str]) -> np.ndarray: ...
-
-    def embed_query(self, text: str) -> np.ndarray: ...
-
-    def save(self, path: str | Path) -> Path: ...
+from lockstep.core.errors import LockstepError
+from lockstep.model.contract import Embedder, load_family_file
 
 
 def families() -> dict[str, type]:
@@ -86,41 +65,5 @@ def load_model_file(path: str | Path, expected_sha256: str | None = None) -> Emb
         from lockstep.model.pyfunc_embedder import PyfuncEmbedder
 
         return PyfuncEmbedder.load(path, expected_sha256=expected_sha256)
-    import joblib
-
-    from lockstep.model.embedding import TextEmbedder, read_verified_model
-
-    # Read once, check, then unpickle those same bytes: the file cannot be swapped
-    # between the check and the load.
-    data = read_verified_model(path, expected_sha256)
-    obj = joblib.load(io.BytesIO(data))
-    del data
-    if isinstance(obj, TextEmbedder):  # a pickled TextEmbedder, written before file format 2
-        obj._prepare_fast_path()
-        return obj
-    cls = _class_for_format(obj, path)
-    model = cls._from_file_object(obj, path)
-    if model._compute_fingerprint() != model.fingerprint_:
-        raise NotFittedError(
-            f"{path}: the stored fingerprint does not match the model's weights; "
-            "the file is corrupt or was written by different library versions"
-        )
-    return model
-
-
-def load_as(cls: type, path: str | Path, expected_sha256: str | None = None) -> Any:
-    """``load_model_file``, refused unless the file holds a ``cls`` (each family's ``load``)."""
-    model = load_model_file(Path(path), expected_sha256)
-    if not isinstance(model, cls):
-        raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
-    return model
-
-
-def _class_for_format(obj: Any, path: Path) -> type:
-    formats = {cls.FILE_FORMAT: cls for cls in families().values()}
-    found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-    if found not in formats:
-        raise TypeError(
-            f"{path} holds {found!r}, not a Lockstep model file (known formats: {', '.join(sorted(formats))})"
-        )
-    return formats[found]
+    families()  # every built-in family imported, so each file format is known
+    return load_family_file(path, expected_sha256)

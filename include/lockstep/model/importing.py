@@ -33,7 +33,7 @@ import mlflow
 from lockstep.core import paths
 from lockstep.core.config import settings
 from lockstep.core.errors import RegistryError
-from lockstep.model.embedding import ModelIntegrityError
+from lockstep.model.integrity import ModelIntegrityError
 from lockstep.model.pyfunc_embedder import (
     ModelContractError,
     PyfuncEmbedder,
@@ -43,6 +43,14 @@ from lockstep.model.pyfunc_embedder import (
     directory_digest,
     fingerprint_of,
     write_probe,
+)
+from lockstep.model.registry.tags import (
+    CHALLENGER,
+    IMPORTED,
+    TAG_DIM,
+    TAG_FAMILY,
+    TAG_FINGERPRINT,
+    TAG_MODEL_SHA256,
 )
 
 if TYPE_CHECKING:
@@ -65,15 +73,6 @@ def import_model(
     ``models:/<model_id>``, a local directory. Nothing is registered when the check fails
     (``ModelContractError`` names the problem).
     """
-    from lockstep.model.registry import (
-        CHALLENGER,
-        IMPORTED,
-        TAG_DIM,
-        TAG_FAMILY,
-        TAG_FINGERPRINT,
-        TAG_MODEL_SHA256,
-    )
-
     with tempfile.TemporaryDirectory(prefix="lockstep-import-") as tmp:
         with registry._scoped():  # MLflow resolves a models:/ URI through its process-wide URIs, not the argument
             local = _fetch(model_uri, Path(tmp) / MODEL_PATH_IN_RUN, registry.tracking_uri)
@@ -115,8 +114,6 @@ def load_imported(registry: Registry, info: ModelVersionInfo, expected_sha256: s
     cache (its files, its ``lockstep.json``) vouches for nothing: a copy that does not
     hash to the tag is downloaded again.
     """
-    from lockstep.model.registry import TAG_MODEL_SHA256
-
     trusted = paths.digest(expected_sha256, f"tag {TAG_MODEL_SHA256} of version {info.version}")
     folder = _cache_folder(trusted)
     if not folder.is_dir() or directory_digest(folder) != trusted:
@@ -205,8 +202,6 @@ def _download_into(registry: Registry, info: Any, folder: Path, trusted: str) ->
     at once: the first rename wins, and a folder already in place that matches the
     digest is never removed (another process may be loading it).
     """
-    from lockstep.model.registry import TAG_MODEL_SHA256
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}"
     try:

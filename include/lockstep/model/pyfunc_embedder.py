@@ -39,7 +39,7 @@ import numpy as np
 
 from lockstep.core import paths
 from lockstep.core.errors import FingerprintMismatchError, LockstepError, UnsafePathError
-from lockstep.model.embedding import ModelIntegrityError
+from lockstep.model.integrity import ModelIntegrityError
 
 PROBE_FILE = "lockstep_probe.npy"  # the probe set's embeddings at import, inside the model directory
 META_FILE = "lockstep.json"  # Lockstep's note beside a local copy: digest, fingerprint, dimension
@@ -69,7 +69,7 @@ class PyfuncEmbedder:
     """An MLflow pyfunc model that meets the contract, with Lockstep's ``Embedder`` API."""
 
     FAMILY = "imported MLflow pyfunc model"
-    FAST_QUERY = False  # one query is a whole predict call: serving batches concurrent queries (serving.batching)
+    FAST_QUERY = False  # one query is a whole predict call: serving batches concurrent queries (serving.query_batches)
 
     def __init__(self, model: Any, model_dir: Path, *, dim: int, probe: np.ndarray, digest: str) -> None:
         self.model = model

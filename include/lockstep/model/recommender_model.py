@@ -30,7 +30,7 @@ import numpy as np
 
 from lockstep.core.config import settings
 from lockstep.core.errors import FingerprintMismatchError, RegistryError
-from lockstep.model.embedding import file_sha256
+from lockstep.model.integrity import file_sha256
 from lockstep.model.registry import (
     EVAL_TAG_PREFIX,
     TAG_DIM,

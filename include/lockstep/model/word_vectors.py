@@ -36,15 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
 
-from lockstep.core.errors import NotFittedError
-from lockstep.model.embedding import (
-    _as_text_list,
-    _jsonable,
-    _l2_normalise,
-    write_checksummed,
-)
+from lockstep.model.contract import BuiltinEmbedder, as_text_list, jsonable, l2_normalise
+from lockstep.model.integrity import write_checksummed
 
 if importlib.util.find_spec("gensim") is None:  # families() then leaves this family out
     raise ImportError("the word_vectors family needs gensim: pip install gensim==4.4.0")
@@ -61,7 +55,7 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN_RE.findall(text.lower())
 
 
-class WordVectorEmbedder(TransformerMixin, BaseEstimator):
+class WordVectorEmbedder(BuiltinEmbedder):
     """Word2Vec trained on the corpus + SIF pooling + L2 norm; ``fit`` returns self.
 
     ``dim`` is the word-vector size; ``window``, ``min_count``, ``epochs``, ``sg`` (1:
@@ -76,6 +70,8 @@ class WordVectorEmbedder(TransformerMixin, BaseEstimator):
     PYFUNC_CODE = Path(__file__).with_name("word_vectors_pyfunc.py")
     # What the logged model needs at predict time: not gensim, not Lockstep.
     MODEL_REQUIREMENTS = ("mlflow", "numpy", "scipy", "pandas", "joblib")
+    FITTED_ATTR = "vectors_"
+    DERIVED = ("pooled_", "_index")
 
     def __init__(
         self,
@@ -105,7 +101,7 @@ class WordVectorEmbedder(TransformerMixin, BaseEstimator):
         import gensim
 
         self._check_params()
-        texts = _as_text_list(texts)
+        texts = as_text_list(texts)
         if len(texts) < 2:
             raise ValueError(f"need at least 2 texts to fit an embedding model, got {len(texts)}")
         w2v = self._train_word2vec(_Sentences(texts))
@@ -155,11 +151,11 @@ class WordVectorEmbedder(TransformerMixin, BaseEstimator):
     def transform(self, texts: list[str] | Any) -> np.ndarray:
         """Embed many texts: a (n, dim) float32 array, each row of unit length (or zero)."""
         self._check_fitted()
-        texts = _as_text_list(texts)
+        texts = as_text_list(texts)
         out = np.empty((len(texts), self.dim_), dtype=np.float32)
         for start in range(0, len(texts), TRANSFORM_BATCH):
             batch = [tokenize(t) for t in texts[start : start + TRANSFORM_BATCH]]
-            out[start : start + len(batch)] = _l2_normalise(
+            out[start : start + len(batch)] = l2_normalise(
                 np.asarray(self._count_matrix(batch) @ self.pooled_, dtype=np.float32)
             )
         return out
@@ -203,12 +199,6 @@ class WordVectorEmbedder(TransformerMixin, BaseEstimator):
         self._check_fitted()
         return int(self.vectors_.shape[1])
 
-    @property
-    def fingerprint(self) -> str:
-        """A stable sha256 of the vector space: 'sha256:<hex>'."""
-        self._check_fitted()
-        return self.fingerprint_
-
     def _compute_fingerprint(self) -> str:
         import scipy
 
@@ -216,7 +206,7 @@ class WordVectorEmbedder(TransformerMixin, BaseEstimator):
         header = {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "format": FORMAT_VERSION,
-            "params": _jsonable(self.get_params()),
+            "params": jsonable(self.get_params()),
             "dim": self.dim_,
             "pooling": "sif, first principal component removed",
             "tokens": TOKEN_PATTERN,
@@ -253,18 +243,9 @@ class WordVectorEmbedder(TransformerMixin, BaseEstimator):
         return write_checksummed(path, lambda tmp: joblib.dump(payload, tmp))
 
     @classmethod
-    def load(cls, path: str | Path, expected_sha256: str | None = None) -> WordVectorEmbedder:
-        """Load a model file after checking its sha256 (or its sidecar's); nothing is unpickled before."""
-        from lockstep.model.families import load_as
-
-        return load_as(cls, path, expected_sha256)
-
-    @classmethod
     def _from_file_object(cls, obj: Any, path: Path) -> WordVectorEmbedder:
-        """The model from the dict a file held (``families.load_model_file`` checks it after)."""
-        if not isinstance(obj, dict) or obj.get("format") != FILE_FORMAT:
-            found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-            raise TypeError(f"{path} holds {found!r}, not a {cls.__name__} file ({FILE_FORMAT})")
+        """The model from the dict a file held (``contract.load_family_file`` checks it after)."""
+        cls._check_file_format(obj, path)
         if obj.get("token_pattern") != TOKEN_PATTERN:
             raise TypeError(f"{path} tokenizes with {obj.get('token_pattern')!r}, not {TOKEN_PATTERN!r}")
         model = cls(**obj["params"])
@@ -283,10 +264,6 @@ class WordVectorEmbedder(TransformerMixin, BaseEstimator):
         self.pooled_ = pooled_rows(self.vectors_, self.weights_, self.component_)
         self._index = {word: j for j, word in enumerate(self.vocab_)}
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "vectors_"):
-            raise NotFittedError("this WordVectorEmbedder is not fitted yet: call fit(texts) first")
-
     def _check_params(self) -> None:
         for name in ("dim", "window", "min_count", "epochs", "negative"):
             value = getattr(self, name)
@@ -298,17 +275,6 @@ class WordVectorEmbedder(TransformerMixin, BaseEstimator):
             raise ValueError(f"max_vocab must be a whole number >= 1 or None, got {self.max_vocab!r}")
         if not isinstance(self.sif_a, (int, float)) or not self.sif_a > 0:
             raise ValueError(f"sif_a must be a number > 0, got {self.sif_a!r}")
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        for key in ("pooled_", "_index"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        if "vectors_" in state:
-            self._prepare_fast_path()
 
 
 def pooled_rows(vectors: np.ndarray, weights: np.ndarray, component: np.ndarray) -> np.ndarray:

@@ -8,9 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, Param
 
-from lockstep.core.config import embedding_processes  # noqa: F401  (re-exported: lockstep_reembed reads it at parse time)
+from lockstep.batch.config import BatchOptions
+from lockstep.core.config import (
+    DagForm,
+    embedding_processes,  # noqa: F401  (re-exported: lockstep_reembed reads it at parse time)
+    knobs,
+)
+from lockstep.drift.config import DriftCheckOptions
+from lockstep.index.reembed_options import ReembedOptions
+from lockstep.recommender.config import RecommenderTrainConfig
+from lockstep.training.config import RetrainOptions, TrainConfig
 
 # Asset events carry {"model_version", "fingerprint", "index_location"} in their extra.
 CHALLENGER = Asset(name="lockstep_challenger", uri="lockstep://models/challenger")
@@ -75,26 +84,12 @@ def latest_extra(triggering_asset_events, asset: Asset) -> dict:
     return dict(events[-1].extra or {}) if events else {}
 
 
-def deployment_system() -> str:
-    """The system this Airflow deployment runs (``LOCKSTEP_SYSTEM``): ``search`` or ``recommender``.
-
-    One deployment per system: the recommender's Airflow has ``LOCKSTEP_SYSTEM=recommender``
-    in its environment, and the DAGs branch on it at the start of a run.
-    """
-    from lockstep.core.config import settings
-
-    return settings().system
-
-
 def time_schedules_on() -> bool:
     """False when ``LOCKSTEP_SCHEDULES=off``: the weekly retrain and hourly drift check are left
     out (asset triggers stay), as ``lockstep demo`` does so that no clock-driven run interferes."""
-    import os
+    from lockstep.core.config import schedules_on
 
-    setting = os.environ.get("LOCKSTEP_SCHEDULES", "on").strip().lower()
-    if setting not in ("on", "off"):
-        raise ValueError(f"LOCKSTEP_SCHEDULES must be 'on' or 'off', got {setting!r}")
-    return setting == "on"
+    return schedules_on()
 
 
 def schedule(cron: str, asset: Asset | None = None):
@@ -122,11 +117,38 @@ def serving_url_default() -> str:
     (docker-compose.yaml sets it in every Airflow container: the default is read where the
     DAG is parsed); without it, the embedded stack's one replica.
     """
-    import os
+    from lockstep.core.config import serving_urls
 
-    return os.environ.get("LOCKSTEP_SERVING_URLS", "").strip() or "http://127.0.0.1:8000"
+    return serving_urls()
 
 
 # Emitted by lockstep_rollout's finalize when a version reaches 100 % (extra: {"model_version", ...}):
 # lockstep_batch recomputes the operational table for the new champion right away.
 PROMOTED = Asset(name="lockstep_promoted", uri="lockstep://models/promoted")
+
+
+# --- trigger forms: each DAG's Params built from the config classes that own the defaults ------
+
+RETRAIN_FORM = DagForm("lockstep_retrain", (
+    *knobs(TrainConfig, ("family", "dim", "max_features", "min_df", "max_df", "window", "min_count", "epochs",
+                         "sif_a", "fit_sample", "margin", "holdout_percent", "max_eval_queries")),
+    *knobs(RecommenderTrainConfig, ("factors", "iterations")),
+    *knobs(RetrainOptions),
+))
+# The retrain Params that are TrainConfig fields: train, evaluate and register pass them on.
+TRAIN_KEYS = tuple(k.name for k in knobs(TrainConfig))
+REEMBED_FORM = DagForm("lockstep_reembed", knobs(ReembedOptions))
+DRIFT_FORM = DagForm("lockstep_drift", knobs(DriftCheckOptions))
+BATCH_FORM = DagForm("lockstep_batch", knobs(BatchOptions))
+
+
+def dag_params(form: DagForm) -> dict[str, Param]:
+    """The Params of ``form``'s DAG, in its order: each knob's default, schema, title, section, description.
+
+    The defaults live in the config classes (``TrainConfig``, ``ReembedOptions`` ...), so
+    the trigger form, the library and the CLI cannot disagree on them.
+    """
+    return {
+        k.name: Param(k.form_default, **k.schema, title=k.title, section=k.section, description=k.description)
+        for k in form.knobs
+    }

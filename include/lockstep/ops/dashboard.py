@@ -18,10 +18,8 @@ chart's numbers straight out of the markup.
 
 from __future__ import annotations
 
-import hashlib
-import html
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,12 +35,12 @@ from lockstep.holdback.chart import lift_chart_svg
 from lockstep.holdback.report import lift_report
 from lockstep.index.early_verdict import early_verdict_of
 from lockstep.model.registry import Registry
+from lockstep.model.version_ref import ModelRef, ModelRefError
+from lockstep.ops.weight_chart import WeightPoint, weight_chart_svg
 from lockstep.rollout import record
 from lockstep.store import schema
 from lockstep.store.batch_results import BatchResultStore
 from lockstep.store.db import get_engine
-from lockstep.store.interactions import InteractionStore
-from lockstep.store.records import RecordStore
 from lockstep.store.routing import HistoryEntry, history, read_table, version_key
 from lockstep.streaming.status import stream_status
 
@@ -51,7 +49,6 @@ FINGERPRINT_CHARS = 12
 # within this time of it about the same version.
 _SAME_ROLLBACK = timedelta(minutes=5)
 # Colours of the chart's series, in version order (readable on white, distinct in print).
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
 @dataclass(frozen=True)
@@ -69,18 +66,6 @@ class SlotView:
     note: str | None
     updated_at: datetime | None
     mlflow_url: str
-
-
-@dataclass(frozen=True)
-class WeightPoint:
-    """The live weights right after one routing change."""
-
-    generation: int
-    at: datetime
-    weights: dict[str, int]
-    shadow: tuple[str, ...]
-    reason: str | None
-    actor: str | None
 
 
 @dataclass(frozen=True)
@@ -177,6 +162,7 @@ class Dashboard:
 def load_dashboard(
     engine: Engine | str | None = None,
     *,
+    system: Any,
     mlflow_ui_url: str | None = None,
     model_name: str | None = None,
     rollout_limit: int = 10,
@@ -188,7 +174,8 @@ def load_dashboard(
 
     The routing table is the one part that must be readable: without it the page has
     nothing true to say, so its errors (a ``ConfigurationError`` naming the database)
-    propagate to the caller.
+    propagate to the caller. ``system`` is the deployment's ``lockstep.systems.System``
+    (``lockstep.systems.load_dashboard`` passes the current one).
     """
     eng = engine if isinstance(engine, Engine) else get_engine(engine)
     base = (mlflow_ui_url or configured_mlflow_ui_url()).rstrip("/")
@@ -219,8 +206,8 @@ def load_dashboard(
 
     holdback, holdback_chart = _holdback(eng, problems)
     streams = _streams(eng, problems)
-    batch = _batch_freshness(eng, problems)
-    verdicts = _early_verdicts(slots, problems, verdict_limit)
+    batch = _batch_freshness(eng, problems, system.input_head)
+    verdicts = _early_verdicts(slots, problems, verdict_limit if system.has_early_verdict else 0)
 
     return Dashboard(
         generated_at=clock.now(),
@@ -233,7 +220,7 @@ def load_dashboard(
         alerts=alerts,
         history=points,
         problems=tuple(problems),
-        system=settings().system,
+        system=system.name,
         holdback=holdback,
         holdback_chart=holdback_chart,
         streams=streams,
@@ -256,9 +243,10 @@ def _early_verdicts(slots: Sequence[SlotView], problems: list[str], limit: int) 
     """The early verdicts of the newest ``limit`` slots' versions, read from their MLflow tags.
 
     The tags outlive a stopped load (its files are deleted), so a version stopped early
-    still shows why. The recommender system has no early verdict (its fit is judged whole).
+    still shows why. A system without an early verdict (the recommender's fit is judged
+    whole) asks for none (``limit`` 0).
     """
-    if settings().system != "search" or limit < 1:
+    if limit < 1:
         return ()
     try:
         registry = Registry()
@@ -271,12 +259,12 @@ def _early_verdicts(slots: Sequence[SlotView], problems: list[str], limit: int) 
     return tuple(v for v in found if v is not None)
 
 
-def _batch_freshness(eng: Engine, problems: list[str]) -> tuple[dict[str, Any], ...]:
+def _batch_freshness(eng: Engine, problems: list[str], input_head: Callable[[Engine], int]) -> tuple[dict[str, Any], ...]:
     """Each version's batch rows: complete or not, how many, through which input sequence, and
     ``behind``: the input changes (record changes, or interactions) committed since then."""
     try:
         states = BatchResultStore(eng).states()
-        head = RecordStore(eng).head() if settings().system == "search" else InteractionStore(eng).max_seq()
+        head = input_head(eng)
     except SQLAlchemyError as exc:
         problems.append(f"batch serving's table could not be read: {exc}")
         return ()
@@ -296,7 +284,6 @@ def _streams(eng: Engine, problems: list[str]) -> tuple[dict[str, Any], ...]:
 def configured_mlflow_ui_url() -> str:
     """Where people open the MLflow UI (``LOCKSTEP_MLFLOW_UI_URL``); not the tracking URI,
     which may be a database or a compose-internal host name a browser cannot reach."""
-    from lockstep.core.config import settings
 
     return settings().mlflow_ui_url
 
@@ -343,112 +330,10 @@ def find_rollbacks(
 # --- the chart -------------------------------------------------------------------------------
 
 
-def weight_chart_svg(
-    points: Sequence[WeightPoint],
-    *,
-    versions: Sequence[str] | None = None,
-    title: str = "Traffic weights",
-    width: int = 900,
-    height: int = 240,
-) -> str:
-    """A step chart of each version's traffic share, one column per routing change.
-
-    Columns are changes, not clock time: a rollout alternates long bakes with instant
-    moves (a rollback takes a second after an hour of canary), and a time axis would
-    squeeze the moves that matter into one pixel. Each column is labelled with its time.
-    """
-    points = _weight_changes(points)
-    if not points:
-        return (
-            f'<svg xmlns="http://www.w3.org/2000/svg" class="lockstep-chart" width="{width}" height="60" '
-            f'role="img" aria-label="{_attr(title)}: no routing changes yet">'
-            f'<text x="8" y="34" font-size="13" fill="#666">No routing changes yet.</text></svg>'
-        )
-    names = list(versions) if versions else []
-    for p in points:
-        names.extend(v for v in list(p.weights) + list(p.shadow) if v not in names)
-    names = sorted(dict.fromkeys(names), key=version_key)
-
-    left, right, top, bottom = 44, 16, 28, 46
-    plot_w, plot_h = width - left - right, height - top - bottom
-    step_x = plot_w / len(points)
-
-    def x(i: float) -> float:
-        return round(left + i * step_x, 1)
-
-    def y(weight: float) -> float:
-        return round(top + plot_h * (1 - weight / 100), 1)
-
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="lockstep-chart" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_attr(title)}">',
-        f"<title>{_text(title)}</title>",
-        '<g class="grid" stroke="#e3e3e3" stroke-width="1">',
-    ]
-    for tick in (0, 25, 50, 75, 100):
-        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(tick)}" y2="{y(tick)}"/>')
-    out.append("</g>")
-    out.append('<g class="y-axis" font-size="11" fill="#555" text-anchor="end">')
-    for tick in (0, 25, 50, 75, 100):
-        out.append(f'<text x="{left - 6}" y="{y(tick) + 4}">{tick}%</text>')
-    out.append("</g>")
-
-    label_every = max(1, round(len(points) / 8))
-    out.append('<g class="x-axis" font-size="10" fill="#555" text-anchor="middle">')
-    for i, p in enumerate(points):
-        if i % label_every == 0 or i == len(points) - 1:
-            out.append(f'<text x="{x(i + 0.5)}" y="{height - bottom + 16}">{_text(_clock(p.at))}</text>')
-            out.append(f'<text x="{x(i + 0.5)}" y="{height - bottom + 29}" fill="#999">g{p.generation}</text>')
-    out.append("</g>")
-
-    for version in names:
-        colour = version_colour(version)
-        weights = [p.weights.get(version, 0) for p in points]
-        if not any(weights) and not any(version in p.shadow for p in points):
-            continue
-        path = [f"M{x(0)},{y(weights[0])}"]
-        for i in range(len(weights)):
-            path.append(f"H{x(i + 1)}")
-            if i + 1 < len(weights):
-                path.append(f"V{y(weights[i + 1])}")
-        out.append(
-            f'<path class="series" data-version="{_attr(version)}" data-weights="{",".join(map(str, weights))}" '
-            f'd="{"".join(path)}" fill="none" stroke="{colour}" stroke-width="2.5"/>'
-        )
-        for i, (p, w) in enumerate(zip(points, weights, strict=True)):
-            shadow = version in p.shadow
-            tip = f"version {version}: {w}%{' (shadow)' if shadow else ''} at generation {p.generation}, {_clock(p.at)}"
-            if p.reason:
-                tip += f" - {p.reason}"
-            fill = "#fff" if shadow else colour
-            out.append(
-                f'<circle cx="{x(i + 0.5)}" cy="{y(w)}" r="3.5" fill="{fill}" stroke="{colour}" stroke-width="1.5">'
-                f"<title>{_text(tip)}</title></circle>"
-            )
-
-    out.append('<g class="legend" font-size="12">')
-    legend_x = left
-    for version in names:
-        colour = version_colour(version)
-        out.append(f'<rect x="{legend_x}" y="8" width="12" height="12" fill="{colour}"/>')
-        out.append(f'<text x="{legend_x + 16}" y="18" fill="#333">version {_text(version)}</text>')
-        legend_x += 28 + 7 * len(f"version {version}")
-    out.append("</g></svg>")
-    return "".join(out)
-
-
-def version_colour(version: str) -> str:
-    """A version keeps its colour in every chart on the page (v2 is not blue here, red there)."""
-    if version.isdigit():
-        return PALETTE[(int(version) - 1) % len(PALETTE)]
-    return PALETTE[int(hashlib.blake2b(version.encode(), digest_size=2).hexdigest(), 16) % len(PALETTE)]
-
-
 # --- internals -------------------------------------------------------------------------------
 
 
 def _configured_model_name() -> str:
-    from lockstep.core.config import settings
 
     return settings().model_name
 
@@ -550,15 +435,6 @@ def _step_view(row: Mapping[str, Any]) -> StepView:
     )
 
 
-def _weight_changes(points: Sequence[WeightPoint]) -> list[WeightPoint]:
-    """Only the changes that moved traffic or shadowing (a slot registered moves neither)."""
-    kept: list[WeightPoint] = []
-    for p in points:
-        if not kept or (p.weights, p.shadow) != (kept[-1].weights, kept[-1].shadow):
-            kept.append(p)
-    return kept
-
-
 def _window(points: Sequence[WeightPoint], start: datetime | None, end: datetime | None) -> tuple[WeightPoint, ...]:
     """The changes of a rollout: those inside its time span, led by the state it started from."""
     if start is None:
@@ -592,8 +468,11 @@ def _merge_rollbacks(found: list[RollbackView]) -> list[RollbackView]:
 
 def _model_name_in(model_uri: str) -> str | None:
     """The registered model's name in a ``models:/<name>/<version>`` URI."""
-    match = re.match(r"^models:/([^/@]+)/", model_uri or "")
-    return match.group(1) if match else None
+    try:
+        ref = ModelRef.parse(model_uri)
+    except ModelRefError:
+        return None
+    return ref.name if ref.version is not None else None
 
 
 def _routing_change_of(rb: record.Rollback, points: Sequence[WeightPoint]) -> WeightPoint | None:
@@ -616,15 +495,3 @@ def _routing_change_of(rb: record.Rollback, points: Sequence[WeightPoint]) -> We
 def _version_in(text: str) -> str | None:
     match = re.search(r"\bversion\s+(\w[\w.-]*)", text, re.IGNORECASE)
     return match.group(1) if match else None
-
-
-def _clock(at: datetime) -> str:
-    return at.strftime("%m-%d %H:%M:%S")
-
-
-def _text(value: str) -> str:
-    return html.escape(value, quote=False)
-
-
-def _attr(value: str) -> str:
-    return html.escape(value, quote=True)

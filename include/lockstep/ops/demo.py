@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import secrets
 import socket
 import time
@@ -33,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lockstep.core.config import api_token
 
 
 @dataclass
@@ -138,7 +139,7 @@ class DemoRun:
         self.stack = None
         self.client = None
         self.simulator = None
-        self.token = os.environ.get("LOCKSTEP_API_TOKEN") or secrets.token_urlsafe(16)
+        self.token = api_token() or secrets.token_urlsafe(16)
         self.facts: dict[str, Any] = {}
         self._seen: dict[str, set[str]] = {}  # DAG runs already followed, per DAG
 

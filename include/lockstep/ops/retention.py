@@ -38,7 +38,6 @@ DAG runs all three every day.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -48,6 +47,7 @@ from sqlalchemy import Engine, delete, exists, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lockstep.core import clock
+from lockstep.core.config import environment
 from lockstep.core.errors import ConfigurationError, LockstepError
 from lockstep.store.records import DELETE, RecordStore
 from lockstep.store.schema import (
@@ -88,7 +88,7 @@ class RetentionSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RetentionSettings:
-        env = os.environ if env is None else env
+        env = environment() if env is None else env
         return cls(
             change_log_days=days_setting(env.get(CHANGE_LOG_DAYS_VAR), CHANGE_LOG_DAYS_VAR, DEFAULT_CHANGE_LOG_DAYS),
             log_days=days_setting(env.get(LOG_DAYS_VAR), LOG_DAYS_VAR, DEFAULT_LOG_DAYS),
@@ -328,17 +328,13 @@ def checkpoint_indexes(store: RecordStore | None = None, *, tracking_uri: str | 
 
     Only ``ready``/``live``/``draining`` slots; an index whose manifest changed while it
     was being caught up (a rebuild finished meanwhile) is left as the rebuild wrote it.
-    A recommender deployment has no index to checkpoint (serving builds the item index
-    from the fit and folds in the interaction log, which is never compacted): [].
+    (The search system's checkpoint; ``lockstep.systems`` gives the recommender's, which has
+    no index to checkpoint.)
     """
-    from lockstep.core.config import settings
-
-    if settings().system == "recommender":
-        return []
     from lockstep.index.catch_up import catch_up
     from lockstep.index.manifest import read_manifest
+    from lockstep.index.slot_files import load_model
     from lockstep.index.storage import load_index, save_index
-    from lockstep.serving.slots import load_model
     from lockstep.store import routing
 
     store = store or RecordStore()

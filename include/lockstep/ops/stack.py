@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lockstep.core.config import masked_repr
+from lockstep.core.config import environment, masked_repr
 from lockstep.core.errors import LockstepError
 
 REPO = Path(__file__).resolve().parents[3]  # include/lockstep/ops/stack.py -> the repository
@@ -118,7 +118,7 @@ def airflow_env(config: StackConfig, password: str) -> dict[str, str]:
     passwords = home / "simple_auth_manager_passwords.json"
     passwords.write_text(json.dumps({ADMIN_USER: password}))
     passwords.chmod(0o600)
-    env = dict(os.environ)
+    env = dict(environment())
     env.update(
         LOCKSTEP_HOME=str(config.home),
         AIRFLOW_HOME=str(home),

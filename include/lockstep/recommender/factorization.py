@@ -42,7 +42,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 
 from lockstep.core.errors import NotFittedError
-from lockstep.model.embedding import read_verified_model, write_checksummed
+from lockstep.model.integrity import read_verified_model, write_checksummed
 from lockstep.recommender.fold_in import FoldIn, UnknownIdError, check_values, confidence
 
 __all__ = ["FILE_FORMAT", "ALSRecommender", "interaction_matrix"]

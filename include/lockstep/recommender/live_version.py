@@ -17,6 +17,12 @@ version refolds the user in its own space.
 Fold-in uses the fit's factors only: an item (or user) that joined the version later
 is left out of another row's fold-in (it is returned as ``skipped``), because adding it
 would change ``Y^T Y`` for everyone; the next fit includes it.
+
+Catching a version up with the interaction log is written once, here: ``seen_items``
+(each user's items at the fit's snapshot) and ``LiveVersion.fold_in_changes`` (the
+interactions after it). Serving runs the fold-in on each page of the log it tails, the
+batch job once for the interactions up to its input sequence, so a batch result is
+computed in exactly the space serving answers in.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,7 +38,12 @@ from lockstep.recommender.factorization import ALSRecommender
 from lockstep.recommender.fold_in import UnknownIdError
 from lockstep.recommender.item_index import ItemIndex
 
-__all__ = ["FoldInResult", "LiveVersion", "single_thread_blas"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lockstep.store.interactions import InteractionStore
+
+__all__ = ["FoldInResult", "LiveVersion", "seen_items", "single_thread_blas"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,34 @@ class LiveVersion:
         else:
             self.index.add([item_id], vector[None, :])
         return FoldInResult(vector, sorted({u for u, ok in zip(user_ids, known, strict=True) if not ok}))
+
+    def fold_in_changes(self, store: InteractionStore, changes: pd.DataFrame, until: int,
+                        seen: dict[str, set[str]]) -> None:
+        """Fold in every user (and new item) the interactions touched, from their whole history up to ``until``.
+
+        An item of the fit keeps its fitted vector; an item that joined after the fit is
+        placed again from all its users on each of its interactions. Every user who
+        interacted is refolded from the whole history, and their ``seen`` items follow.
+        """
+        if changes.empty:
+            return
+        for item in sorted(set(changes["item_id"])):
+            if not self.fitted_item(item):  # a new item: placed again from all its users so far
+                users, values = store.users_of(item, until=until)
+                self.fold_in_item(item, users, values)
+        for user in sorted(set(changes["user_id"])):
+            items, values = store.interactions_of(user, until=until)
+            self.fold_in_user(user, items, values)
+            seen[user] = set(items)
+
+
+def seen_items(store: InteractionStore, seq: int) -> dict[str, set[str]]:
+    """Each user's items in the interaction log through ``seq``: what a version leaves out of their recommendations."""
+    seen: dict[str, set[str]] = {}
+    for chunk in store.iter_snapshot(seq):
+        for user, item in zip(chunk["user_id"], chunk["item_id"], strict=True):
+            seen.setdefault(user, set()).add(item)
+    return seen
 
 
 def single_thread_blas() -> Any:

@@ -16,34 +16,16 @@ interaction store and registered model (``LOCKSTEP_SYSTEM=recommender``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lockstep.core.errors import LockstepError
 from lockstep.model.registry import CHALLENGER, Registry
+from lockstep.recommender.config import RecommenderTrainConfig
 from lockstep.recommender.evaluation import K, evaluate, time_split
 from lockstep.recommender.factorization import ALSRecommender
 from lockstep.recommender.registration import load_version, recommender_registry, register_fit
 from lockstep.store.interactions import InteractionStore
-
-
-@dataclass(frozen=True)
-class RecommenderTrainConfig:
-    """The candidate's parameters and the acceptance rule."""
-
-    factors: int = 64
-    regularization: float = 10.0
-    alpha: float = 0.2
-    iterations: int = 15
-    random_state: int = 0
-    holdout_fraction: float = 0.2
-    margin: float = 0.0  # nDCG@10 the candidate may lose to the champion and still be the challenger
-    extra_tags: dict[str, str] = field(default_factory=dict)
-
-    def model(self, **override: Any) -> ALSRecommender:
-        params = {"factors": self.factors, "regularization": self.regularization, "alpha": self.alpha,
-                  "iterations": self.iterations, "random_state": self.random_state, **override}
-        return ALSRecommender(**params)
 
 
 @dataclass(frozen=True)

@@ -18,19 +18,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lockstep.rollout.config import DEFAULTS
 from lockstep.rollout.gates import (
     GateResult,
-    GateThresholds,
+    GateVerdict,
     SequentialCTRTest,
-    Verdict,
     error_rate_gate,
     fixed_sample_ab_test,
     latency_gate,
     overlap_gate,
 )
+from lockstep.rollout.policy import GateThresholds
 from lockstep.store.log_stats import ArmStats, ShadowStats, Window
+
+if TYPE_CHECKING:
+    from lockstep.rollout.config import RolloutConfig
 
 __all__ = [
     "ArmStats", "GateSettings", "ShadowStats", "Window",
@@ -43,7 +47,7 @@ class GateSettings:
     """The thresholds of one rollout's gates (all DAG Params).
 
     The defaults are RolloutConfig's (``lockstep.rollout.config``), the one place a
-    rollout's defaults are written; ``RolloutConfig.gate_settings`` fills them in.
+    rollout's defaults are written; ``GateSettings.of(config)`` fills them in.
     """
 
     min_samples: int = DEFAULTS["min_samples"]
@@ -51,6 +55,12 @@ class GateSettings:
     thresholds: GateThresholds = field(default_factory=GateThresholds)
     ctr_tau: float = DEFAULTS["ctr_tau"]  # the CTR difference the sequential test is tuned to detect
     overlap_metric: str = "overlap"
+
+    @classmethod
+    def of(cls, config: RolloutConfig) -> GateSettings:
+        """The gate settings of one rollout's config."""
+        return cls(min_samples=config.min_samples, alpha=config.alpha, thresholds=GateThresholds.of(config),
+                   ctr_tau=config.ctr_tau)
 
 
 # --- gates ------------------------------------------------------------------------------------
@@ -159,4 +169,4 @@ def summary_figures(results: Sequence[GateResult], *arms: ArmStats) -> dict[str,
 
 
 def failed(results: Sequence[GateResult]) -> list[GateResult]:
-    return [r for r in results if r.verdict is Verdict.FAIL]
+    return [r for r in results if r.verdict is GateVerdict.FAIL]

@@ -7,13 +7,16 @@ value. Everything else takes its defaults from here:
 - the Params of ``lockstep_rollout`` (``lockstep.rollout.operator.rollout_params``), so the
   trigger form shows these very titles, sections, descriptions and defaults;
 - the gate thresholds, the canary policy and the log analysis' settings
-  (``lockstep.rollout.gates.GateThresholds``, ``CanaryPolicy`` and
-  ``lockstep.rollout.analysis.GateSettings`` read ``DEFAULTS``);
+  (``lockstep.rollout.policy.GateThresholds``, ``CanaryPolicy`` and
+  ``lockstep.rollout.analysis.GateSettings`` read ``DEFAULTS``, and each builds itself
+  from one rollout's config with ``of(config)``);
 - the demo and ``LOCKSTEP_ROLLOUT_DEFAULTS``, which are validated as overrides of it
   (``overrides_from_json``).
 
-Kept free of heavy imports (the DAG file reads it when it is parsed, and ``gates`` imports
-it), so the gate objects are built by imports inside the methods that return them.
+Kept free of heavy imports (the DAG file reads it when it is parsed) and below the gates
+(they import it, never the other way): a config checks its canary steps with
+``lockstep.rollout.statistics.check_canary_policy``, the check ``CanaryPolicy`` makes,
+imported when a config is made.
 """
 
 from __future__ import annotations
@@ -22,14 +25,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lockstep.core.errors import LockstepError
 from lockstep.store.log_stats import USER_CAP
-
-if TYPE_CHECKING:
-    from lockstep.rollout.analysis import GateSettings
-    from lockstep.rollout.gates import CanaryPolicy, GateThresholds
 
 STRATEGIES = ("canary", "shadow", "ab", "bandit", "blue_green")
 # The strategies that end in finalize (100 % and alias champion); "shadow" never promotes.
@@ -256,11 +255,13 @@ class RolloutConfig:
             raise RolloutError(f"poll_seconds must be positive, got {self.poll_seconds!r}")
         if not self.max_bake_seconds > 0:
             raise RolloutError(f"max_bake_seconds must be positive (the safety net of a bake), got {self.max_bake_seconds!r}")
-        from lockstep.rollout.gates import GateError
+        from lockstep.rollout.statistics import (  # numpy and scipy: not at parse time
+            GateError,
+            check_canary_policy,
+        )
 
         try:
-            self.policy()
-            self.gate_settings()
+            check_canary_policy(self.canary_steps, self.bake_seconds, self.min_samples, self.max_extensions, self.alpha)
         except GateError as exc:
             raise RolloutError(f"rollout parameters: {exc}") from exc
 
@@ -278,32 +279,6 @@ class RolloutConfig:
         out = asdict(self)
         out["canary_steps"] = list(self.canary_steps)
         return out
-
-    @property
-    def thresholds(self) -> GateThresholds:
-        from lockstep.rollout.gates import GateThresholds
-
-        return GateThresholds(
-            max_abs_error_increase=self.max_error_increase,
-            max_error_rate=self.max_error_rate,
-            latency_tolerance=self.latency_tolerance,
-            latency_confidence=self.latency_confidence,
-            min_overlap=self.min_overlap,
-            non_inferiority_margin=self.ctr_margin,
-        )
-
-    def gate_settings(self) -> GateSettings:
-        from lockstep.rollout.analysis import GateSettings
-
-        return GateSettings(min_samples=self.min_samples, alpha=self.alpha, thresholds=self.thresholds, ctr_tau=self.ctr_tau)
-
-    def policy(self) -> CanaryPolicy:
-        from lockstep.rollout.gates import CanaryPolicy
-
-        return CanaryPolicy(
-            steps=self.canary_steps, bake_seconds=self.bake_seconds, min_samples=self.min_samples,
-            max_extensions=self.max_extensions, alpha=self.alpha, thresholds=self.thresholds,
-        )
 
     @property
     def shadow_bake_seconds(self) -> float:

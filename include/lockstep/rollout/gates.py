@@ -19,7 +19,9 @@ of existing canary tools:
 
 Results are frozen ``GateResult`` values with flat, finite, JSON-friendly figures, so the
 rollout DAG can log them to MLflow and XCom as they are. The tests and intervals behind
-the figures are in ``lockstep.rollout.statistics``; this module only decides.
+the figures are in ``lockstep.rollout.statistics`` and ``lockstep.rollout.sequential``;
+this module only decides. What a step's verdicts lead to (promote, extend, roll back) is
+the canary policy's (``lockstep.rollout.policy``).
 """
 
 from __future__ import annotations
@@ -32,11 +34,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lockstep.rollout.config import DEFAULTS
+from lockstep.rollout.sequential import SequentialCTR
 from lockstep.rollout.statistics import (
     Direction,
     GateError,
-    SequentialCTR,
     arm_counts,
     compare_latencies,
     count_problem,
@@ -54,7 +55,7 @@ from lockstep.rollout.statistics import (
 from lockstep.store.log_stats import ClusterSums
 
 
-class Verdict(StrEnum):
+class GateVerdict(StrEnum):
     """A gate's answer; a StrEnum, so it equals (and JSON-encodes as) its plain string."""
 
     PASS = "pass"
@@ -75,17 +76,17 @@ class GateResult:
     """One gate's answer. Non-finite figures are dropped so the result is valid JSON."""
 
     name: str
-    verdict: Verdict
+    verdict: GateVerdict
     reason: str
     figures: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "verdict", Verdict(self.verdict))
+        object.__setattr__(self, "verdict", GateVerdict(self.verdict))
         object.__setattr__(self, "figures", _finite_figures(self.figures))
 
     @property
     def passed(self) -> bool:
-        return self.verdict is Verdict.PASS
+        return self.verdict is GateVerdict.PASS
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,19 +103,19 @@ def combine(results: Iterable[GateResult], name: str = "combined") -> GateResult
     figures: dict[str, float] = {}
     for result in results:
         figures.update({f"{result.name}.{key}": value for key, value in result.figures.items()})
-    failed = [r for r in results if r.verdict is Verdict.FAIL]
-    open_ = [r for r in results if r.verdict is Verdict.INCONCLUSIVE]
+    failed = [r for r in results if r.verdict is GateVerdict.FAIL]
+    open_ = [r for r in results if r.verdict is GateVerdict.INCONCLUSIVE]
     figures.update(
         n_gates=len(results), n_fail=len(failed), n_inconclusive=len(open_),
         n_pass=len(results) - len(failed) - len(open_),
     )
     if failed:
-        return GateResult(name, Verdict.FAIL, _summary("failed", failed), figures)
+        return GateResult(name, GateVerdict.FAIL, _summary("failed", failed), figures)
     if open_:
-        return GateResult(name, Verdict.INCONCLUSIVE, _summary("inconclusive", open_), figures)
+        return GateResult(name, GateVerdict.INCONCLUSIVE, _summary("inconclusive", open_), figures)
     if not results:
-        return GateResult(name, Verdict.INCONCLUSIVE, "no gate results: nothing shows the candidate is safe", figures)
-    return GateResult(name, Verdict.PASS, f"all {len(results)} gates passed", figures)
+        return GateResult(name, GateVerdict.INCONCLUSIVE, "no gate results: nothing shows the candidate is safe", figures)
+    return GateResult(name, GateVerdict.PASS, f"all {len(results)} gates passed", figures)
 
 
 # --------------------------------------------------------------------------- error rate
@@ -165,7 +166,7 @@ def error_rate_gate(
     if max_error_rate is not None and cand_rate > max_error_rate:
         figures["max_error_rate"] = max_error_rate
         return GateResult(
-            name, Verdict.FAIL,
+            name, GateVerdict.FAIL,
             f"candidate error rate {cand_rate:.2%} is above the absolute ceiling {max_error_rate:.2%}",
             figures,
         )
@@ -188,13 +189,13 @@ def error_rate_gate(
     p_value, upper = figures["p_value"], figures["diff_upper"]
     if p_value < alpha:
         return GateResult(
-            name, Verdict.FAIL,
+            name, GateVerdict.FAIL,
             f"candidate error rate {cand_rate:.2%} vs baseline {base_rate:.2%}: significantly more than "
             f"{max_abs_increase:.2%} above (p={p_value:.3g})",
             figures,
         )
     return GateResult(
-        name, Verdict.PASS,
+        name, GateVerdict.PASS,
         f"candidate error rate {cand_rate:.2%} vs baseline {base_rate:.2%}: no significant increase beyond "
         f"{max_abs_increase:.2%} (p={p_value:.3g}; {1 - alpha:.0%} upper bound of the increase {upper:.2%})",
         figures,
@@ -258,10 +259,10 @@ def latency_gate(
     )
     slower = p_value < alpha and shift > 0
     if slower and shift > allowed:
-        return GateResult(name, Verdict.FAIL, f"candidate is significantly slower: {summary}", figures)
+        return GateResult(name, GateVerdict.FAIL, f"candidate is significantly slower: {summary}", figures)
     if slower:
-        return GateResult(name, Verdict.PASS, f"candidate is slower but within tolerance: {summary}", figures)
-    return GateResult(name, Verdict.PASS, f"candidate is not significantly slower: {summary}", figures)
+        return GateResult(name, GateVerdict.PASS, f"candidate is slower but within tolerance: {summary}", figures)
+    return GateResult(name, GateVerdict.PASS, f"candidate is not significantly slower: {summary}", figures)
 
 
 # --------------------------------------------------------------------------- result overlap
@@ -322,8 +323,8 @@ def overlap_gate(
     )
     summary = f"mean {metric} {mean:.3f} over {values.size} queries (minimum {min_overlap:.3f})"
     if mean < min_overlap:
-        return GateResult(name, Verdict.FAIL, f"shadow disagrees with live: {summary}", figures)
-    return GateResult(name, Verdict.PASS, summary, figures)
+        return GateResult(name, GateVerdict.FAIL, f"shadow disagrees with live: {summary}", figures)
+    return GateResult(name, GateVerdict.PASS, summary, figures)
 
 
 # --------------------------------------------------------------------------- sequential CTR
@@ -333,7 +334,7 @@ class SequentialCTRTest(SequentialCTR):
     """The sequential click-through test of a rollout, judged: ``analyse`` gives the verdict.
 
     The counts, looks, always-valid p-value and interval (and the saved state) are
-    ``lockstep.rollout.statistics.SequentialCTR``'s; this class only decides on them.
+    ``lockstep.rollout.sequential.SequentialCTR``'s; this class only decides on them.
     """
 
     def analyse(
@@ -376,19 +377,19 @@ class SequentialCTRTest(SequentialCTR):
         )
         worse = sign * diff < 0
         if p_value < alpha and worse and min(self.cand_n, self.base_n) >= min_samples:
-            return GateResult(self.name, Verdict.FAIL, f"candidate is significantly worse: {summary}", figures)
+            return GateResult(self.name, GateVerdict.FAIL, f"candidate is significantly worse: {summary}", figures)
         if self.problem:
             return _undecidable(self.name, f"last update unusable ({self.problem})", critical, figures)
         if min(self.cand_n, self.base_n) < min_samples:
             return _too_few(self.name, f"{self.cand_n} candidate / {self.base_n} baseline impressions", min_samples, figures)
         if p_value < alpha:
-            return GateResult(self.name, Verdict.PASS, f"candidate is significantly better: {summary}", figures)
+            return GateResult(self.name, GateVerdict.PASS, f"candidate is significantly better: {summary}", figures)
         if effect_low > -non_inferiority_margin:
             return GateResult(
-                self.name, Verdict.PASS,
+                self.name, GateVerdict.PASS,
                 f"candidate is non-inferior (no drop beyond {non_inferiority_margin:.4f}): {summary}", figures,
             )
-        return GateResult(self.name, Verdict.INCONCLUSIVE, f"not enough evidence either way: {summary}", figures)
+        return GateResult(self.name, GateVerdict.INCONCLUSIVE, f"not enough evidence either way: {summary}", figures)
 
 
 # --------------------------------------------------------------------------- fixed-horizon A/B
@@ -450,12 +451,12 @@ def fixed_sample_ab_test(
     )
     effect_low = min(sign * low, sign * high)
     if p_value < alpha and sign * diff < 0:
-        return GateResult(name, Verdict.FAIL, f"candidate is significantly worse: {summary}", figures)
+        return GateResult(name, GateVerdict.FAIL, f"candidate is significantly worse: {summary}", figures)
     if p_value < alpha:
-        return GateResult(name, Verdict.PASS, f"candidate is significantly better: {summary}", figures)
+        return GateResult(name, GateVerdict.PASS, f"candidate is significantly better: {summary}", figures)
     if effect_low > -non_inferiority_margin:
-        return GateResult(name, Verdict.PASS, f"candidate is non-inferior: {summary}", figures)
-    return GateResult(name, Verdict.INCONCLUSIVE, f"not enough evidence either way: {summary}", figures)
+        return GateResult(name, GateVerdict.PASS, f"candidate is non-inferior: {summary}", figures)
+    return GateResult(name, GateVerdict.INCONCLUSIVE, f"not enough evidence either way: {summary}", figures)
 
 
 # --------------------------------------------------------------------------- bandit
@@ -499,84 +500,10 @@ def bandit_decision(
     figures.update({f"prob_best.{arm}": p for arm, p in best.items()})
     summary = f"P(best): candidate {best[candidate]:.3f}, baseline {best[baseline]:.3f} (threshold {threshold})"
     if best[candidate] >= threshold:
-        return GateResult(name, Verdict.PASS, f"candidate is best: {summary}", figures)
+        return GateResult(name, GateVerdict.PASS, f"candidate is best: {summary}", figures)
     if best[baseline] >= threshold:
-        return GateResult(name, Verdict.FAIL, f"baseline is best: {summary}", figures)
-    return GateResult(name, Verdict.INCONCLUSIVE, f"no clear winner yet: {summary}", figures)
-
-
-# --------------------------------------------------------------------------- canary policy
-
-
-@dataclass(frozen=True)
-class GateThresholds:
-    """The per-gate thresholds a rollout passes to the gate functions.
-
-    The defaults are RolloutConfig's (``lockstep.rollout.config``), the one place a
-    rollout's defaults are written.
-    """
-
-    max_abs_error_increase: float = DEFAULTS["max_error_increase"]
-    max_error_rate: float = DEFAULTS["max_error_rate"]
-    latency_tolerance: float = DEFAULTS["latency_tolerance"]
-    latency_confidence: float = DEFAULTS["latency_confidence"]
-    min_overlap: float = DEFAULTS["min_overlap"]
-    non_inferiority_margin: float = DEFAULTS["ctr_margin"]
-
-
-@dataclass(frozen=True)
-class CanaryPolicy:
-    """Traffic steps (percent), how long each bakes, and what to do with the gates' verdicts.
-
-    INCONCLUSIVE extends the bake of the current step up to ``max_extensions`` times, then
-    rolls back: a rollout that cannot show the candidate is safe does not go on for ever.
-    The defaults are RolloutConfig's.
-    """
-
-    steps: tuple[int, ...] = DEFAULTS["canary_steps"]
-    bake_seconds: float = DEFAULTS["bake_seconds"]
-    min_samples: int = DEFAULTS["min_samples"]
-    max_extensions: int = DEFAULTS["max_extensions"]
-    alpha: float = DEFAULTS["alpha"]
-    thresholds: GateThresholds = field(default_factory=GateThresholds)
-
-    def __post_init__(self) -> None:
-        steps = tuple(self.steps)
-        object.__setattr__(self, "steps", steps)
-        if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps):
-            raise GateError(f"steps must be traffic percentages in (0, 100] ending at 100, got {steps!r}")
-        if any(a >= b for a, b in zip(steps, steps[1:], strict=False)):
-            raise GateError(f"steps must increase strictly, got {steps!r}")
-        require_non_negative("bake_seconds", self.bake_seconds)
-        require_min_samples(self.min_samples)
-        if self.max_extensions < 0:
-            raise GateError(f"max_extensions must be 0 or more, got {self.max_extensions!r}")
-        require_unit_open("alpha", self.alpha)
-
-    def weight(self, step_index: int) -> int:
-        self._check_step(step_index)
-        return self.steps[step_index]
-
-    def is_final(self, step_index: int) -> bool:
-        self._check_step(step_index)
-        return step_index == len(self.steps) - 1
-
-    def next_action(self, step_index: int, results: Iterable[GateResult], extensions_used: int) -> Action:
-        """PROMOTE to the next step (at the final step: the rollout is complete), EXTEND the
-        bake, or ROLLBACK. No results at all count as inconclusive, never as a pass."""
-        self._check_step(step_index)
-        if extensions_used < 0:
-            raise GateError(f"extensions_used must be 0 or more, got {extensions_used!r}")
-        verdict = combine(results).verdict
-        if verdict is Verdict.FAIL:
-            return Action.ROLLBACK
-        if verdict is Verdict.INCONCLUSIVE:
-            return Action.EXTEND if extensions_used < self.max_extensions else Action.ROLLBACK
-        return Action.PROMOTE
-
-    def _check_step(self, step_index: int) -> None:
-        if not 0 <= step_index < len(self.steps):
-            raise GateError(f"step_index {step_index!r} is outside the {len(self.steps)} steps {self.steps!r}")
+        return GateResult(name, GateVerdict.FAIL, f"baseline is best: {summary}", figures)
+    return GateResult(name, GateVerdict.INCONCLUSIVE, f"no clear winner yet: {summary}", figures)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -606,13 +533,13 @@ def _summary(what: str, results: Sequence[GateResult]) -> str:
 def _undecidable(name: str, problem: str, critical: bool, figures: Mapping[str, Any]) -> GateResult:
     """Missing or unusable data: never a pass; a critical gate fails outright."""
     if critical:
-        return GateResult(name, Verdict.FAIL, f"{problem}; the gate is critical, so missing data fails it", dict(figures))
-    return GateResult(name, Verdict.INCONCLUSIVE, f"{problem}; cannot decide", dict(figures))
+        return GateResult(name, GateVerdict.FAIL, f"{problem}; the gate is critical, so missing data fails it", dict(figures))
+    return GateResult(name, GateVerdict.INCONCLUSIVE, f"{problem}; cannot decide", dict(figures))
 
 
 def _too_few(name: str, what: str, min_samples: int, figures: Mapping[str, Any]) -> GateResult:
     return GateResult(
-        name, Verdict.INCONCLUSIVE, f"too little data: {what}, need at least {min_samples}", dict(figures)
+        name, GateVerdict.INCONCLUSIVE, f"too little data: {what}, need at least {min_samples}", dict(figures)
     )
 
 

@@ -32,7 +32,7 @@ from lockstep.rollout.config import (
     RolloutConfig,
     RolloutError,
 )
-from lockstep.rollout.gates import Action, Verdict
+from lockstep.rollout.gates import Action, GateVerdict
 from lockstep.rollout.plan import RolloutPlan, as_plan
 from lockstep.rollout.review import read_review, record_decision, reviewer_figures
 from lockstep.rollout.strategies import Decision, Move
@@ -232,7 +232,7 @@ def _ab_look(plan: RolloutPlan, config: RolloutConfig, ps: dict | None, *, engin
     arms = arm_stats(engine, window, [cand, champ], clicks_until=now(), cap=config.user_cap)
     decision = strategies.ab(ps, (arms[cand], arms[champ]), _clock() - ps["started"], config)
     figures = summary_figures(decision.results, arms[cand], arms[champ])
-    if config.ab_decision == "reviewer" and decision.results and decision.verdict is not Verdict.FAIL:
+    if config.ab_decision == "reviewer" and decision.results and decision.verdict is not GateVerdict.FAIL:
         registry = registry or default_registry()
         registry.set_tags(cand, {f"lockstep.ab.{k}": v for k, v in list(figures.items())[:40]})
         record.record_step(rid, "A/B", "ab", decision.verdict, weight=config.ab_split, reason=f"waiting for tag {TAG_AB_DECISION}: {decision.reason}",
@@ -291,7 +291,7 @@ def _apply(plan: RolloutPlan, step: str, phase: str, decision: Decision, ps: dic
         return Tick(False, wait_seconds=config.poll_seconds), decision.state
     action = {Move.PASS: Action.PROMOTE, Move.FAIL: Action.ROLLBACK, Move.EXTEND: Action.EXTEND,
               Move.ADVANCE: Action.PROMOTE if phase == "canary" else Action.EXTEND}[decision.move]
-    verdict = Verdict.FAIL if decision.move is Move.FAIL else decision.verdict
+    verdict = GateVerdict.FAIL if decision.move is Move.FAIL else decision.verdict
     row = record.record_step(rid, step, phase, verdict, look=int(ps.get("look", 1)), weight=weight, action=action,
                              reason=decision.reason, gates=decision.results, figures=figures,
                              window=(window.start, window.end), engine=engine)

@@ -16,7 +16,6 @@ Kept free of heavy imports: the DAG file imports this module when it is parsed.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import fields
 from datetime import timedelta
@@ -47,7 +46,9 @@ def configured_defaults() -> dict[str, Any]:
     ``{"bake_seconds": 15}``; read when the DAG file is parsed, so the trigger form shows
     the same defaults. A field it does not know or a bad value fails the parse, naming it.
     """
-    return overrides_from_json(os.environ.get(DEFAULTS_VARIABLE), source=DEFAULTS_VARIABLE)
+    from lockstep.core.config import rollout_defaults_json
+
+    return overrides_from_json(rollout_defaults_json(), source=DEFAULTS_VARIABLE)
 
 
 def rollout_params(defaults: Mapping[str, Any] | None = None) -> dict[str, Param]:

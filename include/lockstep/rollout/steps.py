@@ -246,8 +246,11 @@ def _require_strategy_passed(plan: RolloutPlan, engine: Engine) -> None:
         raise RolloutError(f"the {strategy} phase has not passed ({last}); finalize refuses to promote v{plan.model_version}")
 
 
-def verify(plan: Plan, final: Mapping[str, Any], *, engine: Engine | None = None, urls: Sequence[str] | None = None) -> dict[str, Any]:
+def verify(plan: Plan, final: Mapping[str, Any], *, engine: Engine | None = None, urls: Sequence[str] | None = None,
+           probe: Any = None) -> dict[str, Any]:
     """Read the routing table back, then probe every serving replica until it answers with the candidate.
+
+    ``probe`` is the deployment system's request (``lockstep.systems.steps.verify_probe``).
 
     Anything else by ``verify_timeout_seconds`` raises VerificationFailed, and the
     rollback runs.
@@ -257,7 +260,7 @@ def verify(plan: Plan, final: Mapping[str, Any], *, engine: Engine | None = None
     serving = ",".join(config.serving_urls if urls is None else urls)
     try:
         seconds = verify_serving(cand, int(final.get("generation") or 0), serving, config.verify_timeout_seconds,
-                                 poll=config.poll_seconds, engine=engine)
+                                 poll=config.poll_seconds, engine=engine, probe=probe)
     except VerificationFailed as exc:
         record.record_step(rid, "verify", "verify", "fail", action=Action.ROLLBACK, reason=str(exc), engine=engine)
         raise

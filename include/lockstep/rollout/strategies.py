@@ -33,12 +33,13 @@ from lockstep.rollout.analysis import (
 from lockstep.rollout.gates import (
     Action,
     GateResult,
+    GateVerdict,
     SequentialCTRTest,
-    Verdict,
     bandit_decision,
     combine,
     error_rate_gate,
 )
+from lockstep.rollout.policy import CanaryPolicy
 from lockstep.rollout.statistics import effective_arm_counts, thompson_weights, to_percent_weights
 
 if TYPE_CHECKING:
@@ -67,8 +68,8 @@ class Decision:
     judged: bool = False  # the gates were computed (a row for the rollout record)
 
     @property
-    def verdict(self) -> Verdict:
-        return combine(self.results).verdict if self.results else Verdict.INCONCLUSIVE
+    def verdict(self) -> GateVerdict:
+        return combine(self.results).verdict if self.results else GateVerdict.INCONCLUSIVE
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def early_errors(cand: ArmStats, base: ArmStats, settings: GateSettings) -> list
         alpha=settings.alpha, min_samples=settings.min_samples, max_error_rate=t.max_error_rate, name="error_rate",
         cand_clusters=cand.error_clusters, base_clusters=base.error_clusters,
     )
-    return [result] if result.verdict is Verdict.FAIL else []
+    return [result] if result.verdict is GateVerdict.FAIL else []
 
 
 def too_little(state: dict[str, Any], counts: Mapping[str, int], need: int, elapsed: float, config: RolloutConfig) -> Decision:
@@ -124,10 +125,10 @@ def posterior_counts(cand: ArmStats, champ: ArmStats) -> tuple[dict[str, int], d
 
 def shadow(state: dict[str, Any], stats: ShadowStats, elapsed: float, config: RolloutConfig) -> Decision:
     """Mirrored traffic: copies' error rate, latency against live, top-k overlap with live."""
-    settings = config.gate_settings()
+    settings = GateSettings.of(config)
     look = int(state.get("look", 1))
     gates = shadow_gates(stats, settings)
-    if gates[0].verdict is Verdict.FAIL:
+    if gates[0].verdict is GateVerdict.FAIL:
         return Decision(Move.FAIL, gates[0].reason, (gates[0],), state=state, judged=True)
     need = look * config.min_samples
     bake = Bake(need, config.shadow_bake_seconds, config.max_bake_seconds)
@@ -137,9 +138,9 @@ def shadow(state: dict[str, Any], stats: ShadowStats, elapsed: float, config: Ro
     if status == "timeout":
         return too_little(state, {"shadow copies": stats.copies}, need, elapsed, config)
     combined = combine(gates, "shadow")
-    if combined.verdict is Verdict.PASS:
+    if combined.verdict is GateVerdict.PASS:
         return Decision(Move.PASS, combined.reason, tuple(gates), state=state, judged=True)
-    if combined.verdict is Verdict.FAIL or look > config.max_extensions:
+    if combined.verdict is GateVerdict.FAIL or look > config.max_extensions:
         return Decision(Move.FAIL, combined.reason, tuple(gates), state=state, judged=True)
     return Decision(Move.EXTEND, combined.reason, tuple(gates), state={**state, "look": look + 1}, judged=True)
 
@@ -157,7 +158,7 @@ def canary(
     (saved in the state, so it stays valid however many looks it gets).
     """
     cand, champ = step
-    settings, policy = config.gate_settings(), config.policy()
+    settings, policy = GateSettings.of(config), CanaryPolicy.of(config)
     index, look = int(state.get("index", 0)), int(state.get("look", 1))
     early = early_errors(cand, champ, settings)
     if early:
@@ -197,7 +198,7 @@ def ab(state: dict[str, Any], arms: tuple[ArmStats, ArmStats], elapsed: float, c
     only the error rate is watched on the way.
     """
     cand, champ = arms
-    settings = config.gate_settings()
+    settings = GateSettings.of(config)
     early = early_errors(cand, champ, settings)
     if early:
         return Decision(Move.FAIL, combine(early).reason, tuple(early), state=state, judged=True)
@@ -210,7 +211,7 @@ def ab(state: dict[str, Any], arms: tuple[ArmStats, ArmStats], elapsed: float, c
         return Decision(Move.FAIL, reason, state=state, judged=True)
     results = (*guard_gates(cand, champ, settings), ab_gate(cand, champ, settings, config.min_samples))
     combined = combine(results, "ab")
-    move = Move.PASS if combined.verdict is Verdict.PASS else Move.FAIL
+    move = Move.PASS if combined.verdict is GateVerdict.PASS else Move.FAIL
     return Decision(move, combined.reason, results, state=state, judged=True)
 
 
@@ -229,7 +230,7 @@ def bandit(state: dict[str, Any], arms: tuple[ArmStats, ArmStats], elapsed: floa
     the look number, so a look replays exactly.
     """
     cand, champ = arms
-    settings = config.gate_settings()
+    settings = GateSettings.of(config)
     look = int(state.get("look", 1))
     weights = dict(state.get("weights") or {champ.version: 50, cand.version: 50})
     early = early_errors(cand, champ, settings)
@@ -249,12 +250,12 @@ def bandit(state: dict[str, Any], arms: tuple[ArmStats, ArmStats], elapsed: floa
     guards = guard_gates(cand, champ, settings)
     results = (decision, *guards)
     after = {**state, "look": look + 1, "last_look_at": elapsed}
-    failed_guards = [g for g in guards if g.verdict is Verdict.FAIL]
+    failed_guards = [g for g in guards if g.verdict is GateVerdict.FAIL]
     if failed_guards:
         return Decision(Move.FAIL, f"guard gate failed: {combine(failed_guards).reason}", results, state=after, judged=True)
-    if decision.verdict is Verdict.FAIL:
+    if decision.verdict is GateVerdict.FAIL:
         return Decision(Move.FAIL, decision.reason, results, state=after, judged=True)
-    if decision.verdict is Verdict.PASS and all(g.verdict is Verdict.PASS for g in guards):
+    if decision.verdict is GateVerdict.PASS and all(g.verdict is GateVerdict.PASS for g in guards):
         return Decision(Move.PASS, f"{decision.reason}; guard gates passed", results, state=after, judged=True)
     if timed_out:
         return Decision(Move.FAIL, f"no winner within {config.bandit_max_seconds:.0f} s: {combine(results).reason}", results,

@@ -30,12 +30,14 @@ def verify_serving(
     *,
     poll: float = 0.2,
     engine: Engine | None = None,
+    probe: Any = None,
 ) -> dict[str, float]:
     """Check ``version`` serves 100 %: in the routing table, then on every replica in ``serving_url``.
 
     A replica must report ``generation`` (or a newer one) and answer plain searches (no
     pin) with the version ``PROBE_ANSWERS`` times in a row. Returns the seconds each
     replica took; raises VerificationFailed naming the first one that did not follow.
+    ``probe`` is the system's request (``System.verify_probe``; default: a search).
     """
     version = str(version)
     table = routing.read_table(engine or default_engine())
@@ -50,9 +52,7 @@ def verify_serving(
     took: dict[str, float] = {}
     import httpx
 
-    from lockstep.core.config import settings
-
-    ask = _recommend_probe if settings().system == "recommender" else _search_probe
+    ask = probe or search_probe
     with httpx.Client(timeout=5.0) as client:
         for url in urls:
             seconds, problem = _probe(client, url, version, max(generation, 0), deadline, poll, ask)
@@ -62,18 +62,13 @@ def verify_serving(
     return took
 
 
-def _search_probe(client: Any, url: str, i: int) -> str:
+def search_probe(client: Any, url: str, i: int) -> str:
     response = client.post(f"{url}/search", json={"query": PROBE_QUERY, "k": 1, "user_id": f"lockstep-verify-{i}"})
     return response.json().get("model_version") if response.status_code == 200 else f"HTTP {response.status_code}"
 
 
-def _recommend_probe(client: Any, url: str, i: int) -> str:
-    response = client.post(f"{url}/recommend", json={"user_id": f"lockstep-verify-{i}", "k": 1})
-    return response.headers.get("X-Lockstep-Model-Version") or f"HTTP {response.status_code}"
-
-
 def _probe(
-    client: Any, url: str, version: str, generation: int, deadline: float, poll: float, ask: Any = _search_probe
+    client: Any, url: str, version: str, generation: int, deadline: float, poll: float, ask: Any = search_probe
 ) -> tuple[float, str | None]:
     """Seconds until ``url`` serves ``version``, or the last problem seen when time ran out."""
     started = time.monotonic()
@@ -98,4 +93,4 @@ def _probe(
         time.sleep(min(poll, 0.2))
 
 
-__all__ = ["PROBE_ANSWERS", "PROBE_QUERY", "verify_serving"]
+__all__ = ["PROBE_ANSWERS", "PROBE_QUERY", "search_probe", "verify_serving"]

@@ -9,7 +9,8 @@ from __future__ import annotations
 from lockstep.serving.app import create_app
 from lockstep.serving.runner import run
 from lockstep.serving.runtime import ServingConfig, ServingRuntime
-from lockstep.serving.slots import LoadedSlot, ServingView, SlotManager, load_slot
+from lockstep.serving.slot_manager import ServingView, SlotManager
+from lockstep.serving.slots import LoadedSlot, load_slot
 
 __all__ = [
     "LoadedSlot",

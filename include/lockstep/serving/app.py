@@ -40,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lockstep.core.config import Settings
 from lockstep.core.errors import InvalidRecordError, RecordNotFoundError
+from lockstep.serving.asked import Asked
 from lockstep.serving.batch_reads import batch_router
 from lockstep.serving.bodies import (
     MAX_BODY_BYTES,
@@ -55,11 +56,13 @@ from lockstep.serving.bodies import (
     SearchResponse,
     error_responses,
 )
-from lockstep.serving.clicks import Verdict
+from lockstep.serving.clicks import ClickVerdict
 from lockstep.serving.errors import Guard, validation_error
 from lockstep.serving.lock_waits import LockFreeSearch
 from lockstep.serving.metrics import NO_VERSION
-from lockstep.serving.runtime import Asked, ServingConfig, ServingRuntime
+from lockstep.serving.parts import ServingParts
+from lockstep.serving.runtime import ServingConfig, ServingRuntime
+from lockstep.store.batch_results import RELATED
 from lockstep.store.db import get_engine
 
 log = logging.getLogger("lockstep.serving")
@@ -75,8 +78,14 @@ def create_app(
     engine: Engine | str | None = None,
     api_token: str | None = _UNSET,
     config: ServingConfig | None = None,
+    parts: ServingParts | None = None,
 ) -> FastAPI:
-    """Build one serving replica. Defaults come from the environment (``Settings``)."""
+    """Build one serving replica. Defaults come from the environment (``Settings``).
+
+    ``parts`` are the deployment system's routes and slots (``lockstep.systems.create_app``
+    passes them); default: the search system's.
+    """
+    parts = parts or SEARCH_PARTS
     settings = settings or Settings.from_env()
     if engine is None:
         settings.ensure_home()
@@ -84,7 +93,7 @@ def create_app(
     elif isinstance(engine, str):
         engine = get_engine(engine)
     token = settings.api_token if api_token is _UNSET else api_token
-    rt = ServingRuntime(settings, engine, api_token=token, config=config or ServingConfig())
+    rt = ServingRuntime(settings, engine, api_token=token, config=config or ServingConfig(), parts=parts)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,11 +106,7 @@ def create_app(
     app = FastAPI(
         title="Lockstep serving API",
         version="1",
-        description=(
-            "Recommendations served by exactly one (user-vector store, item index) version pair per request."
-            if settings.system == "recommender"
-            else "Semantic search served by exactly one (model version, index version) pair per request."
-        ),
+        description=parts.description,
         lifespan=lifespan,
     )
     app.state.lockstep = rt
@@ -124,13 +129,8 @@ def create_app(
         if not hmac.compare_digest(given.strip().encode(), rt.api_token.encode()):
             raise HTTPException(401, "wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    if settings.system == "recommender":
-        from lockstep.serving.recommend import add_recommender_routes
-
-        add_recommender_routes(app, rt, require_token)
-    else:
-        _add_search_routes(app, rt, require_token)
-    app.include_router(batch_router(settings.system))  # GET /related or /recommendations (batch serving)
+    parts.add_routes(app, rt, require_token)
+    app.include_router(batch_router(parts.batch_kind))  # GET /related or /recommendations (batch serving)
 
     @app.post("/feedback", status_code=202, response_model=FeedbackAccepted, responses=error_responses(400, 413, 422, 500, 503))
     async def feedback(body: FeedbackBody) -> FeedbackAccepted:
@@ -139,12 +139,12 @@ def create_app(
         A click whose request is pinned is logged but not counted (``counted: false``).
         """
         verdict = await rt.clicks.judge(body.request_id, body.record_id)
-        if verdict not in (Verdict.COUNTED, Verdict.PINNED):
+        if verdict not in (ClickVerdict.COUNTED, ClickVerdict.PINNED):
             rt.metrics.feedback_rejected.labels(verdict.value).inc()
             raise HTTPException(422, _click_refusal(verdict, body))
         rt.logs.feedback(request_id=body.request_id, record_id=body.record_id, event=body.event)
         rt.metrics.feedback.labels(body.event).inc()
-        return FeedbackAccepted(accepted=True, counted=verdict is Verdict.COUNTED)
+        return FeedbackAccepted(accepted=True, counted=verdict is ClickVerdict.COUNTED)
 
     @app.get("/routing", responses={**error_responses(500), 200: {"description": "The routing table", "content": {
         "application/json": {"example": {
@@ -283,11 +283,18 @@ def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> 
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _click_refusal(verdict: Verdict, body: FeedbackBody) -> str:
-    if verdict is Verdict.UNKNOWN_REQUEST:
+SEARCH_PARTS = ServingParts(
+    description="Semantic search served by exactly one (model version, index version) pair per request.",
+    add_routes=_add_search_routes,
+    batch_kind=RELATED,
+)
+
+
+def _click_refusal(verdict: ClickVerdict, body: FeedbackBody) -> str:
+    if verdict is ClickVerdict.UNKNOWN_REQUEST:
         return (f"request_id {body.request_id!r} names no search this service answered "
                 "(clicks are accepted only for the request_id of a search response)")
-    if verdict is Verdict.NOT_A_RESULT:
+    if verdict is ClickVerdict.NOT_A_RESULT:
         return f"record_id {body.record_id!r} was not among the results of request_id {body.request_id!r}"
     return f"the click on record_id {body.record_id!r} for request_id {body.request_id!r} is already recorded"
 

@@ -59,11 +59,12 @@ class BatchAnswer(BaseModel):
     results: list[BatchResult]
 
 
-def batch_router(system: str) -> APIRouter:
-    """The batch read of the deployment's system: related records (search) or recommendations."""
+def batch_router(kind: str) -> APIRouter:
+    """The batch read of the deployment's system, by the batch table's kind: related records
+    (``RELATED``, search) or recommendations (``RECOMMENDATIONS``)."""
     router = APIRouter()
     responses = error_responses(404, 422, 500, 503)
-    if system == "recommender":
+    if kind == RECOMMENDATIONS:
 
         @router.get("/recommendations/{user_id:record_id}", response_model=BatchAnswer, responses=responses)
         async def recommendations(request: Request, user_id: UserId, x_lockstep_pin: Pin = None) -> JSONResponse:

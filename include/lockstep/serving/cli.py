@@ -27,11 +27,12 @@ class SearchOutcome:
     hits: SearchHits
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run one serving replica in the foreground (configuration from the environment)."""
-    from lockstep.serving.runner import run
+def serve(host: str = "127.0.0.1", port: int = 8000, *, app: str | None = None) -> None:
+    """Run one serving replica in the foreground (configuration from the environment);
+    ``app``: the import path of the system's app factory (default: the search app)."""
+    from lockstep.serving.runner import SEARCH_APP, run
 
-    run(host, port)
+    run(host, port, app=app or SEARCH_APP)
 
 
 def routing_show(engine: Engine | str | None = None) -> str:

@@ -46,7 +46,9 @@ from lockstep.store.schema import feedback_log, request_log
 log = logging.getLogger("lockstep.serving")
 
 
-class Verdict(Enum):
+class ClickVerdict(Enum):
+    """What became of one click: counted, logged but pinned, or refused (and why)."""
+
     COUNTED = "counted"  # logged and counted in statistics
     PINNED = "pinned"  # logged; its request is pinned, so statistics leave it out
     UNKNOWN_REQUEST = "unknown_request"
@@ -95,17 +97,17 @@ class RecentAnswers:
                 self._items.popitem(last=False)
             return kept
 
-    def claim(self, request_id: str, answer: Answer, record_id: str) -> Verdict:
+    def claim(self, request_id: str, answer: Answer, record_id: str) -> ClickVerdict:
         """Decide a click against a known answer and mark it clicked (atomically)."""
         with self._lock:
             if record_id not in answer.top_ids:
-                return Verdict.NOT_A_RESULT
+                return ClickVerdict.NOT_A_RESULT
             if answer.clicked is None:
                 answer.clicked = set()
             elif record_id in answer.clicked:
-                return Verdict.DUPLICATE
+                return ClickVerdict.DUPLICATE
             answer.clicked.add(record_id)
-            return Verdict.PINNED if answer.pinned else Verdict.COUNTED
+            return ClickVerdict.PINNED if answer.pinned else ClickVerdict.COUNTED
 
 
 class ClickJudge:
@@ -123,12 +125,12 @@ class ClickJudge:
         self.turned_away = 0  # clicks refused at once because the waiting room was full
         self._room: tuple[asyncio.AbstractEventLoop, _WaitingRoom] | None = None
 
-    async def judge(self, request_id: str, record_id: str) -> Verdict:
+    async def judge(self, request_id: str, record_id: str) -> ClickVerdict:
         answer = self.answers.get(request_id)
         if answer is None:
             answer = await self._look_up(request_id)
         if answer is None:
-            return Verdict.UNKNOWN_REQUEST
+            return ClickVerdict.UNKNOWN_REQUEST
         return self.answers.claim(request_id, answer, record_id)
 
     @property

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from lockstep.serving.logs import LogWriter
     from lockstep.serving.shadow import ShadowRunner
-    from lockstep.serving.slots import SlotManager
+    from lockstep.serving.slot_manager import SlotManager
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0)
 NO_VERSION = "none"

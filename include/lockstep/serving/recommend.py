@@ -34,7 +34,8 @@ from lockstep.core.faults import maybe_fail
 from lockstep.index.vector_index import SearchHits
 from lockstep.recommender.build import read_slot_files
 from lockstep.recommender.fold_in import UnknownIdError
-from lockstep.recommender.live_version import LiveVersion
+from lockstep.recommender.live_version import LiveVersion, seen_items
+from lockstep.serving.asked import Asked
 from lockstep.serving.bodies import (
     _ID_DOC,
     MAX_K,
@@ -47,7 +48,6 @@ from lockstep.serving.bodies import (
 )
 from lockstep.serving.lock_waits import LockFreeSearch
 from lockstep.serving.metrics import NO_VERSION
-from lockstep.serving.runtime import Asked
 from lockstep.serving.slots import ServingSlot
 from lockstep.store.interactions import InteractionStore, InvalidInteractionError, UnknownItemError
 from lockstep.store.routing import SlotRow
@@ -131,22 +131,6 @@ class RecommenderSlot(ServingSlot):
             return None
         return SearchHits([item for item, _ in hits], [score for _, score in hits])
 
-    def apply(self, store: InteractionStore, changes: Any, until: int) -> None:
-        """Fold in every user (and new item) the interactions touched, from their whole history up to ``until``.
-
-        An item of the fit keeps its fitted vector; an item that joined after the fit is
-        placed again from all its users on each of its interactions.
-        """
-        live = self.live
-        for item in sorted(set(changes["item_id"])):
-            if not live.fitted_item(item):  # a new item: placed again from all its users so far
-                users, values = store.users_of(item, until=until)
-                live.fold_in_item(item, users, values)
-        for user in sorted(set(changes["user_id"])):
-            items, values = store.interactions_of(user, until=until)
-            live.fold_in_user(user, items, values)
-            self.seen[user] = set(items)
-
 
 class RecommenderSlots:
     """The recommender system for the slot manager: load a fit, fold in the interaction log."""
@@ -156,16 +140,18 @@ class RecommenderSlots:
 
     def load(self, row: SlotRow) -> RecommenderSlot:
         model, manifest = read_slot_files(row.index_location, row.fingerprint)
-        seen: dict[str, set[str]] = {}
-        for chunk in self.store.iter_snapshot(manifest.snapshot_seq):
-            for user, item in zip(chunk["user_id"], chunk["item_id"], strict=True):
-                seen.setdefault(user, set()).add(item)
+        seen = seen_items(self.store, manifest.snapshot_seq)
         slot = RecommenderSlot(row, LiveVersion(model, row.model_version), snapshot_seq=manifest.snapshot_seq, seen=seen)
         self.catch_up(slot)
         return slot
 
     def catch_up(self, slot: RecommenderSlot) -> int | None:
-        """Apply the interactions after the slot's sequence, page by page, in order."""
+        """Apply the interactions after the slot's sequence, page by page, in order.
+
+        Each page folds in every user (and new item) it touched, from their whole history
+        up to the page's last sequence (``LiveVersion.fold_in_changes``, which the batch
+        job runs too).
+        """
         with slot.lease() as ok:
             if not ok:
                 return None
@@ -175,7 +161,7 @@ class RecommenderSlots:
                     if changes.empty:
                         break
                     last = int(changes["seq"].max())
-                    slot.apply(self.store, changes, last)
+                    slot.live.fold_in_changes(self.store, changes, last, slot.seen)
                     slot.applied_seq = last
                     if len(changes) < CATCH_UP_PAGE:
                         break

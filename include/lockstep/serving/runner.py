@@ -10,37 +10,41 @@ and feedback log row before the process exits with status 0.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from typing import Any
 
 from lockstep.core.config import ServingLimits
-from lockstep.core.errors import ConfigurationError
-from lockstep.serving.app import create_app
 
-WORKERS_ENV = "LOCKSTEP_SERVING_WORKERS"
 log = logging.getLogger("lockstep.serving")
 
 
-def run(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", workers: int | None = None) -> None:
+SEARCH_APP = "lockstep.serving.app:create_app"  # the search system's app (the default system)
+
+
+def run(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", workers: int | None = None,
+        app: str = SEARCH_APP) -> None:
     """Serve until interrupted (configuration from the environment).
+
+    ``app`` is the import path of the app factory: the caller passes the deployment
+    system's (``lockstep.systems:create_app``), so serving never asks which system it serves.
 
     One process serves on one core (the GIL); ``workers`` (or ``LOCKSTEP_SERVING_WORKERS``)
     processes share the port, each a replica of its own with its own copy of the loaded
     indexes and its own ``/metrics`` (scrape each, or run one worker per container).
     """
     import uvicorn
+    from uvicorn.importer import import_from_string
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     workers = workers if workers is not None else _workers_from_env()
     options = server_options(ServingLimits.from_env())
     _exit_cleanly_on_sigterm()
     if workers > 1:
-        uvicorn.run("lockstep.serving.app:create_app", factory=True, workers=workers, host=host, port=port,
+        uvicorn.run(app, factory=True, workers=workers, host=host, port=port,
                     log_level=log_level, access_log=False, **options)
         return
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, access_log=False, **options)
+    uvicorn.run(import_from_string(app)(), host=host, port=port, log_level=log_level, access_log=False, **options)
 
 
 def server_options(limits: ServingLimits) -> dict[str, Any]:
@@ -74,7 +78,6 @@ def _stopped(signum: int, frame: object) -> None:
 
 
 def _workers_from_env() -> int:
-    raw = os.environ.get(WORKERS_ENV, "").strip() or "1"
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigurationError(f"{WORKERS_ENV}={raw!r} must be a whole number of processes, at least 1")
-    return int(raw)
+    from lockstep.core.config import serving_workers
+
+    return serving_workers()

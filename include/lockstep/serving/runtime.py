@@ -12,17 +12,15 @@ import logging
 import os
 import socket
 import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from lockstep.core import clock
 from lockstep.core.config import ServingLimits, Settings
+from lockstep.serving.asked import Asked
 from lockstep.serving.bodies import (
     MODEL_VERSION_HEADER,
     PIN_HEADER,
@@ -32,8 +30,10 @@ from lockstep.serving.bodies import (
 from lockstep.serving.clicks import ClickJudge, RecentAnswers
 from lockstep.serving.logs import LogWriter
 from lockstep.serving.metrics import ServingMetrics
+from lockstep.serving.parts import ServingParts
 from lockstep.serving.shadow import ShadowRunner
-from lockstep.serving.slots import LoadedSlot, ServingView, SlotManager
+from lockstep.serving.slot_manager import ServingView, SlotManager
+from lockstep.serving.slots import LoadedSlot
 from lockstep.store.records import RecordStore
 
 log = logging.getLogger("lockstep.serving")
@@ -56,19 +56,6 @@ class ServingConfig:
     replica: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
-@dataclass(frozen=True)
-class Asked:
-    """One request as the logs record it: what was asked (a query, or a user id), by whom, when."""
-
-    query: str
-    k: int
-    user_id: str | None
-    pinned: bool
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    at: datetime = field(default_factory=clock.now)
-    started: float = field(default_factory=time.perf_counter)
-
-
 # --- the runtime ------------------------------------------------------------------------------
 
 
@@ -82,8 +69,10 @@ class ServingRuntime:
         *,
         api_token: str | None,
         config: ServingConfig,
+        parts: ServingParts | None = None,
     ) -> None:
         self.settings = settings
+        self.parts = parts
         self.engine = engine
         self.api_token = api_token
         self.config = config
@@ -92,7 +81,7 @@ class ServingRuntime:
         self.manager = SlotManager(
             engine,
             self.store,
-            system=_slot_system(settings, engine),
+            system=parts.slots(engine) if parts is not None and parts.slots is not None else None,
             tracking_uri=settings.mlflow_tracking_uri,
             poll_interval=config.poll_interval,
             tail_interval=config.tail_interval,
@@ -119,11 +108,8 @@ class ServingRuntime:
         self.metrics.attach(self.manager, self.shadow, self.logs, config.replica)
 
     def start(self) -> None:
-        self._blas = None
-        if self.settings.system == "recommender":  # a fold-in is a 64 x 64 solve: BLAS threads only add wake-ups
-            from lockstep.recommender.live_version import single_thread_blas
-
-            self._blas = single_thread_blas()
+        quiet = self.parts.quiet_blas if self.parts is not None else None
+        self._blas = quiet() if quiet is not None else None  # the system's BLAS limit while serving
         self.logs.start()
         self.shadow.start()
         self.manager.start()
@@ -226,16 +212,6 @@ def waiting_room(limits: ServingLimits) -> int:
     cap, because a waiting click holds its place, and a flood of made-up ids must never take
     the places searches need."""
     return min(limits.feedback_waiting, limits.max_concurrency // 4)
-
-
-def _slot_system(settings: Settings, engine: Engine) -> object | None:
-    """The recommender's slots on a recommender deployment; None: the search system's (the default)."""
-    if settings.system != "recommender":
-        return None
-    from lockstep.serving.recommend import RecommenderSlots
-    from lockstep.store.interactions import InteractionStore
-
-    return RecommenderSlots(InteractionStore(engine))
 
 
 class _Refused(HTTPException):

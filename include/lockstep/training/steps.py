@@ -17,9 +17,9 @@ from lockstep.core import jsonio
 from lockstep.core.atomic import atomic_write
 from lockstep.core.config import run_folder, settings
 from lockstep.store.records import RecordStore
+from lockstep.training.config import TrainConfig
 from lockstep.training.fit import (
     EvalSet,
-    TrainConfig,
     evaluate_embedder,
     fit_embedder,
     fit_texts,
@@ -45,7 +45,7 @@ def snapshot(store: RecordStore | None = None) -> dict[str, Any]:
     store = store or RecordStore()
     seq, count = store.head(), store.count()
     if not count:
-        from lockstep.training.fit import TrainingError
+        from lockstep.training.config import TrainingError
 
         raise TrainingError("the record store is empty: load a corpus first (lockstep corpus load --demo)")
     return {"seq": seq, "records": count}

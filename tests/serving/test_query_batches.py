@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from lockstep.serving.batching import QueryBatcher
+from lockstep.serving.query_batches import QueryBatcher
 
 
 class GatedModel:
