@@ -81,9 +81,11 @@ def lockstep_rollback():
     @task(**NO_RETRY)
     def verify(result: dict, params=None) -> dict:
         from lockstep.rollout import steps as rollout
+        from lockstep.systems import steps as system
 
         return rollout.verify_serving(
-            result["to_version"], result["generation"], params["serving_url"], params["verify_timeout_seconds"]
+            result["to_version"], result["generation"], params["serving_url"], params["verify_timeout_seconds"],
+            probe=system.verify_probe(),
         )
 
     verify(roll_back())
