@@ -75,7 +75,9 @@ def lockstep_reembed():
     def prepare(params=None, triggering_asset_events=None) -> dict:
         from lockstep.index import steps as reembed
 
-        return reembed.prepare_requested(params["model_version"], latest_extra(triggering_asset_events, CHALLENGER))
+        return reembed.prepare_requested(
+            params["model_version"], latest_extra(triggering_asset_events, CHALLENGER), allow_rejected=params["allow_rejected"],
+        )
 
     @task
     def snapshot(plan: dict, params=None) -> dict:

@@ -108,10 +108,11 @@ def lockstep_retrain():
 
     @task
     def evaluate(snap: dict, model: dict, params=None, run_id=None) -> dict:
+        from lockstep.systems import steps as system
         from lockstep.training import steps as retrain
 
         config = {k: params[k] for k in TRAIN_KEYS}
-        return retrain.evaluate(snap["seq"], model["model_path"], str(retrain.run_folder(run_id)), config)
+        return system.evaluate_retrain(snap["seq"], model["model_path"], str(retrain.run_folder(run_id)), config)
 
     @task
     def register(snap: dict, model: dict, evaluation: dict, params=None, run_id=None, triggering_asset_events=None) -> dict:

@@ -87,5 +87,6 @@ def test_the_cli_build_and_the_reembed_dag_share_their_defaults():
     from lockstep.index.plan import BuildOptions
 
     dag, cli = ReembedOptions(), BuildOptions()
-    for name in ("promote_if_first", "sample_size", "min_recall", "early_verdict_action", "early_verdict_margin"):
+    for name in ("promote_if_first", "sample_size", "min_recall", "early_verdict_action", "early_verdict_margin",
+                 "allow_rejected"):
         assert getattr(cli, name) == getattr(dag, name), name

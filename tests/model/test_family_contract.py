@@ -1,7 +1,8 @@
 """The embedding contract, checked the same way on every model, as scikit-learn's ``check_estimator``.
 
-Every built-in family (``lockstep.model.families.families()``) and an imported MLflow pyfunc
-model (``tests/model/byo_models.py``, loaded as ``PyfuncEmbedder``) go through one set of
+Every built-in family (``lockstep.model.families.families()``), an imported MLflow pyfunc
+model (``tests/model/byo_models.py``, loaded as ``PyfuncEmbedder``) and an ``onnx_text``
+model (a tiny ONNX encoder, ``tests/model/onnx_fixtures.py``) go through one set of
 checks: shapes and dtype, determinism, a fingerprint that follows the weights, a save/load
 round trip, and batch independence. A new family passes these before anything downstream
 (the registry, the re-embed, serving) may rely on it. Tiny corpora and small dimensions keep
@@ -108,7 +109,22 @@ def _imported() -> Kind:
     return Kind("imported", fit, changed, normalised=False, refits_alike=False)
 
 
-KINDS = [_builtin(name) for name in sorted(families())] + [_imported()]
+def _onnx_text() -> Kind:
+    """The onnx_text family: a tiny ONNX encoder (tests/model/onnx_fixtures.py), loaded as an import does."""
+    from lockstep.model.onnx_text import open_folder
+    from tests.model.onnx_fixtures import make_folder
+
+    def fit(texts: list[str], seed: int, folder: Path) -> Embedder:
+        return open_folder(make_folder(folder / "onnx", seed=seed).folder, folder / "work")
+
+    def changed(model: Embedder, folder: Path) -> Embedder:
+        return fit([], 1, folder)
+
+    # the fingerprint leaves out MLflow's stamps, so the same files give the same space
+    return Kind("onnx_text", fit, changed, normalised=True, refits_alike=True)
+
+
+KINDS = [_builtin(name) for name in sorted(families())] + [_imported(), _onnx_text()]
 
 
 @pytest.fixture(scope="module", params=KINDS, ids=lambda kind: kind.name)

@@ -117,7 +117,9 @@ def test_live_writes_reach_every_version_before_the_answer(deployment):
     query = {"query": "rocket planet orbit comet", "k": 3}
     with serve(d.app()) as s, httpx.Client(base_url=s.url) as client:
         put = client.put("/records/fresh", json={"text": "rocket planet orbit comet", "metadata": {"src": "api"}}, headers=auth())
-        assert put.status_code == 200 and put.json() == {"id": "fresh", "seq": d.store.head()}
+        # issue 24: the answer also says how it was acknowledged and which loaded versions applied it
+        assert put.status_code == 200 and put.json() == {"id": "fresh", "seq": d.store.head(), "consistency": "applied",
+                                                         "applied": ["1", "2"], "pending": []}
         assert d.store.get("fresh").metadata == {"src": "api"}
         for version in ("1", "2"):  # v2 takes no traffic but is loaded, so it gets the write too
             top = client.post("/search", json=query, headers={"X-Lockstep-Pin": version}).json()["results"]

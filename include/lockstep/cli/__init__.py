@@ -7,7 +7,7 @@ registers them all.
 
 from __future__ import annotations
 
-from lockstep.cli import data, index, lifecycle, models, serving  # noqa: F401 (each registers its commands)
+from lockstep.cli import data, index, lifecycle, loads, models, serving  # noqa: F401 (each registers its commands)
 from lockstep.cli.base import app, main
 
 __all__ = ["app", "main"]

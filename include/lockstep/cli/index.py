@@ -51,9 +51,16 @@ def index_build(
         float,
         typer.Option(help="How much worse in nDCG@10 than the champion, beyond doubt, before the action applies."),
     ] = DEFAULT_MARGIN,
+    allow_rejected: Annotated[
+        bool,
+        typer.Option("--allow-rejected", help="Build a version its offline evaluation rejected (refused otherwise)."),
+    ] = False,
     system: SystemOption = None,
 ) -> None:
     """Build and validate the index of a model version (with catch-up of live writes).
+
+    A version whose offline verdict is 'rejected' is refused unless --allow-rejected; a
+    version never evaluated is built with a warning line.
 
     The steps are the lockstep_reembed DAG's, early verdict included: the first slice is
     judged against the champion before the rest is embedded (the verdict is printed).
@@ -69,6 +76,7 @@ def index_build(
     from lockstep.index.build import reembed_version
     from lockstep.index.first_slice import EarlyVerdictError, check_settings
     from lockstep.index.vector_index import IndexSpec
+    from lockstep.model.offline_verdict import check_buildable
     from lockstep.model.registry import Registry
     from lockstep.store.records import RecordStore
 
@@ -78,6 +86,9 @@ def index_build(
         raise typer.BadParameter(str(exc)) from exc
     store = RecordStore()
     registry = Registry()
+    warning = check_buildable(registry.get_version(model_version), allow_rejected)  # before the progress bar
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
     with progress(store.count(), f"embedding for v{model_version}") as advance:
         outcome = reembed_version(
             store,
@@ -90,6 +101,7 @@ def index_build(
             early_verdict_share=early_verdict_share,
             early_verdict_action=early_verdict_action,
             early_verdict_margin=early_verdict_margin,
+            allow_rejected=allow_rejected,
         )
     verdict = outcome.get("early_verdict")
     if verdict is not None:

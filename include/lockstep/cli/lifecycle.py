@@ -30,20 +30,38 @@ def demo(
     per_category: Annotated[int, typer.Option(help="Demo posts per newsgroup and phase (0: all).")] = 150,
     airflow_db: Annotated[str | None, typer.Option(help="Airflow metadata DB URL (default: SQLite in LOCKSTEP_HOME).")] = None,
     no_drift: Annotated[bool, typer.Option(help="Stop after the first model (skip the drift-driven retrain and rollout).")] = False,
+    family: Annotated[str, typer.Option(help="The challenger: 'tfidf_svd' (drift, then a retrained model) or 'onnx_text' (the shipped transformer, all-MiniLM-L6-v2, challenges the TF-IDF champion).")] = "tfidf_svd",
     system: SystemOption = None,
 ) -> None:
     """One complete lifecycle headless (first model, drift, retrain, canary rollout); non-zero exit if a step failed.
 
-    --system recommender tells the story with MovieLens-100k on a recommender deployment.
+    --system recommender tells the story with MovieLens-100k on a recommender deployment;
+    --family onnx_text rolls the shipped transformer out against the TF-IDF champion.
     """
     from lockstep.ops.stack import stop_on_sigterm
 
+    story = _demo_story(system, family)
     stop_on_sigterm()
-    story = use_system(system).demo_story()
     options = _demo_options(per_category, 0, 0, 0, metadata_url=airflow_db, drift_phase=not no_drift)
     report = story(options, lambda msg: typer.echo(msg, err=True)).run_demo()
     typer.echo(report.summary())
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _demo_story(system: str | None, family: str) -> type:
+    """The story class for ``--system`` and ``--family`` (a clear error for a pair there is none of)."""
+    from lockstep.core.errors import LockstepError
+
+    chosen = use_system(system)
+    if family == "tfidf_svd":
+        return chosen.demo_story()
+    if family != "onnx_text":
+        raise LockstepError(f"--family {family!r}: the demo knows 'tfidf_svd' and 'onnx_text'")
+    if chosen.name != "search":
+        raise LockstepError("--family onnx_text is a search demo (the recommender's models are ALS factors)")
+    from lockstep.ops.demo_transformer import TransformerDemoRun
+
+    return TransformerDemoRun
 
 
 @app.command()

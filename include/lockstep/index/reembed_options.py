@@ -32,6 +32,11 @@ class ReembedOptions:
         "Registered version to index. Empty: the version from the challenger asset, else alias 'challenger'.",
         type=["null", "string"],
     )
+    allow_rejected: bool = knob(
+        False, "Build a rejected version", VERSION,
+        "Build the index of a version its offline evaluation rejected (refused otherwise). A version never "
+        "evaluated is built with a warning.", type="boolean",
+    )
     promote_if_first: bool = knob(
         True, "Make the first version champion", VERSION,
         "With no champion yet, make this version champion at 100 % once its index is ready.", type="boolean",

@@ -2,15 +2,19 @@
 
 A partial index is scratch work keyed by the model fingerprint, the snapshot sequence
 and a hash of its records, so a retried task reuses finished work and never mixes in
-work of another model or snapshot. The merge holds the growing index and one shard,
-never all vectors twice.
+work of another model or snapshot. A shard in progress is checkpointed in chunks
+(``shard_checkpoint``), reports its progress and obeys a pause of its load
+(``load_progress``), and embeds each distinct text once. The merge holds the growing
+index and one shard, never all vectors twice.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -19,16 +23,38 @@ from typing import Any
 
 import numpy as np
 
+from lockstep.core import clock
 from lockstep.core.atomic import atomic_path, atomic_write
 from lockstep.core.errors import (
     IndexIntegrityError,
     LockstepError,
     UnsafePathError,
 )
+from lockstep.index.embed_settings import FAST_BATCH, batch_size_for
+from lockstep.index.load_progress import DONE, FAILED, PAUSED, RUNNING, ShardProgress
+from lockstep.index.shard_checkpoint import ShardCheckpoint
 from lockstep.index.vector_index import IndexSpec, VectorIndex
 from lockstep.store.records import Record
 
-EMBED_BATCH = 8192  # texts per model call while embedding a shard: bounds the TF-IDF matrix in memory
+EMBED_BATCH = FAST_BATCH  # texts per model call of a fast family (``embed_settings.batch_size_for`` decides)
+CHECKPOINT_EVERY_S = 10.0  # a shard's vectors are checkpointed this often: a dead worker loses at most this much work
+CHECKPOINT_MAX_TEXTS = 65_536  # ... or after this many texts (bounds the vectors held between checkpoints: 64 MB at 256-d)
+PAUSE_POLL_S = 5.0  # how often a paused shard looks at the pause flag again
+
+
+class LoadPaused(LockstepError):
+    """A shard waited at its checkpoint longer than it may while its load is paused."""
+
+
+@dataclass(frozen=True)
+class ShardPacing:
+    """How a shard paces itself: checkpoint interval, pause polling, the clocks (tests pass fakes)."""
+
+    checkpoint_s: float = CHECKPOINT_EVERY_S
+    poll_s: float = PAUSE_POLL_S
+    pause_timeout_s: float | None = None  # None: wait while paused (the DAG task's execution_timeout bounds it)
+    monotonic: Callable[[], float] = clock.monotonic
+    sleep: Callable[[float], None] = time.sleep
 
 
 @dataclass(frozen=True)
@@ -70,26 +96,53 @@ def build_shard_columns(
     *,
     fingerprint: str,
     snapshot_seq: int,
-    batch_size: int = EMBED_BATCH,
+    batch_size: int | None = None,
+    progress: ShardProgress | None = None,
+    pacing: ShardPacing | None = None,
 ) -> ShardResult:
     """Embed one shard into a partial index, unless a matching one already exists.
 
     A partial index is keyed by the model fingerprint, the snapshot sequence and a hash
     of its records' ids and texts, so a retried or re-run task reuses finished work and
-    never mixes work from another model or snapshot. Vectors are written batch by
-    batch into the file, so a shard never holds its TF-IDF matrix whole.
+    never mixes work from another model or snapshot. Vectors are written chunk by
+    chunk, so a shard never holds its TF-IDF matrix whole.
+
+    Identical texts in the shard are embedded once, their vector copied to every record
+    that has them. The shard is embedded ``batch_size`` texts per model call (None: the
+    setting or the model's hint, ``embed_settings.batch_size_for``), checkpointed in
+    chunks (``shard_checkpoint``: a worker that dies loses at most the chunk in hand),
+    reports each batch to ``progress`` (None: the load's file for this shard, when the
+    shard belongs to a registered load) and waits at a checkpoint while the load is
+    paused (``pacing``: how often it checks, and for how long at most).
     """
     if len(ids) != len(texts):
         raise LockstepError(f"shard {shard}: {len(ids)} ids but {len(texts)} texts")
     shards_dir = Path(shards_dir)
     shards_dir.mkdir(parents=True, exist_ok=True)
-    key = _shard_key(ids, texts, fingerprint, snapshot_seq)
+    digests = [hashlib.sha256(text.encode()).digest() for text in texts]
+    key = _shard_key(ids, digests, fingerprint, snapshot_seq)
     vec_path, meta_path = shard_paths(shards_dir, shard)
+    tracker = progress if progress is not None else ShardProgress.for_shard(shards_dir, shard, len(ids))
     if _reusable(vec_path, meta_path, key):
+        if tracker is not None:
+            tracker.set_state(DONE)
         return ShardResult(shard, str(vec_path), len(ids), skipped=True)
-    checksum = _embed_to_npy(embedder, texts, vec_path, batch_size)
+    batch = batch_size or batch_size_for(embedder)
+    if batch < 1:
+        raise LockstepError(f"shard {shard}: the embed batch must be at least 1 text, got {batch}")
+    try:
+        checksum = _embed_to_npy(embedder, texts, digests, vec_path, key, batch, tracker, pacing or ShardPacing())
+    except LoadPaused:
+        raise
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.set_state(FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
+        raise
     meta = {"key": key, "crc32": checksum, "ids": list(ids), "count": len(ids)}
     atomic_write(meta_path, json.dumps(meta, separators=(",", ":")).encode())
+    shutil.rmtree(vec_path.with_suffix(".parts"), ignore_errors=True)  # the checkpoint's chunks: assembled now
+    if tracker is not None:
+        tracker.set_state(DONE)
     return ShardResult(shard, str(vec_path), len(ids), skipped=False)
 
 
@@ -254,32 +307,123 @@ def _reusable(vec_path: Path, meta_path: Path, key: str) -> bool:
     return isinstance(meta, dict) and meta.get("key") == key and _crc32_file(vec_path) == meta.get("crc32")
 
 
-def _embed_to_npy(embedder: Any, texts: Sequence[str], path: Path, batch_size: int) -> str:
-    """Embed ``texts`` batch by batch into an .npy file (written atomically); returns its CRC-32.
+def _embed_to_npy(embedder: Any, texts: Sequence[str], digests: list[bytes], path: Path, key: str, batch: int,
+                  tracker: ShardProgress | None, pacing: ShardPacing) -> str:
+    """Embed the distinct texts chunk by chunk into the checkpoint, then assemble the .npy (atomically); its CRC-32.
 
     A partial index is scratch work read back once by the merge: CRC-32 catches a torn or
     corrupted file at twice the speed of sha256, which at a million vectors saves seconds.
     """
+    first_rows, inverse = _distinct(digests)
+    distinct = [texts[i] for i in first_rows]
+    rows_upto = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(distinct)))]) if texts else np.zeros(1)
+    checkpoint = ShardCheckpoint.open(path, key, len(distinct))
+    done = checkpoint.done()
+    if tracker is not None:
+        tracker.start(done=int(rows_upto[done]), unique=len(distinct), checkpointed=done)
+    _embed_distinct(embedder, distinct, done, batch, checkpoint, tracker, pacing, rows_upto)
+    chunks = checkpoint.chunks()
+    if texts and len(distinct) == len(texts) and len(chunks) == 1 and chunks[0][1] == len(texts):
+        os.replace(chunks[0][2], path)  # one chunk of every row in order: it is the shard's file (fsynced when written)
+        return _crc32_file(path)
     with atomic_path(path) as tmp:
         if not texts:
-            np.save(tmp, np.zeros((0, 1), np.float32), allow_pickle=False)
+            with open(tmp, "wb") as fh:  # a file object: np.save would add ".npy" to a path
+                np.save(fh, np.zeros((0, 1), np.float32), allow_pickle=False)
         else:
-            first = np.asarray(embedder.transform(list(texts[:batch_size])), dtype=np.float32)
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), first.shape[1]))
-            out[: len(first)] = first
-            for start in range(len(first), len(texts), batch_size):
-                out[start : start + batch_size] = embedder.transform(list(texts[start : start + batch_size]))
-            out.flush()
-            del out
+            _assemble(checkpoint, inverse, tmp)
     return _crc32_file(path)
 
 
-def _shard_key(ids: Sequence[str], texts: Sequence[str], fingerprint: str, snapshot_seq: int) -> str:
+def _embed_distinct(embedder: Any, distinct: list[str], done: int, batch: int, checkpoint: ShardCheckpoint,
+                    tracker: ShardProgress | None, pacing: ShardPacing, rows_upto: np.ndarray) -> None:
+    """Embed ``distinct[done:]`` a batch per model call; a chunk is checkpointed every ``pacing.checkpoint_s``."""
+    pending: list[np.ndarray] = []
+    pending_from = done
+    last = pacing.monotonic()
+
+    def flush() -> None:
+        nonlocal pending, pending_from, last
+        if pending:
+            block = np.vstack(pending)
+            checkpoint.write_chunk(pending_from, block)
+            pending_from += len(block)
+            pending = []
+        last = pacing.monotonic()
+
+    for start in range(done, len(distinct), batch):
+        if tracker is not None and tracker.paused():
+            flush()
+            _wait_while_paused(tracker, pacing)
+        texts = distinct[start : start + batch]
+        vectors = np.asarray(embedder.transform(list(texts)), dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(texts):
+            raise LockstepError(f"the model returned {vectors.shape} vectors for {len(texts)} texts")
+        pending.append(vectors)
+        end = start + len(texts)
+        checkpoint_now = pacing.monotonic() - last >= pacing.checkpoint_s or end - pending_from >= CHECKPOINT_MAX_TEXTS
+        if checkpoint_now:
+            flush()
+        if tracker is not None:  # a checkpoint is always told: the file never says less than is safe on disk
+            tracker.advance(done=int(rows_upto[end]), embedded=end, force=checkpoint_now)
+    flush()
+
+
+def _wait_while_paused(tracker: ShardProgress, pacing: ShardPacing) -> None:
+    """Wait at a checkpoint while the load is paused, polling the flag; ``LoadPaused`` past ``pacing.pause_timeout_s``."""
+    tracker.set_state(PAUSED)
+    since = pacing.monotonic()
+    while tracker.paused():
+        if pacing.pause_timeout_s is not None and pacing.monotonic() - since >= pacing.pause_timeout_s:
+            raise LoadPaused(f"shard {tracker.shard} is paused at its checkpoint ({tracker.state.get('done', 0)} of "
+                             f"{tracker.total} records done); resume the load and run the shard again to go on")
+        pacing.sleep(pacing.poll_s)
+    tracker.set_state(RUNNING)
+
+
+def _distinct(digests: list[bytes]) -> tuple[list[int], np.ndarray]:
+    """The row of each distinct text's first occurrence, and for every row the number of its distinct text.
+
+    Texts are numbered in order of first occurrence, so with no text repeated row i is text i.
+    """
+    number: dict[bytes, int] = {}
+    inverse = np.fromiter((number.setdefault(d, len(number)) for d in digests), dtype=np.int64, count=len(digests))
+    if len(number) == len(digests):
+        return list(range(len(digests))), inverse
+    return np.unique(inverse, return_index=True)[1].tolist(), inverse
+
+
+def _assemble(checkpoint: ShardCheckpoint, inverse: np.ndarray, tmp: Path) -> None:
+    """Write every row's vector (its distinct text's) from the checkpoint's chunks into an .npy at ``tmp``."""
+    chunks = checkpoint.chunks()
+    n_distinct = int(inverse.max()) + 1
+    if not chunks or chunks[-1][1] != n_distinct:
+        raise IndexIntegrityError(f"the checkpoint of {checkpoint.folder.name} is incomplete; rerun its shard")
+    in_order = n_distinct == len(inverse)  # no text repeated: row i is distinct text i
+    order = None if in_order else np.argsort(inverse, kind="stable")
+    sorted_numbers = None if order is None else inverse[order]
+    out = None
+    for start, vectors in checkpoint.read():
+        if out is None:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(inverse), vectors.shape[1]))
+        if order is None:
+            out[start : start + len(vectors)] = vectors
+            continue
+        lo, hi = np.searchsorted(sorted_numbers, [start, start + len(vectors)])
+        rows = order[lo:hi]
+        out[rows] = vectors[inverse[rows] - start]
+    assert out is not None
+    out.flush()
+    del out
+
+
+def _shard_key(ids: Sequence[str], digests: Sequence[bytes], fingerprint: str, snapshot_seq: int) -> str:
+    """The work of a shard: model, snapshot, and each record's id and sha256 of its text."""
     h = hashlib.sha256(f"{fingerprint}|{snapshot_seq}|{len(ids)}".encode())
-    for rid, text in zip(ids, texts, strict=True):
+    for rid, digest in zip(ids, digests, strict=True):
         h.update(rid.encode())
         h.update(b"\0")
-        h.update(hashlib.sha256(text.encode()).digest())
+        h.update(digest)
     return h.hexdigest()
 
 

@@ -93,3 +93,8 @@ def local_digest(path: Path) -> str:
 
 
 _EMBEDDERS: dict[tuple[str, str], Any] = {}
+
+
+def cached_embedders() -> list[Any]:
+    """The models this process has loaded (a forked embedding worker hands them its thread count)."""
+    return list(_EMBEDDERS.values())

@@ -129,3 +129,12 @@ def snapshot_name(seq: int, shard_size: int) -> str:
 def _check_int(what: str, value: object, least: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise UnsafePathError(f"{what} {value!r} must be an integer of at least {least}")
+
+
+def shard_counts(path: str | Path) -> list[int]:
+    """Rows of each shard (row group) of a snapshot file, from its footer alone."""
+    import pyarrow.parquet as pq
+
+    with _open_snapshot(Path(path)) as fh:
+        meta = pq.ParquetFile(fh).metadata
+        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]

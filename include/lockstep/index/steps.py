@@ -37,6 +37,7 @@ from lockstep.core.errors import LockstepError
 from lockstep.index.catch_up import catch_up
 from lockstep.index.early_verdict import judge_first_slice
 from lockstep.index.first_slice import write_sliced_snapshot
+from lockstep.index.load_progress import register_load
 from lockstep.index.manifest import Manifest
 from lockstep.index.shards import build_shard_columns, clear_shards, merge_shards, shard_files
 from lockstep.index.slot_plan import (
@@ -65,20 +66,28 @@ verdict_log = logging.getLogger("lockstep.early_verdict")  # a stopped load is t
 # --- steps (each is one task of lockstep_reembed; JSON in, JSON out) ---------------------------
 
 
-def prepare_requested(requested: str | None, asset_extra: dict[str, Any] | None, registry=None, engine=None) -> dict[str, Any]:
+def prepare_requested(requested: str | None, asset_extra: dict[str, Any] | None, registry=None, engine=None, *,
+                      allow_rejected: bool = False) -> dict[str, Any]:
     """``prepare`` for the version a DAG run asks for (Param, asset event, else alias challenger)."""
     from lockstep.model.registry import Registry, requested_version
 
     registry = registry or Registry()
-    return prepare(requested_version(requested, asset_extra, registry, purpose="index"), registry, engine)
+    version = requested_version(requested, asset_extra, registry, purpose="index")
+    return prepare(version, registry, engine, allow_rejected=allow_rejected)
 
 
-def prepare(version: str | int, registry=None, engine=None) -> dict[str, Any]:
-    """Register the slot as a write target (state ``loading``) before any snapshot."""
+def prepare(version: str | int, registry=None, engine=None, *, allow_rejected: bool = False) -> dict[str, Any]:
+    """Register the slot as a write target (state ``loading``) before any snapshot.
+
+    A version its offline evaluation rejected is refused first, unless ``allow_rejected``
+    (``lockstep.model.offline_verdict.check_buildable``; nothing is registered or written).
+    """
+    from lockstep.model.offline_verdict import check_buildable
     from lockstep.model.registry import Registry
     from lockstep.store import routing
 
     registry = registry or Registry()
+    check_buildable(registry.get_version(version), allow_rejected)
     plan = plan_slot(registry, version)
     routing.register_slot(
         plan.model_version, plan.model_uri, plan.location, plan.fingerprint, state="loading", engine=engine
@@ -116,15 +125,15 @@ def snapshot(
     size = shard_size or shard_size_for(store.count(), target_shards)
     shards_dir = Path(plan["location"]) / "shards"
     if first_slice_share is not None:
-        return _sliced_snapshot(store, shards_dir, size, first_slice_share)
+        return register_load(plan, _sliced_snapshot(store, shards_dir, size, first_slice_share))
     counts, seq = write_snapshot(store, shards_dir, size)
-    return {
+    return register_load(plan, {
         "seq": seq,
         "records": sum(counts),
         "shards": list(range(len(counts))),
         "shard_size": size,
         "file": snapshot_name(seq, size),
-    }
+    })
 
 
 def _sliced_snapshot(store: RecordStore, shards_dir: Path, size: int, share: float) -> dict[str, Any]:

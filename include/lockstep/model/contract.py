@@ -14,6 +14,13 @@ derived query-time structures. A subclass that declares ``FILE_FORMAT`` is regis
 under it, so ``load_family_file`` reads any built-in family's file and a family's
 ``load`` can name what a file of another family holds.
 
+What a model costs is part of the contract too, so the rest of Lockstep can size its work
+without knowing the family: ``COST`` (``FAST``: microseconds a text, e.g. TF-IDF; ``SLOW``:
+milliseconds, e.g. a transformer or any imported pyfunc) and ``BATCH_SIZE_HINT`` (texts per
+``transform`` call that keep the model efficient and its memory bounded). Both are optional
+on an ``Embedder``; ``embed_cost`` and ``batch_size_hint`` read them with the defaults a
+model that says nothing gets (slow, ``DEFAULT_BATCH_SIZE_HINT``).
+
 The helpers at the end (``as_text_list``, ``l2_normalise``, ``jsonable``) are the input
 check, the normalisation and the fingerprint's parameter encoding every family uses.
 """
@@ -50,6 +57,30 @@ class Embedder(Protocol):
     def save(self, path: str | Path) -> Path: ...
 
 
+FAST, SLOW = "fast", "slow"  # Embedder.COST: a text in microseconds, or in milliseconds
+COSTS = (FAST, SLOW)
+DEFAULT_BATCH_SIZE_HINT = 256  # texts per transform call of a model that names no batch of its own
+BUILTIN_BATCH_SIZE_HINT = 50_000  # a built-in family: one batch's matrix at a time (pyfunc_model.BATCH)
+
+
+def embed_cost(embedder: object) -> str:
+    """``"fast"`` or ``"slow"``: the model's ``COST``, slow when it names none or an unknown one.
+
+    Slow models get their queries micro-batched across requests, their own bounded worker
+    pool on a serving replica, and small embed batches with one thread budget per worker.
+    """
+    cost = getattr(embedder, "COST", SLOW)
+    return cost if cost in COSTS else SLOW
+
+
+def batch_size_hint(embedder: object) -> int:
+    """Texts per ``transform`` call the model works best with (``BATCH_SIZE_HINT``, at least 1)."""
+    hint = getattr(embedder, "BATCH_SIZE_HINT", DEFAULT_BATCH_SIZE_HINT)
+    if isinstance(hint, bool) or not isinstance(hint, int) or hint < 1:
+        return DEFAULT_BATCH_SIZE_HINT
+    return hint
+
+
 _FILE_FORMATS: dict[str, type[BuiltinEmbedder]] = {}  # FILE_FORMAT -> the family that writes it
 
 
@@ -65,6 +96,8 @@ class BuiltinEmbedder(TransformerMixin, BaseEstimator):
     FITTED_ATTR: ClassVar[str]  # an attribute only a fitted model has
     DERIVED: ClassVar[tuple[str, ...]] = ()  # rebuilt by _prepare_fast_path, so never pickled
     LOADS_PICKLED_SELF: ClassVar[bool] = False  # a file may hold the pickled estimator itself (older files)
+    COST: ClassVar[str] = FAST  # embed_cost: a built-in family embeds a text in microseconds
+    BATCH_SIZE_HINT: ClassVar[int] = BUILTIN_BATCH_SIZE_HINT  # batch_size_hint
 
     fingerprint_: str
 

@@ -8,6 +8,13 @@ content digest, ``lockstep.family=imported``) and with the source URI. From then
 is a version like any other: the re-embed builds its index, the rollout stages it,
 serving pairs it with that index only.
 
+Once registered it is judged against the champion offline, as a retrain is (issue 24):
+``import_model``'s ``evaluator`` (``lockstep.training.imports.offline_evaluator``; the
+model layer cannot read the record store itself) gives the verdict, written on the
+version as ``lockstep.offline_verdict*`` and ``eval.*`` tags, its figures as metrics of the
+import's run and as a block of the version's description. A rejected version is tagged
+rejected and is not made the challenger; its index is built only with ``allow_rejected``.
+
 Loading keeps a verified copy under ``$LOCKSTEP_HOME/cache/models/<digest[:32]>``: a
 pyfunc model may read its files lazily, so it cannot live in a temporary folder, and a
 serving replica that restarts should not download it again. The registry's
@@ -26,7 +33,7 @@ import urllib.request
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import mlflow
 
@@ -34,6 +41,7 @@ from lockstep.core import paths
 from lockstep.core.config import settings
 from lockstep.core.errors import RegistryError
 from lockstep.model.integrity import ModelIntegrityError
+from lockstep.model.offline_verdict import REJECTED, SKIPPED, OfflineOutcome, evaluation_block
 from lockstep.model.pyfunc_embedder import (
     ModelContractError,
     PyfuncEmbedder,
@@ -60,18 +68,33 @@ IMPORT_EXPERIMENT = "lockstep-imports"
 MODEL_PATH_IN_RUN = "model"
 
 
+class VersionEvaluator(Protocol):
+    """Judges a registered version against the champion (``lockstep.training.imports.offline_evaluator``)."""
+
+    def __call__(self, registry: Registry, info: ModelVersionInfo) -> OfflineOutcome: ...
+
+
 def import_model(
     registry: Registry,
     model_uri: str,
     *,
     tags: Mapping[str, str] | None = None,
     set_challenger: bool = True,
+    evaluate: bool = True,
+    evaluator: VersionEvaluator | None = None,
 ) -> ModelVersionInfo:
     """Check that ``model_uri`` meets the contract, then register it as a new version.
 
     ``model_uri`` is anything MLflow downloads: ``runs:/<id>/<path>``, ``models:/<name>/<v>``,
     ``models:/<model_id>``, a local directory. Nothing is registered when the check fails
     (``ModelContractError`` names the problem).
+
+    Once registered, the version is evaluated against the champion by ``evaluator`` (the
+    model layer cannot read the record store: ``lockstep model import`` passes
+    ``lockstep.training.imports.offline_evaluator()``). Its verdict is written on the
+    version as a retrain's is (``lockstep.model.offline_verdict``): a rejected version is
+    tagged rejected and does not become the challenger. ``evaluate=False`` skips it (the
+    verdict ``skipped`` says so); with no ``evaluator`` the verdict is ``skipped`` too.
     """
     with tempfile.TemporaryDirectory(prefix="lockstep-import-") as tmp:
         with registry._scoped():  # MLflow resolves a models:/ URI through its process-wide URIs, not the argument
@@ -83,24 +106,40 @@ def import_model(
             TAG_FINGERPRINT: fingerprint_of(artifact_digest(local), probe.shape[1], probe),
             TAG_DIM: str(probe.shape[1]),
             TAG_MODEL_SHA256: directory_digest(local),
-            TAG_FAMILY: IMPORTED,
-            "lockstep.source_uri": model_uri,
+            TAG_FAMILY: (tags or {}).get(TAG_FAMILY, IMPORTED),  # onnx_text.import_onnx names its family
+            "lockstep.source_uri": (tags or {}).get("lockstep.source_uri", model_uri),  # onnx_text: the user's folder
         }
         version = _register(registry, local, version_tags)
-    registry.describe_version(version, _description(model_uri, version_tags, len(probe)))
-    if set_challenger:
+    outcome = _evaluate(registry, version, evaluate, evaluator)
+    registry.describe_version(version, _description(model_uri, version_tags, len(probe), outcome))
+    if outcome.verdict == REJECTED:
+        registry.reject(version, outcome.reason, outcome.metrics())
+    elif set_challenger:
         registry.set_alias(CHALLENGER, version)
     return registry.get_version(version)
 
 
-def _description(model_uri: str, tags: Mapping[str, str], probes: int) -> str:
+def _evaluate(registry: Registry, version: str, evaluate: bool, evaluator: VersionEvaluator | None) -> OfflineOutcome:
+    """The version's offline verdict, written on it as tags (and its figures as metrics of its run)."""
+    if not evaluate:
+        outcome = OfflineOutcome(SKIPPED, "skipped: asked not to evaluate (evaluate=False, --no-evaluate)")
+    elif evaluator is None:
+        outcome = OfflineOutcome(SKIPPED, "skipped: no evaluator was given to import_model")
+    else:
+        outcome = evaluator(registry, registry.get_version(version))
+    registry.set_tags(version, outcome.tags())
+    registry.log_version_metrics(version, outcome.metrics())
+    return outcome
+
+
+def _description(model_uri: str, tags: Mapping[str, str], probes: int, outcome: OfflineOutcome) -> str:
     """What a reviewer reads on the version's page in the MLflow UI."""
     return (
-        f"**Imported model** from `{model_uri}` (`lockstep model import`).\n\n"
+        f"**Imported model** (family `{tags[TAG_FAMILY]}`) from `{tags['lockstep.source_uri']}` (`lockstep model import`).\n\n"
         f"- dimension {tags['dim']}; fingerprint `{tags['fingerprint']}`\n"
         f"- the embedding contract was checked on {probes} probe texts: a 2-D finite float array, one row per "
-        "text, one dimension in any batch size, the same vectors on a second call\n"
-        "- no offline evaluation was run by Lockstep; the rollout's gates judge it on live traffic\n"
+        "text, one dimension in any batch size, the same vectors on a second call\n\n"
+        + evaluation_block(outcome) + "\n"
     )
 
 

@@ -24,6 +24,17 @@ so the directory's digest is compared with the trusted one first: the registry's
 ``lockstep.model_sha256`` tag for every registered version, or, for a local copy a person
 saved, the ``lockstep.json`` Lockstep wrote beside it (which proves the copy whole, not
 untampered: it lies in the same folder). The directory must hold regular files only.
+
+Families of directory models. A model directory may name a Lockstep family in its MLmodel
+``metadata`` (``{"lockstep": {"family": "onnx_text", ...}}``, written by
+``onnx_text.save_onnx_pyfunc``); only the families in ``DIRECTORY_FAMILIES`` are honoured,
+anything else is ``imported``. An ``onnx_text`` directory's artifact digest leaves out the
+MLmodel file (MLflow stamps it with a time and a uuid at every save), so the same
+``model.onnx``, ``tokenizer.json`` and ``onnx_text.json`` (with the same code and
+requirements) give the same fingerprint whenever they are imported; the content digest,
+the trust anchor, still covers every file. Its metadata also says that ``predict`` takes
+``params={"role": "query"}`` (the query prefix), that the pyfunc reads its onnxruntime
+threads from ``model_config`` (``LOCKSTEP_ONNX_THREADS``, ``set_threads``) and its batch.
 """
 
 from __future__ import annotations
@@ -38,13 +49,23 @@ from typing import Any
 import numpy as np
 
 from lockstep.core import paths
+from lockstep.core.config import onnx_threads
 from lockstep.core.errors import FingerprintMismatchError, LockstepError, UnsafePathError
+from lockstep.model.contract import SLOW
 from lockstep.model.integrity import ModelIntegrityError
 
 PROBE_FILE = "lockstep_probe.npy"  # the probe set's embeddings at import, inside the model directory
 META_FILE = "lockstep.json"  # Lockstep's note beside a local copy: digest, fingerprint, dimension
 FINGERPRINT_FORMAT = "lockstep.pyfunc/1"
-PREDICT_BATCH = 256  # texts per predict call in bulk embedding
+PREDICT_BATCH = 256  # texts per predict call in bulk embedding (an onnx_text model names its own)
+IMPORTED = "imported"  # the family of a pyfunc model trained elsewhere
+ONNX_TEXT = "onnx_text"  # a sentence-embedding model exported to ONNX (lockstep.model.onnx_text)
+DIRECTORY_FAMILIES = (IMPORTED, ONNX_TEXT)  # the families kept as an MLflow model directory
+FAMILY_TITLES = {
+    IMPORTED: "imported MLflow pyfunc model",
+    ONNX_TEXT: "ONNX sentence-embedding model, onnxruntime + tokenizers (onnx_text)",
+}
+MLMODEL = "MLmodel"
 PROBE_TOLERANCE = 1e-4  # max abs difference of a probe embedding between import and a later load
 PROBE_TEXTS = (
     "how do I reset my password",
@@ -68,8 +89,9 @@ class ModelContractError(LockstepError):
 class PyfuncEmbedder:
     """An MLflow pyfunc model that meets the contract, with Lockstep's ``Embedder`` API."""
 
-    FAMILY = "imported MLflow pyfunc model"
-    FAST_QUERY = False  # one query is a whole predict call: serving batches concurrent queries (serving.query_batches)
+    FAMILY = FAMILY_TITLES[IMPORTED]
+    COST = SLOW  # contract.embed_cost: a predict call per batch, milliseconds a text; serving batches concurrent queries
+    BATCH_SIZE_HINT = PREDICT_BATCH  # contract.batch_size_hint
 
     def __init__(self, model: Any, model_dir: Path, *, dim: int, probe: np.ndarray, digest: str) -> None:
         self.model = model
@@ -77,10 +99,34 @@ class PyfuncEmbedder:
         self.dim = int(dim)
         self.probe = probe
         self.digest = digest  # of the whole directory, the probe file included
+        declared = lockstep_metadata(self.model_dir)
+        self.family = str(declared.get("family", IMPORTED))
+        self.FAMILY = FAMILY_TITLES[self.family]
+        self.BATCH_SIZE_HINT = _positive(declared.get("batch_size_hint"), PREDICT_BATCH)
+        self.query_params = {"role": "query"} if declared.get("query_role") else None
+        self.threads_config = bool(declared.get("threads"))  # predict's threads come from model_config
         self.fingerprint_ = fingerprint_of(artifact_digest(self.model_dir), self.dim, probe)
 
     def __repr__(self) -> str:
-        return f"PyfuncEmbedder({self.model_dir}, dim={self.dim})"
+        return f"PyfuncEmbedder({self.model_dir}, dim={self.dim}, family={self.family})"
+
+    def set_threads(self, threads: int) -> None:
+        """Run the model with ``threads`` onnxruntime threads from now on (an ``onnx_text`` model only).
+
+        At load the model gets ``LOCKSTEP_ONNX_THREADS`` (0: the core count); a build that
+        starts N worker processes calls this with its share of the cores
+        (``index.embed_settings.apply_threads``). The pyfunc makes a new onnxruntime session;
+        a model that takes no thread setting raises ``NotImplementedError``.
+        """
+        if not self.threads_config:  # index.embed_settings.apply_threads skips a model that raises this
+            raise NotImplementedError(f"the {self.family} model in {self.model_dir} takes no thread setting")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a whole number of threads, at least 1, got {threads!r}")
+        inner = self.model.unwrap_python_model() if hasattr(self.model, "unwrap_python_model") else None
+        if callable(getattr(inner, "set_threads", None)):
+            inner.set_threads(threads)  # a new onnxruntime session; the pyfunc wrapper stays
+        else:
+            self.model = _load_pyfunc(self.model_dir, {"threads": threads})
 
     @property
     def dim_(self) -> int:
@@ -97,14 +143,19 @@ class PyfuncEmbedder:
         """Embed many texts through ``predict``, ``PREDICT_BATCH`` at a time, checking each answer."""
         texts = list(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), PREDICT_BATCH):
-            batch = texts[start : start + PREDICT_BATCH]
+        step = self.BATCH_SIZE_HINT
+        for start in range(0, len(texts), step):
+            batch = texts[start : start + step]
             out[start : start + len(batch)] = checked_embeddings(self.model, batch, self.dim)
         return out
 
     def embed_query(self, text: str) -> np.ndarray:
         """One query: a predict call of one text (imported models have no faster path)."""
-        return checked_embeddings(self.model, [text], self.dim)[0]
+        return checked_embeddings(self.model, [text], self.dim, params=self.query_params)[0]
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Many queries in one predict call (the query prefix of an ``onnx_text`` model applied)."""
+        return checked_embeddings(self.model, list(texts), self.dim, params=self.query_params)
 
     def save(self, path: str | Path) -> Path:
         """Copy the model directory to ``path`` with a ``lockstep.json`` that vouches for it."""
@@ -143,7 +194,7 @@ class PyfuncEmbedder:
         if not probe_path.is_file():
             raise ModelIntegrityError(f"model directory {path} has no {PROBE_FILE}; import it with `lockstep model import`")
         stored = np.load(probe_path, allow_pickle=False)
-        model = _load_pyfunc(path)
+        model = _load_pyfunc(path, {"threads": onnx_threads()} if lockstep_metadata(path).get("threads") else None)
         again = checked_embeddings(model, list(PROBE_TEXTS), stored.shape[1])
         worst = float(np.max(np.abs(again - stored))) if stored.size else 0.0
         if not worst <= PROBE_TOLERANCE:
@@ -178,10 +229,10 @@ def check_contract(model: Any) -> np.ndarray:
     return whole
 
 
-def checked_embeddings(model: Any, texts: list[str], dim: int | None) -> np.ndarray:
+def checked_embeddings(model: Any, texts: list[str], dim: int | None, params: dict[str, Any] | None = None) -> np.ndarray:
     """``model.predict(texts)`` as a C-contiguous float32 (len(texts), dim) array, or a clear error."""
     try:
-        raw = model.predict(texts)
+        raw = model.predict(texts) if params is None else model.predict(texts, params=params)
     except Exception as exc:  # the model's own failure: name it, keep its cause
         raise ModelContractError(f"predict failed on {len(texts)} text(s): {type(exc).__name__}: {exc}") from exc
     if hasattr(raw, "to_numpy"):  # a DataFrame or Series
@@ -220,8 +271,40 @@ def directory_digest(path: str | Path) -> str:
 
 
 def artifact_digest(path: str | Path) -> str:
-    """The digest of the model alone: as ``directory_digest`` without the probe file."""
-    return _digest(Path(path), exclude={META_FILE, PROBE_FILE})
+    """The digest of the model alone: as ``directory_digest`` without the probe file.
+
+    An ``onnx_text`` directory leaves out its MLmodel too (a save's time and uuid), so its
+    digest is that of the ONNX file, the tokenizer, the config, the code and requirements.
+    """
+    exclude = {META_FILE, PROBE_FILE}
+    if lockstep_metadata(path).get("family") == ONNX_TEXT:
+        exclude.add(MLMODEL)
+    return _digest(Path(path), exclude=exclude)
+
+
+def lockstep_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``lockstep`` entry of a model directory's MLmodel metadata (``{}`` when none).
+
+    Its ``family`` must be one of ``DIRECTORY_FAMILIES``; anything else counts as imported.
+    Read with a safe YAML loader: the MLmodel file runs nothing.
+    """
+    import yaml
+
+    mlmodel = Path(path) / MLMODEL
+    if not mlmodel.is_file():
+        return {}
+    try:
+        meta = (yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}).get("metadata") or {}
+    except (yaml.YAMLError, AttributeError, UnicodeDecodeError):
+        return {}
+    declared = meta.get("lockstep") if isinstance(meta, dict) else None
+    if not isinstance(declared, dict) or declared.get("family") not in DIRECTORY_FAMILIES:
+        return {}
+    return declared
+
+
+def _positive(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
 
 def fingerprint_of(artifact: str, dim: int, probe: np.ndarray) -> str:
@@ -287,10 +370,10 @@ def _meta_digest(path: Path) -> str:
         raise ModelIntegrityError(f"{meta} is not a valid {META_FILE} (no digest in it), so {path} was not loaded") from exc
 
 
-def _load_pyfunc(path: Path) -> Any:
+def _load_pyfunc(path: Path, model_config: dict[str, Any] | None = None) -> Any:
     import mlflow
 
     try:
-        return mlflow.pyfunc.load_model(str(path))
+        return mlflow.pyfunc.load_model(str(path), model_config=model_config)
     except Exception as exc:  # MLflow raises many kinds; the message says which model
         raise ModelContractError(f"the model in {path} does not load as an MLflow pyfunc model: {exc}") from exc

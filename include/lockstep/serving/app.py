@@ -20,6 +20,12 @@ naming the field -- see ``inputs``), or send a body over 1 MB, declared or strea
 (413). An unexpected error answers 500 with a request id and no internals; the full
 error goes to the server log under that id.
 
+A record write is answered once durable in the change log, or once every loaded
+version has applied it (``write_acks``); each version applies writes in micro-batches on
+its own thread (``appliers``), a search can wait for its own write (``read_your_write``),
+a slow version serves from its own bounded pool (``slow_slots``), and ``/readyz`` is ready
+only when every version with traffic is loaded (``readiness``).
+
 The bodies and limits are ``bodies``, the replica's state ``runtime``, the answers to
 what goes wrong ``errors``, and running it as a process ``runner``.
 """
@@ -43,9 +49,11 @@ from lockstep.core.errors import InvalidRecordError, RecordNotFoundError
 from lockstep.serving.asked import Asked
 from lockstep.serving.batch_reads import batch_router
 from lockstep.serving.bodies import (
+    CONSISTENCY_HEADER,
     MAX_BODY_BYTES,
     MAX_METADATA_BYTES,
     MAX_RECORD_TEXT_BYTES,
+    MIN_SEQ_HEADER,
     PIN_HEADER,
     FeedbackAccepted,
     FeedbackBody,
@@ -61,7 +69,11 @@ from lockstep.serving.errors import Guard, validation_error
 from lockstep.serving.lock_waits import LockFreeSearch
 from lockstep.serving.metrics import NO_VERSION
 from lockstep.serving.parts import ServingParts
+from lockstep.serving.read_your_write import behind, caught_up, min_seq_of
+from lockstep.serving.readiness import readiness
 from lockstep.serving.runtime import ServingConfig, ServingRuntime
+from lockstep.serving.slow_slots import SlotBusy
+from lockstep.serving.write_acks import acknowledge, consistency
 from lockstep.store.batch_results import RELATED
 from lockstep.store.db import get_engine
 
@@ -150,7 +162,8 @@ def create_app(
         "application/json": {"example": {
             "generation": 12,
             "slots": [{"model_version": "3", "state": "live", "weight": 100, "shadow": False, "loaded": True,
-                       "error": None, "applied_seq": 5120}],
+                       "error": None, "applied_seq": 5120, "lag_seq": 0, "lag_seconds": 0.004,
+                       "cost": "fast"}],
             "holdback": {"model_version": "1", "percent": 5.0, "set_at": "2026-11-30T07:00:00+00:00",
                          "set_by": "lockstep holdback set"},
             "replica": "host:1234"}}}}})
@@ -160,6 +173,10 @@ def create_app(
         ``holdback`` (null when none is set) is the long-term holdback group: ``percent``
         of users with a user id are always served by its ``model_version``, whatever the
         weights (``lockstep holdback set VERSION PERCENT``).
+
+        ``lag_seq`` is how many changes this replica knows of that the slot has not applied,
+        ``lag_seconds`` the commit-to-applied time of the last change it applied, ``cost``
+        ``fast`` or ``slow`` (a slow version gets its own pool and durable write answers).
 
         ``error`` is a short category (``index_integrity``, ``fingerprint_mismatch``,
         ``model_unavailable``, ...): this endpoint is open, so paths and messages stay in
@@ -173,6 +190,9 @@ def create_app(
             slot["loaded"] = slot["model_version"] in view.slots
             slot["error"] = status.error_category if status else None
             slot["applied_seq"] = status.applied_seq if status else None
+            slot["lag_seq"] = status.lag_seq if status else None
+            slot["lag_seconds"] = status.lag_seconds if status else None
+            slot["cost"] = status.cost if status else None
         out["replica"] = rt.config.replica
         return out
 
@@ -181,20 +201,16 @@ def create_app(
         """Alive. Answered on the event loop (no worker thread): a full thread pool cannot stall it."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "No live model version is loaded on this replica yet."}})
+    @app.get("/readyz", responses={503: {"description": "A version with traffic (or the holdback version) is not loaded "
+                                                        "on this replica: `not_loaded` names each and why."}})
     async def readyz() -> JSONResponse:
-        """Ready when at least one live version is loaded; ``unloaded`` names live versions it lacks.
+        """Ready when every live version with weight > 0 (and the holdback version) is loaded.
 
-        One attribute read of the published view, so it runs on the event loop.
+        Otherwise 503 naming each missing version, ``loading`` or ``failed`` with its error
+        category (``readiness``); ``unloaded`` names the live versions it lacks. The ready
+        path is one attribute read of the published view, so it runs on the event loop.
         """
-        view = rt.manager.view
-        live = [slot.version for slot, _ in view.live]
-        if live:
-            return JSONResponse({"ready": True, "live": live, "unloaded": list(view.unloaded), "generation": view.generation})
-        return JSONResponse(
-            {"ready": False, "reason": "no live model version is loaded yet", "generation": view.generation},
-            status_code=503,
-        )
+        return readiness(rt.manager)
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     def metrics() -> Response:
@@ -214,8 +230,16 @@ def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> 
     async def search(
         body: SearchRequest,
         x_lockstep_pin: Annotated[str | None, Header(alias=PIN_HEADER)] = None,
+        x_lockstep_min_seq: Annotated[str | None, Header(alias=MIN_SEQ_HEADER)] = None,
     ) -> Response:
         """Search with the version the routing table picks (or the pinned one).
+
+        ``X-Lockstep-Min-Seq: N`` (a write's ``seq``) reads your write: the version that
+        answers waits, bounded by LOCKSTEP_WRITE_APPLY_TIMEOUT, until it has applied N
+        (503 with ``Retry-After`` naming the version and its applied sequence if it has
+        not). Every answer carries ``X-Lockstep-Applied-Seq``. A slow version (an imported
+        or transformer model) embeds concurrent queries in one predict call on its own
+        bounded pool; a full pool answers 503 for that version only (``slow_slots``).
 
         A pinned request is answered normally but logged as pinned, and never counts in
         gate, drift or bandit statistics. A fast slot (an ANN index, or a small flat one)
@@ -228,28 +252,51 @@ def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> 
         """
         asked = Asked(body.query, body.k, body.user_id, pinned=x_lockstep_pin is not None)
         try:
+            min_seq = min_seq_of(x_lockstep_min_seq)
             view, slot = rt.lease(x_lockstep_pin, body.user_id)
         except HTTPException as exc:
             rt.metrics.errors.labels(getattr(exc, "model_version", NO_VERSION), str(exc.status_code)).inc()
             raise
         try:
-            if slot.batcher is not None:  # an imported model: this query joins the next predict call
+            if min_seq is not None and not await caught_up(rt, slot, min_seq):
+                return behind(rt, view, slot, asked, min_seq)
+            seen = slot.applied_seq  # what the search below sees at least
+            pool = rt.pool(slot)
+            if pool is not None:  # a slow model: its own pool, this query joins the next predict call
+                pool.reserve()
+                try:
+                    vector = await slot.batcher.embed(body.query)
+                    hits = await fast_search(slot.search_vector, vector, body.k) if slot.fast else await pool.run(slot.search_vector, vector, body.k)
+                finally:
+                    pool.free()
+            elif slot.batcher is not None:
                 vector = await slot.batcher.embed(body.query)
                 hits = await fast_search(slot.search_vector, vector, body.k) if slot.fast else await run_in_threadpool(slot.search_vector, vector, body.k)
             else:
                 hits = await fast_search(slot.search, body.query, body.k) if slot.fast else await run_in_threadpool(slot.search, body.query, body.k)
+        except SlotBusy as exc:  # this version's pool is full: 503 for it only
+            return rt.busy(view, slot, asked, exc)
         except Exception as exc:  # counted and logged against the version, so gates see it
             return rt.failed(view, slot, asked, exc, "search")
         finally:
             slot.release()
-        return rt.answered(view, slot, hits, asked)
+        return rt.answered(view, slot, hits, asked, applied_seq=seen)
 
     @app.put(
         "/records/{record_id:record_id}", response_model=RecordWritten, dependencies=[Depends(require_token)],
         responses=error_responses(400, 401, 403, 413, 422, 500, 503),
     )
-    def put_record(record_id: RecordId, body: RecordBody) -> RecordWritten:
-        """Insert or replace a record; every loaded version gets it before the answer."""
+    def put_record(
+        record_id: RecordId,
+        body: RecordBody,
+        x_lockstep_consistency: Annotated[str | None, Header(alias=CONSISTENCY_HEADER)] = None,
+    ) -> RecordWritten:
+        """Insert or replace a record; answered once durable, or once every loaded version applied it.
+
+        ``X-Lockstep-Consistency: applied | durable`` picks (default LOCKSTEP_WRITE_ACK:
+        ``auto``, applied while every loaded model is fast); see ``write_acks``.
+        """
+        mode = consistency(x_lockstep_consistency, rt.limits.write_ack, rt.manager)  # checked before the write
         size = len(body.text.encode())
         if size > MAX_RECORD_TEXT_BYTES:
             raise HTTPException(413, f"record text is {size} bytes; the limit is {MAX_RECORD_TEXT_BYTES}")
@@ -262,22 +309,24 @@ def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> 
         except InvalidRecordError as exc:
             raise HTTPException(422, str(exc)) from exc
         rt.metrics.writes.labels("upsert").inc()
-        rt.manager.catch_up_all()
-        return RecordWritten(id=record_id, seq=seq)
+        return _acknowledged(rt, record_id, seq, mode)
 
     @app.delete(
         "/records/{record_id:record_id}", response_model=RecordWritten, dependencies=[Depends(require_token)],
         responses=error_responses(401, 403, 404, 422, 500, 503),
     )
-    def delete_record(record_id: RecordId) -> RecordWritten:
-        """Delete a record (a tombstone in the change log); every loaded version drops it."""
+    def delete_record(
+        record_id: RecordId,
+        x_lockstep_consistency: Annotated[str | None, Header(alias=CONSISTENCY_HEADER)] = None,
+    ) -> RecordWritten:
+        """Delete a record (a tombstone in the change log); every loaded version drops it (as for PUT)."""
+        mode = consistency(x_lockstep_consistency, rt.limits.write_ack, rt.manager)
         try:
             seq = rt.store.delete(record_id)
         except RecordNotFoundError as exc:
             raise HTTPException(404, str(exc)) from exc
         rt.metrics.writes.labels("delete").inc()
-        rt.manager.catch_up_all()
-        return RecordWritten(id=record_id, seq=seq)
+        return _acknowledged(rt, record_id, seq, mode)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -288,6 +337,11 @@ SEARCH_PARTS = ServingParts(
     add_routes=_add_search_routes,
     batch_kind=RELATED,
 )
+
+
+def _acknowledged(rt: ServingRuntime, record_id: str, seq: int, mode: str) -> RecordWritten:
+    return acknowledge(rt.manager, record_id, seq, mode=mode, timeout=rt.limits.write_apply_timeout,
+                       on_pending=lambda version: rt.metrics.write_pending.labels(version).inc())
 
 
 def _click_refusal(verdict: ClickVerdict, body: FeedbackBody) -> str:

@@ -25,6 +25,9 @@ MAX_BODY_BYTES = 1_000_000
 MODEL_VERSION_HEADER = "X-Lockstep-Model-Version"
 PIN_HEADER = "X-Lockstep-Pin"
 REQUEST_ID_HEADER = "X-Request-Id"
+CONSISTENCY_HEADER = "X-Lockstep-Consistency"  # a write: "applied" | "durable" (default LOCKSTEP_WRITE_ACK)
+MIN_SEQ_HEADER = "X-Lockstep-Min-Seq"  # a search: answer from a version that has applied this sequence
+APPLIED_SEQ_HEADER = "X-Lockstep-Applied-Seq"  # a search's answer: the sequence its version had applied
 UNLOADED_RETRY_AFTER = "5"  # seconds a client should wait when its share's version is not loaded
 
 
@@ -77,8 +80,19 @@ class RecordBody(_Strict):
 
 
 class RecordWritten(BaseModel):
+    """A durable write: its change-log ``seq``, and which loaded versions had applied it when answered.
+
+    ``consistency`` is how it was acknowledged: ``applied`` (waited, bounded by
+    LOCKSTEP_WRITE_APPLY_TIMEOUT, for every loaded version) or ``durable`` (answered at the
+    commit). ``pending`` names the versions that apply it later (send ``X-Lockstep-Min-Seq:
+    <seq>`` with a search to read it back).
+    """
+
     id: str
     seq: int
+    consistency: Literal["applied", "durable"] = "applied"
+    applied: list[str] = Field(default_factory=list)
+    pending: list[str] = Field(default_factory=list)
 
 
 class FeedbackBody(_Strict):
@@ -108,8 +122,10 @@ _STATUS_TEXT = {
     413: "The body (declared or streamed) is larger than 1 MB, or a field is over its size limit.",
     422: "A field is invalid (the message names it).",
     500: "Unexpected error: the answer carries a request id; details are in the server log.",
-    503: "No version can answer on this replica, the database cannot be reached, or the replica is already working "
-         "on its most requests at once (LOCKSTEP_SERVING_MAX_CONCURRENCY), right now (the message says which); retry.",
+    503: "No version can answer on this replica, the database cannot be reached, the replica is already working "
+         "on its most requests at once (LOCKSTEP_SERVING_MAX_CONCURRENCY), a slow version's own pool is full "
+         "(LOCKSTEP_SLOW_SLOT_QUEUE), or the version has not applied X-Lockstep-Min-Seq in time, right now "
+         "(the message says which); retry after Retry-After.",
     504: "The request was not answered within LOCKSTEP_SERVING_REQUEST_TIMEOUT_S seconds; retry later.",
 }
 # Every operation can meet the replica's limits (``limits``): too many requests at once, or too slow.

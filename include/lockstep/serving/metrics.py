@@ -9,7 +9,7 @@ slot that left the table leaves no series behind. Each app gets its own
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0)
 NO_VERSION = "none"
+# Seconds from a change's commit to its slot applying it: a fast version in milliseconds,
+# a transformer version's micro-batches within the write target (p99 <= 2 s, issue 24).
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 class ServingMetrics:
@@ -77,6 +80,19 @@ class ServingMetrics:
             "lockstep_log_rows_rejected", "Log rows the database refused (the rest of their batch was written), by table.",
             ["table"], registry=r,
         )
+        self.apply_lag = Histogram(
+            "lockstep_apply_lag_seconds",
+            "Seconds from a change's commit in the change log to its slot applying it, by model version.",
+            ["model_version"], buckets=LAG_BUCKETS, registry=r,
+        )
+        self.apply_batches = Counter(
+            "lockstep_apply_batches", "Micro-batches applied from the change log (one transform call each), by model version.",
+            ["model_version"], registry=r,
+        )
+        self.write_pending = Counter(
+            "lockstep_write_pending", "Writes answered before this version had applied them, by model version.",
+            ["model_version"], registry=r,
+        )
         self.feedback_rejected = Counter(
             "lockstep_feedback_rejected", "Feedback events refused with 422, by reason.", ["reason"], registry=r,
         )
@@ -89,6 +105,13 @@ class ServingMetrics:
     def shadow_result(self, version: str, seconds: float, ok: bool) -> None:
         self.shadow_requests.labels(version, "ok" if ok else "error").inc()
         self.shadow_latency.labels(version).observe(seconds)
+
+    def applied(self, version: str, lags: Sequence[float]) -> None:
+        """One micro-batch applied by ``version``'s applier: the lag of each change in it."""
+        self.apply_batches.labels(version).inc()
+        histogram = self.apply_lag.labels(version)
+        for lag in lags:
+            histogram.observe(lag)
 
     def shadow_drop(self, version: str) -> None:
         self.shadow_dropped.labels(version).inc()
@@ -132,6 +155,14 @@ class _StateCollector(Collector):
         applied = GaugeMetricFamily(
             "lockstep_slot_applied_seq", "Last change-log sequence applied to the slot's index.", labels=["model_version"]
         )
+        lag_seq = GaugeMetricFamily(
+            "lockstep_slot_apply_lag_seq", "Changes committed (as far as this replica knows) that the slot has not applied.",
+            labels=["model_version"],
+        )
+        lag_seconds = GaugeMetricFamily(
+            "lockstep_slot_apply_lag_last_seconds", "Commit-to-applied seconds of the last change the slot applied.",
+            labels=["model_version"],
+        )
         for s in self.manager.status():
             state.add_metric([s.model_version, s.state], 1)
             weight.add_metric([s.model_version], s.weight)
@@ -140,7 +171,11 @@ class _StateCollector(Collector):
             inflight.add_metric([s.model_version], s.inflight)
             if s.applied_seq is not None:
                 applied.add_metric([s.model_version], s.applied_seq)
-        yield from (state, weight, loaded, failed, inflight, applied)
+            if s.lag_seq is not None:
+                lag_seq.add_metric([s.model_version], s.lag_seq)
+            if s.lag_seconds is not None:
+                lag_seconds.add_metric([s.model_version], s.lag_seconds)
+        yield from (state, weight, loaded, failed, inflight, applied, lag_seq, lag_seconds)
         apply_errors = CounterMetricFamily(
             "lockstep_apply_errors", "Catch-ups from the change log that failed (the next one repairs them)."
         )

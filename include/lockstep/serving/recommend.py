@@ -145,8 +145,11 @@ class RecommenderSlots:
         self.catch_up(slot)
         return slot
 
-    def catch_up(self, slot: RecommenderSlot) -> int | None:
+    def catch_up(self, slot: RecommenderSlot, on_applied: Any = None) -> int | None:
         """Apply the interactions after the slot's sequence, page by page, in order.
+
+        (``on_applied`` is the slot appliers' hook for the lag of a write; interactions
+        carry no commit time here, so it is not called.)
 
         Each page folds in every user (and new item) it touched, from their whole history
         up to the page's last sequence (``LiveVersion.fold_in_changes``, which the batch

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from sqlalchemy import Engine
 from lockstep.core.config import ServingLimits, Settings
 from lockstep.serving.asked import Asked
 from lockstep.serving.bodies import (
+    APPLIED_SEQ_HEADER,
     MODEL_VERSION_HEADER,
     PIN_HEADER,
     REQUEST_ID_HEADER,
@@ -34,6 +36,7 @@ from lockstep.serving.parts import ServingParts
 from lockstep.serving.shadow import ShadowRunner
 from lockstep.serving.slot_manager import ServingView, SlotManager
 from lockstep.serving.slots import LoadedSlot
+from lockstep.serving.slow_slots import BUSY_RETRY_AFTER, SLOW, SlotBusy, SlotPool
 from lockstep.store.records import RecordStore
 
 log = logging.getLogger("lockstep.serving")
@@ -87,6 +90,7 @@ class ServingRuntime:
             tail_interval=config.tail_interval,
             retry_after=config.load_retry_after,
             listen=config.listen,
+            on_lag=self.metrics.applied,
         )
         self.logs = LogWriter(
             engine,
@@ -96,6 +100,7 @@ class ServingRuntime:
             on_reject=self.metrics.log_reject,
         )
         self.limits = config.limits if config.limits is not None else ServingLimits.from_env()
+        self._pools = threading.Lock()
         self.answers = RecentAnswers(config.recent_answers)
         wait = config.feedback_wait if config.feedback_wait is not None else 2 * config.log_flush_interval + 1.0
         self.clicks = ClickJudge(engine, self.answers, wait=wait, max_waiting=waiting_room(self.limits))
@@ -130,8 +135,32 @@ class ServingRuntime:
                 return view, slot
         raise HTTPException(503, "the routing table is changing too fast to pick a version; retry")
 
-    def answered(self, view: ServingView, slot: LoadedSlot, hits: Any, asked: Asked) -> JSONResponse:
-        """Count, log, mirror to the shadows and answer a request ``slot`` served (search or recommend)."""
+    def pool(self, slot: LoadedSlot) -> SlotPool | None:
+        """A slow slot's own bounded pool (made on first use; closed when the slot unloads); None if fast."""
+        if getattr(slot, "cost", None) != SLOW:
+            return None
+        if slot.pool is None:
+            with self._pools:
+                if slot.pool is None:
+                    slot.attach_pool(SlotPool(slot.version, self.limits.slow_slot_threads, self.limits.slow_slot_queue))
+        return slot.pool
+
+    def busy(self, view: ServingView, slot: LoadedSlot, asked: Asked, exc: SlotBusy) -> JSONResponse:
+        """503 for this version only: its own pool is full (counted against it; not logged, as a refusal)."""
+        self.metrics.errors.labels(slot.version, "503").inc()
+        self.answers.remember(asked.request_id, [], asked.pinned)
+        return JSONResponse(
+            {"detail": str(exc), "request_id": asked.request_id}, status_code=503,
+            headers={MODEL_VERSION_HEADER: slot.version, "Retry-After": BUSY_RETRY_AFTER},
+        )
+
+    def answered(self, view: ServingView, slot: LoadedSlot, hits: Any, asked: Asked,
+                 applied_seq: int | None = None) -> JSONResponse:
+        """Count, log, mirror to the shadows and answer a request ``slot`` served (search or recommend).
+
+        ``applied_seq`` (searches) is the change-log sequence the slot had applied before it
+        searched: the answer's ``X-Lockstep-Applied-Seq`` header.
+        """
         elapsed = time.perf_counter() - asked.started
         self.metrics.requests.labels(slot.version).inc()
         self.metrics.latency.labels(slot.version).observe(elapsed)
@@ -147,7 +176,10 @@ class ServingRuntime:
             "routing_generation": view.generation,
             "results": [{"id": i, "score": s} for i, s in zip(hits.ids, hits.scores, strict=True)],
         }
-        return JSONResponse(payload, headers={MODEL_VERSION_HEADER: slot.version})
+        headers = {MODEL_VERSION_HEADER: slot.version}
+        if applied_seq is not None:
+            headers[APPLIED_SEQ_HEADER] = str(applied_seq)
+        return JSONResponse(payload, headers=headers)
 
     def failed(self, view: ServingView, slot: LoadedSlot, asked: Asked, exc: Exception, what: str) -> JSONResponse:
         """A 500 counted and logged against the version (the gates see it), details only in the server log."""

@@ -7,9 +7,11 @@ Requests read the view once (one attribute read) and route from that snapshot on
 A slot leaving service is dropped from the next view at once and unloaded when its
 in-flight count reaches zero, so a request in flight finishes on the slot it started on.
 
-Live writes reach every loaded slot through the change log (``slots.catch_up_slot``),
-after each write on this replica and from a background tail that also picks up writes
-made elsewhere (other replicas, Airflow tasks).
+Live writes reach every loaded slot through the change log (``slots.catch_up_slot``):
+each loaded slot has its own apply thread (``appliers.SlotApplier``) that a write on this
+replica wakes at once (``written``) and that applies everything pending in one catch-up,
+so a slow version never holds up a fast one; a background tail wakes the slots that are
+behind the head, which is how writes made elsewhere (other replicas, Airflow tasks) arrive.
 
 A live slot that this replica cannot load keeps its share of traffic: requests that
 land on it are refused (503) rather than moved to the other live versions. Moving
@@ -24,12 +26,14 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import Engine
 
+from lockstep.serving.appliers import SlotApplier, wait_all
 from lockstep.serving.outage import Outage, summary
 from lockstep.serving.slots import LoadedSlot, SearchSlots, SlotSystem, error_category
 from lockstep.store.records import RecordStore
@@ -119,6 +123,9 @@ class SlotStatus:
     applied_seq: int | None
     inflight: int
     error_category: str | None = None  # what ``GET /routing`` shows: no paths, no internals
+    cost: str | None = None  # "fast" | "slow" (``model.contract.embed_cost``) once loaded
+    lag_seq: int | None = None  # changes this replica knows of that the slot has not applied
+    lag_seconds: float | None = None  # commit to applied, of the last change the slot applied
 
 
 @dataclass
@@ -159,6 +166,7 @@ class SlotManager:
         retry_after: float = 30.0,
         listen: bool = True,
         system: SlotSystem | None = None,
+        on_lag: Callable[[str, Sequence[float]], None] | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -170,6 +178,10 @@ class SlotManager:
         self.listen = listen
         self.listening = False
         self.apply_errors = 0
+        self.head_seen = 0  # the highest change-log sequence this replica has seen committed
+        self.on_lag = on_lag
+        self._appliers: dict[str, SlotApplier] = {}
+        self._running = False
         self._view = ServingView.empty()
         self._table = self._view.table
         self._loaded: dict[str, LoadedSlot] = {}
@@ -202,6 +214,10 @@ class SlotManager:
 
     def start(self) -> None:
         self._stop.clear()
+        with self._lock:
+            self._running = True
+            for slot in self._loaded.values():
+                self._start_applier(slot)
         self._threads.start(self._follow, "lockstep-routing-follower")
         self._threads.start(self._load_worker, "lockstep-slot-loader")
         self._threads.start(self._tail, "lockstep-change-tail")
@@ -213,6 +229,12 @@ class SlotManager:
         self._stop.set()
         self._wake.set()
         self._loads.put(None)
+        with self._lock:
+            self._running = False
+            appliers = list(self._appliers.values())
+            self._appliers.clear()
+        for applier in appliers:
+            applier.stop(timeout)
         self._threads.join(timeout)
 
     # --- following the routing table ---------------------------------------------------
@@ -241,6 +263,7 @@ class SlotManager:
         self._publish()
         for slot in leaving:  # after publishing: no new view names them
             self._draining.append(slot)
+            self._stop_applier(slot)
             slot.retire()
             log.info("slot v%s left service (generation %d); unloading after %d in-flight", slot.version, table.generation, slot.inflight)
         self._draining = [s for s in self._draining if not s.unloaded.is_set()]
@@ -283,6 +306,8 @@ class SlotManager:
                 return False
             self._loaded[row.model_version] = slot
             self._failures.pop(row.model_version, None)
+            if self._running:
+                self._start_applier(slot)
             self._publish()
         log.info(
             "slot v%s in service: %d items, applied_seq %d, loaded in %.2f s",
@@ -355,6 +380,56 @@ class SlotManager:
 
     # --- live writes ---------------------------------------------------------------------
 
+    def _start_applier(self, slot: LoadedSlot) -> None:
+        """Give ``slot`` its apply thread (under ``_lock``) and let it catch up at once."""
+        old = self._appliers.get(slot.version)
+        if old is not None and old.slot is slot:
+            return
+        if old is not None:
+            old.stop(0)
+        applier = SlotApplier(slot, self.system.catch_up, on_error=self._apply_failed,
+                              on_ok=self.health["catch_up"].ok, on_lag=self.on_lag)
+        self._appliers[slot.version] = applier.start()
+        applier.wake()
+
+    def _stop_applier(self, slot: LoadedSlot) -> None:
+        applier = self._appliers.get(slot.version)
+        if applier is not None and applier.slot is slot:
+            del self._appliers[slot.version]
+            applier.stop(0)  # not joined under the lock: it ends after its current catch-up
+
+    def _apply_failed(self, slot: LoadedSlot, exc: Exception) -> None:
+        self.apply_errors += 1
+        self.health["catch_up"].failed(exc)
+        log.debug("slot v%s: applying changes after %d failed: %s", slot.version, slot.applied_seq, summary(exc))
+
+    def appliers(self) -> dict[str, SlotApplier]:
+        """The apply thread of each loaded slot, by version."""
+        with self._lock:
+            return dict(self._appliers)
+
+    def written(self, seq: int) -> None:
+        """A write on this replica committed ``seq``: wake every slot's applier (no timer)."""
+        self.head_seen = max(self.head_seen, int(seq))
+        for applier in self.appliers().values():
+            applier.wake()
+
+    def wait_applied(self, seq: int, timeout: float) -> tuple[list[str], list[str]]:
+        """Wait (bounded) until every loaded slot has applied ``seq``: (applied, pending) versions.
+
+        A slot without an apply thread (the manager not started) is caught up right here.
+        """
+        appliers = self.appliers()
+        inline = [slot for version, slot in self.loaded().items() if version not in appliers]
+        applied, pending = wait_all(list(appliers.values()), seq, timeout)
+        for slot in inline:
+            try:
+                self.system.catch_up(slot)
+            except Exception as exc:
+                self._apply_failed(slot, exc)
+            (applied if slot.applied_seq >= seq else pending).append(slot.version)
+        return sorted(applied, key=version_key), sorted(pending, key=version_key)
+
     def catch_up_all(self) -> dict[str, int]:
         """Bring every loaded slot up to the change log's head; returns each slot's sequence."""
         done: dict[str, int] = {}
@@ -374,6 +449,8 @@ class SlotManager:
             health.ok()
         else:
             health.failed(failure)
+        for applier in self.appliers().values():  # waiters for what this call applied
+            applier.applied.advanced()
         return done
 
     def _tail(self) -> None:
@@ -382,8 +459,16 @@ class SlotManager:
         while not self._stop.wait(delay):
             try:
                 head = self.system.head()
-                if any(slot.applied_seq < head for slot in self.loaded().values()):
-                    self.catch_up_all()
+                self.head_seen = max(self.head_seen, head)
+                appliers = self.appliers()
+                for version, slot in self.loaded().items():
+                    if slot.applied_seq >= head:
+                        continue
+                    if version in appliers:
+                        appliers[version].wake()  # each slot applies on its own thread
+                    else:
+                        self.catch_up_all()
+                        break
             except Exception as exc:
                 delay = health.failed(exc)
             else:
@@ -394,6 +479,7 @@ class SlotManager:
     def status(self) -> list[SlotStatus]:
         with self._lock:
             table, loaded, failures = self._table, dict(self._loaded), dict(self._failures)
+            appliers = dict(self._appliers)
         out = []
         for row in table.slots:
             slot = loaded.get(row.model_version)
@@ -409,6 +495,9 @@ class SlotManager:
                     applied_seq=slot.applied_seq if slot else None,
                     inflight=slot.inflight if slot else 0,
                     error_category=failure.category if failure and failure.identity == row.identity else None,
+                    cost=getattr(slot, "cost", None) if slot else None,
+                    lag_seq=max(0, self.head_seen - slot.applied_seq) if slot else None,
+                    lag_seconds=appliers[row.model_version].last_lag if slot and row.model_version in appliers else None,
                 )
             )
         return out
@@ -417,3 +506,7 @@ class SlotManager:
         with self._lock:
             self._draining = [s for s in self._draining if not s.unloaded.is_set()]
             return list(self._draining)
+
+
+def version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (1 << 62, version)

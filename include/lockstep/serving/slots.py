@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -29,9 +29,10 @@ from lockstep.core.faults import maybe_fail
 from lockstep.index.catch_up import apply_changes
 from lockstep.index.slot_files import SlotLoadError, open_index, open_model
 from lockstep.index.vector_index import SearchHits
-from lockstep.model.contract import Embedder
+from lockstep.model.contract import SLOW, Embedder, embed_cost
 from lockstep.serving.query_batches import QueryBatcher
-from lockstep.store.records import RecordStore
+from lockstep.serving.slow_slots import SlotPool
+from lockstep.store.records import Change, RecordStore
 from lockstep.store.routing import SlotRow
 
 log = logging.getLogger("lockstep.serving")
@@ -140,8 +141,11 @@ class LoadedSlot(ServingSlot):
         )
         self.embedder: Embedder | None = embedder
         self.index = loaded.index
-        # A model without a fast single-query path (an imported pyfunc) embeds concurrent queries together.
-        self.batcher = None if getattr(embedder, "FAST_QUERY", True) else QueryBatcher(embedder.transform)
+        # A slow model (an imported pyfunc, a transformer) embeds concurrent queries together,
+        # on its own bounded pool once the runtime gives it one (``attach_pool``).
+        self.cost = embed_cost(embedder)
+        self.batcher = QueryBatcher(getattr(embedder, "embed_queries", embedder.transform)) if self.cost == SLOW else None  # onnx_text: the query prefix
+        self.pool: SlotPool | None = None
         spec = getattr(self.index, "spec", None)
         self.fast = getattr(spec, "kind", "flat") != "flat" or len(self.index) <= FAST_FLAT_RECORDS
 
@@ -149,9 +153,17 @@ class LoadedSlot(ServingSlot):
     def size(self) -> int:
         return len(self.index) if self.index is not None else 0
 
+    def attach_pool(self, pool: SlotPool) -> None:
+        """Run this slow slot's query embeds and searches on ``pool`` (its own threads)."""
+        self.pool = pool
+        if self.batcher is not None:
+            self.batcher.run = pool.run
+
     def _drop(self) -> None:
         self.embedder = None
         self.index = None
+        if self.pool is not None:
+            self.pool.close()
 
     def search(self, query: str, k: int, *, wait: bool = True) -> SearchHits | None:
         """Embed with this slot's model, search this slot's index (call while holding a lease).
@@ -208,11 +220,19 @@ def load_slot(row: SlotRow, store: RecordStore, tracking_uri: str | None = None)
     return slot
 
 
-def catch_up_slot(slot: LoadedSlot, store: RecordStore, *, page: int = CATCH_UP_PAGE) -> int | None:
+def catch_up_slot(
+    slot: LoadedSlot,
+    store: RecordStore,
+    *,
+    page: int = CATCH_UP_PAGE,
+    on_applied: Callable[[Sequence[Change]], None] | None = None,
+) -> int | None:
     """Apply every change after the slot's sequence, in order; None if the slot is retiring.
 
     The sequence advances page by page, so a failure keeps what was applied and the
-    next call starts exactly where this one stopped.
+    next call starts exactly where this one stopped. Everything pending goes in one
+    ``apply_changes`` per page: one ``transform`` call for many writes. ``on_applied``
+    gets each page once it is applied (the appliers measure the lag with it).
     """
     with slot.lease() as ok:
         if not ok:
@@ -224,6 +244,8 @@ def catch_up_slot(slot: LoadedSlot, store: RecordStore, *, page: int = CATCH_UP_
                 if not batch:
                     break
                 slot.applied_seq = apply_changes(slot.index, slot.embedder, batch)
+                if on_applied is not None:
+                    on_applied(batch)
                 if len(batch) < page:
                     break
             return slot.applied_seq
@@ -252,7 +274,7 @@ class SlotSystem(Protocol):
 
     def load(self, row: SlotRow) -> ServingSlot: ...
 
-    def catch_up(self, slot: Any) -> int | None: ...
+    def catch_up(self, slot: Any, on_applied: Callable[[Sequence[Any]], None] | None = None) -> int | None: ...
 
     def head(self) -> int: ...
 
@@ -267,8 +289,8 @@ class SearchSlots:
     def load(self, row: SlotRow) -> LoadedSlot:
         return load_slot(row, self.store, self.tracking_uri)
 
-    def catch_up(self, slot: LoadedSlot) -> int | None:
-        return catch_up_slot(slot, self.store)
+    def catch_up(self, slot: LoadedSlot, on_applied: Callable[[Sequence[Change]], None] | None = None) -> int | None:
+        return catch_up_slot(slot, self.store, on_applied=on_applied)
 
     def head(self) -> int:
         return self.store.head()

@@ -46,3 +46,15 @@ def checkpoint_indexes() -> list[dict[str, Any]]:
 def verify_probe():
     """The request the rollout's verify step sends on this deployment."""
     return current().verify_probe()
+
+
+def evaluate_retrain(seq: int, model_path: str, run_dir: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The retrain DAG's evaluate: the champion's side reads the vectors its published index holds.
+
+    Here because it joins two layers that may not import each other: the training's
+    evaluation and the index's stored vectors (``lockstep.index.champion_vectors``).
+    """
+    from lockstep.index.champion_vectors import read_stored_vectors
+    from lockstep.training import steps as retrain
+
+    return retrain.evaluate(seq, model_path, run_dir, dict(config), stored=read_stored_vectors)

@@ -48,15 +48,23 @@ class EvalSet:
     doc_texts: list[str]
     doc_labels: list[Any]
     summary: dict[str, int] = field(default_factory=dict)
+    # The record ids of the texts and the snapshot's sequence: what lets the champion's side
+    # read the vectors its index holds for records unchanged since (``champion_side``).
+    query_ids: list[str] = field(default_factory=list)
+    doc_ids: list[str] = field(default_factory=list)
+    seq: int | None = None
 
     @classmethod
-    def from_holdout(cls, holdout: Holdout, label_key: str) -> EvalSet:
+    def from_holdout(cls, holdout: Holdout, label_key: str, seq: int | None = None) -> EvalSet:
         return cls(
             query_texts=[r.text for r in holdout.queries],
             query_labels=[_label(r, label_key) for r in holdout.queries],
             doc_texts=[r.text for r in holdout.docs],
             doc_labels=[_label(r, label_key) for r in holdout.docs],
             summary=holdout.summary(),
+            query_ids=[r.id for r in holdout.queries],
+            doc_ids=[r.id for r in holdout.docs],
+            seq=seq,
         )
 
 
@@ -139,18 +147,28 @@ def evaluate_embedder(embedder: Embedder, holdout: Holdout | EvalSet, config: Tr
     The documents are embedded in batches (the model's ``transform``) and searched
     exactly in bounded blocks (``evaluate_retrieval``).
     """
-    from lockstep.model.evaluation import evaluate_retrieval
-
     data = holdout if isinstance(holdout, EvalSet) else EvalSet.from_holdout(holdout, config.label_key)
+    check_evaluable(data, config)
+    q = embedder.transform(data.query_texts)
+    d = embedder.transform(data.doc_texts)
+    return evaluate_vectors(q, d, data, config)
+
+
+def check_evaluable(data: EvalSet, config: TrainConfig) -> None:
+    """Refuse an evaluation set that cannot give a figure, saying what it lacks."""
     if not data.query_texts or len(data.doc_texts) <= config.k:
         raise TrainingError(
             f"cannot evaluate: {len(data.query_texts)} labelled queries and {len(data.doc_texts)} labelled "
             f"documents (need queries and more than k={config.k} documents with a "
             f"'{config.label_key}' metadata field)"
         )
-    q = embedder.transform(data.query_texts)
-    d = embedder.transform(data.doc_texts)
-    return evaluate_retrieval(q, data.query_labels, d, data.doc_labels, k=config.k)
+
+
+def evaluate_vectors(queries: np.ndarray, docs: np.ndarray, data: EvalSet, config: TrainConfig):
+    """Precision@k and nDCG@k per query from vectors already made (embedded or read from an index)."""
+    from lockstep.model.evaluation import evaluate_retrieval
+
+    return evaluate_retrieval(queries, data.query_labels, docs, data.doc_labels, k=config.k)
 
 
 def judge(

@@ -16,6 +16,9 @@ from typing import Any
 from lockstep.core import jsonio
 from lockstep.core.atomic import atomic_write
 from lockstep.core.config import run_folder, settings
+from lockstep.model.offline_verdict import TAG as OFFLINE_VERDICT_TAG
+from lockstep.model.offline_verdict import verdict_of_evaluation
+from lockstep.model.stored_vectors import StoredVectorReader
 from lockstep.store.records import RecordStore
 from lockstep.training.config import TrainConfig
 from lockstep.training.fit import (
@@ -94,22 +97,37 @@ def train(seq: int, run_dir: str, config: dict[str, Any] | None = None) -> dict[
     }
 
 
-def evaluate(seq: int, model_path: str, run_dir: str, config: dict[str, Any] | None = None, registry=None) -> dict[str, Any]:
+def evaluate(
+    seq: int, model_path: str, run_dir: str, config: dict[str, Any] | None = None, registry=None, *,
+    stored: StoredVectorReader | None = None, store: RecordStore | None = None,
+) -> dict[str, Any]:
     """Challenger and champion on the same held-out queries; writes report and plot.
 
     The snapshot is reduced to the texts and labels evaluation reads before either
     model embeds anything, and the two models are evaluated one after the other.
+    ``stored`` reads the champion's vectors from its published index
+    (``lockstep.index.champion_vectors.read_stored_vectors``, which the DAG and ``lockstep
+    train`` pass): only texts its index lacks or holds in an older state are embedded
+    (``champion_side``). None: the champion embeds every text.
     """
     from lockstep.model.families import load_model_file
     from lockstep.model.registry import Registry
+    from lockstep.training.champion_side import evaluate_champion
 
     cfg = TrainConfig.from_dict(config)
     registry = registry or Registry()
-    data = EvalSet.from_holdout(split_holdout(RecordStore().snapshot(at_seq=seq).records, cfg), cfg.label_key)
+    store = store or RecordStore()
+    data = EvalSet.from_holdout(split_holdout(store.snapshot(at_seq=seq).records, cfg), cfg.label_key, seq=seq)
     challenger = evaluate_embedder(load_model_file(model_path), data, cfg)
     champion = registry.version_for_alias("champion")
-    champion_eval = evaluate_embedder(registry.load_embedder(champion.version), data, cfg) if champion else None
+    champion_eval, reuse = None, None
+    if champion is not None:
+        champion_eval, reuse = evaluate_champion(
+            lambda: registry.load_embedder(champion.version), champion, data, cfg, reader=stored, store=store,
+        )
     report = judge(challenger, champion_eval, cfg, champion.version if champion else None, data)
+    if reuse is not None:
+        report.figures.update(reuse.figures())
     files = write_eval_artifacts(report, challenger, champion_eval, Path(run_dir) / "evaluation")
     return {
         "better": report.better,
@@ -174,6 +192,9 @@ def _log_and_register(
             "lockstep.run_id": run_id,
             "lockstep.champion_at_training": evaluation.get("champion_version") or "none",
             "lockstep.evaluation": evaluation["reason"][:5000],
+            OFFLINE_VERDICT_TAG: verdict_of_evaluation(bool(evaluation["better"])),
+            f"{OFFLINE_VERDICT_TAG}.reason": evaluation["reason"][:5000],
+            f"{OFFLINE_VERDICT_TAG}.champion": evaluation.get("champion_version") or "none",
             **_drift_tags(drift),
         },
         snapshot_seq=seq,
@@ -230,10 +251,10 @@ def _param_keys() -> set[str]:
 
 def _family_title(name: str | None) -> str:
     """How a version's family is named to its reviewer, from its ``lockstep.family`` tag."""
-    from lockstep.model.families import families
+    from lockstep.model.families import all_families
 
-    known = families()
-    return known[name].FAMILY if name in known else f"{name or 'unknown'} (not a built-in family)"
+    known = all_families()
+    return known[name] if name in known else f"{name or 'unknown'} (not a known family)"
 
 
 def _training_snapshot(seq: int, run_dir: str) -> Any:
@@ -288,8 +309,12 @@ def run_all(
     *,
     validate_data: bool = True,
     step: Callable[[str], None] | None = None,
+    stored: StoredVectorReader | None = None,
 ) -> dict[str, Any]:
-    """Every step of ``lockstep_retrain`` in one process (what ``lockstep train`` runs)."""
+    """Every step of ``lockstep_retrain`` in one process (what ``lockstep train`` runs).
+
+    ``stored``: as ``evaluate`` takes it (the champion's vectors from its index).
+    """
     say = step or (lambda _msg: None)
     folder = str(run_folder(run_id))
     say("snapshot")
@@ -300,7 +325,7 @@ def run_all(
     say(f"fit on {snap['records']} records")
     model = train(snap["seq"], folder, config)
     say("evaluate")
-    evaluation = evaluate(snap["seq"], model["model_path"], folder, config)
+    evaluation = evaluate(snap["seq"], model["model_path"], folder, config, stored=stored)
     say("register")
     registered = register(snap["seq"], model["model_path"], evaluation, folder, run_id, config)
     outcome = accept(registered["version"]) if evaluation["better"] else reject(registered["version"], evaluation)

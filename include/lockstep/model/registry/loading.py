@@ -18,10 +18,9 @@ import pandas as pd
 from lockstep.core.errors import FingerprintMismatchError, RegistryError
 from lockstep.model.contract import Embedder
 from lockstep.model.embedding import TextEmbedder
-from lockstep.model.families import load_model_file
+from lockstep.model.families import DIRECTORY_FAMILIES, load_model_file
 from lockstep.model.registry.tags import (
     ARTIFACT_KEY,
-    IMPORTED,
     TAG_FAMILY,
     TAG_FINGERPRINT,
     TAG_MODEL_SHA256,
@@ -84,7 +83,7 @@ class LoadingMixin(RegistryVersions):
                 "(it was registered before model files were checksummed), so its model file "
                 "cannot be verified before loading; register the model again (lockstep train)"
             )
-        if info.tags.get(TAG_FAMILY) == IMPORTED:
+        if info.tags.get(TAG_FAMILY) in DIRECTORY_FAMILIES:  # imported, onnx_text: an MLflow model directory
             from lockstep.model.importing import load_imported
 
             embedder = load_imported(self, info, expected_sha256)
