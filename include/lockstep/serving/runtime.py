@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from lockstep.core.config import ServingLimits, Settings
+from lockstep.model.contract import SLOW
 from lockstep.serving.asked import Asked
 from lockstep.serving.bodies import (
     APPLIED_SEQ_HEADER,
@@ -36,7 +37,7 @@ from lockstep.serving.parts import ServingParts
 from lockstep.serving.shadow import ShadowRunner
 from lockstep.serving.slot_manager import ServingView, SlotManager
 from lockstep.serving.slots import LoadedSlot
-from lockstep.serving.slow_slots import BUSY_RETRY_AFTER, SLOW, SlotBusy, SlotPool
+from lockstep.serving.slow_slots import BUSY_RETRY_AFTER, SlotBusy, SlotPool
 from lockstep.store.records import RecordStore
 
 log = logging.getLogger("lockstep.serving")

@@ -24,9 +24,9 @@ from collections.abc import Callable
 
 from fastapi import HTTPException
 
+from lockstep.model.contract import FAST
 from lockstep.serving.bodies import CONSISTENCY_HEADER, RecordWritten
 from lockstep.serving.slot_manager import SlotManager, version_key
-from lockstep.serving.slow_slots import FAST
 
 APPLIED = "applied"
 DURABLE = "durable"

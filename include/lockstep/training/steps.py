@@ -254,7 +254,7 @@ def _family_title(name: str | None) -> str:
     from lockstep.model.families import all_families
 
     known = all_families()
-    return known[name] if name in known else f"{name or 'unknown'} (not a known family)"
+    return known.get(name or "", f"{name or 'unknown'} (not a known family)")
 
 
 def _training_snapshot(seq: int, run_dir: str) -> Any:
