@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ import numpy as np
 
 from lockstep.core.errors import LockstepError
 from lockstep.model.pyfunc_embedder import (
+    MLFLOW_AUTHOR_ADVICE,
     ONNX_TEXT,
     PROBE_TEXTS,
     ModelContractError,
@@ -136,15 +138,17 @@ def save_onnx_pyfunc(folder: str | Path, dest: str | Path, overrides: Mapping[st
     with tempfile.TemporaryDirectory(prefix="lockstep-onnx-") as tmp:
         config_file = Path(tmp) / CONFIG_FILE
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        mlflow.pyfunc.save_model(
-            path=str(dest),
-            python_model=str(PYFUNC_CODE),
-            artifacts={MODEL_KEY: str(folder / MODEL_FILE), TOKENIZER_KEY: str(folder / TOKENIZER_FILE), CONFIG_KEY: str(config_file)},
-            model_config={"threads": 1},
-            signature=signature,
-            pip_requirements=_pinned(MODEL_REQUIREMENTS),
-            metadata=metadata,
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=MLFLOW_AUTHOR_ADVICE, category=UserWarning)
+            mlflow.pyfunc.save_model(
+                path=str(dest),
+                python_model=str(PYFUNC_CODE),
+                artifacts={MODEL_KEY: str(folder / MODEL_FILE), TOKENIZER_KEY: str(folder / TOKENIZER_FILE), CONFIG_KEY: str(config_file)},
+                model_config={"threads": 1},
+                signature=signature,
+                pip_requirements=_pinned(MODEL_REQUIREMENTS),
+                metadata=metadata,
+            )
     return dest
 
 

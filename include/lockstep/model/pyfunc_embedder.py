@@ -370,6 +370,12 @@ def _meta_digest(path: Path) -> str:
         raise ModelIntegrityError(f"{meta} is not a valid {META_FILE} (no digest in it), so {path} was not loaded") from exc
 
 
+# MLflow's advice to a model author at every save of a code-logged model whose signature is
+# given explicitly (onnx_text): noise to the operator who imports it. (Its type-hint advice
+# while a model loads cannot be filtered: MLflow installs a "once" filter of its own first.)
+MLFLOW_AUTHOR_ADVICE = r".*(Add type hints to the `predict` method|An input example was not provided)"
+
+
 def _load_pyfunc(path: Path, model_config: dict[str, Any] | None = None) -> Any:
     import mlflow
 

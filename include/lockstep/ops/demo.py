@@ -256,10 +256,14 @@ class DemoRun:
         return f"drift flagged (run {drift}); retrain {retrain} registered challenger v{challenger.version}"
 
     def reembed_and_rollout(self) -> str:
-        from lockstep.model.registry import Registry
-
         candidate = self.facts.get("challenger")
         reembed = self._next_run("lockstep_reembed")
+        return f"v{candidate} {self.rolled_out(candidate, reembed)}"
+
+    def rolled_out(self, candidate: str | None, reembed: str) -> str:
+        """Follow the rollout the re-embed's index-ready asset starts; the candidate must end champion."""
+        from lockstep.model.registry import Registry
+
         try:
             rollout = self._next_run("lockstep_rollout")
         except RuntimeError as exc:
@@ -270,8 +274,7 @@ class DemoRun:
                 f"rollout {rollout} ended but the champion is {champion and champion.version}\n{explain_rollout(candidate)}"
             )
         steps = [s for s in rollout_steps_of(candidate) if s["phase"] == "canary"]
-        return (f"v{champion.version} rolled out by canary to 100 % and is champion after {len(steps)} judged looks "
-                f"(runs {reembed}, {rollout})")
+        return f"rolled out by canary to 100 % and is champion after {len(steps)} judged looks (runs {reembed}, {rollout})"
 
     def traffic_summary(self) -> str:
         report = self.simulator.stop()
