@@ -314,3 +314,31 @@ def test_batch_freshness_shows_complete_and_computing_versions_and_how_far_behin
     page = render_page(d)
     assert 'data-version="1" data-kind="related" data-complete="true" data-behind="2"' in page
     assert 'data-version="2" data-kind="related" data-complete="false"' in page and "takes no batch traffic" in page
+
+
+def test_a_load_in_progress_shows_records_rate_eta_and_shard_states(lockstep_home):
+    """A load has no slot until it is published: the page still shows it, from its files."""
+    from lockstep.core.config import settings
+    from lockstep.index.load_progress import DONE, ShardProgress, start_load
+    from lockstep.index.storage import index_location
+
+    location = index_location(settings().model_name, 7)
+    clock = iter([100.0, 100.0, 100.0, 110.0, 110.0, 120.0, 120.0, 130.0, 130.0])
+    now = lambda: next(clock, 130.0)  # noqa: E731 - a fake wall clock for the files' times
+    start_load(location, model_version="7", seq=40, counts=[100, 100], file="snapshot.parquet", now=now)
+    first = ShardProgress(location, 0, 100, now=now, every=0.0)
+    first.start(done=0, unique=100, checkpointed=0)
+    first.advance(done=100, embedded=100)
+    first.set_state(DONE)
+    second = ShardProgress(location, 1, 100, now=now, every=0.0)
+    second.start(done=0, unique=100, checkpointed=0)
+    second.advance(done=20, embedded=20)
+
+    d = load_dashboard()
+    (load,) = d.loads
+    assert (load["model_version"], load["records"], load["done"], load["state"]) == ("7", 200, 120, "running")
+    assert load["shard_states"]["done"] == 1 and load["shard_states"]["running"] == 1
+    assert load["rate_per_s"] > 0 and load["eta_s"] > 0
+    page = render_page(d)
+    assert 'class="load" data-version="7" data-state="running"' in page
+    assert "120 of 200 (60.0 %)" in page

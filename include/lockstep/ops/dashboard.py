@@ -31,9 +31,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from lockstep.core import clock, jsonio
 from lockstep.core.alerts import recent_alerts
 from lockstep.core.config import settings
+from lockstep.core.errors import LockstepError
 from lockstep.holdback.chart import lift_chart_svg
 from lockstep.holdback.report import lift_report
 from lockstep.index.early_verdict import early_verdict_of
+from lockstep.index.load_progress import latest_load_version, version_load_status
 from lockstep.model.registry import Registry
 from lockstep.model.version_ref import ModelRef, ModelRefError
 from lockstep.ops.weight_chart import WeightPoint, weight_chart_svg
@@ -146,6 +148,9 @@ class Dashboard:
     batch: tuple[dict[str, Any], ...] = ()
     # Issue 14: the early verdict of the newest versions (``early_verdict_of``), newest first.
     early_verdicts: tuple[dict[str, Any], ...] = ()
+    # Issue 24: each bulk load of the newest versions (``index.load_progress.load_status``):
+    # records done, rate, ETA, the shards' states; a finished load stays visible.
+    loads: tuple[dict[str, Any], ...] = ()
 
     @property
     def history_svg(self) -> str:
@@ -208,6 +213,7 @@ def load_dashboard(
     streams = _streams(eng, problems)
     batch = _batch_freshness(eng, problems, system.input_head)
     verdicts = _early_verdicts(slots, problems, verdict_limit if system.has_early_verdict else 0)
+    loads = _loads(slots, problems, verdict_limit if system.has_early_verdict else 0)
 
     return Dashboard(
         generated_at=clock.now(),
@@ -226,6 +232,7 @@ def load_dashboard(
         streams=streams,
         batch=batch,
         early_verdicts=verdicts,
+        loads=loads,
     )
 
 
@@ -257,6 +264,28 @@ def _early_verdicts(slots: Sequence[SlotView], problems: list[str], limit: int) 
         problems.append(f"early verdicts could not be read from MLflow: {type(exc).__name__}: {exc}")
         return ()
     return tuple(v for v in found if v is not None)
+
+
+def _loads(slots: Sequence[SlotView], problems: list[str], limit: int) -> tuple[dict[str, Any], ...]:
+    """The load state of the newest ``limit`` versions with a slot or a load folder, newest first.
+
+    A load in progress has no slot until its index is published, so the version whose load
+    was updated last is shown too. Only a system whose versions are loaded in shards (the
+    search system: ``limit`` > 0) has any.
+    """
+    if limit < 1:
+        return ()
+    try:
+        versions = {s.model_version for s in slots}
+        latest = latest_load_version()
+        if latest is not None:
+            versions.add(latest)
+        newest = sorted(versions, key=version_key, reverse=True)[:limit]
+        found = [version_load_status(v) for v in newest]
+    except (OSError, ValueError, LockstepError) as exc:  # a broken load file: the rest of the page still helps
+        problems.append(f"load progress could not be read: {type(exc).__name__}: {exc}")
+        return ()
+    return tuple(f for f in found if f is not None)
 
 
 def _batch_freshness(eng: Engine, problems: list[str], input_head: Callable[[Engine], int]) -> tuple[dict[str, Any], ...]:
