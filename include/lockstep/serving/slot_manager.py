@@ -403,6 +403,13 @@ class SlotManager:
         self.health["catch_up"].failed(exc)
         log.debug("slot v%s: applying changes after %d failed: %s", slot.version, slot.applied_seq, summary(exc))
 
+    def _catch_up_here(self, slot: LoadedSlot) -> None:
+        """Catch ``slot`` up on the calling thread (a slot without an apply thread of its own)."""
+        try:
+            self.system.catch_up(slot)
+        except Exception as exc:  # the sequence stays put: the next catch-up repairs it
+            self._apply_failed(slot, exc)
+
     def appliers(self) -> dict[str, SlotApplier]:
         """The apply thread of each loaded slot, by version."""
         with self._lock:
@@ -423,10 +430,7 @@ class SlotManager:
         inline = [slot for version, slot in self.loaded().items() if version not in appliers]
         applied, pending = wait_all(list(appliers.values()), seq, timeout)
         for slot in inline:
-            try:
-                self.system.catch_up(slot)
-            except Exception as exc:
-                self._apply_failed(slot, exc)
+            self._catch_up_here(slot)
             (applied if slot.applied_seq >= seq else pending).append(slot.version)
         return sorted(applied, key=version_key), sorted(pending, key=version_key)
 
@@ -467,8 +471,7 @@ class SlotManager:
                     if version in appliers:
                         appliers[version].wake()  # each slot applies on its own thread
                     else:
-                        self.catch_up_all()
-                        break
+                        self._catch_up_here(slot)  # only this slot: the others have their threads
             except Exception as exc:
                 delay = health.failed(exc)
             else:
