@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import postgres_harness
+from tests import postgres_harness, s3_harness
 
 # Airflow reads its home once, when it is first imported, and any test module may import it
 # while pytest collects: one throwaway home for the whole session, chosen here because this
@@ -34,7 +34,8 @@ def lockstep_home(tmp_path, monkeypatch):
 
     home = tmp_path / "lockstep-home"
     monkeypatch.setenv("LOCKSTEP_HOME", str(home))
-    for var in ("LOCKSTEP_DATABASE_URL", "MLFLOW_TRACKING_URI", "LOCKSTEP_INDEX_STORE", "LOCKSTEP_API_TOKEN"):
+    for var in ("LOCKSTEP_DATABASE_URL", "MLFLOW_TRACKING_URI", "LOCKSTEP_INDEX_STORE", "LOCKSTEP_API_TOKEN",
+                "LOCKSTEP_INDEX_CACHE", "LOCKSTEP_S3_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("LOCKSTEP_CACHE_DIR", str(DEMO_CACHE))
     # setenv, not delenv: monkeypatch undoes only what it recorded, and `--system` (a CLI call
@@ -43,6 +44,47 @@ def lockstep_home(tmp_path, monkeypatch):
     dispose_engines()
     yield home
     dispose_engines()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One S3-protocol server (moto) for the session; each test takes a bucket of its own."""
+    with s3_harness.s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_store(lockstep_home, s3_server, monkeypatch):
+    """LOCKSTEP_INDEX_STORE on a fresh bucket of the S3 server, seen from host "a" (its own cache).
+
+    ``s3_store.as_host("b")`` switches this process to another host's cache: the same store,
+    no shared folder.
+    """
+    from lockstep.index import mirror
+
+    bucket = s3_harness.new_bucket_name()
+    for key, value in s3_server.env(bucket).items():
+        monkeypatch.setenv(key, value)
+    store = _S3Store(s3_server, bucket, lockstep_home, monkeypatch)
+    store.as_host("a")
+    mirror.ensure_bucket()
+    return store
+
+
+class _S3Store:
+    def __init__(self, server, bucket, home, monkeypatch):
+        self.server, self.bucket, self.home, self._monkeypatch = server, bucket, home, monkeypatch
+        self.url = f"s3://{bucket}/indexes"
+
+    def cache(self, host: str) -> Path:
+        return s3_harness.host_cache(self.home, host)
+
+    def as_host(self, host: str) -> Path:
+        self._monkeypatch.setenv("LOCKSTEP_INDEX_CACHE", str(self.cache(host)))
+        return self.cache(host)
+
+    def env(self, host: str) -> dict[str, str]:
+        return {**self.server.env(self.bucket), "LOCKSTEP_INDEX_CACHE": str(self.cache(host))}
 
 
 @pytest.fixture(scope="session")

@@ -158,8 +158,10 @@ def test_shards_are_reused_when_they_match_and_redone_when_not(model, store, tmp
 def test_locations_live_under_the_store(lockstep_home, monkeypatch):
     loc = index_location("lockstep-embedder", 4)
     assert loc == (lockstep_home / "indexes" / "lockstep-embedder" / "v4").resolve()
-    monkeypatch.setenv("LOCKSTEP_INDEX_STORE", "s3://bucket/indexes")
-    with pytest.raises(ConfigurationError, match="only local paths"):
+    monkeypatch.setenv("LOCKSTEP_INDEX_STORE", "s3://bucket/indexes")  # an object store: this host's cache
+    assert index_location("m", 1) == (lockstep_home / "index-cache" / "m" / "v1").resolve()
+    monkeypatch.setenv("LOCKSTEP_INDEX_STORE", "gs://bucket/indexes")
+    with pytest.raises(ConfigurationError, match="s3://bucket/prefix"):
         index_location("m", 1)
 
 

@@ -117,3 +117,13 @@ def index_show(model_version: Annotated[str, typer.Option("--model-version")]) -
 
     manifest = verify_index_files(index_location(settings().model_name, model_version))
     typer.echo(manifest.to_json())
+
+
+@index_app.command("store")
+def index_store(
+    create_bucket: Annotated[bool, typer.Option("--create-bucket", help="Create the object store's bucket if it is missing.")] = False,
+) -> None:
+    """Check the index store: where it is, this host's cache, and a write, read and delete of a probe file."""
+    from lockstep.index.store_check import check_store
+
+    echo_json(check_store(create_bucket=create_bucket))

@@ -6,6 +6,11 @@ plain fault fires once per ``LOCKSTEP_HOME`` (a marker file records it), so a re
 task succeeds: this is how the tests show that a failed shard is retried without
 duplicates. A trailing ``*`` makes it fire every time (a candidate that keeps
 failing). Unset, the check is one environment lookup and nothing more.
+
+A point written with a trailing ``!`` (``reembed.checkpoint!``) is a *hang*, for
+``maybe_hang``: the process writes ``<home>/faults/<point>.hanging`` and stops making
+progress until it is killed, once per ``LOCKSTEP_HOME`` (tests kill a worker mid-shard
+this way, at a point they know, not at a moment they guess).
 """
 
 from __future__ import annotations
@@ -36,3 +41,24 @@ def maybe_fail(point: str, qualifier: object = None) -> None:
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
     raise InjectedFault(f"injected fault at {key} (LOCKSTEP_FAULTS); it fires once, a retry succeeds")
+
+
+def maybe_hang(point: str) -> None:
+    """Stop here for good when ``LOCKSTEP_FAULTS`` lists ``<point>!`` (once per home; see the module docstring)."""
+    from lockstep.core.config import faults_spec
+
+    spec = faults_spec()
+    if not spec or f"{point}!" not in {item.strip() for item in spec.split(",")}:
+        return
+    import os
+    import time
+
+    from lockstep.core.config import settings
+
+    marker = settings().home / "faults" / f"{point}.hanging"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(os.getpid()))
+    while True:  # until the test (or the game day) kills this process
+        time.sleep(3600)

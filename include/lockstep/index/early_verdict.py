@@ -335,7 +335,8 @@ def judge_first_slice(
 
 
 def _judge(plan, snap, first, *, share, margin, action, registry, store, engine) -> EarlyVerdict:
-    from lockstep.index.shards import merge_shards, shard_files
+    from lockstep.index.shards import merge_shards, pulled_shard_files
+    from lockstep.index.slot_plan import plan_folder
     from lockstep.index.vector_index import IndexSpec
 
     p = SlotPlan(**plan)
@@ -350,7 +351,7 @@ def _judge(plan, snap, first, *, share, margin, action, registry, store, engine)
     champion_index = _champion_index(champion, engine)
     if isinstance(champion_index, str):
         return no_baseline(champion_index, **base, champion=champion.version)
-    partial = merge_shards(shard_files(Path(p.location) / "shards", [s["shard"] for s in first]), IndexSpec(kind="flat"))
+    partial = merge_shards(pulled_shard_files(plan_folder(p) / "shards", [s["shard"] for s in first]), IndexSpec(kind="flat"))
     settings = EvalSettings.from_run_params(registry.run_params(registry.get_version(p.model_version).run_id))
     candidate_side = Side(load_embedder(p), partial, gather_below=1.0)  # the slice only: cheap to gather whole
     champion_side = Side(registry.load_embedder(champion.version), champion_index)

@@ -30,6 +30,7 @@ from typing import Any
 from lockstep.core import clock
 from lockstep.core.atomic import atomic_write
 from lockstep.core.errors import LockstepError
+from lockstep.index import mirror
 
 LOAD_DIR = "load"
 LOAD_FILE = "load.json"
@@ -41,7 +42,7 @@ STATES = (PENDING, RUNNING, PAUSED, DONE, FAILED)
 
 def load_dir(location: str | Path) -> Path:
     """The folder of a version's load state (inside the index version folder)."""
-    return Path(location) / LOAD_DIR
+    return mirror.working_dir(location) / LOAD_DIR
 
 
 def _wall() -> float:
@@ -57,17 +58,20 @@ def start_load(location: str | Path, *, model_version: str, seq: int, counts: li
     """
     folder = load_dir(location)
     folder.mkdir(parents=True, exist_ok=True)
+    mirror.pull_tree(folder)  # an object store: the load's state as every host wrote it
     previous = _read_json(folder / LOAD_FILE)
     same = bool(previous) and previous.get("seq") == seq and previous.get("file") == file
     if not same:
         for old in folder.glob("shard-*.json"):
             old.unlink(missing_ok=True)
+            mirror.delete(old)
     load = {
         "model_version": str(model_version), "seq": int(seq), "file": file, "records": int(sum(counts)),
         "shards": {str(i): int(n) for i, n in enumerate(counts)},
         "started_at": previous["started_at"] if same else now(), "updated_at": now(),
     }
     atomic_write(folder / LOAD_FILE, json.dumps(load, sort_keys=True))
+    mirror.push(folder / LOAD_FILE)
     return load
 
 
@@ -77,26 +81,30 @@ def start_load(location: str | Path, *, model_version: str, seq: int, counts: li
 def pause(location: str | Path, *, now: Callable[[], float] = _wall) -> bool:
     """Ask the load to pause: each shard stops at its next checkpoint. False when it was already paused."""
     folder = load_dir(location)
-    if not (folder / LOAD_FILE).exists():
+    if not mirror.pull(folder / LOAD_FILE):
         raise LockstepError(f"no load to pause at {location}: nothing has been snapshotted for this version yet")
     flag = folder / PAUSE_FILE
-    if flag.exists():
+    if is_paused(location):
         return False
     atomic_write(flag, json.dumps({"paused_at": now(), "host": socket.gethostname(), "pid": os.getpid()}))
+    mirror.push(flag)  # shards on every host see it at their next checkpoint
     return True
 
 
 def resume(location: str | Path) -> bool:
     """Let a paused load go on (waiting shards continue within their poll interval). False when it was not paused."""
     flag = load_dir(location) / PAUSE_FILE
-    if not flag.exists():
+    if not is_paused(location):
         return False
+    mirror.delete(flag)
     flag.unlink(missing_ok=True)
     return True
 
 
 def is_paused(location: str | Path) -> bool:
-    return (load_dir(location) / PAUSE_FILE).exists()
+    """Whether the load's pause flag is set (in the object store when there is one: any host may set it)."""
+    flag = load_dir(location) / PAUSE_FILE
+    return mirror.exists(flag) if mirror.remote() is not None else flag.exists()
 
 
 # --- one shard's progress, written by its worker -------------------------------------------------
@@ -124,7 +132,7 @@ class ShardProgress:
     def for_shard(cls, shards_dir: str | Path, shard: int, total: int) -> ShardProgress | None:
         """The progress of a shard of a registered load (its ``load.json`` exists), else None (a bare build)."""
         location = Path(shards_dir).parent
-        if not (load_dir(location) / LOAD_FILE).exists():
+        if not mirror.pull(load_dir(location) / LOAD_FILE):
             return None
         return cls(location, shard, total, listener=_LISTENER.get("listener"))
 
@@ -174,6 +182,7 @@ class ShardProgress:
             return
         self.state["updated_at"] = t
         atomic_write(self.path, json.dumps(self.state, sort_keys=True))
+        mirror.push(self.path)  # `lockstep index status` on any host reads it
         self._written_at = t
 
 
@@ -205,6 +214,7 @@ def load_status(location: str | Path, *, now: Callable[[], float] = _wall) -> di
     so parallel workers add up and a resumed load is not credited with earlier work.
     """
     folder = load_dir(location)
+    mirror.pull_tree(folder)
     load = _read_json(folder / LOAD_FILE)
     if not load:
         return None
@@ -217,7 +227,7 @@ def load_status(location: str | Path, *, now: Callable[[], float] = _wall) -> di
     rate = _rate(shards)
     remaining = load["records"] - done
     counts = {state: sum(s["state"] == state for s in shards) for state in STATES}
-    paused = (folder / PAUSE_FILE).exists()
+    paused = is_paused(location)
     finished = counts[DONE] == len(shards)
     return {
         "model_version": load["model_version"], "snapshot_seq": load["seq"], "records": load["records"],

@@ -17,6 +17,7 @@ from lockstep.core.atomic import atomic_write
 from lockstep.core.errors import (
     IndexIntegrityError,
 )
+from lockstep.index import mirror
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -107,8 +108,14 @@ def _file_name_problem(name: str) -> str | None:
 
 
 def read_manifest(location: str | Path) -> Manifest:
-    """The manifest of an index version, checked (types, keys, confined file names)."""
-    path = Path(location) / MANIFEST
+    """The manifest of an index version, checked (types, keys, confined file names).
+
+    From an object store it is always read fresh (``mirror.pull(refresh=True)``): another host
+    may have published since, and the manifest is what says which data files are current.
+    """
+    folder = mirror.working_dir(location)
+    path = folder / MANIFEST
+    mirror.pull(path, refresh=True)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:

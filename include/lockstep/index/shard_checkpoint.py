@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lockstep.core.atomic import atomic_path, atomic_write
+from lockstep.index import mirror
 
 KEY_FILE = "key.json"
 
@@ -45,8 +46,10 @@ class ShardCheckpoint:
             found = None
         if found != wanted:
             shutil.rmtree(folder, ignore_errors=True)
+            mirror.delete(folder)  # another work's chunks in the object store too
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write(folder / KEY_FILE, json.dumps(wanted, sort_keys=True))
+            mirror.push(folder / KEY_FILE)
         return cls(folder, key, int(n_unique))
 
     def chunks(self) -> list[tuple[int, int, Path]]:
@@ -76,8 +79,10 @@ class ShardCheckpoint:
 
     def write_chunk(self, start: int, vectors: np.ndarray) -> None:
         """One chunk of vectors, for distinct texts ``start`` to ``start + len(vectors)``; atomic."""
-        with atomic_path(self.folder / f"chunk-{start:09d}.npy") as tmp, open(tmp, "wb") as fh:
+        path = self.folder / f"chunk-{start:09d}.npy"
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+        mirror.push(path)  # a worker that dies after this loses nothing, whichever host resumes
 
     def read(self) -> Iterator[tuple[int, np.ndarray]]:
         """Each chunk as (first text, vectors), in order."""
@@ -86,6 +91,7 @@ class ShardCheckpoint:
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        mirror.delete(self.folder)
 
 
 def _rows(path: Path) -> int | None:

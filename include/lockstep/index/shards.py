@@ -17,7 +17,7 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,14 @@ import numpy as np
 
 from lockstep.core import clock
 from lockstep.core.atomic import atomic_path, atomic_write
+from lockstep.core.config.embedding import DEFAULT_CHECKPOINT_SECONDS, checkpoint_seconds_setting
 from lockstep.core.errors import (
     IndexIntegrityError,
     LockstepError,
     UnsafePathError,
 )
+from lockstep.core.faults import maybe_hang
+from lockstep.index import mirror
 from lockstep.index.embed_settings import FAST_BATCH, batch_size_for
 from lockstep.index.load_progress import DONE, FAILED, PAUSED, RUNNING, ShardProgress
 from lockstep.index.shard_checkpoint import ShardCheckpoint
@@ -37,7 +40,7 @@ from lockstep.index.vector_index import IndexSpec, VectorIndex
 from lockstep.store.records import Record
 
 EMBED_BATCH = FAST_BATCH  # texts per model call of a fast family (``embed_settings.batch_size_for`` decides)
-CHECKPOINT_EVERY_S = 10.0  # a shard's vectors are checkpointed this often: a dead worker loses at most this much work
+CHECKPOINT_EVERY_S = DEFAULT_CHECKPOINT_SECONDS  # a shard's vectors are checkpointed this often: a dead worker loses at most this much work
 CHECKPOINT_MAX_TEXTS = 65_536  # ... or after this many texts (bounds the vectors held between checkpoints: 64 MB at 256-d)
 PAUSE_POLL_S = 5.0  # how often a paused shard looks at the pause flag again
 
@@ -50,7 +53,7 @@ class LoadPaused(LockstepError):
 class ShardPacing:
     """How a shard paces itself: checkpoint interval, pause polling, the clocks (tests pass fakes)."""
 
-    checkpoint_s: float = CHECKPOINT_EVERY_S
+    checkpoint_s: float = field(default_factory=checkpoint_seconds_setting)  # LOCKSTEP_CHECKPOINT_SECONDS
     poll_s: float = PAUSE_POLL_S
     pause_timeout_s: float | None = None  # None: wait while paused (the DAG task's execution_timeout bounds it)
     monotonic: Callable[[], float] = clock.monotonic
@@ -122,6 +125,7 @@ def build_shard_columns(
     digests = [hashlib.sha256(text.encode()).digest() for text in texts]
     key = _shard_key(ids, digests, fingerprint, snapshot_seq)
     vec_path, meta_path = shard_paths(shards_dir, shard)
+    _pull_shard(vec_path, meta_path)  # a retry on another host reuses or resumes what the first one stored
     tracker = progress if progress is not None else ShardProgress.for_shard(shards_dir, shard, len(ids))
     if _reusable(vec_path, meta_path, key):
         if tracker is not None:
@@ -140,7 +144,10 @@ def build_shard_columns(
         raise
     meta = {"key": key, "crc32": checksum, "ids": list(ids), "count": len(ids)}
     atomic_write(meta_path, json.dumps(meta, separators=(",", ":")).encode())
+    mirror.push(vec_path)
+    mirror.push(meta_path)  # last: a shard with metadata in the store is whole there
     shutil.rmtree(vec_path.with_suffix(".parts"), ignore_errors=True)  # the checkpoint's chunks: assembled now
+    mirror.delete(vec_path.with_suffix(".parts"))
     if tracker is not None:
         tracker.set_state(DONE)
     return ShardResult(shard, str(vec_path), len(ids), skipped=False)
@@ -167,6 +174,24 @@ def shard_files(shards_dir: str | Path, shards: Iterable[int]) -> list[Path]:
     handed along between tasks can never make the merge read a file elsewhere.
     """
     return [shard_paths(shards_dir, shard)[0] for shard in shards]
+
+
+def pulled_shard_files(shards_dir: str | Path, shards: Iterable[int]) -> list[Path]:
+    """``shard_files``, each shard pulled into this host's cache first (shards embedded elsewhere)."""
+    for shard in shards:
+        for path in shard_paths(shards_dir, shard):
+            mirror.pull(path)
+    return shard_files(shards_dir, shards)
+
+
+def _pull_shard(vec_path: Path, meta_path: Path) -> None:
+    """A finished shard, else its checkpoint, from the object store (no-op for a local store)."""
+    if mirror.remote() is None or meta_path.exists():
+        return
+    if mirror.pull(meta_path):
+        mirror.pull(vec_path)
+    else:
+        mirror.pull_tree(vec_path.with_suffix(".parts"))
 
 
 def merge_shards(shard_paths: Iterable[str | Path], spec: IndexSpec | None = None) -> VectorIndex:
@@ -220,7 +245,8 @@ def build_index(
 
 def clear_shards(location: str | Path) -> None:
     """Remove a version's scratch folder; a ``shards`` that is a symlink loses the link only."""
-    shards_dir = Path(location) / "shards"
+    shards_dir = mirror.working_dir(location) / "shards"
+    mirror.delete(shards_dir)
     if shards_dir.is_symlink():
         shards_dir.unlink()  # never follow it: whatever it points to is not this version's
     elif shards_dir.exists():
@@ -366,6 +392,8 @@ def _embed_distinct(embedder: Any, distinct: list[str], done: int, batch: int, c
             flush()
         if tracker is not None:  # a checkpoint is always told: the file never says less than is safe on disk
             tracker.advance(done=int(rows_upto[end]), embedded=end, force=checkpoint_now)
+        if checkpoint_now and end < len(distinct):
+            maybe_hang("reembed.checkpoint")  # game days: a worker that stops mid-shard, to be killed
     flush()
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from lockstep.core import paths
+from lockstep.index import mirror
 from lockstep.index.snapshot import snapshot_name
-from lockstep.index.storage import index_location
+from lockstep.index.storage import published_location
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class SlotPlan:
         from lockstep.index.storage import store_root
 
         paths.version_number(self.model_version, "the plan's model version")
-        paths.within(store_root(), self.location, what="the plan's index location")
+        paths.within(store_root(), mirror.working_dir(self.location), what="the plan's index location")
         if self.model_sha256:
             paths.digest(self.model_sha256, "the plan's model digest")
 
@@ -47,19 +48,29 @@ def plan_slot(registry, version: str | int) -> SlotPlan:
         model_version=str(info.version),
         model_uri=f"models:/{registry.model_name}/{info.version}",
         fingerprint=info.fingerprint,
-        location=str(index_location(registry.model_name, info.version)),
+        location=published_location(registry.model_name, info.version),
     )
 
 
+def plan_folder(plan: SlotPlan | dict[str, Any]) -> Path:
+    """This host's folder of the plan's version (``mirror.working_dir``: the cache of an object store)."""
+    return mirror.working_dir(plan.location if isinstance(plan, SlotPlan) else plan["location"])
+
+
 def snapshot_path(plan: SlotPlan, snap: dict[str, Any]) -> Path:
-    """The snapshot file of a ``snapshot`` step's outcome, inside the plan's shard folder."""
+    """The snapshot file of a ``snapshot`` step's outcome, inside the plan's shard folder.
+
+    Pulled into this host's cache when the snapshot task ran on another host (an object store).
+    """
     name = snap.get("file") or snapshot_name(snap["seq"], snap["shard_size"])
-    return Path(plan.location) / "shards" / paths.name(name, "snapshot file name")
+    path = plan_folder(plan) / "shards" / paths.name(name, "snapshot file name")
+    mirror.pull(path)
+    return path
 
 
 def model_file(plan: SlotPlan) -> Path:
     """Where ``prepare`` saves the local model copy: a built-in family's file, or an imported model's directory."""
-    return Path(plan.location) / "shards" / "model"
+    return plan_folder(plan) / "shards" / "model"
 
 
 def load_embedder(plan: SlotPlan):
@@ -75,6 +86,8 @@ def load_embedder(plan: SlotPlan):
     from lockstep.model.families import load_model_file
 
     path = model_file(plan)
+    if plan.model_sha256 and not path.exists():
+        mirror.pull_path(path)  # prepare ran on another host: its copy is in the object store
     # Never trusted by a sidecar beside it: the digest prepare recorded, else the registry.
     model = load_model_file(path, expected_sha256=plan.model_sha256) if plan.model_sha256 and path.exists() else None
     if model is None or model.fingerprint != plan.fingerprint:

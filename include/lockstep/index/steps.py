@@ -34,17 +34,24 @@ from pathlib import Path
 from typing import Any
 
 from lockstep.core.errors import LockstepError
+from lockstep.index import mirror
 from lockstep.index.catch_up import catch_up
 from lockstep.index.early_verdict import judge_first_slice
 from lockstep.index.first_slice import write_sliced_snapshot
 from lockstep.index.load_progress import register_load
 from lockstep.index.manifest import Manifest
-from lockstep.index.shards import build_shard_columns, clear_shards, merge_shards, shard_files
+from lockstep.index.shards import (
+    build_shard_columns,
+    clear_shards,
+    merge_shards,
+    pulled_shard_files,
+)
 from lockstep.index.slot_plan import (
     SlotPlan,
     load_embedder,
     local_digest,
     model_file,
+    plan_folder,
     plan_slot,
     snapshot_path,
 )
@@ -95,6 +102,7 @@ def prepare(version: str | int, registry=None, engine=None, *, allow_rejected: b
     # One download from the registry; every shard task then loads this local copy, checked
     # against the digest recorded here (in the plan, not beside the copy).
     saved = registry.load_embedder(plan.model_version).save(model_file(plan))
+    mirror.push(saved)  # shard tasks on other hosts pull this copy
     return asdict(replace(plan, model_sha256=local_digest(Path(saved))))
 
 
@@ -123,10 +131,13 @@ def snapshot(
     """
     store = store or RecordStore()
     size = shard_size or shard_size_for(store.count(), target_shards)
-    shards_dir = Path(plan["location"]) / "shards"
+    shards_dir = plan_folder(plan) / "shards"
     if first_slice_share is not None:
-        return register_load(plan, _sliced_snapshot(store, shards_dir, size, first_slice_share))
+        sliced = _sliced_snapshot(store, shards_dir, size, first_slice_share)
+        mirror.push(shards_dir / sliced["file"])
+        return register_load(plan, sliced)
     counts, seq = write_snapshot(store, shards_dir, size)
+    mirror.push(shards_dir / snapshot_name(seq, size))
     return register_load(plan, {
         "seq": seq,
         "records": sum(counts),
@@ -163,7 +174,7 @@ def embed(plan: dict[str, Any], snap: dict[str, Any], shard: int, embedder=None)
         chunk.ids,
         chunk.texts,
         shard,
-        Path(p.location) / "shards",
+        plan_folder(p) / "shards",
         fingerprint=p.fingerprint,
         snapshot_seq=snap["seq"],
     )
@@ -279,7 +290,7 @@ def merge_and_save(
     got = {s["shard"] for s in shards}
     if got != expected:
         raise LockstepError(f"shards missing from the merge: {sorted(expected - got)}")
-    files = shard_files(Path(p.location) / "shards", sorted(got))
+    files = pulled_shard_files(plan_folder(p) / "shards", sorted(got))
     index = merge_shards(files, resolve_spec(spec, snap["records"], embedder.dim_))
     applied = catch_up(index, embedder, store, snap["seq"])
     manifest = save_index(
@@ -318,4 +329,6 @@ def validate_and_save(
 def _manifest_extra(location: str) -> dict[str, Any]:
     from lockstep.index.manifest import MANIFEST, read_manifest
 
-    return dict(read_manifest(location).extra) if (Path(location) / MANIFEST).exists() else {}
+    folder = mirror.working_dir(location)
+    mirror.pull(folder / MANIFEST, refresh=True)
+    return dict(read_manifest(folder).extra) if (folder / MANIFEST).exists() else {}

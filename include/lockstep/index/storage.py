@@ -39,6 +39,7 @@ from lockstep.core.errors import (
     IndexIntegrityError,
     UnsafePathError,
 )
+from lockstep.index import mirror
 from lockstep.index.manifest import (
     MANIFEST,
     Manifest,
@@ -66,15 +67,21 @@ class LoadedIndex:
 
 
 def store_root(store: str | None = None) -> Path:
-    """The local folder of the index store (object storage is not supported yet)."""
-    if store is None:
-        from lockstep.core.config import settings
+    """This host's folder of the index store: the store, or the object store's local cache.
 
+    ``LOCKSTEP_INDEX_STORE`` is a folder (or ``file://``) or ``s3://bucket/prefix``
+    (``lockstep.index.mirror``); any other scheme is refused with the ones that work.
+    """
+    from lockstep.core.config import is_remote_store, settings
+
+    if store is None:
         store = settings().index_store
+    if is_remote_store(store):
+        return mirror.working_root()
     if "://" in store and not store.startswith("file://"):
         raise ConfigurationError(
-            f"LOCKSTEP_INDEX_STORE={store!r}: only local paths (or file://) are supported in this "
-            "release; mount object storage as a folder (e.g. s3fs, gcsfuse) and point the store at it"
+            f"LOCKSTEP_INDEX_STORE={store!r}: use a local folder (or file://) or an S3-protocol object store "
+            "s3://bucket/prefix (AWS S3, MinIO, Ceph, ...; LOCKSTEP_S3_ENDPOINT_URL for a server other than AWS)"
         )
     return Path(store.removeprefix("file://")).expanduser().resolve()
 
@@ -88,6 +95,11 @@ def index_location(model_name: str, model_version: str | int, store: str | None 
     """
     version = paths.version_number(model_version, f"model version of {model_name!r}")
     return paths.inside(store_root(store), _safe(model_name), f"v{version}", what="index location")
+
+
+def published_location(model_name: str, model_version: str | int) -> str:
+    """The location every host resolves (routing rows, plans, tags): ``s3://...`` or the folder's path."""
+    return mirror.public_location(index_location(model_name, model_version))
 
 
 class UnsafeIndexPathError(UnsafePathError):
@@ -105,7 +117,10 @@ def delete_index_version(location: str | Path, store: str | None = None) -> bool
     root = store_root(store)
     raw = str(location)
     if "://" in raw and not raw.startswith("file://"):
-        raise UnsafeIndexPathError(f"refusing to delete {raw!r}: not a local path inside the index store {root}")
+        try:
+            raw = str(mirror.working_dir(raw))  # s3://<store>/<model>/v<N> only
+        except UnsafePathError as exc:
+            raise UnsafeIndexPathError(f"refusing to delete {str(location)!r}: {exc}") from exc
     if "\0" in raw:
         raise UnsafeIndexPathError(f"refusing to delete {raw!r}: it contains a NUL byte")
     given = Path(raw.removeprefix("file://")).expanduser()
@@ -119,12 +134,15 @@ def delete_index_version(location: str | Path, store: str | None = None) -> bool
             f"refusing to delete {raw!r}: it resolves to {path}, which is not an index version folder "
             f"<store>/<model>/v<version> inside LOCKSTEP_INDEX_STORE={root}"
         )
+    remote_gone = bool(mirror.listing(path))
+    mirror.delete(path)  # the store's copy first: a host must never pull a half-deleted version back
     if not path.exists():
-        return False
+        return remote_gone
     if not path.is_dir():
         raise UnsafeIndexPathError(f"refusing to delete {raw!r}: {path} is a file, not an index version folder")
     shutil.rmtree(path)
     return True
+
 
 
 def _is_version_folder(folder: str) -> bool:
@@ -163,8 +181,10 @@ def save_index(
     million vectors that copy would double the process's memory), is hashed from the
     file, and is renamed to its content name; the manifest is replaced last.
     """
-    location = Path(location)
+    location = mirror.working_dir(location)
     location.mkdir(parents=True, exist_ok=True)
+    if mirror.remote() is not None:
+        mirror.pull(location / MANIFEST, refresh=True)  # the previous manifest, wherever it was written
     index_file, index_sha, mapping = _write_faiss_file(index, location)
     ids_blob = json.dumps(mapping, separators=(",", ":")).encode()
     del mapping
@@ -192,6 +212,9 @@ def save_index(
         extra=dict(extra or (previous.extra if previous else {})),
     )
     write_manifest(location, manifest)
+    mirror.push(location / index_file)
+    mirror.push(location / ids_file)
+    mirror.push(location / MANIFEST)  # last: a reader that finds it finds every file it names
     _remove_stale_files(location, keep={index_file, ids_file, *_files_of(previous)})
     return manifest
 
@@ -203,6 +226,7 @@ def update_manifest(location: str | Path, *, applied_seq: int | None = None, ext
     ``spec`` may change search-time settings only (the HNSW beam validation chose);
     ``load_index`` applies them over what the data files were built with.
     """
+    location = mirror.working_dir(location)
     previous = read_manifest(location)
     manifest = replace(
         previous,
@@ -211,13 +235,29 @@ def update_manifest(location: str | Path, *, applied_seq: int | None = None, ext
         spec=dict(previous.spec if spec is None else spec),
         updated_at=clock.now_iso(),
     )
-    write_manifest(Path(location), manifest)
+    write_manifest(location, manifest)
+    mirror.push(location / MANIFEST)
     return manifest
 
 
 def load_index(location: str | Path, *, expected_fingerprint: str | None = None, model_label: str = "") -> LoadedIndex:
-    """Load an index version, verifying checksums and (if given) the model's fingerprint."""
-    location = Path(location)
+    """Load an index version, verifying checksums and (if given) the model's fingerprint.
+
+    From an object store, the manifest is read fresh and the data files it names are pulled
+    into this host's cache when missing; a cached file that fails its checksum is fetched
+    again once (a torn or stale copy), then refused like a local one.
+    """
+    location = mirror.working_dir(location)
+    try:
+        return _load_verified(location, expected_fingerprint, model_label)
+    except IndexIntegrityError:
+        if mirror.remote() is None:
+            raise
+        _drop_cached_data(location)
+        return _load_verified(location, expected_fingerprint, model_label)
+
+
+def _load_verified(location: Path, expected_fingerprint: str | None, model_label: str) -> LoadedIndex:
     manifest = read_manifest(location)
     if expected_fingerprint is not None and manifest.fingerprint != expected_fingerprint:
         raise FingerprintMismatchError(
@@ -226,6 +266,8 @@ def load_index(location: str | Path, *, expected_fingerprint: str | None = None,
             f"(fingerprint {expected_fingerprint}); queries and records would be in different vector spaces"
         )
     ids_path, index_path = _data_file(location, manifest.ids_file), _data_file(location, manifest.index_file)
+    mirror.pull(ids_path)
+    mirror.pull(index_path)
     ids_blob = _read_verified(ids_path, manifest.ids_sha256)
     try:
         mapping = json.loads(ids_blob)
@@ -244,12 +286,21 @@ def load_index(location: str | Path, *, expected_fingerprint: str | None = None,
 
 
 def verify_index_files(location: str | Path) -> Manifest:
-    """Check the checksums of an index version without loading it into FAISS."""
+    """Check the checksums of an index version without loading it into FAISS (pulled into the cache first)."""
+    location = mirror.working_dir(location)
     manifest = read_manifest(location)
     for name, sha in ((manifest.index_file, manifest.index_sha256), (manifest.ids_file, manifest.ids_sha256)):
-        path = _data_file(Path(location), name)
+        path = _data_file(location, name)
+        mirror.pull(path)
         _check_sha(path, sha, _sha256_file(path))
     return manifest
+
+
+def _drop_cached_data(location: Path) -> None:
+    """Forget this host's cached data files of a version (the next load downloads them again)."""
+    for f in location.glob("*"):
+        if f.is_file() and f.suffix in (".faiss", ".json") and f.name != MANIFEST:
+            f.unlink(missing_ok=True)
 
 
 def _data_file(location: Path, name: str) -> Path:
@@ -340,3 +391,6 @@ def _remove_stale_files(location: Path, keep: set[str]) -> None:
         stale = f.is_file() and f.name != MANIFEST and f.name not in keep and not f.name.startswith(".")
         if stale and f.suffix in (".faiss", ".json"):
             f.unlink(missing_ok=True)
+    for name in mirror.listing(location):
+        if "/" not in name and name != MANIFEST and name not in keep and name.endswith((".faiss", ".json")):
+            mirror.delete(location / name)

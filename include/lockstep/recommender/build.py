@@ -22,7 +22,8 @@ from typing import Any
 from lockstep.core import clock
 from lockstep.core.atomic import atomic_write
 from lockstep.core.errors import IndexIntegrityError
-from lockstep.index.storage import index_location
+from lockstep.index import mirror
+from lockstep.index.storage import index_location, published_location
 from lockstep.model.registry import Registry
 from lockstep.recommender.factorization import ALSRecommender
 from lockstep.recommender.registration import load_version, recommender_registry
@@ -62,12 +63,13 @@ def build_version(
     registry = registry or recommender_registry()
     info = registry.get_version(version)
     location = index_location(registry.model_name, info.version)
+    public = published_location(registry.model_name, info.version)  # what every host resolves
     model_uri = f"models:/{registry.model_name}/{info.version}"
-    routing.register_slot(info.version, model_uri, str(location), info.fingerprint, state="loading", engine=engine)
+    routing.register_slot(info.version, model_uri, public, info.fingerprint, state="loading", engine=engine)
     model, info = load_version(info.version, registry)
     manifest = write_slot_files(location, model, info.version, info.snapshot_seq or 0)
     routing.set_state(info.version, "ready", note=f"recommender fit: {manifest.users} users, {manifest.items} items", engine=engine)
-    registry.set_tags(info.version, {"lockstep.index_location": str(location)})
+    registry.set_tags(info.version, {"lockstep.index_location": public})
     if promote_if_first and registry.version_for_alias("champion") is None:
         routing.set_weights({info.version: 100}, reason="first champion", actor="lockstep", engine=engine)
         registry.promote_champion(info.version, reason="first valid recommender with serving files")
@@ -88,13 +90,17 @@ def write_slot_files(location: Path, model: ALSRecommender, version: str, snapsh
         built_at=clock.now_iso(),
     )
     atomic_write(location / MANIFEST_FILE, json.dumps(asdict(manifest), indent=2))
+    mirror.push(location / MODEL_FILE)
+    mirror.push(location / MANIFEST_FILE)  # last, as for a search index
     return manifest
 
 
 def read_slot_files(location: str | Path, expected_fingerprint: str) -> tuple[ALSRecommender, RecommenderManifest]:
     """Open a version's folder: the manifest, then the fit (checked by sha256 and fingerprint)."""
-    location = Path(location)
+    location = mirror.working_dir(location)
     path = location / MANIFEST_FILE
+    if mirror.pull(path, refresh=True):
+        mirror.pull_path(location / MODEL_FILE)  # an object store: into this host's cache
     if not path.is_file():
         raise IndexIntegrityError(f"{location} has no {MANIFEST_FILE}: the recommender version was not built there")
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -65,6 +65,13 @@ from lockstep.core.config.masking import (
     masked_repr,
 )
 from lockstep.core.config.model_threads import MAX_ONNX_THREADS, ONNX_THREADS_ENV, onnx_threads
+from lockstep.core.config.object_store import (
+    INDEX_CACHE_ENV,
+    S3_ENDPOINT_ENV,
+    ObjectStoreSettings,
+    is_remote_store,
+    object_store_settings,
+)
 from lockstep.core.config.serving_limits import (
     DEFAULT_SERVING_FEEDBACK_WAITING,
     DEFAULT_SERVING_GRACEFUL_TIMEOUT,
@@ -95,6 +102,11 @@ from lockstep.core.config.settings import (
 from lockstep.core.config.values import count_setting, seconds_setting
 
 __all__ = [
+    "INDEX_CACHE_ENV",
+    "S3_ENDPOINT_ENV",
+    "ObjectStoreSettings",
+    "is_remote_store",
+    "object_store_settings",
     "ALERT_CHANNELS", "ANN_THRESHOLD_ENV", "API_TOKEN_ENV", "CACHE_DIR_ENV", "DAG_TIMEOUTS_ENV",
     "DEFAULT_AIRFLOW_UI_URL", "DEFAULT_ALERT_ATTEMPTS", "DEFAULT_ALERT_RETRY_DELAY", "DEFAULT_ALERT_SLACK_CONN_ID",
     "DEFAULT_ALERT_SMTP_CONN_ID", "DEFAULT_ALERT_TIMEOUT", "DEFAULT_ALERT_WEBHOOK_CONN_ID", "DEFAULT_DAG_TIMEOUTS",

@@ -91,6 +91,12 @@ class Settings:
             Path(self.index_store).mkdir(parents=True, exist_ok=True)
         return self.home
 
+    def remote_store(self):
+        """The object store of ``LOCKSTEP_INDEX_STORE=s3://...`` (``ObjectStoreSettings``), None for a folder."""
+        from lockstep.core.config.object_store import is_remote_store, object_store_settings
+
+        return object_store_settings(self.index_store, self.home) if is_remote_store(self.index_store) else None
+
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
