@@ -54,6 +54,9 @@ THIRD_PARTY_TOOLS = {
     ("sh", "redis:"),
     ("wget", "nginx:"),
     ("wget", "prom/prometheus:"),
+    ("wget", "grafana/grafana-oss:"),  # busybox wget of the Alpine-based image
+    ("moto_server", "lockstep-s3:"),  # the object store's image (deploy/images/s3.Dockerfile)
+    ("python3", "lockstep-s3:"),
 }
 OUR_CLIS = ("airflow", "lockstep", "mlflow", "celery")
 

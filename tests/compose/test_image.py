@@ -69,8 +69,9 @@ def test_named_volumes_and_dependencies_are_declared(compose):
 def test_dockerfile_is_lint_free():
     instructions = dockerfile_instructions()
     froms = [i.args for i in instructions if i.keyword == "FROM"]
-    assert len(froms) == 1
-    image, _, tag = froms[0].partition(":")
+    assert froms == ["${BASE_IMAGE}"], "the base image is a build argument"
+    args = dict(i.args.partition("=")[::2] for i in instructions if i.keyword == "ARG")
+    image, _, tag = args["BASE_IMAGE"].partition(":")
     assert image == "python" and tag.startswith("3.11-slim") and "latest" not in tag
     users = [i.args for i in instructions if i.keyword == "USER"]
     assert users and users[-1] not in ("root", "0", "0:0")
@@ -84,6 +85,42 @@ def test_dockerfile_is_lint_free():
             assert i.args.startswith("/")
     runs = " ".join(i.args for i in instructions if i.keyword == "RUN")
     assert "-r /tmp/requirements/requirements.txt" in runs and "pip install --no-deps /src" in runs
+
+
+def test_dockerfile_installs_the_runtime_set_under_the_lock():
+    """Every pip install of a requirements file runs with -c requirements.lock, so no transitive
+    package floats at build time; tests and tooling never enter the image."""
+    instructions = dockerfile_instructions()
+    runs = [i.args for i in instructions if i.keyword == "RUN" and "-r /tmp/requirements/requirements.txt" in i.args]
+    assert runs and all("-c /tmp/requirements/requirements.lock" in run for run in runs)
+    assert "requirements.lock" in dockerfile_copies().values()
+    assert "requirements-dev.txt" not in " ".join(i.args for i in instructions)
+
+
+def _pins(path: Path) -> dict[str, str]:
+    found = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            name, _, version = line.partition("==")
+            found[re.sub(r"\[.*\]", "", name).lower().replace("_", "-")] = version
+    return found
+
+
+def test_lock_pins_every_requirement_at_its_version():
+    lock = _pins(ROOT / "requirements.lock")
+    for path in (ROOT / "requirements.txt", ROOT / "requirements-dev.txt"):
+        for name, version in _pins(path).items():
+            assert lock.get(name) == version, f"{path.name}: {name}=={version} is not in requirements.lock"
+    assert all(version for version in lock.values()), "every lock line is name==version"
+
+
+def test_runtime_requirements_hold_no_test_tools():
+    runtime = _pins(ROOT / "requirements.txt")
+    dev_only = {"pytest", "playwright", "schemathesis", "ruff", "import-linter", "py-spy", "moto", "onnx"}
+    assert not dev_only & set(runtime)
+    assert dev_only <= set(_pins(ROOT / "requirements-dev.txt"))
+    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text(encoding="utf-8")
 
 
 def test_dockerfile_copies_exist_and_are_in_the_build_context():

@@ -62,13 +62,11 @@ def test_serving_runs_two_replicas_behind_one_published_port(compose, generated_
         name for name, ports in host_ports.items() if generated_env["LOCKSTEP_PORT"] in ports
     ] == [PROXY]
     env = serving["environment"]
-    assert env["LOCKSTEP_API_TOKEN"] and env["LOCKSTEP_INDEX_STORE"] == "/data/indexes"
-    # The workers build indexes that the replicas read (read-only, tests/compose/test_trust.py):
-    # same volume, same user.
+    assert env["LOCKSTEP_API_TOKEN"] and env["LOCKSTEP_INDEX_STORE"] == "s3://lockstep-indexes/indexes"
+    # The workers build indexes that the replicas read through the object store, not a shared
+    # volume: a replica mounts nothing (tests/compose/test_trust.py), its cache is its own.
     worker = services["airflow-worker"]
-    assert (
-        "lockstep-data:/data:ro" in serving["volumes"] and "lockstep-data:/data" in worker["volumes"]
-    )
+    assert not serving.get("volumes") and worker["environment"]["LOCKSTEP_INDEX_STORE"] == env["LOCKSTEP_INDEX_STORE"]
     assert serving["user"] == worker["user"] == services["lockstep-init"]["user"]
     # The replicas, the DAGs and the schema step share one database, registry and index store.
     shared = (

@@ -107,11 +107,10 @@ def test_replicas_log_in_as_the_reader_and_mount_every_volume_read_only(compose,
         assert env["MLFLOW_TRACKING_USERNAME"] == generated_env["MLFLOW_READER_USERNAME"], name
         assert env["MLFLOW_TRACKING_PASSWORD"] == generated_env["MLFLOW_READER_PASSWORD"], name
         mounts = _mounts(replica)
-        assert mounts and all(mode == "ro" for _, mode in mounts.values()), f"{name}: {replica['volumes']}"
-        assert mounts["/data"][0] == "lockstep-data", name
+        assert all(mode == "ro" for _, mode in mounts.values()), f"{name}: {replica.get('volumes')}"
         # What a replica writes (its cache of downloaded imported models) stays in its container.
         assert not Path(env["LOCKSTEP_HOME"]).is_relative_to("/data"), name
-        assert Path(env["LOCKSTEP_INDEX_STORE"]).is_relative_to("/data"), name
+        assert env["LOCKSTEP_INDEX_STORE"].startswith("s3://"), name  # the object store, no shared disk
         depends = replica["depends_on"]
         assert depends[ACCOUNT_SETUP]["condition"] == "service_completed_successfully", name
 
