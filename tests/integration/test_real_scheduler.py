@@ -17,12 +17,13 @@ install never catches up a past interval), and the rollout pool exists.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration.airflow_stack import demo_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.timeout(2700)]
 
@@ -38,14 +39,7 @@ def demo(tmp_path_factory, postgres_server):
     """One ``lockstep demo`` run; every test below reads what it left behind."""
     metadata = postgres_server.create_database("airflow").replace("@", f":{DEMO_DB_PASSWORD}@", 1)
     home = tmp_path_factory.mktemp("demo") / "home"
-    env = dict(os.environ)
-    for var in ("LOCKSTEP_DATABASE_URL", "MLFLOW_TRACKING_URI", "LOCKSTEP_INDEX_STORE", "AIRFLOW_HOME",
-                "AIRFLOW__CORE__DAGS_FOLDER", "LOCKSTEP_FAULTS", "LOCKSTEP_SCHEDULES", "LOCKSTEP_ROLLOUT_DEFAULTS",
-                "LOCKSTEP_SERVING_URLS", "LOCKSTEP_AIRFLOW_UI_URL", "LOCKSTEP_MLFLOW_UI_URL", "LOCKSTEP_ALERT_CHANNEL"):
-        env.pop(var, None)
-    env["LOCKSTEP_HOME"] = str(home)
-    env["LOCKSTEP_API_TOKEN"] = DEMO_TOKEN
-    env.setdefault("LOCKSTEP_CACHE_DIR", str(Path.home() / ".cache" / "lockstep-tests"))
+    env = demo_env(home, LOCKSTEP_API_TOKEN=DEMO_TOKEN)
     lockstep = Path(sys.executable).with_name("lockstep")
     result = subprocess.run(
         [str(lockstep), "demo", "--per-category", "60", "--airflow-db", metadata],

@@ -10,12 +10,13 @@ in the demo's own SQLite file (the search demo's test covers PostgreSQL metadata
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration.airflow_stack import demo_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.timeout(2700)]
 
@@ -23,13 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.timeout(2700)]
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     home = tmp_path_factory.mktemp("recommender-demo") / "home"
-    env = dict(os.environ)
-    for var in ("LOCKSTEP_DATABASE_URL", "LOCKSTEP_RECOMMENDER_DATABASE_URL", "MLFLOW_TRACKING_URI", "LOCKSTEP_INDEX_STORE",
-                "AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER", "LOCKSTEP_FAULTS", "LOCKSTEP_SCHEDULES", "LOCKSTEP_ROLLOUT_DEFAULTS",
-                "LOCKSTEP_SERVING_URLS", "LOCKSTEP_AIRFLOW_UI_URL", "LOCKSTEP_MLFLOW_UI_URL", "LOCKSTEP_ALERT_CHANNEL", "LOCKSTEP_SYSTEM"):
-        env.pop(var, None)
-    env["LOCKSTEP_HOME"] = str(home)
-    env.setdefault("LOCKSTEP_CACHE_DIR", str(Path.home() / ".cache" / "lockstep-tests"))
+    env = demo_env(home)
     lockstep = Path(sys.executable).with_name("lockstep")
     result = subprocess.run([str(lockstep), "demo", "--system", "recommender"], env=env, capture_output=True, text=True, timeout=2400)
     return result, home

@@ -3,7 +3,10 @@
 What a user of the MLflow registry does: read the model's ``requirements.txt``, install
 it into a fresh virtual environment (no Lockstep there), then ``mlflow.pyfunc.
 load_model("models:/...").predict([...])``. The vectors must be Lockstep's own. One
-virtual environment for the module (one ``pip install``, about a minute and a half).
+virtual environment for the session (one ``pip install``, about a minute and a half):
+``model_environment`` hands a later model (tests/model/test_word_vectors.py) the same one
+only when that model's own requirements install exactly the same distributions into an
+empty environment, so each test still proves "its requirements alone suffice".
 """
 
 from __future__ import annotations
@@ -60,6 +63,55 @@ def requirements(store, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model_venv(tmp_path_factory, requirements) -> Path:
     """A fresh virtual environment with the model's requirements and nothing else."""
+    return model_environment(tmp_path_factory, requirements)
+
+
+# The session's model environments (their pythons): pip-installing MLflow's ~90 distributions
+# takes a minute and a half on CI's two cores, and the registered models of the tests declare
+# requirements whose closures are the same set (mlflow itself depends on scikit-learn, scipy,
+# numpy, pandas and so joblib). Each is reused only where it holds exactly that set.
+_ENVIRONMENTS: list[Path] = []
+
+# Run by an environment's own python: which distributions the requirements file's closure
+# (through the installed distributions' Requires-Dist, with markers and extras) lacks, and
+# which installed ones it does not reach. Both empty: a fresh install of the file alone
+# would hold these very distributions (pip's own, pip and setuptools, aside).
+CLOSURE = r"""
+import json, sys
+from importlib import metadata
+from pip._vendor.packaging.requirements import Requirement
+from pip._vendor.packaging.utils import canonicalize_name
+
+installed = {canonicalize_name(d.metadata["Name"]): d for d in metadata.distributions()}
+lines = [line.strip() for line in open(sys.argv[1]).read().splitlines()]
+todo = [Requirement(line) for line in lines if line and not line.startswith(("#", "-"))]
+seen, needed = set(), set()
+while todo:
+    req = todo.pop()
+    key = (canonicalize_name(req.name), frozenset(req.extras))
+    if key in seen:
+        continue
+    seen.add(key)
+    needed.add(key[0])
+    for spec in (installed[key[0]].requires or []) if key[0] in installed else []:
+        sub = Requirement(spec)
+        if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in (req.extras or {""})):
+            todo.append(sub)
+print(json.dumps({"missing": sorted(needed - installed.keys()),
+                  "unrequired": sorted(installed.keys() - needed - {"pip", "setuptools"})}))
+"""
+
+
+def model_environment(tmp_path_factory, requirements: Path) -> Path:
+    """A virtual environment holding exactly what ``requirements`` installs into an empty one.
+
+    An environment of an earlier model is reused when it holds exactly this file's closure
+    and pip, asked to install the file there, would install nothing; otherwise a new one is
+    created (``python -m venv``, then ``pip install -r``) as a user would.
+    """
+    for python in _ENVIRONMENTS:
+        if _holds_exactly(python, requirements):
+            return python
     venv = tmp_path_factory.mktemp("model-venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=_clean_env(), timeout=300)
     python = venv / "bin" / "python"
@@ -68,7 +120,23 @@ def model_venv(tmp_path_factory, requirements) -> Path:
         capture_output=True, text=True, env=_clean_env(), timeout=1800,
     )
     assert installed.returncode == 0, installed.stderr[-3000:]
+    _ENVIRONMENTS.append(python)
     return python
+
+
+def _holds_exactly(python: Path, requirements: Path) -> bool:
+    """True when the environment of ``python`` is what installing ``requirements`` alone gives."""
+    closure = subprocess.run([str(python), "-c", CLOSURE, str(requirements)], capture_output=True, text=True,
+                             env=_clean_env(), timeout=300, check=True)
+    gap = json.loads(closure.stdout)
+    if gap["missing"] or gap["unrequired"]:
+        return False
+    report = python.parent / "dry-run.json"
+    dry = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--dry-run", "--report", str(report), "-r", str(requirements)],
+        capture_output=True, text=True, env=_clean_env(), timeout=600,
+    )
+    return dry.returncode == 0 and json.loads(report.read_text())["install"] == []
 
 
 def _clean_env(**extra: str) -> dict[str, str]:

@@ -281,26 +281,24 @@ def test_a_swapped_artifact_is_refused_by_the_pyfunc_model(model, registry, monk
 
 
 @pytest.mark.slow
-def test_a_fresh_environment_with_only_the_models_requirements_predicts_its_vectors(model, registry, tmp_path):
-    """No gensim and no Lockstep where the model runs: its requirements.txt alone (one pip install)."""
+def test_a_fresh_environment_with_only_the_models_requirements_predicts_its_vectors(model, registry, tmp_path,
+                                                                                   tmp_path_factory):
+    """No gensim and no Lockstep where the model runs: its requirements.txt alone (one pip install).
+
+    The environment is the session's (``model_environment``): the TF-IDF packaging test's when
+    this model's requirements install exactly the same distributions, else one of its own.
+    """
     import json
     import subprocess
 
     import mlflow
 
-    from tests.model.test_packaging import PREDICT, _clean_env
+    from tests.model.test_packaging import PREDICT, _clean_env, model_environment
 
     info = registry.log_and_register(model, params={}, metrics={}, snapshot_seq=1)
     with registry._scoped():
         requirements = Path(mlflow.pyfunc.get_model_dependencies(info.model_uri))
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=_clean_env(), timeout=300)
-    python = venv / "bin" / "python"
-    installed = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "-r", str(requirements)],
-        capture_output=True, text=True, env=_clean_env(), timeout=1800,
-    )
-    assert installed.returncode == 0, installed.stderr[-3000:]
+    python = model_environment(tmp_path_factory, requirements)
     sample = ["rocket orbit moon", "Puck, GOALIE and the playoff", "zzz unknown words"]
     probe = "import importlib.util, sys\nif importlib.util.find_spec('gensim'): sys.exit('gensim is importable')\n"
     done = subprocess.run(
