@@ -9,12 +9,27 @@ from collections.abc import Iterator
 import pytest
 
 from tests.redis_harness import running_redis
+from tests.streaming.kafka_mock import KafkaBroker, running_mock_cluster
 
 
 @pytest.fixture(scope="module")
 def redis_port(tmp_path_factory) -> Iterator[int]:
     with running_redis(tmp_path_factory.mktemp("redis")) as port:
         yield port
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker]:
+    """librdkafka's mock cluster for the session (tests/streaming/kafka_mock.py), or the real broker
+    that ``LOCKSTEP_TEST_KAFKA=HOST:PORT`` names."""
+    import os
+
+    real = os.environ.get("LOCKSTEP_TEST_KAFKA")
+    if real:
+        yield KafkaBroker(real)
+        return
+    with running_mock_cluster() as broker:
+        yield broker
 
 
 @pytest.fixture

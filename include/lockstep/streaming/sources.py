@@ -24,7 +24,7 @@ with its password masked.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -38,7 +38,10 @@ from lockstep.streaming.messages import Message
 SCHEMES = ("redis", "kafka")
 DEFAULT_PORTS = {"redis": 6379, "kafka": 9092}
 MAX_KEY_CHARS = 256  # lockstep_stream_messages.source
-JOIN_TIMEOUT_S = 60  # Kafka: how long a first read waits for the group to assign partitions
+# Kafka: how long a first read waits for the group to assign partitions. A member that died
+# without leaving (SIGKILL) keeps its partitions until its session expires (session.timeout.ms,
+# 45 s by default), so a restart right after a crash waits that long; 60 s was too short for it.
+JOIN_TIMEOUT_S = 120
 
 
 class SourceURLError(LockstepError, ValueError):
@@ -297,7 +300,9 @@ class RedisSource:
 class KafkaSource:
     """One member of a Kafka consumer group (confluent-kafka); offsets committed only by ``ack``."""
 
-    def __init__(self, where: SourceURL, *, group: str, consumer: str, dead_letter: str | None) -> None:
+    def __init__(self, where: SourceURL, *, group: str, consumer: str, dead_letter: str | None,
+                 settings: Mapping[str, object] | None = None) -> None:
+        """``settings``: more librdkafka consumer settings (e.g. ``session.timeout.ms``), over the loader's."""
         from confluent_kafka import Consumer, Producer
 
         self.key = where.key
@@ -306,7 +311,7 @@ class KafkaSource:
         self.consumer = consumer
         self.dead_letter_name = dead_letter or f"{where.stream}.dead"  # ':' is not allowed in a topic name
         servers = f"{where.host}:{where.port}"
-        self._consumer = Consumer(kafka_consumer_config(servers, group, consumer))
+        self._consumer = Consumer({**kafka_consumer_config(servers, group, consumer), **(settings or {})})
         self._producer = Producer({"bootstrap.servers": servers, "client.id": f"{consumer}-dead-letter"})
         self._read: dict[str, tuple[int, int]] = {}  # message id -> (partition, offset), until acknowledged
         self._undelivered: list[str] = []  # dead letters the broker refused since the last ack
@@ -334,12 +339,32 @@ class KafkaSource:
         while True:
             with self._talking("read from"):
                 records = self._consumer.consume(num_messages=count, timeout=block_ms / 1000)
-            if records or self._consumer.assignment():
+                assignment = self._consumer.assignment()
+            if records or (assignment and not self._behind(assignment)):
                 return records
             if time.monotonic() > deadline:
+                if assignment:  # messages wait on the broker but none arrived: the caller reads again
+                    return records
                 raise LockstepError(
                     f"{self.key}: the group {self.group!r} assigned no partition of {self.topic!r} within "
                     f"{JOIN_TIMEOUT_S} s; is the broker reachable and does the topic exist?")
+
+    def _behind(self, assignment: list) -> bool:
+        """Whether an assigned partition holds messages not yet given to this member.
+
+        Right after a join (or a restart) the first fetch can take longer than one short read;
+        an empty read then is not an idle topic, and ``--until-idle`` must not stop on it.
+        """
+        with self._talking("read the offsets of"):
+            for where in self._consumer.position(assignment):
+                low, high = self._consumer.get_watermark_offsets(where, timeout=10, cached=False)
+                offset = where.offset
+                if offset < 0:  # nothing fetched yet: the group's committed offset, else the earliest
+                    [committed] = self._consumer.committed([where], timeout=10)
+                    offset = committed.offset
+                if max(offset, low) < high:
+                    return True
+        return False
 
     @contextmanager
     def _talking(self, doing: str) -> Iterator[None]:
