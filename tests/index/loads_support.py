@@ -92,3 +92,20 @@ class FakeClock:
     def __call__(self) -> float:
         self.t += self.step
         return self.t
+
+
+def registered_world(texts: list[str], dim: int = 8):
+    """The records ``texts`` (ids ``id0000``...) in the home's store and a TF-IDF model of them registered.
+
+    Returns (store, registry, model): what ``reembed_version`` needs for version 1.
+    """
+    from lockstep.model.embedding import TextEmbedder
+    from lockstep.model.registry import Registry
+    from lockstep.store.records import RecordStore
+
+    store = RecordStore()
+    store.upsert_many({"id": f"id{i:04d}", "text": t} for i, t in enumerate(texts))
+    registry = Registry()
+    model = TextEmbedder(dim=dim, min_df=1, stop_words=None).fit(texts)
+    registry.log_and_register(model, params={"dim": dim}, metrics={}, snapshot_seq=store.head())
+    return store, registry, model

@@ -9,23 +9,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.index.loads_support import registered_world
+
 RECORDS = 400
 
 
 @pytest.fixture
 def world(lockstep_home):
-    from lockstep.model.embedding import TextEmbedder
-    from lockstep.model.registry import Registry
-    from lockstep.store.records import RecordStore
-
     rng = np.random.default_rng(1)
     words = [f"w{i}" for i in range(150)]
-    store = RecordStore()
     texts = [" ".join(rng.choice(words, 10)) for _ in range(RECORDS - 40)] + ["the same text"] * 40
-    store.upsert_many({"id": f"id{i:04d}", "text": t} for i, t in enumerate(texts))
-    registry = Registry()
-    model = TextEmbedder(dim=8, min_df=1, stop_words=None).fit(texts)
-    registry.log_and_register(model, params={"dim": 8}, metrics={}, snapshot_seq=store.head())
+    store, registry, _ = registered_world(texts)
     return store, registry
 
 

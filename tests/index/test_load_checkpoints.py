@@ -49,17 +49,9 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None
         time.sleep(0.05)
 
 
-def _build(shards_dir: Path, embedder: CountingEmbedder, n: int, **kw):
-    ids, texts = corpus(n, **kw)
-    return build_shard_columns(embedder, ids, texts, 0, shards_dir, fingerprint="sha256:" + "0" * 64,
-                               snapshot_seq=7, batch_size=4, pacing=EVERY_BATCH)
-
-
-def test_a_worker_killed_mid_shard_is_redone_from_its_checkpoint(tmp_path):
-    n, block = 40, 4  # 10 batches of 4; the 4th call blocks: 3 chunks (12 texts) are checkpointed
-    shards_dir = register(tmp_path / "v3", [n])
-    marker = tmp_path / "marker"
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def kill_mid_shard(shards_dir: Path, marker: Path, n: int, block: int, env: dict[str, str] | None = None) -> None:
+    """Run CHILD on ``shards_dir`` until its ``block``-th model call, then SIGKILL it (a worker that dies)."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(shards_dir), str(marker), str(n), str(block)],
                             cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -69,6 +61,18 @@ def test_a_worker_killed_mid_shard_is_redone_from_its_checkpoint(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _build(shards_dir: Path, embedder: CountingEmbedder, n: int, **kw):
+    ids, texts = corpus(n, **kw)
+    return build_shard_columns(embedder, ids, texts, 0, shards_dir, fingerprint="sha256:" + "0" * 64,
+                               snapshot_seq=7, batch_size=4, pacing=EVERY_BATCH)
+
+
+def test_a_worker_killed_mid_shard_is_redone_from_its_checkpoint(tmp_path):
+    n, block = 40, 4  # 10 batches of 4; the 4th call blocks: 3 chunks (12 texts) are checkpointed
+    shards_dir = register(tmp_path / "v3", [n])
+    kill_mid_shard(shards_dir, tmp_path / "marker", n, block)
     vec_path, meta_path = shard_paths(shards_dir, 0)
     assert not vec_path.exists() and not meta_path.exists()  # the shard was not finished
     status = _shard_state(tmp_path / "v3")

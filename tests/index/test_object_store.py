@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +18,8 @@ import numpy as np
 import pytest
 
 from lockstep.core.errors import ConfigurationError, IndexIntegrityError
-from tests.index.loads_support import CountingEmbedder, corpus
-from tests.index.test_load_checkpoints import CHILD, _wait_for
+from tests.index.loads_support import CountingEmbedder, corpus, registered_world
+from tests.index.test_load_checkpoints import kill_mid_shard
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = 300
@@ -28,19 +27,9 @@ RECORDS = 300
 
 @pytest.fixture
 def world(s3_store):
-    from lockstep.model.embedding import TextEmbedder
-    from lockstep.model.registry import Registry
-    from lockstep.store.records import RecordStore
-
     rng = np.random.default_rng(3)
     words = [f"w{i}" for i in range(120)]
-    store = RecordStore()
-    texts = [" ".join(rng.choice(words, 8)) for _ in range(RECORDS)]
-    store.upsert_many({"id": f"id{i:04d}", "text": t} for i, t in enumerate(texts))
-    registry = Registry()
-    model = TextEmbedder(dim=8, min_df=1, stop_words=None).fit(texts)
-    registry.log_and_register(model, params={"dim": 8}, metrics={}, snapshot_seq=store.head())
-    return store, registry, model
+    return registered_world([" ".join(rng.choice(words, 8)) for _ in range(RECORDS)])
 
 
 def _store_keys(s3_store) -> dict[str, int]:
@@ -193,17 +182,7 @@ def test_a_worker_killed_mid_shard_is_resumed_on_another_host_from_the_stored_ch
     n, block = 40, 4  # the 4th model call blocks: 3 chunks (12 texts) are checkpointed, and stored
     location_a = index_location("m", 3)
     start_load(location_a, model_version="3", seq=7, counts=[n], file=f"snapshot-7-{n}.parquet")
-    marker = tmp_path / "marker"
-    env = {**os.environ, **s3_store.env("a"), "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(location_a / "shards"), str(marker), str(n), str(block)],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(marker, proc)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_mid_shard(location_a / "shards", tmp_path / "marker", n, block, env=s3_store.env("a"))
 
     s3_store.as_host("b")  # another machine: nothing of host a's disk
     location_b = index_location("m", 3)
