@@ -222,7 +222,9 @@ def test_init_steps_run_natively_on_postgres(compose, generated_env, native_help
             assert conn.execute(
                 "SELECT slots FROM slot_pool WHERE pool = 'lockstep_rollout'"
             ).fetchone() == (8,)
-        assert (tmp_path / "airflow" / "logs").is_dir() and (tmp_path / "data" / "indexes").is_dir()
+        assert (tmp_path / "airflow" / "logs").is_dir() and (tmp_path / "data" / "home").is_dir()
+        # The index store is the object store (s3://...): no shared index folder is made.
+        assert env["LOCKSTEP_INDEX_STORE"].startswith("s3://") and not (tmp_path / "data" / "indexes").exists()
     finally:
         postgres_harness.stop(server)
 
