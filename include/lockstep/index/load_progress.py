@@ -103,8 +103,7 @@ def resume(location: str | Path) -> bool:
 
 def is_paused(location: str | Path) -> bool:
     """Whether the load's pause flag is set (in the object store when there is one: any host may set it)."""
-    flag = load_dir(location) / PAUSE_FILE
-    return mirror.exists(flag) if mirror.remote() is not None else flag.exists()
+    return mirror.exists(load_dir(location) / PAUSE_FILE)  # on disk for a local store
 
 
 # --- one shard's progress, written by its worker -------------------------------------------------

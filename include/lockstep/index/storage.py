@@ -183,8 +183,7 @@ def save_index(
     """
     location = mirror.working_dir(location)
     location.mkdir(parents=True, exist_ok=True)
-    if mirror.remote() is not None:
-        mirror.pull(location / MANIFEST, refresh=True)  # the previous manifest, wherever it was written
+    mirror.pull(location / MANIFEST, refresh=True)  # the previous manifest, wherever it was written (no-op locally)
     index_file, index_sha, mapping = _write_faiss_file(index, location)
     ids_blob = json.dumps(mapping, separators=(",", ":")).encode()
     del mapping
