@@ -170,18 +170,24 @@ def bare_factory():
     return bare_app(os.environ["BENCH_MODEL"], os.environ["BENCH_INDEX"])
 
 
-def serve_child(kind: str, port: int, model_path: str | None, index_location: str | None, workers: int = 1) -> None:
+def serve_child(kind: str, port: int, model_path: str | None, index_location: str | None, workers: int = 1,
+                stack: str = "auto") -> None:
+    """``stack``: uvicorn's loop and HTTP parser, ``auto`` (uvloop and httptools when installed),
+    ``asyncio-h11`` (the pure-Python pair, to measure what the fast pair gives)."""
     import logging
 
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    options = {"loop": "asyncio", "http": "h11"} if stack == "asyncio-h11" else {}
+    os.environ["LOCKSTEP_SERVING_WORKERS"] = str(workers)  # each process's share of the cores (search_batches)
     if workers > 1:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         if kind == "bare":
             os.environ.update(BENCH_MODEL=model_path, BENCH_INDEX=index_location)
         target = "bench_serving:bare_factory" if kind == "bare" else "lockstep.serving.app:create_app"
-        uvicorn.run(target, factory=True, workers=workers, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        uvicorn.run(target, factory=True, workers=workers, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                    **options)
         return
     if kind == "bare":
         app = bare_app(model_path, index_location)
@@ -189,7 +195,7 @@ def serve_child(kind: str, port: int, model_path: str | None, index_location: st
         from lockstep.serving import create_app
 
         app = create_app()
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **options)
 
 
 # --- load and measurements ----------------------------------------------------------------------
@@ -313,16 +319,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="--scale: worker processes of the multi-process runs")
     parser.add_argument("--duration", type=int, default=15, help="--scale: seconds per wrk run")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "lockstep-bench-scale")
-    parser.add_argument("--compare-code", type=Path,
-                        help="--scale: also run the service from this older include/ folder (e.g. a git archive of HEAD)")
+    parser.add_argument("--compare-code", action="append", default=[], metavar="[LABEL=]PATH",
+                        help="--scale: also serve the service from this tree's include/ (repeat for several; "
+                             "LABEL names its rows, default 'before'; 'LABEL@asyncio-h11=PATH' serves it on asyncio and h11)")
     parser.add_argument("--serve", choices=["bare", "service"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
     parser.add_argument("--serve-workers", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--stack", choices=["auto", "asyncio-h11"], default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve_child(args.serve, args.port, args.model, args.index, args.serve_workers)
+        serve_child(args.serve, args.port, args.model, args.index, args.serve_workers, args.stack)
         return
     if args.scale:
         scale_main(args)
@@ -528,6 +536,15 @@ def wrk(port: int, connections: int, duration: int, script: Path) -> dict[str, f
     return figures
 
 
+def _compared(spec: str, env: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """``[LABEL=]PATH`` of ``--compare-code``: the label and the environment that serves PATH's include/."""
+    label, _, path = spec.rpartition("=")
+    tree = Path(path) / "include" if (Path(path) / "include" / "lockstep").is_dir() else Path(path)
+    if not (tree / "lockstep").is_dir():
+        sys.exit(f"--compare-code {spec!r}: {tree} has no lockstep package")
+    return label or "before", {**env, "PYTHONPATH": os.pathsep.join([str(tree), env["PYTHONPATH"]])}
+
+
 def _after(text: str, marker: str) -> str:
     return text.split(marker, 1)[1].strip()
 
@@ -567,16 +584,17 @@ def scale_main(args) -> None:
     script = home / "search.lua"
     script.write_text(WRK_SCRIPT % ", ".join(json.dumps(b) for b in bodies))
 
-    runs = [("bare", 1, env), ("service", 1, env)]
-    if args.compare_code:
-        old = {**env, "PYTHONPATH": os.pathsep.join([str(args.compare_code), env["PYTHONPATH"]])}
-        runs.append(("before", 1, old))
-    runs += [("bare", args.workers, env), ("service", args.workers, env)]
+    compared = [_compared(spec, env) for spec in args.compare_code]
+    runs = [("bare", 1, env), *((label, 1, tree) for label, tree in compared), ("service", 1, env)]
+    runs += [("bare", args.workers, env), *((label, args.workers, tree) for label, tree in compared[:1]),
+             ("service", args.workers, env)]
     rows = []
     for kind, workers, run_env in runs:
         extra = ["--model", paths["model"], "--index", paths["index"], "--serve-workers", str(workers)]
+        if "@" in kind:
+            extra += ["--stack", kind.split("@", 1)[1]]
         try:
-            proc, port = start_server("service" if kind == "before" else kind, run_env, extra)
+            proc, port = start_server("bare" if kind == "bare" else "service", run_env, extra)
         except RuntimeError as exc:
             print(f"{kind} ({workers} proc) did not start: {str(exc)[-500:]}")
             continue
@@ -587,10 +605,11 @@ def scale_main(args) -> None:
         finally:
             stop_server(proc)
     print(f"\nPOST /search, k=10, wrk {args.duration} s per row")
-    print("(before: the service from --compare-code)" if args.compare_code else "")
-    print(f"{'endpoint':<10}{'procs':>6}{'conns':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    print("(" + "; ".join(f"{label}: the service from {tree['PYTHONPATH'].split(os.pathsep)[0]}" for label, tree in compared) + ")"
+          if compared else "")
+    print(f"{'endpoint':<22}{'procs':>6}{'conns':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
     for kind, workers, connections, f in rows:
-        print(f"{kind:<10}{workers:>6}{connections:>6}{f['rps']:>9.0f}{f['p50']:>9.2f}{f['p99']:>9.2f}{f['non2xx']:>9.0f}")
+        print(f"{kind:<22}{workers:>6}{connections:>6}{f['rps']:>9.0f}{f['p50']:>9.2f}{f['p99']:>9.2f}{f['non2xx']:>9.0f}")
     by = {(k, w, c): f for k, w, c, f in rows}
     for kind, workers, _ in runs:
         if kind == "bare" or (kind, workers, 1) not in by or ("bare", workers, 1) not in by:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from lockstep.cli import app
 from lockstep.core.errors import LockstepError
 from lockstep.index.load_estimate import WARMUP, estimate_load, measure_rate
+from lockstep.index.vector_index import choose_spec
 from tests.index.loads_support import DIM, CountingEmbedder, FakeClock, register
 
 
@@ -49,7 +50,8 @@ def test_the_projection_scales_with_the_cores_the_workers_use():
     assert by_workers[2]["threads_per_worker"] == 1 and by_workers[2]["seconds"] == 50_000.0
     assert by_workers[4]["cores_used"] == 2  # never more than the cores
     assert est["index_type"] == "hnsw" and est["dim"] == DIM and est["sample_texts"] == 40
-    assert est["index_bytes"] == 1_000_000 * (DIM * 4 + 32 * 2 * 4 + 16 + 12)
+    m = choose_spec(1_000_000, DIM).hnsw_m  # the frontier's choice (lockstep.index.frontier)
+    assert est["index_bytes"] == 1_000_000 * (DIM * 4 + m * 2 * 4 + 16 + 12)
     assert est["peak_memory_bytes"] >= est["index_bytes"] + est["shard_size"] * DIM * 4
 
 

@@ -365,7 +365,7 @@ def _sharded_build(model, store, tmp_path, shard_size, spec=None):
     return seq, merge_shards([r.path for r in results], spec)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
 def test_a_sharded_build_and_merge_equals_a_single_build(model, store, tmp_path, kind):
     snap = store.snapshot()
     _, merged = _sharded_build(model, store, tmp_path, 170, IndexSpec(kind=kind))

@@ -33,10 +33,11 @@ def data():
     return [f"r{i}" for i in range(len(x))], x
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq"])
 def test_each_type_supports_upsert_delete_and_exact_self_hits(kind, data):
     ids, x = data
-    index = VectorIndex.build(ids, x, IndexSpec(kind=kind))
+    # ivfpq's shortlist for k=1 is refine_factor PQ candidates: a wide one makes self-hits exact here.
+    index = VectorIndex.build(ids, x, IndexSpec(kind=kind, **({"refine_factor": 64} if kind == "ivfpq" else {})))
     assert len(index) == len(ids)
     hits = index.search(x[:5], k=1)
     assert [h.ids[0] for h in hits] == ids[:5]
@@ -132,7 +133,7 @@ def _check_no_resurrection(index: VectorIndex, current: dict[str, np.ndarray], g
     return checked
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "flat", "ivf"])
+@pytest.mark.parametrize("kind", ["hnsw", "flat", "ivf", "ivfpq"])
 def test_deletes_and_updates_never_resurrect_across_rebuild_and_reload(kind, data):
     ids, x = data
     rng = np.random.default_rng(7)
@@ -223,7 +224,7 @@ def test_state_written_before_the_dead_threshold_existed_still_loads(data):
     assert "r5" not in {rid for h in loaded.search(x[:10], 10) for rid in h.ids}
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "ivfpq"])
 def test_measure_recall_scans_the_stored_vectors_exactly(kind, data):
     ids, x = data
     index = VectorIndex.build(ids, x, IndexSpec(kind=kind))
@@ -252,7 +253,17 @@ def test_choose_spec_switches_to_hnsw_at_the_threshold(monkeypatch):
     assert spec_for("auto", 5000, 64).kind == "hnsw" and spec_for("ivf", 5000, 64).kind == "ivf"
     assert resolve_spec(None, 999, 64).kind == "flat" and resolve_spec({}, 5000, 64).kind == "hnsw"
     tuned = resolve_spec({"kind": "auto", "ef_search": 300}, 5000, 64)
-    assert (tuned.kind, tuned.ef_search, tuned.hnsw_m) == ("hnsw", 300, 32)
+    assert (tuned.kind, tuned.ef_search, tuned.hnsw_m) == ("hnsw", 300, 48)  # small: the fastest search fits the budget
+    monkeypatch.setenv("LOCKSTEP_ANN_THRESHOLD", "200000")
+    at_1m = choose_spec(1_000_000, 256)  # HNSW48's 433 s build is over the 300 s budget: HNSW32, efC 80
+    assert (at_1m.kind, at_1m.hnsw_m, at_1m.ef_construction) == ("hnsw", 32, 80)
+    monkeypatch.setenv("LOCKSTEP_INDEX_BUILD_BUDGET", "1")  # nothing fits: the fastest build
+    assert choose_spec(1_000_000, 256).kind == "ivf"
+    monkeypatch.setenv("LOCKSTEP_INDEX_BUILD_BUDGET", "soon")
+    with pytest.raises(LockstepError, match="LOCKSTEP_INDEX_BUILD_BUDGET='soon' must be a positive number"):
+        choose_spec(1_000_000, 256)
+    monkeypatch.delenv("LOCKSTEP_INDEX_BUILD_BUDGET")
+    monkeypatch.setenv("LOCKSTEP_ANN_THRESHOLD", "1000")
     assert resolve_spec({"kind": "flat"}, 10**7, 64).kind == "flat"
     monkeypatch.setenv("LOCKSTEP_ANN_THRESHOLD", "lots")
     with pytest.raises(LockstepError, match="LOCKSTEP_ANN_THRESHOLD='lots' must be a whole number"):

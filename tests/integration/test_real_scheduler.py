@@ -17,13 +17,12 @@ install never catches up a past interval), and the rollout pool exists.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.airflow_stack import demo_env
+from tests.integration.airflow_stack import DemoLaunch, demo_env, run_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.timeout(2700)]
 
@@ -34,18 +33,22 @@ DEMO_TOKEN = "demo-tok-5f1c9e2a7b"
 DEMO_DB_PASSWORD = "demo-dbpw-8d3a6c"
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory, postgres_server):
-    """One ``lockstep demo`` run; every test below reads what it left behind."""
-    metadata = postgres_server.create_database("airflow").replace("@", f":{DEMO_DB_PASSWORD}@", 1)
-    home = tmp_path_factory.mktemp("demo") / "home"
+def launch_demo(request) -> DemoLaunch:
+    """The ``lockstep demo`` run of this module (started with the session's other demos)."""
+    metadata = request.getfixturevalue("postgres_server").create_database("airflow")
+    metadata = metadata.replace("@", f":{DEMO_DB_PASSWORD}@", 1)
+    home = request.getfixturevalue("tmp_path_factory").mktemp("demo") / "home"
     env = demo_env(home, LOCKSTEP_API_TOKEN=DEMO_TOKEN)
     lockstep = Path(sys.executable).with_name("lockstep")
-    result = subprocess.run(
-        [str(lockstep), "demo", "--per-category", "60", "--airflow-db", metadata],
-        env=env, capture_output=True, text=True, timeout=2400,
-    )
-    return result, home, metadata
+    argv = [str(lockstep), "demo", "--per-category", "60", "--airflow-db", metadata]
+    return DemoLaunch(argv=argv, env=env, home=home, facts={"metadata": metadata})
+
+
+@pytest.fixture(scope="module")
+def demo(request):
+    """One ``lockstep demo`` run; every test below reads what it left behind."""
+    result, launch = run_demo(request)
+    return result, launch.home, launch.facts["metadata"]
 
 
 def test_demo_lifecycle_under_the_real_scheduler_on_postgres(demo, monkeypatch):

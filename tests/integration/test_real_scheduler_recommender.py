@@ -10,24 +10,27 @@ in the demo's own SQLite file (the search demo's test covers PostgreSQL metadata
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.airflow_stack import demo_env
+from tests.integration.airflow_stack import DemoLaunch, demo_env, run_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.timeout(2700)]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    home = tmp_path_factory.mktemp("recommender-demo") / "home"
-    env = demo_env(home)
+def launch_demo(request) -> DemoLaunch:
+    """The ``lockstep demo`` run of this module (started with the session's other demos)."""
+    home = request.getfixturevalue("tmp_path_factory").mktemp("recommender-demo") / "home"
     lockstep = Path(sys.executable).with_name("lockstep")
-    result = subprocess.run([str(lockstep), "demo", "--system", "recommender"], env=env, capture_output=True, text=True, timeout=2400)
-    return result, home
+    return DemoLaunch(argv=[str(lockstep), "demo", "--system", "recommender"], env=demo_env(home), home=home, facts={})
+
+
+@pytest.fixture(scope="module")
+def demo(request):
+    result, launch = run_demo(request)
+    return result, launch.home
 
 
 def test_the_recommender_lifecycle_completes_under_the_real_scheduler(demo, monkeypatch):

@@ -245,7 +245,7 @@ def test_a_500_names_a_request_id_and_no_internals(deployment, monkeypatch, capl
         assert secret not in response.text and "RuntimeError" not in response.text
         assert body["request_id"] in body["detail"]
         # a search failing inside a version: same rule
-        monkeypatch.setattr(s.runtime.manager.view.slots["1"], "search", broken)
+        monkeypatch.setattr(s.runtime.manager.view.slots["1"], "search_vectors", broken)  # the batched search
         failed = client.post("/search", json={"query": "rocket"})
         assert failed.status_code == 500 and secret not in failed.text
         assert failed.json()["request_id"] == failed.headers["X-Request-Id"]

@@ -15,7 +15,7 @@ from lockstep.cli.base import (
     use_system,
 )
 from lockstep.index.first_slice import DEFAULT_ACTION, DEFAULT_MARGIN, DEFAULT_SHARE
-from lockstep.index.vector_index import INDEX_TYPES
+from lockstep.index.kinds import INDEX_TYPES
 
 # --- index ---------------------------------------------------------------------------------
 

@@ -25,8 +25,9 @@ from lockstep.model.stored_vectors import StoredVectors
 if TYPE_CHECKING:
     from lockstep.model.registry import ModelVersionInfo
 
-# IndexIDMap2(IndexFlatIP), IndexHNSWFlat, IndexIVFFlat: each stores the added float32 vector itself.
-EXACT_KINDS = ("flat", "hnsw", "ivf")
+# IndexIDMap2(IndexFlatIP), IndexHNSWFlat, IndexIVFFlat, and ivfpq's re-rank copy: each stores the
+# added float32 vector itself.
+EXACT_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
 INDEX_LOCATION_TAG = "lockstep.index_location"  # written by lockstep.index.steps.publish
 
 

@@ -1,6 +1,7 @@
-"""HNSW tombstones and compaction: deletes stay exact in an index type that cannot remove.
+"""Tombstones and compaction: deletes stay exact in index types that cannot remove.
 
-``IndexHNSWFlat`` cannot remove a vector. An upsert adds the new vector under a new label
+``IndexHNSWFlat`` cannot remove a vector, nor can ``ivfpq``'s ``IndexRefine`` (the same
+machinery serves both: ``kinds.POSITIONAL_KINDS``). An upsert adds the new vector under a new label
 and tombstones the old label, a delete tombstones; a tombstoned label leaves the id map
 at once and is excluded inside FAISS's search by an ``IDSelector`` over a bitmap of dead
 labels. When the dead share passes ``IndexSpec.max_dead_fraction`` the graph is rebuilt
@@ -21,6 +22,7 @@ import numpy as np
 
 from lockstep.core.errors import LockstepError
 from lockstep.index.faiss_ops import all_cores, set_bits
+from lockstep.index.kinds import POSITIONAL_KINDS, empty_like
 
 COMPACT_CHUNK = 65_536  # live vectors copied per read-lock hold while a compaction builds (~64 MB at 256-d)
 SWAP_REPLAY_MAX = 1_024  # records added during a compaction that the swap itself may add under the write lock
@@ -46,7 +48,7 @@ class HnswCompaction:
     """Tombstones and the off-lock rebuild of an HNSW graph (a mixin of ``VectorIndex``)."""
 
     def compact(self, *, chunk: int = COMPACT_CHUNK) -> bool:
-        """Rebuild an HNSW graph from its live vectors only; True if it did (no-op for other types).
+        """Rebuild a positional index (HNSW, ivfpq) from its live vectors only; True if it did (no-op for others).
 
         Searches and writes go on meanwhile: the build holds no lock (see the module
         docstring), so it runs in the calling thread for as long as a fresh build of the
@@ -54,7 +56,7 @@ class HnswCompaction:
         """
         if chunk < 1:
             raise LockstepError(f"compaction chunk must be at least 1 vector, got {chunk}")
-        if self.spec.kind != "hnsw" or not self._compacting.acquire(blocking=False):
+        if self.spec.kind not in POSITIONAL_KINDS or not self._compacting.acquire(blocking=False):
             return False
         try:
             return self._compact_by_copy(chunk)
@@ -100,7 +102,7 @@ class HnswCompaction:
         Read without the lock: a stale answer only means this write or the next one
         starts it, and ``compact`` checks again under the lock.
         """
-        if self.spec.kind == "hnsw" and self._dead and self.dead_fraction > self.spec.max_dead_fraction:
+        if self.spec.kind in POSITIONAL_KINDS and self._dead and self.dead_fraction > self.spec.max_dead_fraction:
             self.compact()
 
     def _compact_by_copy(self, chunk: int) -> bool:
@@ -119,7 +121,7 @@ class HnswCompaction:
             scanned_to = self._next_label
             self._journal = []  # writers are shut out while the read lock is held: none is missed
         self._hook("snapshot")
-        new = self._new_faiss(np.zeros((0, self.dim), dtype=np.float32))
+        new = empty_like(self._faiss, self.spec, self.dim)  # ivfpq keeps its trained cells and codebooks
         for start in range(0, len(labels), chunk):
             with self._lock.read():
                 block = self._stored_rows(labels[start : start + chunk])  # a copy: valid after release

@@ -113,9 +113,10 @@ def _projection(n: int, rate: float, measured_threads: int, workers: int, cost: 
 
 
 def _index_bytes(n: int, dim: int, kind: str, hnsw_m: int, id_chars: float) -> int:
-    """The index on disk: the vectors (float32), HNSW's links (~2M neighbours a vector), and the ids file."""
+    """The index on disk: the vectors (float32), HNSW's links (~2M neighbours a vector) or ivfpq's codes
+    (dim/8 bytes a vector), and the ids file."""
     vectors = n * dim * 4
-    graph = n * hnsw_m * 2 * 4 if kind == "hnsw" else 0
+    graph = n * hnsw_m * 2 * 4 if kind == "hnsw" else n * (dim // 8) if kind == "ivfpq" else 0
     return int(vectors + graph + n * (id_chars + ID_BYTES))
 
 

@@ -3,7 +3,7 @@
 ``measure_recall`` is the validation's check (>= 0.95 for approximate index types): the
 exact top-k comes from the index's own stored vectors (``exact_kth_scores``), so no
 second copy of the index is built; ``recall_given_kth`` reuses those exact scores for
-several beams (``lockstep.index.beam``). ``recall_at_k`` compares two indexes' results.
+several search settings (``lockstep.index.tuning``). ``recall_at_k`` compares two indexes' results.
 """
 
 from __future__ import annotations
@@ -28,15 +28,25 @@ def measure_recall(index: VectorIndex, vectors_sample: np.ndarray, k: int = 10, 
 def recall_given_kth(index: VectorIndex, queries: np.ndarray, kth: np.ndarray, k: int = 10, *,
                      ef_search: int | None = None) -> float:
     """Recall@k of ``index.search`` given each query's exact k-th score (``exact_kth_scores``)."""
+    settings = {"ef_search": int(ef_search)} if ef_search and index.spec.kind == "hnsw" else None
+    values = recall_per_query(index, queries, kth, k, settings=settings)
+    return float(np.mean(values)) if len(values) else 1.0
+
+
+def recall_per_query(index: VectorIndex, queries: np.ndarray, kth: np.ndarray, k: int = 10, *,
+                     settings: dict[str, int] | None = None) -> np.ndarray:
+    """Each query's recall@k (found share of its exact top k; ties count), with per-call search settings.
+
+    Per query, not only the mean: ``tuning`` bounds the mean from below with their spread.
+    """
     queries = as_matrix(queries, index.dim)
     if len(queries) == 0 or len(index) == 0:
-        return 1.0
+        return np.ones(len(queries))
     k_eff = min(k, len(index))
-    hits = index.search(queries, k_eff, ef_search=ef_search)
-    found = [
+    hits = index.search(queries, k_eff, settings=settings)
+    return np.array([
         min(k_eff, sum(1 for s in h.scores if s >= t - 1e-5)) / k_eff for h, t in zip(hits, kth.tolist(), strict=True)
-    ]
-    return float(np.mean(found))
+    ])
 
 
 def exact_kth_scores(index: VectorIndex, queries: np.ndarray, k: int = 10, chunk: int = 50_000) -> np.ndarray:

@@ -20,7 +20,7 @@ from lockstep.index.first_slice import (
 
 # The sections of the reembed DAG's form, in the order it shows them.
 VERSION, INDEX, VALIDATION, EARLY_VERDICT = "Version", "Index", "Validation", "Early verdict"
-INDEX_CHOICES = ("auto", "flat", "ivf", "hnsw")  # auto: lockstep.index.vector_index.choose_spec
+INDEX_CHOICES = ("auto", "flat", "ivf", "hnsw", "ivfpq")  # auto: lockstep.index.vector_index.choose_spec
 
 
 @dataclass(frozen=True)

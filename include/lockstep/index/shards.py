@@ -34,6 +34,7 @@ from lockstep.core.errors import (
 from lockstep.core.faults import maybe_hang
 from lockstep.index import mirror
 from lockstep.index.embed_settings import FAST_BATCH, batch_size_for
+from lockstep.index.kinds import IVF_TRAIN_PER_CELL, TRAINED_KINDS, ivf_cells
 from lockstep.index.load_progress import DONE, FAILED, PAUSED, RUNNING, ShardProgress
 from lockstep.index.shard_checkpoint import ShardCheckpoint
 from lockstep.index.vector_index import IndexSpec, VectorIndex
@@ -206,8 +207,8 @@ def merge_shards(shard_paths: Iterable[str | Path], spec: IndexSpec | None = Non
     total = sum(_shard_meta(p)["count"] for p in paths)
     if total == 0:
         raise IndexIntegrityError("nothing to merge: the snapshot has no records")
-    if spec.kind == "ivf":
-        return _merge_ivf(paths, spec, total)
+    if spec.kind in TRAINED_KINDS:
+        return _merge_trained(paths, spec, total)
     index: VectorIndex | None = None
     for ids, vectors in _iter_shards(paths):
         if index is None:
@@ -253,8 +254,8 @@ def clear_shards(location: str | Path) -> None:
         shutil.rmtree(shards_dir)
 
 
-def _merge_ivf(paths: list[Path], spec: IndexSpec, total: int) -> VectorIndex:
-    """IVF: train the cells on a sample spread over all shards, then add everything else."""
+def _merge_trained(paths: list[Path], spec: IndexSpec, total: int) -> VectorIndex:
+    """IVF types: train the cells on a sample spread over all shards, then add everything else."""
     nlist = spec.nlist or ivf_cells(total)
     spec = replace(spec, nlist=nlist)
     stride = max(1, total // min(total, IVF_TRAIN_PER_CELL * nlist))
@@ -275,14 +276,6 @@ def _merge_ivf(paths: list[Path], spec: IndexSpec, total: int) -> VectorIndex:
             index.add([ids[i] for i in keep], vectors[keep])
         offset += len(ids)
     return index
-
-
-IVF_TRAIN_PER_CELL = 39  # FAISS warns below 39 training points per cell
-
-
-def ivf_cells(n: int) -> int:
-    """IVF cells for ``n`` vectors: about 4*sqrt(n), with at least 39 vectors per cell."""
-    return max(1, min(int(4 * np.sqrt(max(n, 1))), max(1, n // IVF_TRAIN_PER_CELL)))
 
 
 def _sampled_rows(offset: int, n: int, stride: int) -> np.ndarray:

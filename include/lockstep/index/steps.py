@@ -64,7 +64,7 @@ from lockstep.index.snapshot import (
 )
 from lockstep.index.storage import save_index, update_manifest
 from lockstep.index.validation import IndexValidationError, validate_built_index
-from lockstep.index.vector_index import IndexSpec, VectorIndex, choose_spec
+from lockstep.index.vector_index import VectorIndex, resolve_spec
 from lockstep.store.records import RecordStore
 
 verdict_log = logging.getLogger("lockstep.early_verdict")  # a stopped load is the early verdict's news
@@ -272,14 +272,6 @@ def publish(plan: dict[str, Any], promote_if_first: bool = True, registry=None, 
         "applied_seq": manifest.applied_seq,
         "became_champion": became,
     }
-
-
-def resolve_spec(spec: dict[str, Any] | None, n_records: int, dim: int) -> IndexSpec:
-    """The index spec of a build: as given, or (None, or kind "auto") chosen from the record count."""
-    spec = dict(spec or {})
-    if spec.get("kind", "auto") == "auto":
-        return choose_spec(n_records, dim)
-    return IndexSpec.from_dict(spec)
 
 
 def merge_and_save(

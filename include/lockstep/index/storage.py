@@ -46,7 +46,7 @@ from lockstep.index.manifest import (
     read_manifest,
     write_manifest,
 )
-from lockstep.index.vector_index import VectorIndex
+from lockstep.index.vector_index import IndexSpec, VectorIndex
 
 
 @dataclass
@@ -278,9 +278,9 @@ def _load_verified(location: Path, expected_fingerprint: str | None, model_label
             index = VectorIndex.from_state(blob, mapping)
         except Exception as exc:
             raise IndexIntegrityError(f"index at {location} cannot be read: {exc}") from exc
-    beam = manifest.spec.get("ef_search")
-    if index.spec.kind == "hnsw" and beam and int(beam) != index.spec.ef_search:
-        index.set_ef_search(int(beam))  # the beam validation chose after the files were written
+    chosen = IndexSpec.from_dict({**index.spec.to_dict(), **manifest.spec}).search_settings()
+    if chosen != index.spec.search_settings():
+        index.set_search(**chosen)  # the search settings validation chose after the files were written
     return LoadedIndex(index=index, manifest=manifest, applied_seq=manifest.applied_seq, location=location)
 
 

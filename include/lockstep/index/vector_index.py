@@ -24,10 +24,16 @@ and hides the differences between index types:
   swap: the last few additions, the tombstones of records deleted or replaced during
   the build (kept in a journal), and the new maps. Searches meanwhile use the old graph.
   Tombstones and compaction are ``lockstep.index.compaction`` (a mixin of the index).
+- ``ivfpq``: IVF over fast-scan PQ codes with an exact re-rank (``kinds``); it cannot
+  remove either and shares HNSW's tombstones and compaction.
+
+How each type is built and searched, and which search settings it has, is
+``lockstep.index.kinds``; per-call settings go with each search (never onto the shared
+FAISS object).
 
 ``choose_spec`` picks the type from the record count: exact ``flat`` below
-``LOCKSTEP_ANN_THRESHOLD`` records (default 200,000), ``hnsw`` above, where a flat
-scan costs ~100 ms a query. ``lockstep.index.recall.measure_recall`` gives recall@k of
+``LOCKSTEP_ANN_THRESHOLD`` records (default 200,000), above it the measured frontier's
+fastest configuration within the build budget (``lockstep.index.frontier``). ``lockstep.index.recall.measure_recall`` gives recall@k of
 any index against a brute-force scan of its own stored vectors, for the validation that
 must show >= 0.95.
 
@@ -40,7 +46,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -49,35 +55,16 @@ from lockstep.core.errors import LockstepError
 from lockstep.core.rwlock import RWLock
 from lockstep.index.compaction import HnswCompaction
 from lockstep.index.faiss_ops import all_cores, set_bits
+from lockstep.index.kinds import (
+    POSITIONAL_KINDS,
+    SEARCH_KNOBS,
+    IndexSpec,
+    flat_storage,
+    new_faiss,
+    search_params,
+)
 
-INDEX_TYPES = ("flat", "ivf", "hnsw")
 DEFAULT_ANN_THRESHOLD = 200_000
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    """How to build an index. Defaults give exact search."""
-
-    kind: str = "flat"
-    nlist: int | None = None  # IVF cells; None: about 4*sqrt(n)
-    nprobe: int = 16  # IVF cells visited per query
-    hnsw_m: int = 32
-    ef_construction: int = 40  # 1M x 256: 110 s to build instead of 139 s at 80, same recall (docs/benchmarks.md)
-    ef_search: int = 96
-    max_dead_fraction: float = 0.25  # HNSW: rebuild the graph when more labels are dead
-
-    def __post_init__(self) -> None:
-        if self.kind not in INDEX_TYPES:
-            raise LockstepError(f"unknown index type {self.kind!r}; choose one of {', '.join(INDEX_TYPES)}")
-        if not 0.0 < self.max_dead_fraction <= 1.0:
-            raise LockstepError(f"max_dead_fraction must lie in (0, 1], got {self.max_dead_fraction}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> IndexSpec:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -119,25 +106,7 @@ class VectorIndex(HnswCompaction):
         return index
 
     def _new_faiss(self, training: np.ndarray):
-        import faiss
-
-        d = self.dim
-        if self.spec.kind == "flat":
-            return faiss.IndexIDMap2(faiss.IndexFlatIP(d))
-        if self.spec.kind == "hnsw":
-            idx = faiss.IndexHNSWFlat(d, self.spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            idx.hnsw.efConstruction = self.spec.ef_construction
-            return idx
-        n = len(training)
-        nlist = self.spec.nlist or max(1, min(int(4 * np.sqrt(max(n, 1))), max(1, n // 39)))
-        quantizer = faiss.IndexFlatIP(d)
-        idx = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        if n < nlist:
-            raise LockstepError(f"an IVF index with {nlist} cells needs at least {nlist} vectors to train, got {n}")
-        idx.train(training)
-        # A hashtable direct map lets us reconstruct stored vectors and still remove ids.
-        idx.set_direct_map_type(faiss.DirectMap.Hashtable)
-        return idx
+        return new_faiss(self.spec, self.dim, training)
 
     # --- mutation --------------------------------------------------------------------
 
@@ -179,9 +148,9 @@ class VectorIndex(HnswCompaction):
         if self._faiss is None:
             self._faiss = self._new_faiss(vectors)
         labels = np.arange(self._next_label, self._next_label + len(ids), dtype=np.int64)
-        if self.spec.kind == "hnsw":
+        if self.spec.kind in POSITIONAL_KINDS:
             if self._faiss.ntotal != self._next_label:
-                raise LockstepError("HNSW labels out of step with the graph; rebuild the index")
+                raise LockstepError(f"{self.spec.kind} labels out of step with the index; rebuild it")
             with all_cores():
                 self._faiss.add(vectors)
         else:
@@ -197,7 +166,7 @@ class VectorIndex(HnswCompaction):
         labels = np.array([self._label_of.pop(rid) for rid in ids], dtype=np.int64)
         for label in labels.tolist():
             del self._id_of[label]
-        if self.spec.kind == "hnsw":
+        if self.spec.kind in POSITIONAL_KINDS:
             self._mark_dead(labels)
         else:
             import faiss
@@ -207,14 +176,17 @@ class VectorIndex(HnswCompaction):
 
     # --- queries ---------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int = 10, *, ef_search: int | None = None) -> list[SearchHits]:
+    def search(self, queries: np.ndarray, k: int = 10, *, ef_search: int | None = None,
+               settings: dict[str, int] | None = None) -> list[SearchHits]:
         """The ``k`` nearest records of each query by inner product.
 
-        ``ef_search`` overrides the HNSW beam for this call only (``beam`` tries several).
+        ``settings`` override the type's search settings for this call only (``nprobe``,
+        ``ef_search``, ``refine_factor``: ``kinds.SEARCH_KNOBS``; ``tuning`` tries several);
+        ``ef_search`` is the HNSW beam's shorthand.
         """
         queries = as_matrix(queries, self.dim)
         with self._lock.read():
-            return self._search_locked(queries, k, ef_search)
+            return self._search_locked(queries, k, self._overrides(ef_search, settings))
 
     def try_search(self, queries: np.ndarray, k: int = 10, *, ef_search: int | None = None) -> list[SearchHits] | None:
         """``search`` if the read lock is free right now, else None at once (never waits).
@@ -225,14 +197,24 @@ class VectorIndex(HnswCompaction):
         """
         queries = as_matrix(queries, self.dim)
         with self._lock.try_read() as ok:
-            return self._search_locked(queries, k, ef_search) if ok else None
+            return self._search_locked(queries, k, self._overrides(ef_search, None)) if ok else None
 
-    def _search_locked(self, queries: np.ndarray, k: int, ef_search: int | None) -> list[SearchHits]:
+    def _overrides(self, ef_search: int | None, settings: dict[str, int] | None) -> dict[str, int]:
+        """Per-call search settings, checked against what this type has."""
+        out = dict(settings or {})
+        if ef_search and self.spec.kind == "hnsw":
+            out["ef_search"] = int(ef_search)
+        unknown = sorted(set(out) - set(SEARCH_KNOBS[self.spec.kind]))
+        if unknown:
+            raise LockstepError(f"an index of type {self.spec.kind} has no search setting {', '.join(unknown)}")
+        return out
+
+    def _search_locked(self, queries: np.ndarray, k: int, overrides: dict[str, int]) -> list[SearchHits]:
         """The body of ``search`` (read lock held)."""
         if self._faiss is None or len(self._label_of) == 0:
             return [SearchHits() for _ in range(len(queries))]
         k_eff = min(k, len(self._label_of))
-        scores, labels = self._faiss.search(queries, k_eff, params=self._search_params(ef_search))
+        scores, labels = self._faiss.search(queries, k_eff, params=self._search_params(overrides))
         id_of = self._id_of
         out = []
         for row_scores, row_labels in zip(scores, labels, strict=True):
@@ -282,10 +264,11 @@ class VectorIndex(HnswCompaction):
         bitmap = np.zeros(self._next_label // 8 + 1, dtype=np.uint8)
         set_bits(bitmap, labels)
         selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
-        params = self._search_params() or faiss.SearchParameters()
+        overrides = {}
         if self.spec.kind == "hnsw" and ef_search:
-            params.efSearch = max(params.efSearch, int(ef_search))
-        params.sel = selector  # replaces the tombstone filter: dead labels are not in ``labels``
+            overrides["ef_search"] = max(self.spec.ef_search, int(ef_search))
+        # The selector replaces the tombstone filter: dead labels are not in ``labels``.
+        params = search_params(self.spec, overrides, selector)
         result = self._faiss.search(queries, k, params=params)
         del bitmap, selector
         return result
@@ -316,33 +299,27 @@ class VectorIndex(HnswCompaction):
         return hits
 
     def set_ef_search(self, ef_search: int) -> None:
-        """Set the HNSW beam of later searches (the one validation chose: ``beam``)."""
+        """Set the HNSW beam of later searches (the one validation chose: ``tuning``)."""
         if self.spec.kind != "hnsw":
             raise LockstepError(f"efSearch is a setting of HNSW indexes; this index is {self.spec.kind}")
-        if int(ef_search) < 1:
-            raise LockstepError(f"efSearch must be at least 1, got {ef_search}")
+        self.set_search(ef_search=ef_search)
+
+    def set_search(self, **settings: int) -> None:
+        """Set search settings of later searches (``nprobe``, ``ef_search``, ``refine_factor``)."""
+        self._overrides(None, settings)
         with self._lock.write():
-            self.spec = replace(self.spec, ef_search=int(ef_search))
+            self.spec = replace(self.spec, **{name: int(value) for name, value in settings.items()})
 
-    def _search_params(self, ef_search: int | None = None):
-        import faiss
-
-        if self.spec.kind == "ivf":
-            return faiss.SearchParametersIVF(nprobe=self.spec.nprobe)
-        if self.spec.kind == "hnsw":
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = int(ef_search or self.spec.ef_search)
-            if self._dead:
-                params.sel = self._live_selector()
-            return params
-        return None
+    def _search_params(self, overrides: dict[str, int] | None = None):
+        dead = self._live_selector() if self.spec.kind in POSITIONAL_KINDS and self._dead else None
+        return search_params(self.spec, overrides, dead)
 
     def _stored_rows(self, labels: np.ndarray) -> np.ndarray:
         """Copies of the stored vectors of these labels (HNSW and flat: straight from storage)."""
         view = self._storage_view()
         if view is not None:
             stored_labels, matrix = view
-            if self.spec.kind == "hnsw":
+            if self.spec.kind in POSITIONAL_KINDS:
                 return matrix[labels]
             rows = {int(lbl): row for row, lbl in enumerate(stored_labels.tolist())}
             return matrix[[rows[int(lbl)] for lbl in labels.tolist()]]
@@ -360,14 +337,13 @@ class VectorIndex(HnswCompaction):
 
         if self._faiss is None or self._faiss.ntotal == 0:
             return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
-        if self.spec.kind == "hnsw":
-            flat = faiss.downcast_index(self._faiss.storage)
-            labels = np.arange(self._faiss.ntotal, dtype=np.int64)
-        elif self.spec.kind == "flat":
-            flat = faiss.downcast_index(self._faiss.index)
-            labels = faiss.vector_to_array(self._faiss.id_map)
-        else:
+        flat = flat_storage(self._faiss, self.spec)
+        if flat is None:
             return None
+        if self.spec.kind in POSITIONAL_KINDS:
+            labels = np.arange(self._faiss.ntotal, dtype=np.int64)
+        else:
+            labels = faiss.vector_to_array(self._faiss.id_map)
         n = flat.ntotal
         return labels, faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
 
@@ -448,7 +424,7 @@ class VectorIndex(HnswCompaction):
         index._label_of = {rid: lbl for lbl, rid in index._id_of.items()}
         index._next_label = int(mapping["next_label"])
         index._dead = set(mapping.get("dead", []))
-        expected = index._next_label if index.spec.kind == "hnsw" else len(index._id_of)
+        expected = index._next_label if index.spec.kind in POSITIONAL_KINDS else len(index._id_of)
         if index._faiss.ntotal != expected or index._faiss.d != index.dim:
             raise LockstepError(
                 f"index holds {index._faiss.ntotal} vectors of dim {index._faiss.d}, "
@@ -490,26 +466,27 @@ def ann_threshold() -> int:
 
 
 def choose_spec(n_records: int, dim: int) -> IndexSpec:
-    """The index for ``n_records`` vectors of ``dim``: exact below the threshold, HNSW above.
+    """The index for ``n_records`` vectors of ``dim``: exact below the threshold, the measured frontier above.
 
-    HNSW with M=32 and efSearch=128 measured recall@10 0.989 (stored vectors as queries)
-    and 0.969 (fragments of records) on 1M real 256-d embeddings, where efSearch=64 fell
-    to 0.948; efConstruction 40 builds in 110 s where 80 took 139 s, at the same recall,
-    while M=24 or 16 built faster but fell to 0.95-0.96 (docs/benchmarks.md); every build is checked again at validation
-    (``recall.measure_recall`` >= 0.95), so a corpus where it falls short fails visibly. Its
-    memory is the vectors plus ~M*2*4 bytes each for the graph. Wider vectors get a
-    wider beam. The beam given here is where a build starts: validation then chooses the
-    one the recall target needs (``beam``; 256 for short queries at 1M x 256).
+    Above ``LOCKSTEP_ANN_THRESHOLD`` (default 200,000) a flat scan costs ~100 ms a query
+    at 256-d; ``frontier.choose`` then takes the configuration that searched fastest at
+    recall@10 >= 0.95 on fragment queries in ``bench_frontier`` whose build, projected to
+    this size, fits ``LOCKSTEP_INDEX_BUILD_BUDGET`` (at 1M x 256 and 300 s: HNSW M=32,
+    efConstruction 80, 0.84 ms a query where the earlier efConstruction 40 needed 1.17 ms
+    for 6 % less build time). Validation then chooses the search setting on the index
+    actually built (``tuning``), held to a 95 % lower bound on held-out queries.
     """
+    from lockstep.index.frontier import choose
+
     if n_records < 0 or dim < 1:
         raise LockstepError(f"choose_spec needs n_records >= 0 and dim >= 1, got {n_records} and {dim}")
     if n_records < ann_threshold():
         return IndexSpec(kind="flat")
-    return IndexSpec(kind="hnsw", hnsw_m=32, ef_construction=40, ef_search=128 if dim <= 256 else 192)
+    return choose(n_records, dim).spec
 
 
 def spec_for(index_type: str, n_records: int, dim: int) -> IndexSpec:
-    """An index type as a user names it ("auto", "flat", "ivf", "hnsw") as a spec."""
+    """An index type as a user names it ("auto", "flat", "ivf", "hnsw", "ivfpq") as a spec."""
     if index_type == "auto":
         return choose_spec(n_records, dim)
     return IndexSpec(kind=index_type)

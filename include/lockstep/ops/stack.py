@@ -32,6 +32,12 @@ REPO = Path(__file__).resolve().parents[3]  # include/lockstep/ops/stack.py -> t
 ADMIN_USER = "admin"
 # Rollout tasks run in this pool (their DAG says so); the stack creates it before any run.
 ROLLOUT_POOL = ("lockstep_rollout", 8, "Lockstep rollouts: each step's analysis and traffic change")
+# The MLflow UI is one user's browser tab: one web worker, not MLflow's default 4 (each a
+# spawned interpreter importing MLflow), and no job runner (7 Huey consumers for MLflow's
+# GenAI jobs, which Lockstep never submits). Together they cost ~80 CPU-seconds while the
+# stack starts on 2 cores, the MLflow UI answered last, ~60 s after the api-server.
+MLFLOW_UI_OPTIONS = ("--workers", "1")
+MLFLOW_UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 class StackError(LockstepError):
@@ -134,7 +140,6 @@ def airflow_env(config: StackConfig, password: str) -> dict[str, str]:
         AIRFLOW__API__BASE_URL=config.airflow_url,
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{config.airflow_url}/execution/",
         AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
-        AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL="5",
         MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
         PYTHONUNBUFFERED="1",
         LOCKSTEP_SCHEDULES="on" if config.time_schedules else "off",
@@ -177,24 +182,12 @@ def start(config: StackConfig, say: Callable[[str], None] = print, *, password: 
     say(f"Lockstep database: {migrate_database(Settings.from_env(env).database_url).describe()}")
 
     stack = Stack(config=config, password=password)
-    commands: list[tuple[str, list[str]]] = [
-        ("api-server", [airflow, "api-server", "--port", str(config.airflow_port), "--host", "127.0.0.1"]),
-        ("scheduler", [airflow, "scheduler"]),
-        ("dag-processor", [airflow, "dag-processor"]),
-        ("triggerer", [airflow, "triggerer"]),
-    ]
-    if config.with_mlflow_ui:
-        tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{config.home / 'mlflow.db'}"
-        commands.append(("mlflow-ui", [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", tracking,
-                                       "--host", "127.0.0.1", "--port", str(config.mlflow_port)]))
-    if config.with_serving:
-        commands.append(("serving", [str(bin_dir / "lockstep"), "serve", "--host", "127.0.0.1",
-                                     "--port", str(config.serving_port)]))
+    commands = component_commands(config, env, bin_dir)
     try:
-        for name, cmd in commands:
+        for name, cmd, child_env in commands:
             log = logs / f"{name}.log"
             handle = log.open("ab")
-            process = subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(cmd, env=child_env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
             stack.children.append(Child(name, process, log))
             say(f"started {name} (pid {process.pid}, log {log})")
         _wait_http(stack, f"{config.airflow_url}/api/v2/monitor/health", "Airflow api-server", 180)
@@ -207,6 +200,26 @@ def start(config: StackConfig, say: Callable[[str], None] = print, *, password: 
         stack.stop()
         raise
     return stack
+
+
+def component_commands(config: StackConfig, env: Mapping[str, str], bin_dir: Path) -> list[tuple[str, list[str], dict[str, str]]]:
+    """Each child process of the stack: its name, its command line and its environment."""
+    airflow = str(bin_dir / "airflow")
+    commands: list[tuple[str, list[str], dict[str, str]]] = [
+        ("api-server", [airflow, "api-server", "--port", str(config.airflow_port), "--host", "127.0.0.1"], dict(env)),
+        ("scheduler", [airflow, "scheduler"], dict(env)),
+        ("dag-processor", [airflow, "dag-processor"], dict(env)),
+        ("triggerer", [airflow, "triggerer"], dict(env)),
+    ]
+    if config.with_mlflow_ui:
+        tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{config.home / 'mlflow.db'}"
+        commands.append(("mlflow-ui", [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", tracking,
+                                       "--host", "127.0.0.1", "--port", str(config.mlflow_port), *MLFLOW_UI_OPTIONS],
+                         {**env, **MLFLOW_UI_ENV}))
+    if config.with_serving:
+        commands.append(("serving", [str(bin_dir / "lockstep"), "serve", "--host", "127.0.0.1",
+                                     "--port", str(config.serving_port)], dict(env)))
+    return commands
 
 
 class AirflowClient:

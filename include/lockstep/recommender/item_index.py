@@ -4,10 +4,16 @@ Scores are inner products (``score = user . item``), the same pairing as search.
 
 - ``flat`` (``IndexFlatIP``, exact): the default below ``HNSW_THRESHOLD`` items
   (MovieLens' 1,682 items take microseconds to scan);
-- ``hnsw`` (``IndexHNSWFlat``, inner product): large catalogues; ``efSearch`` is passed
-  per search (never set on the shared index) and raised to the number of candidates
-  a request needs. ``benchmarks/bench_recommender.py`` measures its recall@10 against
-  exact search on a synthetic 1M-item catalogue.
+- ``hnsw`` (``IndexHNSWFlat``, L2 over augmented vectors): large catalogues. Maximum
+  inner product is searched as a nearest-neighbour search (``mips``: each item gets one
+  more coordinate so all have the same norm, each query a 0), which a graph answers far
+  better than inner product itself (1M items: recall@10 0.82 before, measured again in
+  ``benchmarks/bench_recommender.py``). ``efSearch`` is passed per search (never set on
+  the shared index) and raised to the number of candidates a request needs.
+
+An index is built once, by the version's build (``recommender.build``), and stored as a
+FAISS file beside the fit (``item_index_file``); replicas read that file instead of
+building (``from_faiss``), the way a search index is loaded.
 
 ``recommend`` asks FAISS for ``k`` plus as many candidates as it has to drop (the
 user's seen items, replaced vectors), then **rescores** the survivors from the stored
@@ -18,7 +24,9 @@ stored vectors correctly rounded, whatever order FAISS or BLAS summed in. With
 
 Items join after a fit through fold-in: ``add`` appends new items; ``update`` replaces
 an item's vector (flat: in place; HNSW cannot move a node, so the new vector gets a new
-label and the old label is dropped from every answer). FAISS allows concurrent searches
+label and the old label is dropped from every answer). An item added to ``hnsw`` with a
+norm above the build's largest (``max_norm``) is outside the reduction: it is scored
+exactly on every search (``mips``). FAISS allows concurrent searches
 but no add during a search, so searches take a readers-writer lock's shared side.
 ``try_recommend`` takes it only if it is free at once and never waits: the serving
 event loop uses it, so a fold-in holding the write side cannot freeze the process
@@ -29,18 +37,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from lockstep.core.rwlock import RWLock
+from lockstep.recommender import mips
 from lockstep.recommender.fold_in import UnknownIdError
 
 __all__ = ["HNSW_THRESHOLD", "ItemIndex"]
 
 HNSW_THRESHOLD = 200_000  # items; below it the exact scan is fast enough (docs/benchmarks.md)
-# Maximum inner product search is harder for a graph than cosine (item norms differ): with
-# efConstruction 40 and efSearch 128, 1M items find 0.54 of the exact top 10. A better-built
-# graph (160) finds more and searches faster, for a 2.3x longer build (docs/benchmarks.md).
+# The graph is over augmented vectors (L2 = inner product, see ``mips``); before the
+# reduction, an inner-product graph (efConstruction 40, efSearch 128) found 0.54 of the exact
+# top 10 at 1M items, with efConstruction 160 / efSearch 512 0.82 (docs/benchmarks.md).
 EF_CONSTRUCTION = 160
 EF_SEARCH = 512
 KINDS = ("flat", "hnsw")
@@ -49,30 +59,88 @@ KINDS = ("flat", "hnsw")
 class ItemIndex:
     """Item id -> vector in FAISS, searched by inner product with a user vector."""
 
-    def __init__(self, dim: int, kind: str = "flat", hnsw_m: int = 32, ef_construction: int = EF_CONSTRUCTION, ef_search: int = EF_SEARCH) -> None:
+    def __init__(self, dim: int, kind: str = "flat", hnsw_m: int = 32, ef_construction: int = EF_CONSTRUCTION,
+                 ef_search: int = EF_SEARCH, max_norm: float | None = None) -> None:
+        """An empty index; ``max_norm`` (hnsw) is the reduction's M, else the first ``add``'s largest norm."""
         import faiss
 
-        if kind not in KINDS:
-            raise ValueError(f"unknown item index kind {kind!r}; use one of {', '.join(KINDS)} (or 'auto' in build)")
-        self.dim, self.kind, self.ef_search = int(dim), kind, int(ef_search)
+        _check_kind(kind)
         if kind == "flat":
-            self._faiss = faiss.IndexFlatIP(self.dim)
+            index = faiss.IndexFlatIP(int(dim))
         else:
-            self._faiss = faiss.IndexHNSWFlat(self.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            self._faiss.hnsw.efConstruction = ef_construction
+            index = faiss.IndexHNSWFlat(int(dim) + 1, hnsw_m, faiss.METRIC_L2)
+            index.hnsw.efConstruction = ef_construction
+        self._setup(index, int(dim), kind, int(ef_search), max_norm)
+
+    def _setup(self, index: Any, dim: int, kind: str, ef_search: int, max_norm: float | None) -> None:
+        self._faiss = index
+        self.dim, self.kind, self.ef_search = dim, kind, ef_search
+        self.max_norm = None if max_norm is None else float(max_norm)
         self._label_of: dict[str, int] = {}
         self._id_of: list[str | None] = []  # label -> id; None for a replaced (dead) label
+        self._beyond: set[int] = set()  # hnsw labels whose norm exceeds max_norm: scored on every search
         self._lock = RWLock()
 
     @classmethod
     def build(cls, item_ids: Sequence[str], vectors: np.ndarray, kind: str = "auto", **options: int) -> ItemIndex:
         """An index over these items; ``auto`` is flat below ``HNSW_THRESHOLD`` items, else HNSW."""
         vectors = _as_matrix(vectors)
-        if kind == "auto":
-            kind = "flat" if len(item_ids) < HNSW_THRESHOLD else "hnsw"
+        kind = resolve_kind(kind, len(item_ids))
+        if kind == "hnsw":
+            options.setdefault("max_norm", mips.max_norm(vectors))
         index = cls(vectors.shape[1], kind, **options)
         index.add(item_ids, vectors)
         return index
+
+    @classmethod
+    def from_faiss(cls, faiss_index: Any, item_ids: Sequence[str], *, kind: str, dim: int,
+                   ef_search: int = EF_SEARCH, max_norm: float | None = None) -> ItemIndex:
+        """An index around a FAISS index ``write`` stored (labels 0..n-1 = ``item_ids``): no build.
+
+        Raises ValueError when the FAISS index is not what ``kind`` builds for ``dim``
+        dimensions, or holds another number of items.
+        """
+        import faiss
+
+        _check_kind(kind)  # (faiss.read_index gives the concrete class; a downcast copy would not own it)
+        if kind == "flat":
+            fits = isinstance(faiss_index, faiss.IndexFlat) and faiss_index.metric_type == faiss.METRIC_INNER_PRODUCT
+            width = dim
+        else:
+            fits = isinstance(faiss_index, faiss.IndexHNSWFlat) and faiss_index.metric_type == faiss.METRIC_L2
+            width = dim + 1
+            if max_norm is None or not math.isfinite(max_norm) or max_norm < 0:
+                raise ValueError(f"an hnsw item index needs its max_norm (a finite number >= 0), got {max_norm!r}")
+        if not fits or faiss_index.d != width:
+            raise ValueError(f"the FAISS index ({type(faiss_index).__name__}, d={faiss_index.d}) is not a {kind!r} "
+                             f"item index of {dim} dimensions")
+        item_ids = [str(i) for i in item_ids]
+        if faiss_index.ntotal != len(item_ids) or len(set(item_ids)) != len(item_ids):
+            raise ValueError(f"the FAISS index holds {faiss_index.ntotal} items, the fit {len(item_ids)} distinct ids")
+        index = cls.__new__(cls)
+        index._setup(faiss_index, int(dim), kind, int(ef_search), max_norm)
+        index._label_of = {item_id: label for label, item_id in enumerate(item_ids)}
+        index._id_of = list(item_ids)
+        return index
+
+    def write(self, path: str) -> None:
+        """The FAISS index into ``path`` (``faiss.write_index``); only a fresh build, before any fold-in.
+
+        A stored index maps label i to item i of the fit (``from_faiss``), which holds
+        while no item was replaced or added beyond the reduction's norm.
+        """
+        import faiss
+
+        with self._lock.read():
+            if len(self._label_of) != self._faiss.ntotal or self._beyond:
+                raise ValueError("write stores a freshly built item index; this one has replaced or out-of-range items")
+            faiss.write_index(self._faiss, str(path))
+
+    def holds(self, vectors: np.ndarray) -> bool:
+        """Whether the stored vectors are exactly these rows, in label order (a stored index's check)."""
+        with self._lock.read():
+            stored = self._stored()
+            return stored.shape == np.shape(vectors) and bool(np.array_equal(stored, vectors))
 
     # --- changes ----------------------------------------------------------------------------------
 
@@ -102,12 +170,20 @@ class ItemIndex:
                     stored[self._label_of[item_id]] = vector
                 return
             for item_id in item_ids:
-                self._id_of[self._label_of.pop(item_id)] = None
+                label = self._label_of.pop(item_id)
+                self._id_of[label] = None
+                self._beyond.discard(label)
             self._append(item_ids, vectors)
 
     def _append(self, item_ids: list[str], vectors: np.ndarray) -> None:
         start = self._faiss.ntotal
-        self._faiss.add(vectors)
+        if self.kind == "flat":
+            self._faiss.add(vectors)
+        else:
+            if self.max_norm is None:
+                self.max_norm = mips.max_norm(vectors)
+            self._beyond.update(start + int(row) for row in mips.beyond(vectors, self.max_norm))
+            self._faiss.add(mips.augment_items(vectors, self.max_norm))
         for offset, item_id in enumerate(item_ids):
             self._label_of[item_id] = start + offset
         self._id_of.extend(item_ids)
@@ -144,8 +220,14 @@ class ItemIndex:
         wanted = min(k + len(excluded) + dead, self._faiss.ntotal)
         if wanted == 0:
             return []
-        _, labels = self._faiss.search(query, wanted, params=self._search_params(wanted))
-        picked = [int(label) for label in labels[0] if label >= 0 and label not in excluded and self._id_of[label] is not None]
+        if self.kind == "flat":
+            _, labels = self._faiss.search(query, wanted)
+        else:
+            _, labels = self._faiss.search(mips.augment_queries(query), wanted, params=self._search_params(wanted))
+        found = [int(label) for label in labels[0] if label >= 0]
+        if self._beyond:  # outside the reduction: always candidates, scored exactly below
+            found = list(dict.fromkeys([*found, *sorted(self._beyond)]))
+        picked = [label for label in found if label not in excluded and self._id_of[label] is not None]
         stored = self._stored()
         return [(self._id_of[label], exact_score(query[0], stored[label])) for label in picked]
 
@@ -164,22 +246,38 @@ class ItemIndex:
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._label_of
 
-    def _search_params(self, wanted: int):
+    def _search_params(self, wanted: int) -> Any:
         import faiss
 
-        if self.kind != "hnsw":
-            return None
         params = faiss.SearchParametersHNSW()
         params.efSearch = max(self.ef_search, wanted)
         return params
 
     def _stored(self) -> np.ndarray:
-        """A (ntotal, dim) view of FAISS's own float32 storage (no copy; it moves on add)."""
+        """A (ntotal, dim) view of FAISS's own float32 storage (no copy; it moves on add).
+
+        For ``hnsw`` the storage holds augmented rows; their first ``dim`` coordinates
+        are the items' vectors bit for bit (``mips``).
+        """
         import faiss
 
         flat = self._faiss if self.kind == "flat" else faiss.downcast_index(self._faiss.storage)
-        n = flat.ntotal
-        return faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+        n, width = flat.ntotal, flat.d
+        rows = faiss.rev_swig_ptr(flat.get_xb(), n * width).reshape(n, width)
+        return rows if width == self.dim else rows[:, : self.dim]
+
+
+def resolve_kind(kind: str, items: int) -> str:
+    """``auto``: flat below ``HNSW_THRESHOLD`` items, else hnsw; a named kind is checked."""
+    if kind == "auto":
+        return "flat" if items < HNSW_THRESHOLD else "hnsw"
+    _check_kind(kind)
+    return kind
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown item index kind {kind!r}; use one of {', '.join(KINDS)} (or 'auto' in build)")
 
 
 def exact_score(user_vector: np.ndarray, item_vector: np.ndarray) -> float:

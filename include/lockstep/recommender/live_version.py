@@ -7,6 +7,8 @@ A ``LiveVersion`` is one registered fit as serving needs it:
   fold-in when a user interacts (``fold_in_user``);
 - the **item index** (the server; the counterpart of the search index): the fit's item
   vectors in FAISS, joined by new items after their first interactions (``fold_in_item``).
+  A model from ``build.read_slot_files`` carries the version's stored index, which is
+  taken as it is (``item_index_file``); any other model's index is built here.
 
 A request takes one ``LiveVersion`` (from one routing snapshot) and calls
 ``recommend(user_id, k, exclude)``: the user's vector and the items come from the same
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lockstep.recommender import item_index_file
 from lockstep.recommender.factorization import ALSRecommender
 from lockstep.recommender.fold_in import UnknownIdError
 from lockstep.recommender.item_index import ItemIndex
@@ -57,12 +60,16 @@ class FoldInResult:
 class LiveVersion:
     """One version's user-vector store and item index (see the module docstring)."""
 
-    def __init__(self, model: ALSRecommender, model_version: str = "", index_kind: str = "auto") -> None:
+    def __init__(self, model: ALSRecommender, model_version: str = "", index_kind: str = "auto",
+                 *, index: ItemIndex | None = None) -> None:
+        """``index``: the fit's item index if already at hand; else the stored one attached to ``model``, else built."""
         self.model = model
         self.model_version = str(model_version)
         self.fingerprint = model.fingerprint
         self.users = model.user_store()
-        self.index = ItemIndex.build(model.item_ids_, model.item_factors_, kind=index_kind)
+        if index is None:
+            index = item_index_file.take(model)
+        self.index = index if index is not None else ItemIndex.build(model.item_ids_, model.item_factors_, kind=index_kind)
         self._user_fold_in = model.user_fold_in()
         self._item_fold_in = model.item_fold_in()
         self._lock = threading.Lock()  # one writer at a time for the user store

@@ -42,7 +42,6 @@ from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine
-from starlette.concurrency import run_in_threadpool
 
 from lockstep.core.config import Settings
 from lockstep.core.errors import InvalidRecordError, RecordNotFoundError
@@ -66,7 +65,6 @@ from lockstep.serving.bodies import (
 )
 from lockstep.serving.clicks import ClickVerdict
 from lockstep.serving.errors import Guard, validation_error
-from lockstep.serving.lock_waits import LockFreeSearch
 from lockstep.serving.metrics import NO_VERSION
 from lockstep.serving.parts import ServingParts
 from lockstep.serving.read_your_write import behind, caught_up, min_seq_of
@@ -224,8 +222,6 @@ def create_app(
 
 def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> None:
     """``/search`` and the record writes, on a replica of the search system."""
-    fast_search = LockFreeSearch()  # on the loop if the index's lock is free now, else in a thread of its own
-
     @app.post("/search", response_model=SearchResponse, responses=error_responses(400, 404, 413, 422, 500, 503))
     async def search(
         body: SearchRequest,
@@ -242,13 +238,14 @@ def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> 
         bounded pool; a full pool answers 503 for that version only (``slow_slots``).
 
         A pinned request is answered normally but logged as pinned, and never counts in
-        gate, drift or bandit statistics. A fast slot (an ANN index, or a small flat one)
-        is searched right here on the event loop: embedding a query and an HNSW search
-        take less time than handing the request to a worker thread and back (the hop,
-        and the GIL hand-overs it causes, were most of the cost; docs/benchmarks.md,
-        "Serving at scale"), but only when its index's lock is free at once; when a
-        writer holds it the search waits in a thread instead (``fast_search``). A slow
-        one (a large flat index) runs in the thread pool.
+        gate, drift or bandit statistics. Concurrent searches of one version go to its
+        index as one batched FAISS call (``slot.searches``, see ``search_batches``): a lone
+        query on a fast slot (an ANN index, or a small flat one) is searched right here on
+        the event loop, as embedding a query and an HNSW search take less time than the hop
+        to a worker thread and back, but only when its index's lock is free at once (when a
+        writer holds it the search waits in a thread instead); queries that wait together
+        are searched together in a worker thread while the loop goes on, and a large flat
+        index is always searched in a thread.
         """
         asked = Asked(body.query, body.k, body.user_id, pinned=x_lockstep_pin is not None)
         try:
@@ -266,14 +263,13 @@ def _add_search_routes(app: FastAPI, rt: ServingRuntime, require_token: Any) -> 
                 pool.reserve()
                 try:
                     vector = await slot.batcher.embed(body.query)
-                    hits = await fast_search(slot.search_vector, vector, body.k) if slot.fast else await pool.run(slot.search_vector, vector, body.k)
+                    hits = await slot.searches.search(vector, body.k)
                 finally:
                     pool.free()
             elif slot.batcher is not None:
-                vector = await slot.batcher.embed(body.query)
-                hits = await fast_search(slot.search_vector, vector, body.k) if slot.fast else await run_in_threadpool(slot.search_vector, vector, body.k)
+                hits = await slot.searches.search(await slot.batcher.embed(body.query), body.k)
             else:
-                hits = await fast_search(slot.search, body.query, body.k) if slot.fast else await run_in_threadpool(slot.search, body.query, body.k)
+                hits = await slot.searches.search(slot.embedder.embed_query(body.query), body.k)
         except SlotBusy as exc:  # this version's pool is full: 503 for it only
             return rt.busy(view, slot, asked, exc)
         except Exception as exc:  # counted and logged against the version, so gates see it

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import Path
+from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.convertors import PathConvertor, register_url_convertor
 
@@ -72,6 +74,20 @@ class SearchResponse(BaseModel):
     fingerprint: str
     routing_generation: int
     results: list[SearchResult]
+
+
+class JSONAnswer(Response):
+    """A served answer (``/search``, ``/recommend``) as JSON written by orjson.
+
+    The same JSON as Starlette's ``JSONResponse`` (compact, UTF-8, the shortest float that
+    reads back the same), for a fraction of its cost: serializing the answer was a
+    measurable part of each request at 16 connections (docs/benchmarks.md, issue 26).
+    """
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 class RecordBody(_Strict):

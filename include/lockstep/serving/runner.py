@@ -9,12 +9,14 @@ and feedback log row before the process exits with status 0.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import signal
 import threading
 from typing import Any
 
-from lockstep.core.config import ServingLimits
+from lockstep.core.config import SERVING_WORKERS_ENV, ServingLimits
 
 log = logging.getLogger("lockstep.serving")
 
@@ -38,8 +40,9 @@ def run(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", w
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     workers = workers if workers is not None else _workers_from_env()
-    options = server_options(ServingLimits.from_env())
+    options = {**server_options(ServingLimits.from_env()), **server_stack()}
     _exit_cleanly_on_sigterm()
+    os.environ[SERVING_WORKERS_ENV] = str(workers)  # each process's share of the cores (search_batches)
     if workers > 1:
         uvicorn.run(app, factory=True, workers=workers, host=host, port=port,
                     log_level=log_level, access_log=False, **options)
@@ -58,6 +61,24 @@ def server_options(limits: ServingLimits) -> dict[str, Any]:
         "timeout_graceful_shutdown": limits.graceful_timeout or None,  # 0: wait for every request
         "limit_concurrency": 2 * limits.max_concurrency + 32,
     }
+
+
+def server_stack() -> dict[str, str]:
+    """uvicorn's event loop and HTTP parser: uvloop and httptools, named, not left to ``auto``.
+
+    Both are pinned in requirements.txt. Measured at 1M records (docs/benchmarks.md, issue
+    26) against asyncio and h11. ``auto`` picks them too when they are installed, and falls
+    back without a word when they are not; here a missing one is logged, so a slow image
+    is seen as one.
+    """
+    stack = {}
+    for option, module, fallback in (("loop", "uvloop", "asyncio"), ("http", "httptools", "h11")):
+        if importlib.util.find_spec(module) is not None:
+            stack[option] = module
+        else:
+            log.warning("%s is not installed: serving with %s (slower; pip install -r requirements.txt)", module, fallback)
+            stack[option] = fallback
+    return stack
 
 
 def _exit_cleanly_on_sigterm() -> None:

@@ -31,6 +31,8 @@ from lockstep.index.slot_files import SlotLoadError, open_index, open_model
 from lockstep.index.vector_index import SearchHits
 from lockstep.model.contract import SLOW, Embedder, embed_cost
 from lockstep.serving.query_batches import QueryBatcher
+from lockstep.serving.search_batches import SearchBatcher
+from lockstep.serving.search_batches import one_openmp_thread as _one_openmp_thread
 from lockstep.serving.slow_slots import SlotPool
 from lockstep.store.records import Change, RecordStore
 from lockstep.store.routing import SlotRow
@@ -148,6 +150,8 @@ class LoadedSlot(ServingSlot):
         self.pool: SlotPool | None = None
         spec = getattr(self.index, "spec", None)
         self.fast = getattr(spec, "kind", "flat") != "flat" or len(self.index) <= FAST_FLAT_RECORDS
+        # Concurrent searches of this version go to its index as one FAISS call (``search_batches``).
+        self.searches = SearchBatcher(self._search_many, version=self.version, inline=self.fast)
 
     @property
     def size(self) -> int:
@@ -158,6 +162,7 @@ class LoadedSlot(ServingSlot):
         self.pool = pool
         if self.batcher is not None:
             self.batcher.run = pool.run
+        self.searches.run = pool.run
 
     def _drop(self) -> None:
         self.embedder = None
@@ -188,24 +193,16 @@ class LoadedSlot(ServingSlot):
         found = self.index.search(vector, k) if wait else self.index.try_search(vector, k)
         return None if found is None else found[0]
 
+    def search_vectors(self, queries: Any, k: int, *, wait: bool = True) -> list[SearchHits] | None:
+        """One FAISS call for many queries this slot's model embedded (the ``searches`` batcher's).
 
-_thread_state = threading.local()
+        No fault injection and no thread setting here: the batcher makes both per request
+        and per batch. ``wait=False``: None at once while a writer holds or awaits the lock.
+        """
+        return self.index.search(queries, k) if wait else self.index.try_search(queries, k)
 
-
-def _one_openmp_thread() -> None:
-    """Make FAISS calls from this thread single-threaded (once per thread).
-
-    FAISS wraps even a one-query search in an OpenMP region (IndexIDMap maps the result
-    labels in one). With one OpenMP team per request thread the teams oversubscribe the
-    cores: measured on 2 cores, 7-11 ms of CPU per search instead of about 1.5 ms. The
-    requests are the parallelism here. The setting is per calling thread in OpenMP,
-    which is why it is made here and not once at start-up.
-    """
-    if not getattr(_thread_state, "single", False):
-        import faiss
-
-        faiss.omp_set_num_threads(1)
-        _thread_state.single = True
+    def _search_many(self, queries: Any, k: int, *, wait: bool = True) -> list[SearchHits] | None:
+        return self.search_vectors(queries, k, wait=wait)  # looked up per call: a test may replace it
 
 
 def load_slot(row: SlotRow, store: RecordStore, tracking_uri: str | None = None) -> LoadedSlot:

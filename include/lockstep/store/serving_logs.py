@@ -173,6 +173,28 @@ def queries(engine: Engine, window: Window) -> list[str]:
         return [q for q in conn.execute(stmt).scalars() if q and q.strip()]
 
 
+def recent_queries(engine: Engine, limit: int) -> list[str]:
+    """Up to ``limit`` distinct query texts of the newest unpinned searches (validation's logged queries).
+
+    Added for issue 26: an index is validated on the queries its users send, when the
+    request log has some. An empty or missing log gives none.
+    """
+    from sqlalchemy import func, inspect
+
+    if limit < 1 or not inspect(engine).has_table(request_log.name):
+        return []
+    newest = func.max(request_log.c.at)
+    stmt = (
+        select(request_log.c.query)
+        .where(unpinned(), request_log.c.query.is_not(None))
+        .group_by(request_log.c.query)
+        .order_by(newest.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [q for q in conn.execute(stmt).scalars() if q and q.strip()]
+
+
 def shadow_stats(engine: Engine, window: Window, version: str) -> ShadowStats:
     """The shadow copies of ``version`` in the window, each paired with its live request."""
     version = str(version)

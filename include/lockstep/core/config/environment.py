@@ -23,6 +23,7 @@ ROLLOUT_DEFAULTS_ENV = "LOCKSTEP_ROLLOUT_DEFAULTS"
 CACHE_DIR_ENV = "LOCKSTEP_CACHE_DIR"
 SERVING_WORKERS_ENV = "LOCKSTEP_SERVING_WORKERS"
 ANN_THRESHOLD_ENV = "LOCKSTEP_ANN_THRESHOLD"
+BUILD_BUDGET_ENV = "LOCKSTEP_INDEX_BUILD_BUDGET"
 FAULTS_ENV = "LOCKSTEP_FAULTS"
 
 
@@ -95,6 +96,22 @@ def ann_threshold_setting(default: int, env: Env | None = None) -> int:
         from lockstep.core.errors import ConfigurationError
 
         raise ConfigurationError(f"{ANN_THRESHOLD_ENV}={raw!r} must be a whole number of records (e.g. 200000)")
+    return value
+
+
+def build_budget_setting(default: float, env: Env | None = None) -> float:
+    """``LOCKSTEP_INDEX_BUILD_BUDGET``: seconds the ``auto`` index may take to build (``index.frontier``)."""
+    raw = _env(env).get(BUILD_BUDGET_ENV, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        from lockstep.core.errors import ConfigurationError
+
+        raise ConfigurationError(f"{BUILD_BUDGET_ENV}={raw!r} must be a positive number of seconds (e.g. 300)")
     return value
 
 
