@@ -260,8 +260,10 @@ def test_choose_spec_switches_to_hnsw_at_the_threshold(monkeypatch):
     monkeypatch.setenv("LOCKSTEP_INDEX_BUILD_BUDGET", "1")  # nothing fits: the fastest build
     assert choose_spec(1_000_000, 256).kind == "ivf"
     monkeypatch.setenv("LOCKSTEP_INDEX_BUILD_BUDGET", "soon")
-    with pytest.raises(LockstepError, match="LOCKSTEP_INDEX_BUILD_BUDGET='soon' must be a positive number"):
+    with pytest.raises(LockstepError, match="LOCKSTEP_INDEX_BUILD_BUDGET='soon' is not a number of seconds"):
         choose_spec(1_000_000, 256)
+    monkeypatch.setenv("LOCKSTEP_INDEX_BUILD_BUDGET", "0")  # no limit: the fastest search
+    assert choose_spec(1_000_000, 256).hnsw_m == 48
     monkeypatch.delenv("LOCKSTEP_INDEX_BUILD_BUDGET")
     monkeypatch.setenv("LOCKSTEP_ANN_THRESHOLD", "1000")
     assert resolve_spec({"kind": "flat"}, 10**7, 64).kind == "flat"

@@ -342,3 +342,26 @@ def test_a_load_in_progress_shows_records_rate_eta_and_shard_states(lockstep_hom
     page = render_page(d)
     assert 'class="load" data-version="7" data-state="running"' in page
     assert "120 of 200 (60.0 %)" in page
+
+
+def test_a_slot_shows_the_search_setting_and_recall_bound_validation_chose(tmp_path):
+    """Issue 26: the page shows what validation chose and how sure it is, from the manifest."""
+    import numpy as np
+
+    from lockstep.index.storage import save_index
+    from lockstep.index.vector_index import IndexSpec, VectorIndex
+    from lockstep.ops.dashboard import index_search_summary
+
+    vectors = np.eye(8, dtype=np.float32)
+    index = VectorIndex.build([f"r{i}" for i in range(8)], vectors, IndexSpec(kind="hnsw", ef_search=192))
+    figures = {"ef_search": 192.0, "recall_at_10": 0.957, "recall_at_10_lower_95": 0.951,
+               "recall_at_10_fragments": 0.957, "recall_at_10_fragments_lower_95": 0.951, "queries_fragments": 1000.0,
+               "recall_at_10_records": 0.996, "recall_at_10_records_lower_95": 0.993, "queries_records": 500.0}
+    save_index(index, tmp_path / "v1", model_name="m", model_version=1, fingerprint="f", applied_seq=0,
+               extra={"validation": figures})
+    summary = index_search_summary(str(tmp_path / "v1"))
+    assert summary == "hnsw, ef_search 192: recall@10 0.957, 95 % lower bound 0.951 (1,000 fragments)"
+    flat = VectorIndex.build(["a"], vectors[:1])
+    save_index(flat, tmp_path / "v2", model_name="m", model_version=2, fingerprint="f", applied_seq=0)
+    assert index_search_summary(str(tmp_path / "v2")) == "flat: exact"
+    assert index_search_summary(str(tmp_path / "missing")) == "" and index_search_summary(None) == ""

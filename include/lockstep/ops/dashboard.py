@@ -68,6 +68,7 @@ class SlotView:
     note: str | None
     updated_at: datetime | None
     mlflow_url: str
+    search: str = ""  # the index type, its chosen search setting and the validated recall bound (issue 26)
 
 
 @dataclass(frozen=True)
@@ -381,7 +382,41 @@ def _slot_view(slot: Any, base: str, model_name: str) -> SlotView:
         note=slot.note,
         updated_at=clock.utc_or_none(slot.updated_at),
         mlflow_url=mlflow_version_url(base, name, slot.model_version),
+        search=index_search_summary(slot.index_location),
     )
+
+
+def index_search_summary(location: str | None) -> str:
+    """"hnsw, ef_search 192: recall@10 0.957, 95 % lower bound 0.951 (1,000 fragments)" from a version's manifest.
+
+    What validation chose and how sure it is (``lockstep.index.tuning``); empty when the
+    manifest cannot be read (a version still loading, a store that is down): the page
+    must render whatever the store does.
+    """
+    from lockstep.index import mirror
+    from lockstep.index.manifest import MANIFEST, read_manifest
+
+    if not location:
+        return ""
+    try:
+        folder = mirror.working_dir(location)
+        mirror.pull(folder / MANIFEST, refresh=True)
+        manifest = read_manifest(folder)
+    except Exception:  # noqa: BLE001 - a summary, never a reason for the page to fail
+        return ""
+    kind = str(manifest.spec.get("kind", ""))
+    figures = dict(manifest.extra.get("validation") or {})
+    knobs = {"hnsw": ("ef_search",), "ivf": ("nprobe",), "ivfpq": ("nprobe", "refine_factor")}.get(kind, ())
+    settings = ", ".join(f"{name} {manifest.spec[name]}" for name in knobs if name in manifest.spec)
+    head = f"{kind}, {settings}" if settings else kind
+    if "recall_at_10_lower_95" not in figures:
+        return head + (": exact" if kind == "flat" else "")
+    worst = min((k for k in figures if k.startswith("recall_at_10_") and k.endswith("_lower_95") and k != "recall_at_10_lower_95"),
+                key=lambda k: figures[k], default=None)
+    kind_name = worst[len("recall_at_10_"):-len("_lower_95")] if worst else ""
+    count = int(figures.get(f"queries_{kind_name}", 0))
+    return (f"{head}: recall@10 {figures.get('recall_at_10', 0):.3f}, 95 % lower bound "
+            f"{figures['recall_at_10_lower_95']:.3f}" + (f" ({count:,} {kind_name})" if count else ""))
 
 
 def _point(entry: HistoryEntry) -> WeightPoint:

@@ -100,19 +100,11 @@ def ann_threshold_setting(default: int, env: Env | None = None) -> int:
 
 
 def build_budget_setting(default: float, env: Env | None = None) -> float:
-    """``LOCKSTEP_INDEX_BUILD_BUDGET``: seconds the ``auto`` index may take to build (``index.frontier``)."""
-    raw = _env(env).get(BUILD_BUDGET_ENV, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        from lockstep.core.errors import ConfigurationError
+    """``LOCKSTEP_INDEX_BUILD_BUDGET``: seconds the ``auto`` index may take to build (``index.frontier``); 0: no limit."""
+    from lockstep.core.config.values import seconds_setting
 
-        raise ConfigurationError(f"{BUILD_BUDGET_ENV}={raw!r} must be a positive number of seconds (e.g. 300)")
-    return value
+    value = seconds_setting(_env(env), BUILD_BUDGET_ENV, default)
+    return value if value > 0 else float("inf")
 
 
 def faults_spec(env: Env | None = None) -> str | None:
