@@ -394,6 +394,7 @@ def index_search_summary(location: str | None) -> str:
     must render whatever the store does.
     """
     from lockstep.index import mirror
+    from lockstep.index.kinds import SEARCH_KNOBS
     from lockstep.index.manifest import MANIFEST, read_manifest
 
     if not location:
@@ -406,7 +407,7 @@ def index_search_summary(location: str | None) -> str:
         return ""
     kind = str(manifest.spec.get("kind", ""))
     figures = dict(manifest.extra.get("validation") or {})
-    knobs = {"hnsw": ("ef_search",), "ivf": ("nprobe",), "ivfpq": ("nprobe", "refine_factor")}.get(kind, ())
+    knobs = SEARCH_KNOBS.get(kind, ())
     settings = ", ".join(f"{name} {manifest.spec[name]}" for name in knobs if name in manifest.spec)
     head = f"{kind}, {settings}" if settings else kind
     if "recall_at_10_lower_95" not in figures:
